@@ -1,0 +1,109 @@
+"""Who is asking: the JWT identity (the host's ``JWTManager``) or the client address.
+
+Every JWT failure becomes a 401 in the contract's error shape, not flask-jwt-extended's own 401
+and 422 bodies, and happens before any limit is counted or any upstream is called. Without auth
+the identity is the client address, read behind exactly ``LLM_PROXY_TRUSTED_PROXIES`` hops the
+way werkzeug's ``ProxyFix`` does, so a forged ``X-Forwarded-For`` cannot choose an identity.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from flask import current_app, g, request
+
+from .config import Settings
+from .errors import AuthenticationError, PermissionDenied
+
+try:
+    from jwt.exceptions import ExpiredSignatureError, InvalidAlgorithmError, InvalidSignatureError, PyJWTError
+except ImportError:  # pragma: no cover - PyJWT comes with flask-jwt-extended
+    PyJWTError = ExpiredSignatureError = InvalidSignatureError = InvalidAlgorithmError = Exception  # type: ignore[misc,assignment]
+
+from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
+
+JWT_ERRORS: tuple[type[BaseException], ...] = (JWTExtendedException, PyJWTError)
+
+
+def describe_jwt_error(exc: BaseException) -> AuthenticationError:
+    """A message that says what is wrong with the token without echoing it."""
+    if isinstance(exc, NoAuthorizationError):
+        msg = "missing credentials: send 'Authorization: Bearer <JWT>'"
+    elif isinstance(exc, ExpiredSignatureError):
+        msg = "the token has expired"
+    elif isinstance(exc, InvalidSignatureError):
+        msg = "the token signature is invalid"
+    elif isinstance(exc, InvalidAlgorithmError):
+        msg = "the token's signing algorithm is not allowed"
+    elif isinstance(exc, PyJWTError):
+        msg = f"the token is invalid ({type(exc).__name__})"
+    else:
+        msg = f"the token was rejected ({type(exc).__name__})"
+    return AuthenticationError(msg, headers={"WWW-Authenticate": 'Bearer realm="llm-proxy"'})
+
+
+def client_address(trusted_proxies: int) -> str:
+    """The peer address, or the one ``trusted_proxies`` hops back in ``X-Forwarded-For``."""
+    if trusted_proxies:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if len(hops) >= trusted_proxies:
+            return hops[-trusted_proxies]
+    return request.remote_addr or "unknown"
+
+
+def _claims_from_alt_header() -> dict[str, Any] | None:
+    """SDK compatibility: ``x-api-key: <JWT>`` (the Anthropic SDK's ``api_key=``)."""
+    token = request.headers.get("x-api-key")
+    if not token or request.headers.get("Authorization"):
+        return None
+    from flask_jwt_extended import decode_token
+
+    return decode_token(token)
+
+
+def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict[str, Any]]:
+    """Resolve (identity, claims) once per request; raise :class:`AuthenticationError`."""
+    cached = g.get("_llm_proxy_identity")
+    if cached is not None:
+        return cached
+    claims: dict[str, Any] = {}
+    identity: str | None = None
+    if settings.require_auth or "Authorization" in request.headers or (alt_header and "x-api-key" in request.headers):
+        try:
+            alt = _claims_from_alt_header() if alt_header else None
+            if alt is not None:
+                claims = alt
+            else:
+                from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+                found = verify_jwt_in_request(optional=not settings.require_auth)
+                claims = get_jwt() if found else {}
+        except JWT_ERRORS as exc:
+            raise describe_jwt_error(exc) from None
+        if claims:
+            sub = claims.get(current_app.config.get("JWT_IDENTITY_CLAIM", "sub"))
+            identity = str(sub) if sub is not None else None
+            if identity is None:
+                raise AuthenticationError("the token has no identity claim")
+    if identity is None:
+        identity = "ip:" + client_address(settings.trusted_proxies)
+    result = (identity, claims)
+    g._llm_proxy_identity = result
+    return result
+
+
+def check_model_claim(settings: Settings, claims: dict[str, Any], model: str) -> None:
+    """Optional narrowing per user: a claim listing the models (names or patterns) they may use."""
+    if not settings.models_claim or settings.models_claim not in claims:
+        return
+    allowed = claims[settings.models_claim]
+    if isinstance(allowed, str):
+        allowed = [allowed]
+    if not isinstance(allowed, Iterable) or not _matches(model, allowed):
+        raise PermissionDenied(f"your token does not allow the model {model!r}", type="model_not_allowed")
+
+
+def _matches(model: str, patterns: Iterable[Any]) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(isinstance(p, str) and fnmatchcase(model, p) for p in patterns)

@@ -1,0 +1,150 @@
+"""One exception hierarchy for everything a client can be told, and its two renderings.
+
+Before the stream starts an error is an HTTP status with a JSON body ``{"error", "type"}``
+(plus ``code``, the same type in the upper-case form agentary-js uses). After the stream
+started it is one ``error:`` line (CONTRACT.md), since the status is already 200.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import _json
+
+
+class ProxyError(Exception):
+    """Base class: an HTTP status, a machine-readable ``type`` and a human message."""
+
+    status: int = 500
+    type: str = "proxy_error"
+    #: whether the proxy already retried this failure: clients must not retry it again
+    retried: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+        retried: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.headers = dict(headers or {})
+        self.retried = retried
+        self.extra = extra or {}
+
+    @property
+    def code(self) -> str:
+        return self.type.upper()
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "type": self.type, "code": self.code}
+        body.update(self.extra)
+        return body
+
+    def to_json(self) -> bytes:
+        return _json.dumps(self.to_dict())
+
+    def to_sse_line(self) -> bytes:
+        """The in-stream rendering: ``error: {...}`` then a blank line, and nothing after."""
+        payload = {"message": self.message, "statusCode": self.status, "code": self.code}
+        return b"error: " + _json.dumps(payload) + b"\n\n"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.type!r}, {self.message!r})"
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request"
+
+
+class ModelNotAllowed(ProxyError):
+    status = 400
+    type = "model_not_allowed"
+
+
+class ProviderNotFound(ProxyError):
+    status = 404
+    type = "not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    type = "payload_too_large"
+
+
+class UnsupportedMediaType(ProxyError):
+    status = 415
+    type = "unsupported_media_type"
+
+
+class AuthenticationError(ProxyError):
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    type = "permission_denied"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limited"
+
+
+class QuotaExceeded(ProxyError):
+    status = 429
+    type = "quota_exceeded"
+
+
+class BudgetExceeded(ProxyError):
+    status = 429
+    type = "budget_exceeded"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamError(ProxyError):
+    """The upstream answered with an error (HTTP status or an error event in the stream)."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class NetworkError(UpstreamError):
+    """The upstream could not be reached or dropped the connection."""
+
+    status = 502
+    type = "network_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout"
+
+
+class ProxyMisconfigured(UpstreamError):
+    """A deployment mistake (e.g. gevent patched too late); the log line names the fix."""
+
+    status = 502
+    type = "proxy_misconfigured"
+
+
+class ConfigError(ValueError):
+    """A wrong ``LLM_PROXY_*`` setting, raised by ``init_app`` and naming the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem

@@ -1,0 +1,190 @@
+"""The per-token path: upstream chunks -> SSE events -> provider items -> contract bytes.
+
+Read it top to bottom: :func:`upstream_items` decodes and translates, :func:`relay` numbers the
+tokens and writes them, :class:`StreamBody` guarantees the request is accounted for exactly once,
+whether the stream completed, failed, or the browser went away (even before the first byte).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import requests
+
+from . import _json
+from .errors import NetworkError, ProxyError, UpstreamError
+from .exchange import Exchange
+from .providers.base import ToolCall, Translator
+from .sse import DONE, PING, SSEDecoder, encode_event, encode_token
+from .upstream import abort, finish, read_chunks
+
+log = logging.getLogger("flask_llm_proxy")
+
+Items = Iterator["list[Any] | None"]  # lists of str / ToolCall, or None for "silence: ping"
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def upstream_items(ex: Exchange, resp: requests.Response, translator: Translator, keepalive: float | None) -> Items:
+    """Decode and translate one upstream response; release or abort its connection at the end."""
+    decoder = SSEDecoder()
+    feed, tfeed = decoder.feed, translator.feed
+    complete = False
+    try:
+        for chunk in read_chunks(resp, keepalive):
+            if chunk is None:
+                yield None
+                continue
+            events = feed(chunk)
+            if not events:
+                continue
+            if len(events) == 1:
+                items = tfeed(*events[0])
+            else:
+                items = []
+                for event in events:
+                    items += tfeed(*event)
+            if items:
+                yield items
+        complete = True
+    except _MALFORMED as exc:
+        raise UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})") from None
+    finally:
+        ex.resp = None
+        if complete:
+            finish(resp)
+        else:
+            abort(resp)
+
+
+def _first_event(item: Any, ex: Exchange) -> bytes:
+    ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
+    payload: dict[str, Any] = {"token": item if isinstance(item, str) else "", "tokenId": 0, "isFirst": True, "ttfbMs": int(ex.ttfb_ms)}
+    if isinstance(item, ToolCall):
+        payload["toolCall"] = item.to_contract()
+    return encode_event(payload)
+
+
+def _final_event(ex: Exchange, translator: Translator, token_id: int) -> bytes:
+    u = translator.usage
+    payload: dict[str, Any] = {
+        "token": "",
+        "tokenId": token_id,
+        "isLast": True,
+        "finishReason": translator.finish_reason or "stop",
+        "usage": {"inputTokens": u.input_tokens, "outputTokens": u.output_tokens},
+    }
+    if token_id == 0:
+        ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
+        payload["isFirst"] = True
+        payload["ttfbMs"] = int(ex.ttfb_ms)
+    return encode_event(payload) + DONE
+
+
+def relay(ex: Exchange, items: Items, translator: Translator) -> Iterator[bytes]:
+    """Write each item as one contract event the moment it is in hand; never hold one back."""
+    token_id = 0
+    text_parts = ex.text_parts
+    try:
+        for batch in items:
+            if batch is None:
+                yield PING
+                continue
+            out = []
+            for item in batch:
+                if token_id == 0:
+                    out.append(_first_event(item, ex))
+                elif type(item) is str:
+                    out.append(encode_token(item, token_id))
+                else:
+                    out.append(encode_event({"token": "", "tokenId": token_id, "toolCall": item.to_contract()}))
+                if text_parts is not None and type(item) is str:
+                    text_parts.append(item)
+                token_id += 1
+            ex.tokens_streamed = token_id
+            yield out[0] if len(out) == 1 else b"".join(out)
+        if not translator.done:
+            raise NetworkError("the upstream stream ended before its final event")
+        ex.complete = True
+        yield _final_event(ex, translator, token_id)
+    except ProxyError as err:
+        ex.fail(err)
+        log.warning("stream %s failed after %d tokens: %s", ex.request_id, token_id, err.message)
+        yield err.to_sse_line()
+    except GeneratorExit:
+        ex.client_aborted = True
+        raise
+    except Exception as exc:  # noqa: BLE001 - the stream must end with an error line, not silence
+        log.exception("stream %s: unexpected error", ex.request_id)
+        err = UpstreamError(f"proxy error: {type(exc).__name__}")
+        ex.fail(err)
+        yield err.to_sse_line()
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def collect(ex: Exchange, items: Items, translator: Translator) -> dict[str, Any]:
+    """``stream: false``: the same upstream stream, gathered into CONTRACT.md's JSON answer."""
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    try:
+        for batch in items:
+            if batch:
+                for item in batch:
+                    if type(item) is str:
+                        text.append(item)
+                    else:
+                        calls.append(item)
+        if not translator.done:
+            raise NetworkError("the upstream stream ended before its final event")
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+    ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
+    ex.tokens_streamed = len(text) + len(calls)
+    ex.complete = True
+    if ex.text_parts is not None:
+        ex.text_parts.extend(text)
+    u = translator.usage
+    body: dict[str, Any] = {
+        "content": "".join(text),
+        "finishReason": translator.finish_reason or "stop",
+        "usage": {"promptTokens": u.input_tokens, "completionTokens": u.output_tokens, "totalTokens": u.input_tokens + u.output_tokens},
+    }
+    if calls:
+        body["toolCalls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else _json.dumps_str(c.arguments)}}
+            for c in calls
+        ]
+    return body
+
+
+class StreamBody:
+    """The WSGI iterable of a streamed answer.
+
+    A generator's ``finally`` does not run if the generator never started (the client left before
+    the first byte), so ``close`` here finalizes in every case, exactly once.
+    """
+
+    __slots__ = ("_gen", "_on_close")
+
+    def __init__(self, gen: Iterator[bytes], on_close: Callable[[], None]) -> None:
+        self._gen = gen
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._gen
+
+    def close(self) -> None:
+        try:
+            self._gen.close()
+        finally:
+            self._on_close()
+
+
+def iter_items(source: Iterable[list[Any]]) -> Items:
+    """Adapt an in-process source (the mock provider) to the same items protocol."""
+    yield from source

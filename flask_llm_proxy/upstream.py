@@ -1,0 +1,321 @@
+"""The upstream HTTP side: one pooled session per process, retries before the first byte,
+timeouts, error mapping, and a body reader that notices silence.
+
+Only this module talks to the network. Its errors are :mod:`errors` classes whose messages never
+contain the API key (upstream messages are scrubbed before they are kept).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any, Iterator, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import _json
+from .errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger("flask_llm_proxy")
+
+READ_SIZE = 65536
+MAX_ERROR_BODY = 65536
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+
+GEVENT_SSL_FIX = (
+    "gevent patched 'ssl' after urllib3 imported it (gunicorn --preload, or an import before the "
+    "gevent worker started), so HTTPS to the upstream cannot work in this process. Fix: put "
+    "'from gevent import monkey; monkey.patch_all()' on the first line of gunicorn.conf.py "
+    "(example_app/gunicorn.conf.py does), or run without --preload."
+)
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency, but be tolerant
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def ssl_patch_problem() -> str | None:
+    """Detect the gevent + preload trap before it turns every request into a RecursionError."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover
+        return None
+    if not monkey.is_module_patched("ssl"):
+        return None
+    import ssl
+
+    import urllib3.util.ssl_ as u3ssl
+
+    if getattr(u3ssl, "SSLContext", ssl.SSLContext) is not ssl.SSLContext:
+        return GEVENT_SSL_FIX
+    return None
+
+
+class UpstreamClient:
+    """Holds the ``requests.Session`` of this process.
+
+    Made lazily and re-made after a fork (the pid changes), so no socket or SSL object is created
+    before gunicorn forks its workers. The pool is sized to the worker's concurrency: the default
+    of 10 would discard and re-open connections under load.
+    """
+
+    def __init__(self, pool_maxsize: int) -> None:
+        self.pool_maxsize = pool_maxsize
+        self._pid = -1
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+        self._ssl_problem: str | None = None
+
+    def session(self) -> requests.Session:
+        if self._pid != os.getpid() or self._session is None:
+            with self._lock:
+                if self._pid != os.getpid() or self._session is None:
+                    self._ssl_problem = ssl_patch_problem()
+                    if self._ssl_problem:
+                        log.error(self._ssl_problem)
+                    s = requests.Session()
+                    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_maxsize, max_retries=0)
+                    s.mount("https://", adapter)
+                    s.mount("http://", adapter)
+                    s.trust_env = True  # REQUESTS_CA_BUNDLE, proxies from the environment
+                    self._session = s
+                    self._pid = os.getpid()
+        return self._session
+
+    def open(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        secret: str,
+        connect_timeout: float,
+        read_timeout: float,
+        max_retries: int,
+        backoff: float,
+        retry_after_max: float,
+        on_retry: Any = None,
+    ) -> tuple[requests.Response, int]:
+        """POST with retries; return the open 2xx streaming response and the number of retries.
+
+        Retried: connection failures, 5xx, 429 and 529, with exponential backoff that honours
+        ``retry-after`` up to ``retry_after_max``. Never retried: other 4xx and read timeouts.
+        """
+        session = self.session()
+        if self._ssl_problem and url.startswith("https://"):
+            raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log")
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                resp = session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    stream=True,
+                    timeout=(connect_timeout, read_timeout),
+                    allow_redirects=False,
+                )
+            except requests.exceptions.ConnectTimeout:
+                err: ProxyError = UpstreamTimeout("timed out connecting to the upstream")
+                retryable = True
+            except requests.exceptions.ReadTimeout:
+                raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
+            except requests.exceptions.SSLError as exc:
+                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secret)}"), False
+            except requests.exceptions.RequestException as exc:
+                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secret)}"), True
+            except RecursionError:
+                log.error(GEVENT_SSL_FIX)
+                raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log") from None
+            else:
+                if resp.status_code < 300:
+                    return resp, attempt
+                err = error_from_response(resp, secret)
+                retryable = resp.status_code in RETRY_STATUSES
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            if not retryable or attempt >= max_retries or (retry_after is not None and retry_after > retry_after_max):
+                err.retried = attempt > 0 or retryable
+                raise err
+            delay = backoff * (2**attempt)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            attempt += 1
+            log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, err.message, delay)
+            if on_retry is not None:
+                on_retry(err)
+            time.sleep(delay)
+
+
+def _reason(exc: BaseException, secret: str) -> str:
+    """A short cause without the URL noise of urllib3's messages."""
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset", "Connection aborted", "Remote end closed"):
+        if marker in text:
+            return marker.lower()
+    return _scrub(text, secret)[:200]
+
+
+def _scrub(text: str, secret: str) -> str:
+    if secret and secret in text:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError):
+            return None
+
+
+def error_from_response(resp: requests.Response, secret: str) -> UpstreamError:
+    """Map an upstream HTTP error to what the client can act on; read a bounded body, close."""
+    status = resp.status_code
+    try:
+        raw = resp.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+    except Exception:  # noqa: BLE001 - a broken error body must not hide the status
+        raw = b""
+    finally:
+        resp.close()
+    message = ""
+    utype = ""
+    try:
+        obj = _json.loads(raw)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            utype = str(err.get("type") or err.get("code") or "")
+        elif isinstance(err, str):
+            message = err
+    except (ValueError, TypeError):
+        message = raw[:300].decode("utf-8", "replace")
+    message = _scrub(message, secret)[:500] or f"HTTP {status}"
+    headers: dict[str, str] = {}
+    if status in (429, 529, 503) and resp.headers.get("retry-after"):
+        headers["Retry-After"] = resp.headers["retry-after"]
+    extra = {"upstream_status": status}
+    if status in (401, 403):
+        return UpstreamError(f"the upstream rejected the proxy's credentials ({message})", status=502, type="upstream_auth_error", extra=extra)
+    if status == 429:
+        return UpstreamError(f"upstream rate limit: {message}", status=429, type="upstream_rate_limited", headers=headers, extra=extra)
+    if status in (529, 503) or utype == "overloaded_error":
+        return UpstreamError(f"upstream overloaded: {message}", status=503, type="upstream_overloaded", headers=headers, extra=extra)
+    if status == 413:
+        return UpstreamError(f"upstream: {message}", status=413, type="payload_too_large", extra=extra)
+    if status == 404:
+        return UpstreamError(f"upstream: {message}", status=404, type="upstream_not_found", extra=extra)
+    if 400 <= status < 500:
+        return UpstreamError(f"upstream rejected the request: {message}", status=400, type="upstream_invalid_request", extra=extra)
+    if status == 504:
+        return UpstreamTimeout(f"upstream timeout: {message}", extra=extra)
+    return UpstreamError(f"upstream error: {message}", status=502, type="upstream_error", extra=extra)
+
+
+# --- reading the body -----------------------------------------------------------------------
+
+
+def _socket_of(resp: requests.Response) -> socket.socket | None:
+    conn = getattr(resp.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def abort(resp: requests.Response) -> None:
+    """Close an unfinished upstream response now: the upstream sees its connection closed.
+
+    ``shutdown`` first, because a reader blocked in ``recv`` on another thread is not woken by
+    ``close`` alone; the connection is dropped, never returned to the pool mid-stream.
+    """
+    sock = _socket_of(resp)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    resp.close()
+
+
+def finish(resp: requests.Response) -> None:
+    """The body was read to its end: hand the connection back to the pool for reuse."""
+    resp._content_consumed = True  # type: ignore[attr-defined]  # else requests closes the socket
+    resp.close()
+
+
+def _read_error(exc: BaseException) -> ProxyError:
+    name = type(exc).__name__
+    if "Timeout" in name or isinstance(exc, (socket.timeout, TimeoutError)):
+        return UpstreamTimeout("the upstream went silent for longer than the read timeout")
+    return NetworkError("the upstream connection dropped in the middle of the stream")
+
+
+def read_chunks(resp: requests.Response, keepalive: float | None) -> Iterator[bytes | None]:
+    """Yield body chunks as they arrive, and ``None`` after each ``keepalive`` seconds of silence.
+
+    ``read1`` returns whatever one socket read delivered, so nothing waits for a full buffer. With
+    a keep-alive interval a reader thread (a greenlet under gevent) does the blocking reads and
+    this generator waits on its queue with a timeout; the socket's own read timeout still ends a
+    silent upstream. Raises :class:`ProxyError` on a drop or a timeout; ends at the body's end.
+    """
+    read1 = resp.raw.read1
+    if keepalive is None:
+        while True:
+            try:
+                chunk = read1(READ_SIZE)
+            except Exception as exc:  # noqa: BLE001 - urllib3/http.client raise many kinds
+                raise _read_error(exc) from None
+            if not chunk:
+                return
+            yield chunk
+    q, spawn, empty = _queue_and_spawn()
+
+    def reader() -> None:
+        try:
+            while True:
+                chunk = read1(READ_SIZE)
+                q.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which decides
+            q.put(exc)
+
+    spawn(reader)
+    get = q.get
+    while True:
+        try:
+            item = get(timeout=keepalive)
+        except empty:
+            yield None
+            continue
+        if isinstance(item, BaseException):
+            raise _read_error(item) from None
+        if not item:
+            return
+        yield item
+
+
+def _queue_and_spawn() -> tuple[Any, Any, type[BaseException]]:
+    if _gevent_patched():
+        import gevent
+        import gevent.queue
+
+        return gevent.queue.Queue(), gevent.spawn, gevent.queue.Empty
+
+    def spawn(fn: Any) -> None:
+        threading.Thread(target=fn, daemon=True, name="llm-proxy-reader").start()
+
+    return queue.SimpleQueue(), spawn, queue.Empty

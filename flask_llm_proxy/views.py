@@ -1,0 +1,249 @@
+"""The blueprint: validate -> authorize -> call the upstream -> stream.
+
+Everything that can be refused is refused before the upstream is called, with a JSON error
+naming the problem. Once the upstream answered 200 the response is a :class:`StreamBody` over
+:func:`relay`, and the request's accounting runs when that body closes.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import _json, signals
+from .auth import JWT_ERRORS, check_model_claim, describe_jwt_error, identify
+from .chat import ChatRequest, parse_chat_request
+from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProxyError
+from .exchange import Exchange
+from .providers import adapter_for
+from .providers.mock import MockSource
+from .relay import StreamBody, collect, iter_items, relay, upstream_items
+
+log = logging.getLogger("flask_llm_proxy")
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer this response
+}
+HTTP_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+
+
+def state() -> Any:
+    return current_app.extensions["llm_proxy"]
+
+
+# --- request plumbing ------------------------------------------------------------------------
+
+
+def _begin() -> None:
+    g.llm_proxy_started = time.perf_counter()
+    rid = request.headers.get("X-Request-ID", "")
+    g.llm_proxy_request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+
+
+def _finish(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("llm_proxy_request_id", "")
+    for k, v in (g.get("llm_proxy_rate_headers") or {}).items():
+        response.headers.setdefault(k, v)
+    return response
+
+
+def error_response(err: ProxyError) -> Response:
+    resp = Response(err.to_json(), status=err.status, mimetype="application/json")
+    for k, v in err.headers.items():
+        resp.headers[k] = v
+    if err.retried:
+        resp.headers["x-should-retry"] = "false"
+    return resp
+
+
+def _on_proxy_error(err: ProxyError) -> Response:
+    return error_response(err)
+
+
+def _on_http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    if code == 429:  # a host limit from flask-limiter: keep its headers
+        resp = error_response(ProxyError(f"rate limit exceeded: {exc.description}", status=429, type="rate_limited"))
+        inner = exc.get_response()
+        for k in ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+            if k in inner.headers:
+                resp.headers[k] = inner.headers[k]
+        return resp
+    if isinstance(exc, RequestEntityTooLarge):
+        return error_response(PayloadTooLarge("the request body is larger than this endpoint accepts"))
+    resp = error_response(ProxyError(exc.description or exc.name, status=code, type=HTTP_TYPES.get(code, "http_error")))
+    if code == 405 and exc.get_response().headers.get("Allow"):
+        resp.headers["Allow"] = exc.get_response().headers["Allow"]
+    return resp
+
+
+def _on_jwt_error(exc: Exception) -> Response:
+    return error_response(describe_jwt_error(exc))
+
+
+def _on_unexpected(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _on_http_error(exc)
+    log.exception("unexpected error in %s", request.path)
+    return error_response(ProxyError("internal error in the proxy", status=500, type="internal_error"))
+
+
+def read_json(limit: int) -> Any:
+    """Parse the body; refuse a too-large one from its length header or while reading it."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the request body is {length} bytes; at most {limit} are accepted")
+    request.max_content_length = limit  # werkzeug stops reading past it (chunked bodies too)
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes") from None
+    if not raw:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return _json.loads(raw)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+
+
+# --- views -----------------------------------------------------------------------------------
+
+
+def chat(provider_name: str) -> Response:
+    st = state()
+    s = st.settings
+    provider = s.providers[provider_name]
+    identity, claims = identify(s)
+    g.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
+    body = read_json(provider.max_body_bytes or s.max_body_bytes)
+    cap = min(x for x in (provider.max_tokens, s.max_tokens, 2**31 - 1) if x)
+    req = parse_chat_request(
+        body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai"
+    )
+    if not provider.allows(req.model):
+        raise ModelNotAllowed(f"model {req.model!r} is not allowed on '{provider_name}'; GET {s.url_prefix}/models lists the allowed ones")
+    check_model_claim(s, claims, req.model)
+    if provider.type == "mock":
+        adapter = upstream_body = None
+    else:
+        adapter = adapter_for(provider, req)
+        upstream_body = adapter.build(req, provider, s)
+    st.check_allowance(identity)
+    ex = Exchange(
+        g.llm_proxy_request_id, identity, provider_name, req.model, g.llm_proxy_started,
+        input_chars=req.input_size_hint(), keep_text=s.log_content,
+    )
+    st.attach(ex, req)
+    return run(ex, req, provider, adapter, upstream_body)
+
+
+def run(ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
+    """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
+    s = state().settings
+    if adapter is None:
+        source = MockSource(provider, req)
+        translator = source.translator
+        items = iter_items(source)
+    else:
+        translator = adapter.translator()
+        try:
+            resp = open_upstream(ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(upstream_body))
+        except ProxyError as err:
+            ex.fail(err, before_stream=True)
+            ex.finalize()
+            raise
+        ex.resp = resp
+        items = upstream_items(ex, resp, translator, s.keepalive)
+    ex.translator = translator
+    if not req.stream:
+        try:
+            payload = collect(ex, items, translator)
+        except ProxyError as err:
+            ex.fail(err, before_stream=True)
+            raise
+        finally:
+            ex.finalize()
+        return Response(_json.dumps(payload), status=200, mimetype="application/json")
+    return Response(
+        StreamBody(relay(ex, items, translator), ex.finalize),
+        status=200,
+        mimetype="text/event-stream",
+        headers=STREAM_HEADERS,
+        direct_passthrough=True,
+    )
+
+
+def open_upstream(ex: Exchange, provider: Any, path: str, auth: dict[str, str], body: bytes, accept: str = "text/event-stream") -> Any:
+    """URL, path and headers come from configuration only: nothing a client sends steers them."""
+    s = state().settings
+    headers = {
+        **provider.headers,
+        **auth,
+        "content-type": "application/json",
+        "accept": accept,
+        "accept-encoding": "identity",  # compressed SSE would be buffered by the decompressor
+        "x-request-id": ex.request_id,
+    }
+
+    def on_retry(err: ProxyError) -> None:
+        ex.retries += 1
+        signals.upstream_retry.send(current_app._get_current_object(), request_id=ex.request_id, error=err)  # type: ignore[attr-defined]
+
+    resp, _ = state().upstream.open(
+        provider.base_url + path,
+        headers,
+        body,
+        secret=provider.api_key,
+        connect_timeout=s.connect_timeout,
+        read_timeout=s.read_timeout,
+        max_retries=s.max_retries,
+        backoff=s.retry_backoff,
+        retry_after_max=s.retry_after_max,
+        on_retry=on_retry,
+    )
+    return resp
+
+
+def health() -> Response:
+    st = state()
+    if not st.settings.public_health:
+        identify(st.settings)
+    body = {"status": "ok", "providers": sorted(st.settings.providers)}
+    return Response(_json.dumps(body), mimetype="application/json")
+
+
+def models() -> Response:
+    st = state()
+    identify(st.settings)
+    body = {
+        "providers": {
+            name: {"type": p.type, "models": list(p.models), "endpoint": f"{st.settings.url_prefix}/{name}"}
+            for name, p in st.settings.providers.items()
+        }
+    }
+    return Response(_json.dumps(body), mimetype="application/json")
+
+
+def make_blueprint(settings: Any) -> Blueprint:
+    bp = Blueprint(
+        "llm_proxy", __name__, url_prefix=settings.url_prefix or None, static_folder="static", static_url_path="/static"
+    )
+    for name in settings.providers:
+        bp.add_url_rule(f"/{name}", endpoint="chat_" + name.replace(".", "_"), view_func=chat, methods=["POST"], defaults={"provider_name": name})
+    bp.add_url_rule("/health", view_func=health, methods=["GET"])
+    bp.add_url_rule("/models", view_func=models, methods=["GET"])
+    bp.before_request(_begin)
+    bp.after_request(_finish)
+    bp.register_error_handler(ProxyError, _on_proxy_error)
+    for exc in JWT_ERRORS:
+        bp.register_error_handler(exc, _on_jwt_error)
+    bp.register_error_handler(HTTPException, _on_http_error)
+    bp.register_error_handler(Exception, _on_unexpected)
+    return bp
