@@ -1,0 +1,22 @@
+# gunicorn + gevent for flask-llm-proxy. Patch first, before anything imports ssl or urllib3:
+# with --preload (or any import before the worker patches) HTTPS to the upstream would otherwise
+# fail with a RecursionError in every request (gevent #1016).
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))  # about one per core
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))  # concurrent streams per worker
+# For gevent workers `timeout` is only a liveness heartbeat, not a per-request limit.
+timeout = 30
+# Let in-flight streams finish on deploys/restarts instead of being cut.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "120"))
+keepalive = 5
+accesslog = os.environ.get("ACCESS_LOG")  # "-" for stdout
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+control_socket_disable = True

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the example app on a fresh machine: makes a virtualenv, installs the package, starts
+# gunicorn with gevent workers on http://127.0.0.1:8000 (BIND to change). Ctrl-C stops it.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+venv="${VENV:-$root/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q -e ".[redis,metrics,fast]"
+export EXAMPLE_DEV_TOKENS="${EXAMPLE_DEV_TOKENS:-1}"
+echo "flask-llm-proxy example on http://${BIND:-127.0.0.1:8000}/  (providers: mock$( [ -n "${ANTHROPIC_API_KEY:-}" ] && echo ', anthropic')$( [ -n "${OPENAI_API_KEY:-}" ] && echo ', openai'))"
+exec "$venv/bin/gunicorn" -c example_app/gunicorn.conf.py example_app.wsgi:app

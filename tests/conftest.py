@@ -1,0 +1,252 @@
+"""Fixtures for the real-parts tests: the fake upstream, gunicorn with gevent workers, Redis.
+
+Every server listens on a free loopback port and is stopped at the end of the session.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fake_upstream import FakeUpstreamProcess  # noqa: E402
+
+API_KEY = "sk-test-SECRET-4f7c1e9a"  # recognisable, so leak tests can look for it
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http() -> requests.Session:
+    """A client session that never goes through a proxy from the environment."""
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+class GunicornServer:
+    """The example host app under gunicorn with gevent workers, configured through env vars."""
+
+    def __init__(self, env: dict[str, Any], *, workers: int = 2, preload: bool = False, name: str = "proxy") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix=f"gunicorn-{name}-", suffix=".log")[1])
+        full_env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+        full_env.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
+        full_env.setdefault("LOG_LEVEL", "INFO")
+        full_env["PYTHONPATH"] = str(ROOT)
+        cmd = [
+            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "example_app" / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--graceful-timeout", "3",
+        ]
+        if preload:
+            cmd.append("--preload")
+        cmd.append("example_app.wsgi:app")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                http().get(self.url + "/api/health", timeout=1)
+                return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstreamProcess]:
+    with FakeUpstreamProcess(key=API_KEY) as up:
+        yield up
+
+
+def providers_for(base_url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "anthropic": {"api_key": API_KEY, "base_url": base_url, "models": ["claude-*"], **extra},
+        "openai": {"api_key": API_KEY, "base_url": base_url + "/v1", "models": ["gpt-4o", "gpt-4o-mini"], **extra},
+        "mock": {"type": "mock", "models": ["*"], "tokens": 5, "pace_ms": 1},
+    }
+
+
+def base_env(upstream_url: str, tmp: Path, **overrides: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "LLM_PROXY_PROVIDERS": providers_for(upstream_url),
+        "LLM_PROXY_REQUIRE_AUTH": False,
+        "LLM_PROXY_PUBLIC_HEALTH": True,
+        "LLM_PROXY_RATE_LIMIT": "",
+        "LLM_PROXY_RETRY_BACKOFF": 0.05,
+        "LLM_PROXY_READ_TIMEOUT": 2.0,
+        "LLM_PROXY_CONNECT_TIMEOUT": 2.0,
+        "LLM_PROXY_KEEPALIVE": 0.5,
+        "LLM_PROXY_USAGE_STORE": f"sqlite:///{tmp / 'usage.sqlite3'}",
+        "JWT_SECRET_KEY": "test-jwt-secret-that-is-long-enough-32b",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def proxy(upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """One shared proxy: 2 gevent workers, no auth, no rate limit, quick timeouts."""
+    server = GunicornServer(base_env(upstream.base_url, tmp_path_factory.mktemp("proxy")), workers=2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[Any]:
+    """Factory for a proxy with its own settings; stopped after the test."""
+    servers: list[GunicornServer] = []
+
+    def start(upstream_url: str, *, workers: int = 1, preload: bool = False, **overrides: Any) -> GunicornServer:
+        server = GunicornServer(base_env(upstream_url, tmp_path, **overrides), workers=workers, preload=preload)
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    if not (shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server")):
+        pytest.fail("redis-server is not installed; tests/run.sh installs it (apt-get install redis-server)")
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+# --- reading the proxy's SSE answers ---------------------------------------------------------
+
+
+def sse_events(resp: requests.Response) -> list[Any]:
+    """Parse a proxy stream into a list of JSON events, '[DONE]', and ('error', {...}) tuples."""
+    from flask_llm_proxy.sse import SSEDecoder
+
+    raw = resp.raw.read()
+    out: list[Any] = ["[DONE]" if data == "[DONE]" else json.loads(data) for _, data in SSEDecoder().feed(raw)]
+    # the contract's error line is always the last thing in a stream
+    out += [("error", json.loads(line[7:])) for line in raw.split(b"\n") if line.startswith(b"error: ")]
+    return out
+
+
+def chat_body(prompt: str, model: str = "claude-3-5-sonnet-20241022", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 100, **extra}
+
+
+JWT_SECRET = "test-jwt-secret-that-is-long-enough-32b"
+
+
+def make_jwt(sub: str = "alice", *, secret: str = JWT_SECRET, expires_in: int = 600, alg: str = "HS256", **claims: Any) -> str:
+    """An access token as flask-jwt-extended issues them (type, fresh, jti, iat/nbf/exp)."""
+    import uuid
+
+    import jwt
+
+    now = int(time.time())
+    payload = {"sub": sub, "iat": now, "nbf": now, "exp": now + expires_in, "jti": uuid.uuid4().hex, "type": "access", "fresh": False, **claims}
+    return jwt.encode(payload, secret, algorithm=alg)
+
+
+def open_raw_stream(url: str, path: str, body: dict[str, Any], *, until: bytes, timeout: float = 10) -> tuple[socket.socket, bytes]:
+    """POST over a bare socket and read until ``until`` appears: lets a test drop the
+    connection at an exact point, the way a closing browser tab does."""
+    host, port = url.split("//", 1)[1].split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+    )
+    got = b""
+    deadline = time.monotonic() + timeout
+    while until not in got:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"did not see {until!r} in {got[-300:]!r}")
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before {until!r}: {got[-300:]!r}")
+        got += chunk
+    return sock, got

@@ -1,0 +1,204 @@
+"""Streaming through a real gunicorn (gevent workers) against the fake upstream.
+
+These are the behaviours a browser relies on: every token arrives, in order, in the contract's
+shape, as it is produced; failures end in an answer the client can act on; a browser that goes
+away stops the upstream call.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from conftest import API_KEY, chat_body, http, make_jwt, open_raw_stream, sse_events
+from fake_upstream import expected_text
+
+ANTHROPIC = ("anthropic", "claude-3-5-sonnet-20241022")
+OPENAI = ("openai", "gpt-4o")
+
+
+def post(proxy: Any, provider: str, body: dict[str, Any], **kw: Any) -> Any:
+    return http().post(f"{proxy.url}/api/{provider}", json=body, stream=True, timeout=kw.pop("timeout", 20), **kw)
+
+
+def assert_contract_stream(events: list[Any], n_tokens: int) -> dict[str, Any]:
+    """The CONTRACT.md shape: ids without gaps, isFirst+ttfbMs first, one isLast, then [DONE]."""
+    assert events[-1] == "[DONE]", events[-3:]
+    data = events[:-1]
+    assert all(isinstance(e, dict) for e in data), data
+    assert [e["tokenId"] for e in data] == list(range(len(data)))
+    assert data[0]["isFirst"] is True and isinstance(data[0]["ttfbMs"], int)
+    assert all("isFirst" not in e for e in data[1:])
+    last = data[-1]
+    assert [e.get("isLast") for e in data].count(True) == 1 and last["isLast"] is True
+    assert last["token"] == ""
+    assert "".join(e["token"] for e in data) == expected_text(n_tokens)
+    return last
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+@pytest.mark.parametrize("knobs", ["", "split=7", "split=1 crlf=1", "cr=1 ping=1 unknown=1", "split=3 multiline=1 ping=1"])
+def test_every_token_arrives_in_order_in_the_contract_shape(proxy: Any, upstream: Any, provider: str, model: str, knobs: str) -> None:
+    with post(proxy, provider, chat_body(f"tokens=25 {knobs}", model=model)) as r:
+        assert r.status_code == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        assert r.headers["X-Accel-Buffering"] == "no"
+        events = sse_events(r)
+    last = assert_contract_stream(events, 25)
+    assert last["finishReason"] == "stop"
+    assert last["usage"]["outputTokens"] == 25
+    assert last["usage"]["inputTokens"] > 0
+
+
+def test_responses_api_form_is_forwarded_to_responses(proxy: Any, upstream: Any) -> None:
+    body = {"model": "gpt-4o", "input": "tokens=12 split=5 unknown=1 id=resp-form", "max_output_tokens": 50}
+    with post(proxy, "openai", body) as r:
+        events = sse_events(r)
+    last = assert_contract_stream(events, 12)
+    assert last["usage"]["outputTokens"] == 12
+    seen = upstream.requests(id="resp-form")
+    assert seen[0]["path"] == "/v1/responses" and seen[0]["body"]["stream"] is True
+
+
+def test_upstream_request_carries_config_key_and_never_the_clients_credentials(proxy: Any, upstream: Any) -> None:
+    with post(proxy, "anthropic", chat_body("id=hdrs tokens=1"), headers={"Authorization": f"Bearer {make_jwt()}", "x-api-key": "client-key"}) as r:
+        sse_events(r)
+    rec = upstream.requests(id="hdrs")[0]
+    assert rec["headers"]["x-api-key"] == API_KEY
+    assert "authorization" not in rec["headers"]  # the client's JWT stays with the proxy
+    assert rec["body"]["stream"] is True and rec["body"]["max_tokens"] == 100
+    with post(proxy, "openai", chat_body("id=hdrs-oa tokens=1", model="gpt-4o")) as r:
+        sse_events(r)
+    rec = upstream.requests(id="hdrs-oa")[0]
+    assert rec["headers"]["authorization"] == f"Bearer {API_KEY}"
+    assert rec["body"]["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+def test_first_token_reaches_the_client_long_before_the_upstream_finishes(proxy: Any, provider: str, model: str) -> None:
+    start = time.monotonic()
+    with post(proxy, provider, chat_body("tokens=8 pace_ms=250", model=model)) as r:
+        first = None
+        body = b""
+        for chunk in r.iter_content(chunk_size=None):
+            body += chunk
+            if first is None and b'"tokenId":0' in body:
+                first = time.monotonic() - start
+        total = time.monotonic() - start
+        assert first is not None and b"[DONE]" in body
+    # the upstream needs 7 x 250 ms after its first token; the first one must not wait for them
+    assert total >= 1.7
+    assert first < total - 1.0, (first, total)
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+def test_tool_calls_arrive_as_tool_call_events(proxy: Any, provider: str, model: str) -> None:
+    with post(proxy, provider, chat_body("tokens=2 tool=1 split=4", model=model)) as r:
+        events = sse_events(r)
+    calls = [e["toolCall"] for e in events if isinstance(e, dict) and "toolCall" in e]
+    assert len(calls) == 1
+    assert calls[0]["name"] == "get_weather"
+    assert calls[0]["arguments"] == {"city": "Oslo", "unit": "celsius"}
+    assert events[-2]["finishReason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+def test_stream_false_returns_the_contract_json(proxy: Any, provider: str, model: str) -> None:
+    r = http().post(f"{proxy.url}/api/{provider}", json=chat_body("tokens=6 tool=1", model=model, stream=False), timeout=20)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert body["content"] == expected_text(6)
+    assert body["finishReason"] == "tool_calls"
+    assert body["usage"]["completionTokens"] > 0
+    assert body["usage"]["totalTokens"] == body["usage"]["promptTokens"] + body["usage"]["completionTokens"]
+    call = body["toolCalls"][0]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo", "unit": "celsius"}
+
+
+def test_two_500s_then_success_streams_normally_after_backoff(proxy: Any, upstream: Any) -> None:
+    with post(proxy, "anthropic", chat_body("id=retry-2x500 status=500,500 tokens=4")) as r:
+        assert r.status_code == 200
+        events = sse_events(r)
+    assert_contract_stream(events, 4)
+    assert [rec["status"] for rec in upstream.requests(id="retry-2x500")] == [500, 500, 200]
+
+
+def test_a_400_is_not_retried_and_keeps_the_providers_message(proxy: Any, upstream: Any) -> None:
+    r = http().post(f"{proxy.url}/api/openai", json=chat_body("id=no-retry-400 status=400", model="gpt-4o"), timeout=20)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["type"] == "upstream_invalid_request" and body["error"]
+    assert len(upstream.requests(id="no-retry-400")) == 1
+
+
+def test_retries_exhausted_is_a_502_that_tells_clients_not_to_retry_again(proxy: Any, upstream: Any) -> None:
+    r = http().post(f"{proxy.url}/api/anthropic", json=chat_body("id=always-500 status=500,500,500,500"), timeout=20)
+    assert r.status_code == 502
+    assert r.json()["type"] == "upstream_error"
+    assert r.headers["x-should-retry"] == "false"
+    assert len(upstream.requests(id="always-500")) == 3  # LLM_PROXY_MAX_RETRIES = 2
+
+
+def test_upstream_that_never_answers_gives_a_504_timeout(proxy: Any, upstream: Any) -> None:
+    start = time.monotonic()
+    r = http().post(f"{proxy.url}/api/anthropic", json=chat_body("id=hang-headers hang=headers"), timeout=20)
+    assert r.status_code == 504
+    assert r.json()["type"] == "timeout" and r.json()["code"] == "TIMEOUT"
+    assert time.monotonic() - start < 6
+
+
+def test_upstream_silent_mid_stream_sends_keepalives_then_a_timeout_error_line(proxy: Any) -> None:
+    with post(proxy, "openai", chat_body("tokens=10 hang_after=2", model="gpt-4o")) as r:
+        raw = r.raw.read()
+    assert raw.count(b": ping\n\n") >= 2  # keep-alive every 0.5 s during the 2 s of silence
+    assert raw.rstrip().splitlines()[-1].startswith(b"error: ")
+    err = json.loads(raw.rstrip().splitlines()[-1][7:])
+    assert err["code"] == "TIMEOUT" and err["statusCode"] == 504
+    assert b"[DONE]" not in raw
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+def test_upstream_drop_mid_stream_ends_with_a_network_error_line(proxy: Any, provider: str, model: str) -> None:
+    with post(proxy, provider, chat_body("tokens=10 drop_after=3", model=model)) as r:
+        events = sse_events(r)
+    tokens = [e for e in events if isinstance(e, dict)]
+    assert [e["tokenId"] for e in tokens] == [0, 1, 2]
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "NETWORK_ERROR"
+    assert "[DONE]" not in events
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+def test_error_event_inside_the_stream_becomes_an_error_line(proxy: Any, provider: str, model: str) -> None:
+    with post(proxy, provider, chat_body("tokens=10 error_after=2", model=model)) as r:
+        events = sse_events(r)
+    assert len([e for e in events if isinstance(e, dict)]) == 2
+    kind, err = events[-1]
+    assert kind == "error" and err["statusCode"] >= 500 and err["message"]
+
+
+def test_client_disconnect_closes_the_upstream_connection(proxy: Any, upstream: Any) -> None:
+    sock, _ = open_raw_stream(proxy.url, "/api/anthropic", chat_body("id=disconnect tokens=400 pace_ms=50"), until=b'"tokenId":3')
+    closed_at = time.monotonic()
+    sock.close()  # the browser tab closes
+    rec = upstream.wait_for_request("disconnect", lambda rec: rec["client_closed"], timeout=5)
+    assert time.monotonic() - closed_at < 1.5  # noticed at the next token write (50 ms)
+    assert not rec["completed"] and rec["tokens_sent"] < 100
+
+
+def test_client_disconnect_during_upstream_silence_is_noticed_through_keepalives(proxy: Any, upstream: Any) -> None:
+    sock, _ = open_raw_stream(proxy.url, "/api/anthropic", chat_body("id=disconnect-silent tokens=5 hang_after=1"), until=b'"tokenId":0')
+    sock.close()
+    rec = upstream.wait_for_request("disconnect-silent", lambda rec: rec["client_closed"], timeout=5)
+    # LLM_PROXY_KEEPALIVE is 0.5 s here: the first ping after the close fails and ends the upstream
+    # call long before the 2 s read timeout would have
+    assert rec["closed_after_ms"] < 1900
+
+
+def test_mock_provider_streams_without_any_upstream(proxy: Any) -> None:
+    with post(proxy, "mock", chat_body("hello", model="anything")) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]" and events[-2]["isLast"] is True
+    assert [e["tokenId"] for e in events[:-1]] == list(range(6))
