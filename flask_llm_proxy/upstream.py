@@ -29,7 +29,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 
 GEVENT_SSL_FIX = (
     "gevent patched 'ssl' after urllib3 imported it (gunicorn --preload, or an import before the "
-    "gevent worker started), so HTTPS to the upstream cannot work in this process. Fix: put "
+    "gevent worker started): HTTPS calls to the upstream fail with RecursionError. Fix: put "
     "'from gevent import monkey; monkey.patch_all()' on the first line of gunicorn.conf.py "
     "(example_app/gunicorn.conf.py does), or run without --preload."
 )
@@ -44,7 +44,13 @@ def _gevent_patched() -> bool:
 
 
 def ssl_patch_problem() -> str | None:
-    """Detect the gevent + preload trap before it turns every request into a RecursionError."""
+    """Detect the gevent + preload trap before it turns every request into a RecursionError.
+
+    urllib3 keeps a reference to the ``SSLContext`` class it imported; when gevent patched
+    ``ssl`` later, that reference is the unpatched class. Re-pointing urllib3 at the patched
+    class repairs this process; the log line still names the proper fix. Returns the problem
+    text when it could not be repaired.
+    """
     try:
         from gevent import monkey
     except ImportError:  # pragma: no cover
@@ -53,10 +59,20 @@ def ssl_patch_problem() -> str | None:
         return None
     import ssl
 
+    import urllib3.util as u3util
     import urllib3.util.ssl_ as u3ssl
 
-    if getattr(u3ssl, "SSLContext", ssl.SSLContext) is not ssl.SSLContext:
+    if getattr(u3ssl, "SSLContext", ssl.SSLContext) is ssl.SSLContext:
+        return None
+    for module in (u3ssl, u3util):
+        if hasattr(module, "SSLContext"):
+            module.SSLContext = ssl.SSLContext  # type: ignore[attr-defined]
+    try:
+        ctx = u3ssl.create_urllib3_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    except RecursionError:
         return GEVENT_SSL_FIX
+    log.warning("%s (Repaired for this process by re-pointing urllib3 at gevent's SSLContext.)", GEVENT_SSL_FIX)
     return None
 
 
@@ -81,7 +97,7 @@ class UpstreamClient:
                 if self._pid != os.getpid() or self._session is None:
                     self._ssl_problem = ssl_patch_problem()
                     if self._ssl_problem:
-                        log.error(self._ssl_problem)
+                        log.error("%s HTTPS upstream calls are refused until then.", self._ssl_problem)
                     s = requests.Session()
                     adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_maxsize, max_retries=0)
                     s.mount("https://", adapter)

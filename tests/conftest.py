@@ -45,7 +45,7 @@ def http() -> requests.Session:
 class GunicornServer:
     """The example host app under gunicorn with gevent workers, configured through env vars."""
 
-    def __init__(self, env: dict[str, Any], *, workers: int = 2, preload: bool = False, name: str = "proxy") -> None:
+    def __init__(self, env: dict[str, Any], *, workers: int = 2, preload: bool = False, name: str = "proxy", conf: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix=f"gunicorn-{name}-", suffix=".log")[1])
@@ -53,8 +53,10 @@ class GunicornServer:
         full_env.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
         full_env.setdefault("LOG_LEVEL", "INFO")
         full_env["PYTHONPATH"] = str(ROOT)
+        # conf=False: a bare "-k gevent" command line, as users write it before reading the README
+        config = ["-c", str(ROOT / "example_app" / "gunicorn.conf.py")] if conf else ["-k", "gevent", "--no-control-socket"]
         cmd = [
-            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "example_app" / "gunicorn.conf.py"),
+            sys.executable, "-m", "gunicorn", *config,
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--graceful-timeout", "3",
         ]
         if preload:
@@ -81,7 +83,7 @@ class GunicornServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGINT)  # quick shutdown
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -134,8 +136,8 @@ def start_proxy(tmp_path: Path) -> Iterator[Any]:
     """Factory for a proxy with its own settings; stopped after the test."""
     servers: list[GunicornServer] = []
 
-    def start(upstream_url: str, *, workers: int = 1, preload: bool = False, **overrides: Any) -> GunicornServer:
-        server = GunicornServer(base_env(upstream_url, tmp_path, **overrides), workers=workers, preload=preload)
+    def start(upstream_url: str, *, workers: int = 1, preload: bool = False, conf: bool = True, **overrides: Any) -> GunicornServer:
+        server = GunicornServer(base_env(upstream_url, tmp_path, **overrides), workers=workers, preload=preload, conf=conf)
         servers.append(server)
         return server
 

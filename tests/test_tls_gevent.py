@@ -1,0 +1,52 @@
+"""HTTPS upstreams under gunicorn + gevent, with and without --preload.
+
+This is where gevent + requests + gunicorn break in production (FIELD-NOTES: with --preload,
+urllib3 is imported before the worker patches ``ssl``). The shipped gunicorn.conf.py patches
+first; a bare ``-k gevent --preload`` is detected, repaired, and named in one log line.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import API_KEY, chat_body, http, sse_events
+from fake_upstream import FakeUpstreamProcess, expected_text
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tls_cert: tuple[str, str]) -> Iterator[FakeUpstreamProcess]:
+    with FakeUpstreamProcess(key=API_KEY, tls=tls_cert, cafile=tls_cert[0]) as up:
+        yield up
+
+
+def _stream_ok(server: Any) -> None:
+    for provider, model in (("anthropic", "claude-3-5-haiku-latest"), ("openai", "gpt-4o")):
+        with http().post(f"{server.url}/api/{provider}", json=chat_body("tokens=6 split=5", model=model), stream=True, timeout=20) as r:
+            assert r.status_code == 200, r.text
+            events = sse_events(r)
+        assert "".join(e["token"] for e in events if isinstance(e, dict)) == expected_text(6)
+        assert events[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_https_upstream_streams_with_the_shipped_gunicorn_conf(start_proxy: Any, tls_upstream: Any, tls_cert: Any, preload: bool) -> None:
+    server = start_proxy(tls_upstream.base_url, preload=preload, REQUESTS_CA_BUNDLE=tls_cert[0])
+    _stream_ok(server)
+    assert "Traceback" not in server.log() and "MonkeyPatchWarning" not in server.log()
+
+
+def test_bare_gevent_preload_is_repaired_and_named_in_one_log_line(start_proxy: Any, tls_upstream: Any, tls_cert: Any) -> None:
+    server = start_proxy(tls_upstream.base_url, preload=True, conf=False, REQUESTS_CA_BUNDLE=tls_cert[0])
+    _stream_ok(server)
+    _stream_ok(server)
+    log = server.log()
+    assert "Traceback" not in log and "RecursionError:" not in log
+    assert log.count("monkey.patch_all()' on the first line of gunicorn.conf.py") == 1
+
+
+def test_an_untrusted_certificate_is_a_clear_network_error(start_proxy: Any, tls_upstream: Any) -> None:
+    server = start_proxy(tls_upstream.base_url)  # no REQUESTS_CA_BUNDLE: the self-signed cert is not trusted
+    r = http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
+    assert r.status_code == 502
+    assert r.json()["type"] == "network_error" and "TLS" in r.json()["error"]
