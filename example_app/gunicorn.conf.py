@@ -20,3 +20,18 @@ accesslog = os.environ.get("ACCESS_LOG")  # "-" for stdout
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
+
+# Prometheus in multiprocess mode (LLM_PROXY_METRICS): every worker writes its values to files in
+# this directory and /metrics merges them. It must be empty at start and per server instance.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-proxy-metrics-")
+
+
+def child_exit(server, worker):  # noqa: ANN001 - gunicorn's hook signature
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(worker.pid)

@@ -35,6 +35,9 @@ class ChatRequest:
     responses_body: dict[str, Any] | None = None
 
     def text_for_log(self) -> str:
+        if self.responses_body is not None:
+            inp = self.responses_body.get("input")
+            return inp if isinstance(inp, str) else str(inp)
         parts: list[str] = []
         for m in self.messages:
             c = m["content"]
@@ -59,7 +62,7 @@ def _number(body: Mapping[str, Any], name: str, lo: float, hi: float) -> float |
     v = body.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
         raise _fail(name, f"must be a number, got {type(v).__name__}")
     if not lo <= v <= hi:
         raise _fail(name, f"must be between {lo:g} and {hi:g}, got {v}")
@@ -217,10 +220,10 @@ def _stop(v: Any) -> list[str] | None:
 
 
 def _max_tokens(body: Mapping[str, Any], cap: int, *names: str) -> int | None:
-    found = [n for n in names if body.get(n) is not None]
-    if len(found) > 1 and len({body[n] for n in found if isinstance(body[n], (int, float))}) > 1:
-        raise _fail(found[1], f"conflicts with {found[0]}; send one of them")
-    return _integer(body, found[0], 1, cap) if found else None
+    found = [(n, _integer(body, n, 1, cap)) for n in names if body.get(n) is not None]
+    if len({v for _, v in found}) > 1:
+        raise _fail(found[1][0], f"conflicts with {found[0][0]}; send one of them")
+    return found[0][1] if found else None
 
 
 #: the Responses API fields the proxy forwards; everything else is dropped

@@ -84,6 +84,12 @@ class ProviderConfig:
     _exact: frozenset[str] = field(default=frozenset(), repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
+    def label_for(self, model: str) -> str:
+        """A bounded metrics label: the model when listed by name, else the pattern it matched."""
+        if model in self._exact:
+            return model
+        return next((m for m in self.models if fnmatch.fnmatchcase(model, m)), "other")
+
     def allows(self, model: str) -> bool:
         """Exact names are a set lookup; all patterns are one precompiled regex."""
         if model in self._exact:

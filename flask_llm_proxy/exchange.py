@@ -60,7 +60,7 @@ class Exchange:
     __slots__ = (
         "request_id", "identity", "provider", "model", "endpoint", "started", "wall_started",
         "ttfb_ms", "retries", "status", "error", "complete", "client_aborted", "tokens_streamed",
-        "translator", "resp", "input_chars", "text_parts", "_finalizers", "_done", "record",
+        "translator", "resp", "input_chars", "text_parts", "_finalizers", "_done", "record", "cost_fn",
     )
 
     def __init__(self, request_id: str, identity: str, provider: str, model: str, started: float, *, input_chars: int = 0, keep_text: bool = False, endpoint: str = "chat") -> None:
@@ -85,6 +85,7 @@ class Exchange:
         self._finalizers: list[Callable[[UsageRecord], None]] = []
         self._done = False
         self.record: UsageRecord | None = None
+        self.cost_fn: Callable[..., float | None] | None = None
 
     def fail(self, err: ProxyError, *, before_stream: bool = False) -> None:
         self.error = err
@@ -113,6 +114,7 @@ class Exchange:
             if not input_tokens:
                 input_tokens = max(1, self.input_chars // CHARS_PER_TOKEN)
             output_tokens = max(output_tokens, self.tokens_streamed)
+        cost = self.cost_fn(self.model, input_tokens, output_tokens, cache_read, cache_write) if self.cost_fn and t is not None else None
         error_type = self.error.type if self.error is not None else ("client_closed" if self.client_aborted else None)
         return UsageRecord(
             request_id=self.request_id,
@@ -122,14 +124,14 @@ class Exchange:
             input_tokens=int(input_tokens),
             output_tokens=int(output_tokens),
             estimated=estimated,
-            cost_usd=None,
+            cost_usd=cost,
             status=self.status,
             error_type=error_type,
             ttfb_ms=self.ttfb_ms,
             duration_ms=round((time.perf_counter() - self.started) * 1000.0, 1),
             retries=self.retries,
             finish_reason=finish if self.complete else None,
-            cached=False,
+            cached=cache_read > 0,
             timestamp=self.wall_started,
             cache_read_tokens=int(cache_read),
             cache_write_tokens=int(cache_write),

@@ -56,13 +56,20 @@ class ProxyState:
         self.accounting.check_budget(identity)
 
     def attach(self, ex: Exchange, req: ChatRequest) -> None:
-        ex.on_finalize(self._account)
-        self.accounting.started(ex)
+        """Account for ``ex`` exactly once, whenever and however it ends."""
 
-    def _account(self, record: UsageRecord) -> UsageRecord:
-        if self.limits is not None:
-            self.limits.charge_quota(record.identity, record.total_tokens)
-        return self.accounting.record(record)
+        def account(record: UsageRecord) -> UsageRecord:
+            if self.limits is not None:
+                self.limits.charge_quota(record.identity, record.total_tokens)
+            record = self.accounting.record(record)
+            content = None
+            if self.settings.log_content:
+                content = {"prompt": req.text_for_log(), "completion": "".join(ex.text_parts or ())}
+            self.accounting.log_line(record, content)
+            return record
+
+        ex.on_finalize(account)
+        self.accounting.started(ex)
 
 
 class LLMProxy:

@@ -74,6 +74,10 @@ def _final_event(ex: Exchange, translator: Translator, token_id: int) -> bytes:
         "finishReason": translator.finish_reason or "stop",
         "usage": {"inputTokens": u.input_tokens, "outputTokens": u.output_tokens},
     }
+    if ex.cost_fn is not None:
+        cost = ex.cost_fn(ex.model, u.input_tokens, u.output_tokens, u.cache_read, u.cache_write)
+        if cost is not None:
+            payload["usage"]["costUsd"] = cost
     if token_id == 0:
         ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
         payload["isFirst"] = True

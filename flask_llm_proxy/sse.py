@@ -71,7 +71,7 @@ class SSEDecoder:
 
     def pending(self) -> bool:
         """True when bytes of an unfinished event are held (a stream cut in the middle)."""
-        return bool(self._buf or self._data)
+        return bool(self._buf or self._data or self._event)
 
 
 def iter_events(chunks: Iterator[bytes]) -> Iterator[Event]:

@@ -1,35 +1,100 @@
-"""Accounting for every proxied request: cost, ledger, budgets, signal, metrics and the log line."""
+"""Accounting for every proxied request: cost, budgets, the ledger, the signal, metrics, the log.
+
+Runs once per request from :meth:`Exchange.finalize`, after the last byte was written, so none
+of it delays a token. Store writes go to a thread pool under gevent; a failing store is logged
+and counted and never breaks a response.
+"""
 from __future__ import annotations
 
-import dataclasses
 import logging
+import math
+import time
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask
 
 from . import _json, signals
 from .config import Settings
+from .errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
+from .ledger import Store, open_store, period_starts, run_blocking, run_later
+from .metrics import get_metrics, observe
+from .pricing import PriceTable
 
 log = logging.getLogger("flask_llm_proxy")
 request_log = logging.getLogger("flask_llm_proxy.requests")
+
+_BUDGET_PERIOD = {"daily_usd": "daily", "daily_tokens": "daily", "monthly_usd": "monthly", "monthly_tokens": "monthly"}
 
 
 class Accounting:
     def __init__(self, app: Flask, settings: Settings) -> None:
         self.app = app
         self.settings = settings
+        self.prices = PriceTable(settings.pricing)
+        self.store: Store = open_store(settings.usage_store, app.instance_path)
+        self.metrics = get_metrics() if settings.metrics else None
+
+    # --- before the upstream call ------------------------------------------------------------
 
     def check_budget(self, identity: str) -> None:
-        return None
+        budgets = self.settings.budgets
+        limits = budgets.get(identity) or budgets.get("default")
+        if not limits:
+            return
+        now = time.time()
+        try:
+            spend = run_blocking(self.store.spend, identity, now) if self.store.blocking else self.store.spend(identity, now)
+        except Exception as exc:  # noqa: BLE001 - a store outage is the operator's to see
+            if self.settings.fail_open:
+                log.warning("usage store unavailable for the budget of %s (%s); serving (LLM_PROXY_FAIL_OPEN)", identity, type(exc).__name__)
+                return
+            log.error("usage store unavailable for the budget of %s (%s); refusing", identity, type(exc).__name__)
+            raise ServiceUnavailable("budgets cannot be checked right now; try again shortly", type="budget_unavailable", headers={"Retry-After": "5"}) from None
+        _, next_day, _, next_month = period_starts(now)
+        for key, limit in limits.items():
+            if spend[key] >= limit:
+                resets = next_day if _BUDGET_PERIOD[key] == "daily" else next_month
+                retry = max(1, math.ceil(resets - now))
+                when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                unit = "USD" if key.endswith("usd") else "tokens"
+                raise BudgetExceeded(
+                    f"{_BUDGET_PERIOD[key]} budget of {limit:g} {unit} is spent; it resets at {when}",
+                    headers={"Retry-After": str(retry)},
+                    extra={"retryAfter": retry, "resetsAt": when, "budget": key, "limit": limit},
+                )
+
+    # --- around the request ------------------------------------------------------------------
 
     def started(self, ex: Exchange) -> None:
-        return None
+        ex.cost_fn = self.prices.cost
+        if self.metrics is not None:
+            self.metrics.inflight.labels(ex.provider).inc()
 
     def record(self, record: UsageRecord) -> UsageRecord:
+        m = self.metrics
+        if m is not None:
+            m.inflight.labels(record.provider).dec()
+            provider = self.settings.providers.get(record.provider)
+            observe(m, record, provider.label_for(record.model) if provider else "other")
+        run_later(self._write, record)
         try:
             signals.usage_recorded.send(self.app, record=record)
         except Exception:  # noqa: BLE001 - a host's receiver must not break accounting
             log.exception("a usage_recorded receiver failed for %s", record.request_id)
-        request_log.info(_json.dumps_str({"event": "llm_proxy.request", **record.to_dict()}))
         return record
+
+    def log_line(self, record: UsageRecord, content: dict[str, Any] | None) -> None:
+        line = {"event": "llm_proxy.request", **record.to_dict()}
+        if content:
+            line.update(content)
+        request_log.info(_json.dumps_str(line))
+
+    def _write(self, record: UsageRecord) -> None:
+        try:
+            self.store.write(record)
+        except Exception as exc:  # noqa: BLE001
+            log.error("usage store failed to record request %s: %s: %s", record.request_id, type(exc).__name__, exc)
+            if self.metrics is not None:
+                self.metrics.ledger_errors.inc()

@@ -231,6 +231,20 @@ def models() -> Response:
     return Response(_json.dumps(body), mimetype="application/json")
 
 
+def metrics_view() -> Response:
+    """Prometheus text; restricted to LLM_PROXY_METRICS_ALLOW when set (scrapers carry no JWT)."""
+    from .auth import client_address
+    from .metrics import address_allowed, render
+
+    s = state().settings
+    if not address_allowed(client_address(s.trusted_proxies), s.metrics_allow):
+        raise ProxyError("metrics are not available to this address", status=403, type="permission_denied")
+    if state().accounting.metrics is None:
+        raise ProxyError("metrics are unavailable: prometheus_client is not installed", status=503, type="service_unavailable")
+    body, content_type = render()
+    return Response(body, mimetype=None, content_type=content_type)
+
+
 def make_blueprint(settings: Any) -> Blueprint:
     bp = Blueprint(
         "llm_proxy", __name__, url_prefix=settings.url_prefix or None, static_folder="static", static_url_path="/static"
@@ -239,6 +253,8 @@ def make_blueprint(settings: Any) -> Blueprint:
         bp.add_url_rule(f"/{name}", endpoint="chat_" + name.replace(".", "_"), view_func=chat, methods=["POST"], defaults={"provider_name": name})
     bp.add_url_rule("/health", view_func=health, methods=["GET"])
     bp.add_url_rule("/models", view_func=models, methods=["GET"])
+    if settings.metrics:
+        bp.add_url_rule("/metrics", view_func=metrics_view, methods=["GET"])
     bp.before_request(_begin)
     bp.after_request(_finish)
     bp.register_error_handler(ProxyError, _on_proxy_error)

@@ -12,7 +12,7 @@ from .. import _json
 from ..chat import ChatRequest
 from ..config import ProviderConfig, Settings
 from ..errors import InvalidRequest
-from .base import Adapter, ToolCall, Translator, parse_arguments, stream_error
+from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
 
@@ -71,7 +71,7 @@ class AnthropicAdapter(Adapter):
         body: dict[str, Any] = {
             "model": req.model,
             "messages": messages,
-            "max_tokens": req.max_tokens or settings.default_max_tokens,
+            "max_tokens": req.max_tokens or min(settings.default_max_tokens, output_cap(provider, settings) or settings.default_max_tokens),
             "stream": True,
         }
         if system:
@@ -130,10 +130,11 @@ class AnthropicTranslator(Translator):
         if event == "message_start":
             usage = _json.loads(data)["message"].get("usage") or {}
             u = self.usage
-            u.input_tokens = usage.get("input_tokens") or 0
-            u.output_tokens = usage.get("output_tokens") or 0
             u.cache_read = usage.get("cache_read_input_tokens") or 0
             u.cache_write = usage.get("cache_creation_input_tokens") or 0
+            # Anthropic counts cached prompt tokens apart; the ledger's input is the whole prompt.
+            u.input_tokens = (usage.get("input_tokens") or 0) + u.cache_read + u.cache_write
+            u.output_tokens = usage.get("output_tokens") or 0
             return []
         if event == "content_block_start":
             obj = _json.loads(data)
@@ -157,8 +158,11 @@ class AnthropicTranslator(Translator):
             if "output_tokens" in usage:
                 self.usage.output_tokens = usage["output_tokens"] or 0
                 self.usage.reported = True
-            if usage.get("input_tokens"):
-                self.usage.input_tokens = usage["input_tokens"]
+            if usage.get("input_tokens"):  # newer API versions repeat cumulative counts here
+                u = self.usage
+                u.cache_read = usage.get("cache_read_input_tokens") or u.cache_read
+                u.cache_write = usage.get("cache_creation_input_tokens") or u.cache_write
+                u.input_tokens = usage["input_tokens"] + u.cache_read + u.cache_write
             return []
         if event == "message_stop":
             self.done = True

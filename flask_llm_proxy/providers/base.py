@@ -71,6 +71,12 @@ def stream_error(status: int, type_: str, message: str) -> UpstreamError:
     return UpstreamError(f"upstream error: {message}", status=status, type="upstream_error")
 
 
+def output_cap(provider: ProviderConfig, settings: Settings) -> int | None:
+    """The operator's limit on output tokens, which must hold when the client sends none."""
+    caps = [x for x in (provider.max_tokens, settings.max_tokens) if x]
+    return min(caps) if caps else None
+
+
 def parse_arguments(text: str) -> Any:
     """Tool arguments arrive as JSON text in fragments; an empty string means no arguments."""
     from .. import _json

@@ -11,7 +11,7 @@ from typing import Any
 from .. import _json
 from ..chat import ChatRequest
 from ..config import ProviderConfig, Settings
-from .base import Adapter, ToolCall, Translator, parse_arguments, stream_error
+from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
 
 
 def _messages(req: ChatRequest) -> list[dict[str, Any]]:
@@ -55,8 +55,9 @@ class ChatCompletionsAdapter(Adapter):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if req.max_tokens is not None:
-            body[provider.max_tokens_field] = req.max_tokens
+        max_tokens = req.max_tokens if req.max_tokens is not None else output_cap(provider, settings)
+        if max_tokens is not None:
+            body[provider.max_tokens_field] = max_tokens
         for name in ("temperature", "top_p", "seed"):
             val = getattr(req, name)
             if val is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from .. import _json
 from ..chat import ChatRequest
 from ..config import ProviderConfig, Settings
-from .base import Adapter, ToolCall, Translator, parse_arguments, stream_error
+from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
 from .openai import ChatCompletionsAdapter
 
 
@@ -19,6 +19,8 @@ class ResponsesAdapter(Adapter):
 
     def build(self, req: ChatRequest, provider: ProviderConfig, settings: Settings) -> dict[str, Any]:
         body = dict(req.responses_body or {})
+        if "max_output_tokens" not in body and output_cap(provider, settings) is not None:
+            body["max_output_tokens"] = output_cap(provider, settings)
         body["model"] = req.model
         body["stream"] = True
         return body
