@@ -12,6 +12,7 @@ import queue
 import socket
 import threading
 import time
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Iterator, Mapping
 
@@ -160,7 +161,7 @@ class UpstreamClient:
                 retryable = resp.status_code in RETRY_STATUSES
                 retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if not retryable or attempt >= max_retries or (retry_after is not None and retry_after > retry_after_max):
-                err.retried = attempt > 0 or retryable
+                err.retried = attempt > 0  # -> x-should-retry: false, so one layer retries, not two
                 raise err
             delay = backoff * (2**attempt)
             if retry_after is not None:
@@ -194,7 +195,10 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            when = parsedate_to_datetime(value)
+            if when.tzinfo is None:  # asctime form: HTTP dates are always GMT
+                when = when.replace(tzinfo=timezone.utc)
+            return max(0.0, when.timestamp() - time.time())
         except (TypeError, ValueError, IndexError):
             return None
 
@@ -219,8 +223,8 @@ def error_from_response(resp: requests.Response, secret: str) -> UpstreamError:
         elif isinstance(err, str):
             message = err
     except (ValueError, TypeError):
-        message = raw[:300].decode("utf-8", "replace")
-    message = _scrub(message, secret)[:500] or f"HTTP {status}"
+        message = raw.decode("utf-8", "replace")
+    message = _scrub(message, secret)[:500] or f"HTTP {status}"  # scrub first: a cut could split the key
     headers: dict[str, str] = {}
     if status in (429, 529, 503) and resp.headers.get("retry-after"):
         headers["Retry-After"] = resp.headers["retry-after"]

@@ -20,6 +20,7 @@ from .auth import JWT_ERRORS, check_model_claim, describe_jwt_error, identify
 from .chat import ChatRequest, parse_chat_request
 from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProxyError
 from .exchange import Exchange
+from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
 from .providers.mock import MockSource
 from .relay import StreamBody, collect, iter_items, relay, upstream_items
@@ -43,6 +44,9 @@ def state() -> Any:
 
 def _begin() -> None:
     g.llm_proxy_started = time.perf_counter()
+    endpoint = request.endpoint or ""
+    if ".native_" in endpoint:  # llm_proxy.native_<api>__<provider>: errors in the provider's shape
+        g.llm_proxy_native = endpoint.split(".native_", 1)[1].split("__", 1)[0]
     rid = request.headers.get("X-Request-ID", "")
     g.llm_proxy_request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
 
@@ -55,7 +59,9 @@ def _finish(response: Response) -> Response:
 
 
 def error_response(err: ProxyError) -> Response:
-    resp = Response(err.to_json(), status=err.status, mimetype="application/json")
+    api = g.get("llm_proxy_native")
+    body = err.to_json() if api is None else native_error_body(api, err)
+    resp = Response(body, status=err.status, mimetype="application/json")
     for k, v in err.headers.items():
         resp.headers[k] = v
     if err.retried:
@@ -251,6 +257,14 @@ def make_blueprint(settings: Any) -> Blueprint:
     )
     for name in settings.providers:
         bp.add_url_rule(f"/{name}", endpoint="chat_" + name.replace(".", "_"), view_func=chat, methods=["POST"], defaults={"provider_name": name})
+    for name, p in settings.providers.items():
+        apis = {"anthropic": ("messages",), "openai": ("chat", "responses")}.get(p.type, ())
+        for api in apis:
+            path = APIS[api][0] if api == "messages" else "/v1" + APIS[api][0]
+            bp.add_url_rule(
+                f"/{name}{path}", endpoint=f"native_{api}__{name.replace('.', '_')}", view_func=native_view,
+                methods=["POST"], defaults={"provider_name": name, "api": api},
+            )
     bp.add_url_rule("/health", view_func=health, methods=["GET"])
     bp.add_url_rule("/models", view_func=models, methods=["GET"])
     if settings.metrics:

@@ -65,10 +65,13 @@ class Adapter:
 def stream_error(status: int, type_: str, message: str) -> UpstreamError:
     """An error event inside an upstream 200 stream, mapped to what the client can act on."""
     if type_ in ("overloaded_error", "overloaded"):
-        return UpstreamError(f"upstream overloaded: {message}", status=503, type="upstream_overloaded")
-    if type_ in ("rate_limit_error", "rate_limit_exceeded"):
-        return UpstreamError(f"upstream rate limit: {message}", status=429, type="upstream_rate_limited")
-    return UpstreamError(f"upstream error: {message}", status=status, type="upstream_error")
+        err = UpstreamError(f"upstream overloaded: {message}", status=503, type="upstream_overloaded")
+    elif type_ in ("rate_limit_error", "rate_limit_exceeded"):
+        err = UpstreamError(f"upstream rate limit: {message}", status=429, type="upstream_rate_limited")
+    else:
+        err = UpstreamError(f"upstream error: {message}", status=status, type="upstream_error")
+    err.from_stream = True  # type: ignore[attr-defined]  # the upstream said it inside its stream
+    return err
 
 
 def output_cap(provider: ProviderConfig, settings: Settings) -> int | None:

@@ -19,8 +19,9 @@ class ResponsesAdapter(Adapter):
 
     def build(self, req: ChatRequest, provider: ProviderConfig, settings: Settings) -> dict[str, Any]:
         body = dict(req.responses_body or {})
-        if "max_output_tokens" not in body and output_cap(provider, settings) is not None:
-            body["max_output_tokens"] = output_cap(provider, settings)
+        cap = output_cap(provider, settings)
+        if cap is not None and "max_output_tokens" not in body:
+            body["max_output_tokens"] = cap
         body["model"] = req.model
         body["stream"] = True
         return body

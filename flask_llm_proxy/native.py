@@ -1,0 +1,217 @@
+"""Native-format endpoints for the official SDKs, after the same gatekeeping as the neutral one.
+
+``POST <prefix>/<name>/v1/messages`` (Anthropic) and ``<prefix>/<name>/v1/chat/completions`` /
+``/v1/responses`` (OpenAI) take and return the provider's own format, so ``anthropic.Anthropic(
+base_url=".../api/anthropic", api_key=<JWT>)`` and ``openai.OpenAI(base_url=".../api/openai/v1",
+api_key=<JWT>)`` work unchanged. The body is filtered to the API's known fields; the upstream
+bytes are relayed as they come while the same translators read the usage for accounting. Errors
+use the provider's error shape so the SDKs raise their usual exception classes.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Mapping
+
+from flask import Response, g, request
+
+from . import _json
+from .auth import check_model_claim, identify
+from .errors import InvalidRequest, ModelNotAllowed, ProxyError, UpstreamError
+from .exchange import Exchange
+from .providers.anthropic import AnthropicTranslator
+from .providers.base import Translator
+from .providers.openai import ChatTranslator
+from .providers.responses import ResponsesTranslator
+from .relay import StreamBody, _MALFORMED
+from .sse import SSEDecoder
+from .upstream import _read_error as read_error
+from .upstream import abort, finish, read_chunks
+
+log = logging.getLogger("flask_llm_proxy")
+
+#: API -> (upstream path, translator, the request fields forwarded, the max-tokens field names)
+APIS: dict[str, tuple[str, type[Translator], frozenset[str], tuple[str, ...]]] = {
+    "messages": (
+        "/v1/messages", AnthropicTranslator,
+        frozenset({"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream", "temperature",
+                   "top_k", "top_p", "tools", "tool_choice", "thinking"}),
+        ("max_tokens",),
+    ),
+    "chat": (
+        "/chat/completions", ChatTranslator,
+        frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
+                   "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream", "stream_options",
+                   "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort"}),
+        ("max_tokens", "max_completion_tokens"),
+    ),
+    "responses": (
+        "/responses", ResponsesTranslator,
+        frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
+                   "parallel_tool_calls", "reasoning", "text", "store", "truncation", "stream"}),
+        ("max_output_tokens",),
+    ),
+}
+
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def native_api() -> str | None:
+    """Which native API the current request is for (``None`` for the neutral endpoint)."""
+    return g.get("llm_proxy_native")
+
+
+def native_error_body(api: str, err: ProxyError) -> bytes:
+    if api == "messages":
+        etype = _ANTHROPIC_ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
+        return _json.dumps({"type": "error", "error": {"type": etype, "message": err.message}})
+    return _json.dumps({"error": {"message": err.message, "type": err.type, "param": err.extra.get("param"), "code": err.code.lower()}})
+
+
+def native_error_event(api: str, err: ProxyError) -> bytes:
+    """An error inside an already started stream, in the provider's own event form."""
+    if api == "messages":
+        return b"event: error\ndata: " + native_error_body(api, err) + b"\n\n"
+    if api == "responses":
+        return b"event: error\ndata: " + _json.dumps({"type": "error", "code": err.code.lower(), "message": err.message, "param": None}) + b"\n\n"
+    return b"data: " + native_error_body(api, err) + b"\n\n"
+
+
+def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, Any]:
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("body: must be a JSON object")
+    _, _, allowed, mt_fields = APIS[api]
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 256:
+        raise InvalidRequest("model: is required (a string)", extra={"param": "model"})
+    items = body.get("input") if api == "responses" else body.get("messages")
+    if api == "responses":
+        if not isinstance(items, (str, list)) or not items:
+            raise InvalidRequest("input: must be a non-empty string or list", extra={"param": "input"})
+    elif not isinstance(items, list) or not items:
+        raise InvalidRequest("messages: must be a non-empty list", extra={"param": "messages"})
+    max_messages = provider.max_messages or settings.max_messages
+    if isinstance(items, list) and len(items) > max_messages:
+        raise InvalidRequest(f"messages: at most {max_messages} are allowed", extra={"param": "messages"})
+    cap = min(x for x in (provider.max_tokens, settings.max_tokens, 2**31 - 1) if x)
+    for name in mt_fields:
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= cap):
+            raise InvalidRequest(f"{name}: must be an integer between 1 and {cap}", extra={"param": name})
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("stream: must be a boolean", extra={"param": "stream"})
+    if api == "messages" and body.get("max_tokens") is None:
+        raise InvalidRequest("max_tokens: is required", extra={"param": "max_tokens"})
+    out = {k: v for k, v in body.items() if k in allowed}
+    if api == "chat" and out.get("stream"):
+        # usage arrives in the last chunk only when asked for; the ledger needs it
+        opts = dict(out.get("stream_options") or {}) if isinstance(out.get("stream_options"), Mapping) else {}
+        opts["include_usage"] = True
+        out["stream_options"] = opts
+    return out
+
+
+def native_view(provider_name: str, api: str) -> Response:
+    from .views import open_upstream, read_json, state
+
+    st = state()
+    s = st.settings
+    provider = s.providers[provider_name]
+    identity, claims = identify(s, alt_header=True)
+    g.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
+    body = _check_body(api, read_json(provider.max_body_bytes or s.max_body_bytes), provider, s)
+    model = body["model"]
+    if not provider.allows(model):
+        raise ModelNotAllowed(f"model {model!r} is not allowed on '{provider_name}'")
+    check_model_claim(s, claims, model)
+    st.check_allowance(identity)
+    stream = bool(body.get("stream"))
+    ex = Exchange(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
+                  input_chars=len(_json.dumps(body.get("messages") or body.get("input") or "")), endpoint=f"native:{api}")
+    from .chat import ChatRequest
+
+    st.attach(ex, ChatRequest(model=model))
+    path, translator_cls, _, _ = APIS[api]
+    adapter_headers = {"x-api-key": provider.api_key, "anthropic-version": provider.anthropic_version} if api == "messages" else {"authorization": f"Bearer {provider.api_key}"}
+    try:
+        resp = open_upstream(ex, provider, path, adapter_headers, _json.dumps(body), accept="text/event-stream" if stream else "application/json")
+    except ProxyError as err:
+        ex.fail(err, before_stream=True)
+        ex.finalize()
+        raise
+    translator = translator_cls()
+    ex.translator = translator
+    if not stream:
+        return _whole(ex, resp, api, translator)
+    ex.resp = resp
+    content_type = resp.headers.get("content-type", "text/event-stream")
+    return Response(StreamBody(_passthrough(ex, resp, api, translator, s.keepalive), ex.finalize), status=200,
+                    content_type=content_type, headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+                    direct_passthrough=True)
+
+
+def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Response:
+    """Non-streaming: the upstream's JSON, unchanged; its usage goes to the ledger."""
+    try:
+        raw = resp.content
+    except Exception as exc:  # noqa: BLE001 - a dropped or stalled body, like any other
+        err = read_error(exc)
+        ex.fail(err, before_stream=True)
+        ex.finalize()
+        raise err from None
+    finally:
+        resp.close()
+    try:
+        obj = _json.loads(raw)
+        usage = obj.get("usage") or {}
+        u = translator.usage
+        if api == "chat":
+            u.input_tokens, u.output_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+            translator.finish_reason = ((obj.get("choices") or [{}])[0] or {}).get("finish_reason")
+        else:
+            u.cache_read = usage.get("cache_read_input_tokens") or 0
+            u.cache_write = usage.get("cache_creation_input_tokens") or 0
+            u.input_tokens = (usage.get("input_tokens") or 0) + u.cache_read + u.cache_write
+            u.output_tokens = usage.get("output_tokens") or 0
+            translator.finish_reason = obj.get("stop_reason") or obj.get("status")
+        u.reported = bool(usage)
+    except _MALFORMED:
+        log.warning("request %s: the upstream's JSON answer had no readable usage", ex.request_id)
+    translator.done = True
+    ex.complete = True
+    ex.finalize()
+    return Response(raw, status=resp.status_code, content_type=resp.headers.get("content-type", "application/json"))
+
+
+def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keepalive: float | None) -> Iterator[bytes]:
+    """Relay upstream bytes unchanged; read the same bytes for usage and completeness."""
+    decoder = SSEDecoder()
+    feed, tfeed = decoder.feed, translator.feed
+    complete = False
+    try:
+        for chunk in read_chunks(resp, keepalive):
+            if chunk is None:
+                yield b": ping\n\n"
+                continue
+            yield chunk
+            for event in feed(chunk):
+                ex.tokens_streamed += len(tfeed(*event))
+        complete = True
+        if not translator.done:
+            raise UpstreamError("the upstream stream ended before its final event", type="network_error")
+        ex.complete = True
+    except ProxyError as err:
+        ex.fail(err)
+        if not getattr(err, "from_stream", False):  # the upstream's own error event was relayed already
+            yield native_error_event(api, err)
+    except _MALFORMED as exc:
+        ex.fail(UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})"))
+    except GeneratorExit:
+        ex.client_aborted = True
+        raise
+    finally:
+        ex.resp = None
+        if complete:
+            finish(resp)
+        else:
+            abort(resp)
