@@ -1,0 +1,441 @@
+"""load_settings and init_app (flask_llm_proxy/config.py, extension.py).
+
+A wrong setting fails at startup with a ``ConfigError`` naming the key, never at the first request;
+a misspelt key is a warning naming the key that was probably meant.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_llm_proxy import LLMProxy
+from flask_llm_proxy.config import DEFAULTS, Settings, load_settings
+from flask_llm_proxy.errors import ConfigError
+
+ANTHROPIC = {"api_key": "sk-ant-test", "models": ["claude-*"]}
+OPENAI = {"api_key": "sk-openai-test", "models": ["gpt-*"]}
+
+
+def load(environ: dict[str, str] | None = None, **config: Any) -> Settings:
+    return load_settings(config, environ=environ or {})
+
+
+def providers(**entries: Any) -> Settings:
+    return load(LLM_PROXY_PROVIDERS=entries)
+
+
+def config_error(key: str, *fragments: str, environ: dict[str, str] | None = None, **config: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(environ, **config)
+    err = info.value
+    assert err.key == key
+    assert str(err).startswith(f"{key}: ")
+    for fragment in fragments:
+        assert fragment in str(err), f"{fragment!r} not in {str(err)!r}"
+    return err
+
+
+def provider_error(key_suffix: str, name: str, entry: Any, *fragments: str, environ: dict[str, str] | None = None) -> ConfigError:
+    return config_error(f"LLM_PROXY_PROVIDERS[{name!r}]{key_suffix}", *fragments, environ=environ, LLM_PROXY_PROVIDERS={name: entry})
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_an_empty_config_gives_the_documented_defaults():
+    s = load()
+    assert s.providers == {}
+    assert s.url_prefix == "/api"
+    assert s.default_max_tokens == DEFAULTS["LLM_PROXY_DEFAULT_MAX_TOKENS"]
+    assert s.max_retries == 2 and s.retry_backoff == 1.0 and s.retry_after_max == 20.0
+    assert s.require_auth is True and s.rate_limit == "60/minute" and s.token_quota is None
+    assert s.cors_origins == () and s.cors_credentials is False
+    assert s.keepalive == 15.0
+
+
+def test_load_settings_does_not_modify_the_config():
+    cfg = {"LLM_PROXY_PROVIDERS": {"anthropic": dict(ANTHROPIC)}, "LLM_PROXY_CORS_ORIGINS": "https://a.test, https://b.test"}
+    before = repr(cfg)
+    s = load_settings(cfg, environ={})
+    assert repr(cfg) == before
+    assert s.cors_origins == ("https://a.test", "https://b.test")
+
+
+# --- providers --------------------------------------------------------------------------------
+
+
+def test_a_bad_provider_type_names_the_type_key():
+    provider_error(".type", "claude", dict(ANTHROPIC, type="azure"), "'azure'", "anthropic", "openai", "mock")
+
+
+def test_type_defaults_to_the_entry_name():
+    s = providers(anthropic=ANTHROPIC, openai=OPENAI, mock={"models": ["*"]})
+    assert {n: p.type for n, p in s.providers.items()} == {"anthropic": "anthropic", "openai": "openai", "mock": "mock"}
+
+
+def test_an_entry_named_like_no_type_says_that_type_defaults_to_the_name():
+    provider_error(".type", "claude", ANTHROPIC, "'claude'", "defaults to the entry's name")
+
+
+@pytest.mark.parametrize("ptype, env_var", [("anthropic", "ANTHROPIC_API_KEY"), ("openai", "OPENAI_API_KEY")])
+def test_a_missing_api_key_names_the_environment_variable(ptype, env_var):
+    provider_error(".api_key", "main", {"type": ptype, "models": ["*"]}, env_var)
+
+
+def test_an_empty_api_key_is_missing_too():
+    provider_error(".api_key", "anthropic", dict(ANTHROPIC, api_key=""), "ANTHROPIC_API_KEY")
+
+
+def test_a_mock_provider_needs_no_key_and_no_url():
+    p = providers(mock={"models": ["*"]}).providers["mock"]
+    assert p.api_key == "" and p.type == "mock"
+
+
+def test_api_keys_fall_back_to_the_environment():
+    s = load_settings(
+        {"LLM_PROXY_PROVIDERS": {"anthropic": {"models": ["*"]}, "openai": {"models": ["*"]}}},
+        environ={"ANTHROPIC_API_KEY": "sk-ant-env", "OPENAI_API_KEY": "sk-openai-env"},
+    )
+    assert s.providers["anthropic"].api_key == "sk-ant-env"
+    assert s.providers["openai"].api_key == "sk-openai-env"
+
+
+def test_a_key_in_the_config_wins_over_the_environment():
+    s = load_settings({"LLM_PROXY_PROVIDERS": {"anthropic": ANTHROPIC}}, environ={"ANTHROPIC_API_KEY": "sk-ant-env"})
+    assert s.providers["anthropic"].api_key == "sk-ant-test"
+
+
+def test_base_urls_fall_back_to_the_environment_then_to_the_official_ones():
+    env = {"OPENAI_BASE_URL": "http://vllm.internal:8000/v1/", "OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+    s = load_settings({"LLM_PROXY_PROVIDERS": {"openai": {"models": ["*"]}, "anthropic": {"models": ["*"]}}}, environ=env)
+    assert s.providers["openai"].base_url == "http://vllm.internal:8000/v1"
+    assert s.providers["anthropic"].base_url == "https://api.anthropic.com"
+    s = load_settings({"LLM_PROXY_PROVIDERS": {"anthropic": {"models": ["*"]}}}, environ={"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": "http://gw.test"})
+    assert s.providers["anthropic"].base_url == "http://gw.test"
+
+
+def test_the_environment_is_not_read_when_environ_is_given():
+    # environ={} isolates from the real process environment (which may hold real keys)
+    provider_error(".api_key", "anthropic", {"models": ["*"]}, "ANTHROPIC_API_KEY", environ={})
+
+
+@pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://x.test", "https://", "http:// spaced", 42])
+def test_a_bad_base_url_names_the_key(url):
+    provider_error(".base_url", "anthropic", dict(ANTHROPIC, base_url=url), "http")
+
+
+@pytest.mark.parametrize(
+    "entry, field_name",
+    [
+        ({"type": "openai", "api_key": "k", "models": ["*"]}, "max_completion_tokens"),
+        ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "https://api.openai.com/v1/"}, "max_completion_tokens"),
+        ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "http://localhost:11434/v1"}, "max_tokens"),
+        ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "https://openrouter.ai/api/v1"}, "max_tokens"),
+        ({"type": "openai", "api_key": "k", "models": ["*"], "max_tokens_field": "max_tokens"}, "max_tokens"),
+        ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "http://l/v1", "max_tokens_field": "max_completion_tokens"}, "max_completion_tokens"),
+        ({"type": "anthropic", "api_key": "k", "models": ["*"]}, "max_tokens"),
+    ],
+)
+def test_max_tokens_field_follows_the_base_url_unless_set(entry, field_name):
+    assert providers(p=entry).providers["p"].max_tokens_field == field_name
+
+
+def test_official_openai_url_from_the_environment_gets_max_completion_tokens():
+    s = load_settings({"LLM_PROXY_PROVIDERS": {"openai": {"models": ["*"]}}}, environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "https://api.openai.com/v1"})
+    assert s.providers["openai"].max_tokens_field == "max_completion_tokens"
+
+
+def test_a_bad_max_tokens_field_names_the_key():
+    provider_error(".max_tokens_field", "openai", dict(OPENAI, max_tokens_field="max_output_tokens"))
+
+
+@pytest.mark.parametrize("models", [None, "gpt-4o", [], [""], ["gpt-4o", 3], {"gpt-4o": True}])
+def test_a_bad_models_list_names_the_key(models):
+    entry = dict(OPENAI, models=models)
+    if models is None:
+        del entry["models"]
+    provider_error(".models", "openai", entry)
+
+
+def test_an_unknown_provider_option_names_the_provider_and_the_option():
+    provider_error("", "anthropic", dict(ANTHROPIC, temprature=0.5), "unknown option", "temprature")
+
+
+@pytest.mark.parametrize("name", ["health", "models", "metrics", "static", "client.js", "a/b", "", "-x", "x" * 65])
+def test_an_unusable_provider_name_is_refused(name):
+    config_error("LLM_PROXY_PROVIDERS", repr(name), LLM_PROXY_PROVIDERS={name: {"type": "mock", "models": ["*"]}})
+
+
+def test_providers_must_be_a_dict():
+    config_error("LLM_PROXY_PROVIDERS", "dict", LLM_PROXY_PROVIDERS=[ANTHROPIC])
+
+
+def test_a_provider_entry_must_be_a_dict():
+    provider_error("", "anthropic", ["claude-*"], "dict")
+
+
+@pytest.mark.parametrize("headers", [{"Host": "evil.test"}, {"content-length": "1"}, {"X-Extra": 1}, "X-A: b"])
+def test_bad_extra_headers_are_refused(headers):
+    provider_error(".headers", "anthropic", dict(ANTHROPIC, headers=headers))
+
+
+@pytest.mark.parametrize("option, value", [("max_tokens", 0), ("max_tokens", "many"), ("max_messages", -1), ("max_body_bytes", 1.5)])
+def test_bad_provider_limits_name_their_key(option, value):
+    provider_error(f".{option}", "anthropic", dict(ANTHROPIC, **{option: value}))
+
+
+def test_the_api_key_is_not_in_the_provider_repr():
+    p = providers(anthropic=ANTHROPIC).providers["anthropic"]
+    assert "sk-ant-test" not in repr(p)
+
+
+# --- allows() ---------------------------------------------------------------------------------
+
+
+def test_allows_exact_names_and_fnmatch_patterns():
+    p = providers(openai=dict(OPENAI, models=["gpt-4o", "o1-*", "llama-3.1-?b", "claude-[hs]*"])).providers["openai"]
+    for model in ("gpt-4o", "o1-mini", "o1-", "llama-3.1-8b", "claude-haiku", "claude-sonnet-4"):
+        assert p.allows(model), model
+    for model in ("gpt-4o-mini", "gpt-4", "xo1-mini", "llama-3x1-8b", "llama-3.1-70b", "claude-opus", "GPT-4O", ""):
+        assert not p.allows(model), model
+
+
+def test_an_exact_name_with_regex_characters_matches_only_itself():
+    p = providers(openai=dict(OPENAI, models=["a.b+c"])).providers["openai"]
+    assert p.allows("a.b+c")
+    assert not p.allows("axbbc")
+
+
+def test_a_star_allows_every_model():
+    assert providers(mock={"models": ["*"]}).providers["mock"].allows("anything/at:all")
+
+
+def test_a_pattern_must_match_the_whole_name():
+    p = providers(openai=dict(OPENAI, models=["gpt-4o"], base_url="http://l/v1")).providers["openai"]
+    assert not p.allows("gpt-4o\n")
+    p = providers(openai=dict(OPENAI, models=["gpt-*-mini"])).providers["openai"]
+    assert p.allows("gpt-4o-mini") and not p.allows("gpt-4o-mini-2024") and not p.allows("my-gpt-4o-mini")
+
+
+# --- other settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", ["lots", "60", "60/fortnight", "60/minute;bad", "/minute", 60, ["60/minute"]])
+def test_a_bad_rate_string_names_the_key(rate):
+    config_error("LLM_PROXY_RATE_LIMIT", LLM_PROXY_RATE_LIMIT=rate)
+
+
+def test_a_bad_token_quota_names_its_key():
+    config_error("LLM_PROXY_TOKEN_QUOTA", "'100k/day'", LLM_PROXY_TOKEN_QUOTA="100k/day")
+
+
+@pytest.mark.parametrize("rate", ["60/minute", "60 per minute", "10 per 2 minutes", "100/day;1000/month", "5/second, 100/hour", "1/Hour"])
+def test_good_rate_strings_are_kept(rate):
+    assert load(LLM_PROXY_RATE_LIMIT=rate).rate_limit == rate
+
+
+@pytest.mark.parametrize("rate", [None, "", False])
+def test_no_rate_limit(rate):
+    assert load(LLM_PROXY_RATE_LIMIT=rate).rate_limit is None
+
+
+@pytest.mark.parametrize("prefix", ["api", "/api/", "api/", 5, None])
+def test_a_bad_prefix_names_the_key(prefix):
+    config_error("LLM_PROXY_URL_PREFIX", LLM_PROXY_URL_PREFIX=prefix)
+
+
+@pytest.mark.parametrize("prefix, expected", [("/api", "/api"), ("/llm/v1", "/llm/v1"), ("/", "")])
+def test_good_prefixes(prefix, expected):
+    assert load(LLM_PROXY_URL_PREFIX=prefix).url_prefix == expected
+
+
+@pytest.mark.parametrize("origins", [["*"], "*", ["https://app.test", ".*"]])
+def test_credentials_with_a_wildcard_origin_are_refused(origins):
+    config_error("LLM_PROXY_CORS_ORIGINS", "LLM_PROXY_CORS_CREDENTIALS", LLM_PROXY_CORS_ORIGINS=origins, LLM_PROXY_CORS_CREDENTIALS=True)
+
+
+def test_a_wildcard_origin_without_credentials_is_allowed():
+    assert load(LLM_PROXY_CORS_ORIGINS=["*"]).cors_origins == ("*",)
+
+
+def test_credentials_with_listed_origins_are_allowed():
+    s = load(LLM_PROXY_CORS_ORIGINS=["https://app.test", r"https://.*\.app\.test"], LLM_PROXY_CORS_CREDENTIALS="true")
+    assert s.cors_credentials is True and len(s.cors_origins) == 2
+
+
+def test_an_origin_that_is_no_valid_regex_is_refused():
+    config_error("LLM_PROXY_CORS_ORIGINS", "regular expression", LLM_PROXY_CORS_ORIGINS=["app(.test"])
+
+
+def test_budgets_with_an_unknown_limit_name_the_identity_and_the_limit():
+    config_error("LLM_PROXY_BUDGETS['default']", "daily_dollars", "daily_usd", LLM_PROXY_BUDGETS={"default": {"daily_dollars": 5}})
+
+
+def test_a_budget_limit_that_is_not_a_number_names_its_key():
+    config_error("LLM_PROXY_BUDGETS['alice'].monthly_usd", LLM_PROXY_BUDGETS={"alice": {"monthly_usd": "lots"}})
+
+
+def test_budgets_must_be_dicts():
+    config_error("LLM_PROXY_BUDGETS", LLM_PROXY_BUDGETS=["default"])
+    config_error("LLM_PROXY_BUDGETS['default']", LLM_PROXY_BUDGETS={"default": 5})
+
+
+def test_good_budgets_are_parsed_to_floats():
+    assert load(LLM_PROXY_BUDGETS={"default": {"daily_usd": 5, "monthly_tokens": "1000000"}}).budgets == {
+        "default": {"daily_usd": 5.0, "monthly_tokens": 1_000_000.0}
+    }
+
+
+@pytest.mark.parametrize("price", [{"input": 3.0}, {"output": 15.0}, {}, 3.0])
+def test_pricing_without_input_and_output_names_the_model(price):
+    config_error("LLM_PROXY_PRICING['claude-*']", "'input' and 'output'", LLM_PROXY_PRICING={"claude-*": price})
+
+
+def test_pricing_with_an_unknown_price_names_it():
+    config_error("LLM_PROXY_PRICING['gpt-4o']", "'reasoning'", LLM_PROXY_PRICING={"gpt-4o": {"input": 2.5, "output": 10, "reasoning": 1}})
+
+
+def test_a_price_that_is_not_a_number_names_its_key():
+    config_error("LLM_PROXY_PRICING['gpt-4o'].output", LLM_PROXY_PRICING={"gpt-4o": {"input": 2.5, "output": "ten"}})
+
+
+def test_good_pricing_is_kept():
+    pricing = {"claude-*": {"input": 3, "output": 15, "cache_read": 0.3}, "free-model": None}
+    assert load(LLM_PROXY_PRICING=pricing).pricing == pricing
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("LLM_PROXY_REQUIRE_AUTH", "maybe"), ("LLM_PROXY_METRICS", 2), ("LLM_PROXY_MAX_RETRIES", -1),
+        ("LLM_PROXY_MAX_RETRIES", 1.5), ("LLM_PROXY_MAX_BODY_BYTES", 0), ("LLM_PROXY_READ_TIMEOUT", 0),
+        ("LLM_PROXY_READ_TIMEOUT", "soon"), ("LLM_PROXY_RETRY_BACKOFF", -1), ("LLM_PROXY_KEEPALIVE", "often"),
+        ("LLM_PROXY_MODELS_CLAIM", 5), ("LLM_PROXY_USAGE_STORE", "postgres://db"), ("LLM_PROXY_METRICS_ALLOW", [1]),
+        ("LLM_PROXY_DEFAULT_MAX_TOKENS", 0), ("LLM_PROXY_MAX_TOKENS", "lots"),
+    ],
+)
+def test_a_wrongly_typed_setting_names_its_key(key, value):
+    config_error(key, **{key: value})
+
+
+def test_strings_from_the_environment_are_parsed():
+    s = load(LLM_PROXY_REQUIRE_AUTH="off", LLM_PROXY_MAX_RETRIES="3", LLM_PROXY_READ_TIMEOUT="2.5", LLM_PROXY_KEEPALIVE="0")
+    assert (s.require_auth, s.max_retries, s.read_timeout, s.keepalive) == (False, 3, 2.5, None)
+
+
+# --- misspelt keys --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [("LLM_PROXY_RATE_LIMT", "LLM_PROXY_RATE_LIMIT"), ("LLM_PROXY_PROVIDER", "LLM_PROXY_PROVIDERS"),
+     ("LLM_PROXY_CORS_ORIGIN", "LLM_PROXY_CORS_ORIGINS")],
+)
+def test_an_unknown_key_warns_naming_the_closest_key(typo, meant):
+    with pytest.warns(UserWarning, match=f"unknown setting {typo}; did you mean {meant}\\?"):
+        load(**{typo: "x"})
+
+
+def test_an_unknown_key_with_nothing_close_warns_without_a_guess():
+    with pytest.warns(UserWarning, match="unknown setting LLM_PROXY_ZZZZZZZZZZZZZZZZ$"):
+        load(LLM_PROXY_ZZZZZZZZZZZZZZZZ=1)
+
+
+def test_known_keys_and_other_apps_keys_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_settings({**DEFAULTS, "SECRET_KEY": "x", "RATELIMIT_STORAGE_URI": "memory://", "JWT_SECRET_KEY": "y"}, environ={})
+
+
+# --- through Flask ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """init_app reads os.environ: keep the machine's own keys and base URLs out of these tests."""
+    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def make_app(**config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update({"LLM_PROXY_REQUIRE_AUTH": False, "LLM_PROXY_RATE_LIMIT": None, **config})
+    return app
+
+
+def test_init_app_builds_the_settings_once(no_key_env):
+    app = make_app(LLM_PROXY_PROVIDERS={"anthropic": ANTHROPIC, "mock": {"models": ["*"]}})
+    LLMProxy(app)
+    state = LLMProxy.state(app)
+    assert set(state.settings.providers) == {"anthropic", "mock"}
+    assert app.config["LLM_PROXY_MAX_RETRIES"] == DEFAULTS["LLM_PROXY_MAX_RETRIES"], "defaults are written into app.config"
+    assert {"/api/anthropic", "/api/mock", "/api/health", "/api/models"} <= {r.rule for r in app.url_map.iter_rules()}
+
+
+def test_init_app_with_the_factory_pattern(no_key_env):
+    ext = LLMProxy()
+    app = make_app(LLM_PROXY_PROVIDERS={"mock": {"models": ["*"]}}, LLM_PROXY_URL_PREFIX="/llm")
+    ext.init_app(app)
+    assert "/llm/mock" in {r.rule for r in app.url_map.iter_rules()}
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"LLM_PROXY_PROVIDERS": {"anthropic": {"models": ["*"]}}}, "LLM_PROXY_PROVIDERS['anthropic'].api_key"),
+        ({"LLM_PROXY_URL_PREFIX": "api"}, "LLM_PROXY_URL_PREFIX"),
+        ({"LLM_PROXY_RATE_LIMIT": "often"}, "LLM_PROXY_RATE_LIMIT"),
+        ({"LLM_PROXY_PROVIDERS": {"mock": {"models": "*"}}}, "LLM_PROXY_PROVIDERS['mock'].models"),
+    ],
+)
+def test_a_wrong_setting_raises_at_init_app(no_key_env, config, key):
+    app = make_app(**config)
+    with pytest.raises(ConfigError) as info:
+        LLMProxy(app)
+    assert info.value.key == key
+    assert "llm_proxy" not in app.extensions
+
+
+def test_require_auth_without_a_jwt_manager_raises_at_init_app(no_key_env):
+    app = make_app(LLM_PROXY_REQUIRE_AUTH=True, LLM_PROXY_PROVIDERS={"mock": {"models": ["*"]}})
+    with pytest.raises(ConfigError) as info:
+        LLMProxy(app)
+    assert info.value.key == "LLM_PROXY_REQUIRE_AUTH"
+    assert "JWTManager" in str(info.value)
+
+
+def test_require_auth_is_on_by_default():
+    app = Flask(__name__)
+    app.config["LLM_PROXY_RATE_LIMIT"] = None
+    with pytest.raises(ConfigError) as info:
+        LLMProxy(app)
+    assert info.value.key == "LLM_PROXY_REQUIRE_AUTH"
+
+
+def test_require_auth_with_a_jwt_manager_is_accepted(no_key_env):
+    from flask_jwt_extended import JWTManager
+
+    app = make_app(LLM_PROXY_REQUIRE_AUTH=True, JWT_SECRET_KEY="x" * 32, LLM_PROXY_PROVIDERS={"mock": {"models": ["*"]}})
+    JWTManager(app)
+    LLMProxy(app)
+    assert LLMProxy.state(app).settings.require_auth is True
+
+
+def test_a_misspelt_key_warns_at_init_app(no_key_env):
+    app = make_app(LLM_PROXY_PROVIDERS={"mock": {"models": ["*"]}}, LLM_PROXY_READ_TIMOUT=5)
+    with pytest.warns(UserWarning, match="LLM_PROXY_READ_TIMOUT; did you mean LLM_PROXY_READ_TIMEOUT"):
+        LLMProxy(app)
+
+
+def test_two_apps_keep_their_own_settings(no_key_env):
+    ext = LLMProxy()
+    a = make_app(LLM_PROXY_PROVIDERS={"mock": {"models": ["a-*"]}})
+    b = make_app(LLM_PROXY_PROVIDERS={"mock": {"models": ["b-*"]}}, LLM_PROXY_URL_PREFIX="/b")
+    ext.init_app(a)
+    ext.init_app(b)
+    assert LLMProxy.state(a).settings.providers["mock"].allows("a-1")
+    assert not LLMProxy.state(b).settings.providers["mock"].allows("a-1")
+    assert LLMProxy.state(b).settings.url_prefix == "/b"

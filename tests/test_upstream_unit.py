@@ -1,0 +1,422 @@
+"""UpstreamClient.open, error mapping and read_chunks (flask_llm_proxy/upstream.py), against the
+``responses`` mock of requests' transport: no sockets, no timing (FIELD-NOTES, "responses").
+
+Retries happen only before the first byte: 5xx, 429 and 529 and connection failures are retried
+with backoff, other 4xx never; every error the client sees is mapped to a status it can act on and
+never contains the API key.
+"""
+from __future__ import annotations
+
+import email.utils
+import io
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+import requests
+import responses
+from responses.registries import OrderedRegistry
+
+from flask_llm_proxy import upstream
+from flask_llm_proxy.errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
+from flask_llm_proxy.upstream import UpstreamClient, parse_retry_after, read_chunks
+
+URL = "https://upstream.test/v1/messages"
+SECRET = "sk-ant-api03-Zx9SECRETSECRETSECRET"
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    """Registered responses are served once each, in order; every registered one must be used."""
+    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=True) as rs:
+        yield rs
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff delays open() asked for, without waiting for them."""
+    delays: list[float] = []
+    monkeypatch.setattr(upstream.time, "sleep", delays.append)
+    return delays
+
+
+def call(max_retries: int = 2, **kw: Any) -> tuple[requests.Response, int]:
+    options: dict[str, Any] = {"secret": SECRET, "connect_timeout": 1.0, "read_timeout": 1.0, "max_retries": max_retries,
+                               "backoff": 0.0, "retry_after_max": 5.0}
+    options.update(kw)
+    return UpstreamClient(pool_maxsize=4).open(URL, {"x-api-key": SECRET}, b'{"model":"m"}', **options)
+
+
+def fail(max_retries: int = 2, **kw: Any) -> UpstreamError:
+    with pytest.raises(UpstreamError) as info:
+        call(max_retries, **kw)
+    return info.value
+
+
+def add(mock: responses.RequestsMock, status: int = 200, body: Any = None, **kw: Any) -> None:
+    if body is None:
+        body = b"event: message_stop\ndata: {}\n\n" if status < 300 else json.dumps({"type": "error", "error": {"type": "api_error", "message": f"status {status}"}})
+    mock.add(responses.POST, URL, status=status, body=body, content_type="text/event-stream" if status < 300 else "application/json", **kw)
+
+
+def anthropic_error(type_: str, message: str) -> str:
+    return json.dumps({"type": "error", "error": {"type": type_, "message": message}})
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+def test_two_500s_then_200_returns_after_two_retries(mock):
+    add(mock, 500)
+    add(mock, 500)
+    add(mock, 200)
+    resp, retries = call(max_retries=2)
+    assert resp.status_code == 200 and retries == 2
+    assert len(mock.calls) == 3
+    assert resp.raw.read() == b"event: message_stop\ndata: {}\n\n", "the body is still unread: the stream is handed over"
+
+
+def test_each_retry_resends_the_same_body_and_headers(mock):
+    add(mock, 502)
+    add(mock, 200)
+    call()
+    assert [c.request.body for c in mock.calls] == [b'{"model":"m"}'] * 2
+    assert all(c.request.headers["x-api-key"] == SECRET for c in mock.calls)
+
+
+def test_on_retry_is_told_each_failure_being_retried(mock):
+    add(mock, 500)
+    add(mock, 529)
+    add(mock, 200)
+    seen: list[ProxyError] = []
+    call(on_retry=seen.append)
+    assert [e.extra["upstream_status"] for e in seen] == [500, 529]
+
+
+def test_retries_stop_after_max_retries(mock):
+    for _ in range(3):
+        add(mock, 500)
+    err = fail(max_retries=2)
+    assert len(mock.calls) == 3
+    assert err.status == 502 and err.type == "upstream_error"
+    assert err.retried is True
+
+
+def test_backoff_doubles_between_attempts(mock, sleeps):
+    for _ in range(4):
+        add(mock, 503)
+    fail(max_retries=3, backoff=0.25)
+    assert sleeps == [0.25, 0.5, 1.0]
+
+
+def test_a_400_is_not_retried(mock):
+    add(mock, 400, anthropic_error("invalid_request_error", "messages: roles must alternate"))
+    err = fail(max_retries=3)
+    assert len(mock.calls) == 1
+    assert err.status == 400 and err.retried is False
+
+
+def test_a_429_with_retry_after_beyond_the_maximum_is_not_retried_and_keeps_the_header(mock, sleeps):
+    add(mock, 429, anthropic_error("rate_limit_error", "slow down"), headers={"retry-after": "30"})
+    err = fail(max_retries=3, retry_after_max=5.0)
+    assert len(mock.calls) == 1 and sleeps == []
+    assert err.status == 429 and err.type == "upstream_rate_limited"
+    assert err.headers == {"Retry-After": "30"}
+
+
+def test_a_429_with_a_short_retry_after_is_retried_after_waiting_that_long(mock, sleeps):
+    add(mock, 429, anthropic_error("rate_limit_error", "slow down"), headers={"retry-after": "2"})
+    add(mock, 200)
+    _, retries = call(backoff=0.1, retry_after_max=5.0)
+    assert retries == 1 and sleeps == [2.0]
+
+
+def test_retry_after_shorter_than_the_backoff_does_not_shorten_it(mock, sleeps):
+    add(mock, 503, headers={"retry-after": "0"})
+    add(mock, 200)
+    call(backoff=0.5)
+    assert sleeps == [0.5]
+
+
+def test_a_529_is_retried(mock):
+    add(mock, 529, anthropic_error("overloaded_error", "Overloaded"))
+    add(mock, 529, anthropic_error("overloaded_error", "Overloaded"))
+    add(mock, 200)
+    assert call(max_retries=2)[1] == 2
+
+
+def test_a_529_that_stays_overloaded_becomes_503(mock, sleeps):
+    for _ in range(2):
+        add(mock, 529, anthropic_error("overloaded_error", "Overloaded"), headers={"retry-after": "1"})
+    err = fail(max_retries=1)
+    assert (err.status, err.type, err.retried) == (503, "upstream_overloaded", True)
+    assert err.headers == {"Retry-After": "1"}
+
+
+def test_retried_is_false_when_the_first_error_is_final(mock):
+    add(mock, 401, anthropic_error("authentication_error", "invalid x-api-key"))
+    assert fail().retried is False
+
+
+def test_retried_is_false_when_retries_are_disabled(mock):
+    add(mock, 500)
+    err = fail(max_retries=0)
+    assert len(mock.calls) == 1
+    assert err.retried is False
+
+
+def test_a_429_given_back_unretried_is_not_marked_retried(mock):
+    add(mock, 429, anthropic_error("rate_limit_error", "slow down"), headers={"retry-after": "30"})
+    assert fail(max_retries=3, retry_after_max=5.0).retried is False
+
+
+# --- network failures -------------------------------------------------------------------------
+
+
+def test_a_connection_error_becomes_a_retried_network_error(mock):
+    for _ in range(3):
+        mock.add(responses.POST, URL, body=requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
+    err = fail(max_retries=2)
+    assert isinstance(err, NetworkError)
+    assert (err.status, err.type, err.code) == (502, "network_error", "NETWORK_ERROR")
+    assert err.message == "could not reach the upstream: connection refused"
+    assert len(mock.calls) == 3 and err.retried is True
+
+
+def test_a_connection_error_then_success_returns(mock):
+    mock.add(responses.POST, URL, body=requests.exceptions.ConnectionError("Connection reset by peer"))
+    add(mock, 200)
+    assert call()[1] == 1
+
+
+def test_a_connection_error_message_never_holds_the_key(mock):
+    mock.add(responses.POST, URL, body=requests.exceptions.ConnectionError(f"proxy said: bad header x-api-key={SECRET}"))
+    err = fail(max_retries=0)
+    assert SECRET not in err.message and "[redacted]" in err.message
+
+
+def test_a_connect_timeout_is_retried_and_becomes_a_timeout(mock):
+    mock.add(responses.POST, URL, body=requests.exceptions.ConnectTimeout("connect timed out"))
+    mock.add(responses.POST, URL, body=requests.exceptions.ConnectTimeout("connect timed out"))
+    err = fail(max_retries=1)
+    assert isinstance(err, UpstreamTimeout) and err.status == 504
+    assert len(mock.calls) == 2
+
+
+def test_a_read_timeout_before_the_headers_is_not_retried(mock):
+    mock.add(responses.POST, URL, body=requests.exceptions.ReadTimeout("read timed out"))
+    err = fail(max_retries=3)
+    assert isinstance(err, UpstreamTimeout) and err.status == 504
+    assert len(mock.calls) == 1
+
+
+def test_a_tls_error_is_not_retried(mock):
+    mock.add(responses.POST, URL, body=requests.exceptions.SSLError("certificate verify failed"))
+    err = fail(max_retries=3)
+    assert isinstance(err, NetworkError) and "TLS" in err.message
+    assert len(mock.calls) == 1
+
+
+# --- error mapping ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "upstream_status, status, type_",
+    [
+        (401, 502, "upstream_auth_error"),
+        (403, 502, "upstream_auth_error"),
+        (429, 429, "upstream_rate_limited"),
+        (529, 503, "upstream_overloaded"),
+        (503, 503, "upstream_overloaded"),
+        (404, 404, "upstream_not_found"),
+        (400, 400, "upstream_invalid_request"),
+        (422, 400, "upstream_invalid_request"),
+        (413, 413, "payload_too_large"),
+        (500, 502, "upstream_error"),
+        (502, 502, "upstream_error"),
+        (504, 504, "timeout"),
+    ],
+)
+def test_upstream_statuses_are_mapped_to_what_the_client_can_act_on(mock, upstream_status, status, type_):
+    add(mock, upstream_status, anthropic_error("some_error", "details here"))
+    err = fail(max_retries=0)
+    assert (err.status, err.type) == (status, type_)
+    assert err.extra == {"upstream_status": upstream_status}
+    assert "details here" in err.message
+
+
+def test_an_overloaded_error_type_on_a_500_is_mapped_to_503(mock):
+    add(mock, 500, anthropic_error("overloaded_error", "Overloaded"))
+    assert fail(max_retries=0).status == 503
+
+
+def test_the_anthropic_error_message_is_kept(mock):
+    add(mock, 400, anthropic_error("invalid_request_error", "max_tokens: 999999 > 8192, which is the maximum"))
+    assert fail().message == "upstream rejected the request: max_tokens: 999999 > 8192, which is the maximum"
+
+
+def test_the_openai_error_message_is_kept(mock):
+    add(mock, 404, json.dumps({"error": {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error", "param": None, "code": "model_not_found"}}))
+    err = fail()
+    assert err.message == "upstream: The model `gpt-9` does not exist"
+
+
+def test_a_plain_string_error_is_kept(mock):
+    add(mock, 400, json.dumps({"error": "bad prompt"}))
+    assert fail().message.endswith("bad prompt")
+
+
+def test_a_non_json_error_body_is_kept_in_part(mock):
+    add(mock, 400, "<html>Bad Gateway" + "!" * 1000 + "</html>")
+    err = fail()
+    assert "<html>Bad Gateway" in err.message and len(err.message) < 600
+
+
+def test_an_empty_error_body_names_the_status(mock):
+    add(mock, 400, b"")
+    assert fail().message == "upstream rejected the request: HTTP 400"
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+def test_an_api_key_echoed_in_a_json_error_is_redacted(mock, status):
+    add(mock, status, json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}. Check it.", "type": "invalid_request_error"}}))
+    err = fail(max_retries=0)
+    assert SECRET not in err.message and SECRET not in err.to_json().decode()
+    assert f"Incorrect API key provided: [redacted]. Check it." in err.message
+
+
+def test_an_api_key_echoed_in_a_non_json_error_is_redacted(mock):
+    add(mock, 401, f"denied for key {SECRET}")
+    err = fail()
+    assert SECRET not in err.message and "[redacted]" in err.message
+
+
+def test_no_part_of_an_api_key_survives_truncation_of_a_non_json_error(mock):
+    body = "x" * (300 - len(SECRET) + 4) + SECRET + " rejected"  # the cut falls 4 characters before the key's end
+    add(mock, 401, body)
+    err = fail()
+    assert SECRET[:12] not in err.message
+
+
+# --- reading the body ------------------------------------------------------------------------
+
+
+class ChunkedRaw(io.RawIOBase):
+    """A fake socket: hands out the given chunks one read at a time, then raises ``error`` (if any)."""
+
+    def __init__(self, chunks: list[Any], error: BaseException | None = None) -> None:
+        self.chunks = list(chunks)
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if not self.chunks:
+            if self.error is not None:
+                raise self.error
+            return 0
+        chunk = self.chunks.pop(0)
+        if isinstance(chunk, threading.Event):  # wait until the test releases the next chunk
+            assert chunk.wait(5), "the test never released the stream"
+            chunk = self.chunks.pop(0)
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def stream_of(mock: responses.RequestsMock, chunks: list[Any], error: BaseException | None = None) -> requests.Response:
+    mock.add(responses.POST, URL, body=io.BufferedReader(ChunkedRaw(chunks, error)), content_type="text/event-stream")
+    return call()[0]
+
+
+CHUNKS = [b"event: message_start\ndata: {\"a\"", b":1}\n\n", "data: wörld 👋\n\n".encode()[:12], "data: wörld 👋\n\n".encode()[12:]]
+
+
+@pytest.mark.parametrize("keepalive", [None, 5.0], ids=["direct", "reader-thread"])
+def test_read_chunks_yields_each_chunk_as_it_arrives(mock, keepalive):
+    resp = stream_of(mock, CHUNKS)
+    assert list(read_chunks(resp, keepalive)) == CHUNKS
+
+
+@pytest.mark.parametrize("keepalive", [None, 5.0], ids=["direct", "reader-thread"])
+def test_a_mid_stream_failure_raises_network_error_after_the_chunks_received(mock, keepalive):
+    resp = stream_of(mock, CHUNKS[:2], ConnectionResetError(104, "Connection reset by peer"))
+    got: list[bytes | None] = []
+    with pytest.raises(NetworkError) as info:
+        for chunk in read_chunks(resp, keepalive):
+            got.append(chunk)
+    assert got == CHUNKS[:2]
+    assert (info.value.status, info.value.type) == (502, "network_error")
+
+
+@pytest.mark.parametrize("keepalive", [None, 5.0], ids=["direct", "reader-thread"])
+def test_a_silent_upstream_past_the_read_timeout_raises_a_timeout(mock, keepalive):
+    resp = stream_of(mock, CHUNKS[:1], socket.timeout("timed out"))
+    with pytest.raises(UpstreamTimeout):
+        list(read_chunks(resp, keepalive))
+
+
+def test_silence_longer_than_the_keepalive_yields_none(mock):
+    release = threading.Event()
+    resp = stream_of(mock, [b"data: 1\n\n", release, b"data: 2\n\n"])
+    chunks = read_chunks(resp, 0.01)
+    assert next(chunks) == b"data: 1\n\n"
+    assert next(chunks) is None  # the upstream is silent: time for a ": ping"
+    release.set()
+    rest = list(chunks)
+    assert b"data: 2\n\n" in rest and set(rest) <= {None, b"data: 2\n\n"}
+
+
+def test_an_empty_body_ends_at_once(mock):
+    assert list(read_chunks(stream_of(mock, []), None)) == []
+
+
+# --- Retry-After ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, seconds", [("3", 3.0), ("0", 0.0), ("1.5", 1.5), ("-4", 0.0), (" 7 ", 7.0)])
+def test_retry_after_in_seconds(value, seconds):
+    assert parse_retry_after(value) == seconds
+
+
+@pytest.mark.parametrize("value", [None, "", "soon", "Thu, 99 Foo 2024"])
+def test_retry_after_that_cannot_be_read_is_none(value):
+    assert parse_retry_after(value) is None
+
+
+def test_retry_after_as_an_http_date():
+    value = email.utils.formatdate(time.time() + 120, usegmt=True)
+    assert 115 <= parse_retry_after(value) <= 121
+
+
+def test_retry_after_as_an_rfc850_date():
+    value = time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(time.time() + 60))
+    assert 55 <= parse_retry_after(value) <= 61
+
+
+def test_retry_after_as_a_past_http_date_is_zero():
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@pytest.fixture
+def non_utc_local_time() -> Iterator[None]:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"  # UTC+05:30, no daylight saving
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_retry_after_as_an_asctime_date_is_read_as_utc(non_utc_local_time):
+    value = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(time.time() + 60))
+    assert 55 <= parse_retry_after(value) <= 61
