@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .chat import ChatRequest
 
 log = logging.getLogger("flask_llm_proxy")
-EXPOSED_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID"]
+EXPOSED_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID", "x-should-retry"]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "x-api-key", "anthropic-version"]
 
 
