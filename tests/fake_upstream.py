@@ -15,6 +15,9 @@ wire formats byte for byte:
 the provider's normal non-streamed JSON object is returned.  A wrong or missing
 key gives ``401`` in the provider's error shape; an Anthropic request without
 ``anthropic-version`` gives ``400 invalid_request_error`` (as the real API does).
+Anthropic takes the key from ``x-api-key`` only, unless ``--anthropic-bearer``
+is given: then ``Authorization: Bearer <key>`` is accepted too (newer official
+Anthropic SDKs send the API key that way).
 
 Control endpoints (no auth)
 ---------------------------
@@ -27,7 +30,7 @@ Anything else is ``404`` (JSON); a non-POST on an API path is ``405``.
 Running it
 ----------
 ``python tests/fake_upstream.py --port 0 [--host 127.0.0.1] [--certfile F --keyfile F]
-[--key SECRET] [--backlog 4096] [--max-records 100000]``
+[--key SECRET] [--backlog 4096] [--max-records 100000] [--anthropic-bearer]``
 
 prints exactly one line ``PORT <n>`` to stdout once listening and runs until
 SIGTERM/SIGINT (exit status 0).  From Python use :class:`FakeUpstreamProcess`::
@@ -1113,8 +1116,9 @@ class _Ticker:
 class FakeUpstream:
     """The in-process server state and connection handler (see the module docstring)."""
 
-    def __init__(self, key: str = "test-key", max_records: int = 100_000) -> None:
+    def __init__(self, key: str = "test-key", max_records: int = 100_000, anthropic_bearer: bool = False) -> None:
         self.key = key
+        self.anthropic_bearer = anthropic_bearer
         self.records: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.seq = 0
         self.conn_seq = 0
@@ -1243,7 +1247,8 @@ class FakeUpstream:
 
     def _auth_error(self, provider: str, headers: dict[str, str]) -> tuple[int, str] | None:
         if provider == ANTHROPIC:
-            if headers.get("x-api-key") != self.key:
+            bearer_ok = self.anthropic_bearer and headers.get("authorization") == f"Bearer {self.key}"
+            if headers.get("x-api-key") != self.key and not bearer_ok:
                 return 401, "invalid x-api-key"
             if not headers.get("anthropic-version"):
                 return 400, "anthropic-version: header is required"
@@ -1424,9 +1429,10 @@ class FakeUpstream:
 
 async def start_server(host: str = "127.0.0.1", port: int = 0, *, key: str = "test-key",
                        ssl_context: ssl.SSLContext | None = None, backlog: int = 4096,
-                       max_records: int = 100_000) -> tuple[asyncio.AbstractServer, FakeUpstream]:
+                       max_records: int = 100_000,
+                       anthropic_bearer: bool = False) -> tuple[asyncio.AbstractServer, FakeUpstream]:
     """Start the fake inside the running event loop; returns ``(server, state)``."""
-    state = FakeUpstream(key=key, max_records=max_records)
+    state = FakeUpstream(key=key, max_records=max_records, anthropic_bearer=anthropic_bearer)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Conn(state), host, port, ssl=ssl_context, backlog=backlog)
     return server, state
@@ -1456,7 +1462,8 @@ async def _amain(args: argparse.Namespace) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.certfile, args.keyfile)
     server, state = await start_server(args.host, args.port, key=args.key, ssl_context=ctx,
-                                       backlog=args.backlog, max_records=args.max_records)
+                                       backlog=args.backlog, max_records=args.max_records,
+                                       anthropic_bearer=args.anthropic_bearer)
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"PORT {port}\n")
     sys.stdout.flush()
@@ -1482,6 +1489,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", default="test-key", help="the API key expected (default test-key)")
     parser.add_argument("--backlog", type=int, default=4096)
     parser.add_argument("--max-records", type=int, default=100_000)
+    parser.add_argument("--anthropic-bearer", action="store_true",
+                        help="also accept 'Authorization: Bearer <key>' on /v1/messages")
     args = parser.parse_args(argv)
     if bool(args.certfile) != bool(args.keyfile):
         parser.error("--certfile and --keyfile go together")

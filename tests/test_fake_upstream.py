@@ -513,3 +513,13 @@ def test_tls(tmp_path: Path, session: requests.Session) -> None:
         assert [x["completed"] for x in up.requests(id="tls")] == [True]
         with pytest.raises(requests.exceptions.SSLError):
             session.get(up.base_url + "/_fake/health")  # default CA bundle does not trust it
+
+
+
+def test_anthropic_bearer_flag(session: requests.Session) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "tokens=2"}]}
+    headers = {"Authorization": f"Bearer {KEY}", "anthropic-version": "2023-06-01"}
+    with FakeUpstreamProcess(extra_args=["--anthropic-bearer"]) as up:
+        r = session.post(up.base_url + "/v1/messages", json=body, headers=headers)
+        assert r.status_code == 200 and r.json()["content"][0]["text"] == expected_text(2)
+        assert session.post(up.base_url + "/v1/messages", json=body, headers=ANTHROPIC_HEADERS).status_code == 200
