@@ -56,9 +56,21 @@ def _claims_from_alt_header() -> dict[str, Any] | None:
     token = request.headers.get("x-api-key")
     if not token or request.headers.get("Authorization"):
         return None
-    from flask_jwt_extended import decode_token
+    from flask_jwt_extended import decode_token, get_unverified_jwt_headers
+    from flask_jwt_extended.internal_utils import (
+        custom_verification_for_token,
+        verify_token_not_blocklisted,
+        verify_token_type,
+    )
 
-    return decode_token(token)
+    # The same checks verify_jwt_in_request applies to the Authorization header: signature and
+    # times (decode_token), an access token only, the host's blocklist and custom claim checks.
+    claims = decode_token(token)
+    header = get_unverified_jwt_headers(token)
+    verify_token_type(claims, refresh=False)
+    verify_token_not_blocklisted(header, claims)
+    custom_verification_for_token(header, claims)
+    return claims
 
 
 def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -103,7 +104,7 @@ class LLMProxy:
             # Explicit origins: CORS(blueprint) would otherwise default to "*" (FIELD-NOTES).
             CORS(
                 bp,
-                origins=list(settings.cors_origins),
+                origins=cors_origin_matchers(settings.cors_origins),
                 supports_credentials=settings.cors_credentials,
                 expose_headers=EXPOSED_HEADERS,
                 allow_headers=ALLOWED_HEADERS,
@@ -118,6 +119,24 @@ class LLMProxy:
     @staticmethod
     def state(app: Flask) -> ProxyState:
         return app.extensions["llm_proxy"]
+
+
+def cors_origin_matchers(origins: tuple[str, ...]) -> list[Any]:
+    """Exact origins stay strings; regular expressions are anchored at both ends.
+
+    flask-cors matches a pattern with ``re.match`` (start only): ``https://.*\\.example\\.org``
+    would also allow ``https://chat.example.org.attacker.net``.
+    """
+    out: list[Any] = []
+    for origin in origins:
+        if origin == "*" or _EXACT_ORIGIN.match(origin):
+            out.append(origin)
+        else:
+            out.append(re.compile(rf"(?:{origin})\Z", re.IGNORECASE))
+    return out
+
+
+_EXACT_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
 
 
 def _make_limiter(app: Flask) -> Limiter:

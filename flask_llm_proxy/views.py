@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import _json, signals
 from .auth import JWT_ERRORS, check_model_claim, describe_jwt_error, identify
 from .chat import ChatRequest, parse_chat_request
-from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProxyError
+from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError
 from .exchange import Exchange
 from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
@@ -106,17 +106,40 @@ def read_json(limit: int) -> Any:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the request body is {length} bytes; at most {limit} are accepted")
-    request.max_content_length = limit  # werkzeug stops reading past it (chunked bodies too)
+    # werkzeug stops reading a chunked body at the limit without an error: read one byte more
+    request.max_content_length = limit + 1
     try:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise PayloadTooLarge(f"the request body exceeds {limit} bytes") from None
+        raw = b"x" * (limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return _json.loads(raw)
+        body = _json.loads(raw)
     except (ValueError, RecursionError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
+    if too_deep(body, MAX_DEPTH):
+        raise InvalidRequest(f"the request body is nested deeper than {MAX_DEPTH} levels")
+    return body
+
+
+MAX_DEPTH = 64
+
+
+def too_deep(obj: Any, limit: int) -> bool:
+    """Iterative, so a hostile body cannot exhaust the stack; JSON that deep is never needed."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
 
 
 # --- views -----------------------------------------------------------------------------------
@@ -217,6 +240,17 @@ def open_upstream(ex: Exchange, provider: Any, path: str, auth: dict[str, str], 
     return resp
 
 
+def not_found(rest: str) -> Response:
+    """Anything else under the prefix: a JSON 404 (or 405 for a known path), not Flask's HTML."""
+    try:
+        endpoint, _ = current_app.url_map.bind("").match(request.path, method="POST")
+    except HTTPException:
+        endpoint = None
+    if endpoint in (None, request.endpoint):
+        raise ProviderNotFound(f"no such endpoint: {request.path}; GET {state().settings.url_prefix}/models lists the providers")
+    raise ProxyError(f"{request.method} is not allowed here; use POST", status=405, type="method_not_allowed", headers={"Allow": "POST, OPTIONS"})
+
+
 def health() -> Response:
     st = state()
     if not st.settings.public_health:
@@ -266,6 +300,7 @@ def make_blueprint(settings: Any) -> Blueprint:
                 methods=["POST"], defaults={"provider_name": name, "api": api},
             )
     bp.add_url_rule("/health", view_func=health, methods=["GET"])
+    bp.add_url_rule("/<path:rest>", view_func=not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     bp.add_url_rule("/models", view_func=models, methods=["GET"])
     if settings.metrics:
         bp.add_url_rule("/metrics", view_func=metrics_view, methods=["GET"])

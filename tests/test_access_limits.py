@@ -1,0 +1,433 @@
+"""Request rate limits and token quotas (issue 3, "quotas"), on real gunicorn + real Redis.
+
+The properties a deployment relies on: the (N+1)-th request of one identity in the window is a
+contract-shaped 429 that costs no upstream call; counting is exact across workers and instances
+sharing one Redis; token quotas are charged with the upstream's real counts (also for a browser
+that left mid-stream) and refuse before the upstream is called; a Redis outage is a fast 503
+(fail closed) or a logged, served request (fail open), never a 500 or a hang.
+"""
+from __future__ import annotations
+
+import http.client as httpclient
+import itertools
+import json
+import socket
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+from flask import Flask
+from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from limits import parse
+
+from conftest import JWT_SECRET, GunicornServer, base_env, chat_body, free_port, http, make_jwt, sse_events
+from flask_llm_proxy import LLMProxy
+
+FLEET_LIMIT = 20
+FLEET_QUOTA = 500
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def start_servers(upstream_url: str, tmp: Path, specs: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, GunicornServer]:
+    def one(name: str, workers: int, overrides: dict[str, Any]) -> GunicornServer:
+        d = tmp / name
+        d.mkdir(parents=True, exist_ok=True)
+        return GunicornServer(base_env(upstream_url, d, **overrides), workers=workers, name=name)
+
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = {name: pool.submit(one, name, w, ov) for name, (w, ov) in specs.items()}
+    servers, errors = {}, []
+    for name, fut in futures.items():
+        try:
+            servers[name] = fut.result()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    if errors:
+        stop_servers(servers.values())
+        raise errors[0]
+    return servers
+
+
+def stop_servers(servers: Any) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: s.stop(), list(servers)))
+
+
+@pytest.fixture(scope="module")
+def servers(upstream: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GunicornServer]]:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    fleet = {
+        "LLM_PROXY_REQUIRE_AUTH": True,
+        "LLM_PROXY_RATE_LIMIT": f"{FLEET_LIMIT}/minute",
+        "LLM_PROXY_TOKEN_QUOTA": f"{FLEET_QUOTA}/day",
+        "RATELIMIT_STORAGE_URI": redis_server.url,
+    }
+    down = {"LLM_PROXY_RATE_LIMIT": "5/minute", "LLM_PROXY_TOKEN_QUOTA": "100000/day", "RATELIMIT_STORAGE_URI": dead_redis}
+    specs = {
+        # no auth required: identities are client addresses, or the JWT subject when a token is sent
+        "limit5": (1, {"LLM_PROXY_RATE_LIMIT": "5/minute", "RATELIMIT_STORAGE_URI": redis_server.url}),
+        "fleet_a": (3, fleet),
+        "fleet_b": (3, fleet),
+        "down_closed": (1, {**down, "LLM_PROXY_FAIL_OPEN": False}),
+        "down_open": (1, {**down, "LLM_PROXY_FAIL_OPEN": True}),
+    }
+    started = start_servers(upstream.base_url, tmp_path_factory.mktemp("access-limits"), specs)
+    yield started
+    stop_servers(started.values())
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def bearer(sub: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_jwt(sub)}"}
+
+
+def post(server: GunicornServer, provider: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 20) -> Any:
+    return http().post(f"{server.url}/api/{provider}", json=body, headers=headers or {}, stream=True, timeout=timeout)
+
+
+def mock_body() -> dict[str, Any]:
+    return chat_body("hello", model="mock-1", stream=False)
+
+
+def assert_contract_error(resp: Any, status: int, type_: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == status, (resp.status_code, resp.text[:500])
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+    body = resp.json()
+    assert isinstance(body.get("error"), str) and body["error"] and isinstance(body.get("type"), str), body
+    if type_ is not None:
+        assert body["type"] == type_, body
+    return body
+
+
+_source_ips = (f"127.1.{a}.{b}" for a, b in itertools.product(range(1, 250), range(2, 250)))
+
+
+def raw_request(server: GunicornServer, method: str, path: str, *, source_ip: str, headers: dict[str, str], body: Any = None) -> tuple[int, dict[str, str], bytes]:
+    """A request from a chosen loopback source address (all of 127/8 is local): a distinct client."""
+    conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=15, source_address=(source_ip, 0))
+    try:
+        data = None if body is None else json.dumps(body)
+        conn.request(method, path, body=data, headers={**({"Content-Type": "application/json"} if data else {}), **headers})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# --- one identity, 5/minute -------------------------------------------------------------------
+
+
+def test_sixth_request_in_the_window_is_a_429_with_rate_headers_and_no_upstream_call(servers: Any, upstream: Any) -> None:
+    server, headers = servers["limit5"], bearer(uid("rl-six"))
+    before = int(time.time())
+    for k in range(5):
+        rid = uid("rl-ok")
+        with post(server, "anthropic", chat_body(f"id={rid} tokens=1"), headers) as r:
+            assert r.status_code == 200, r.text
+            assert sse_events(r)[-1] == "[DONE]"
+            assert r.headers["X-RateLimit-Limit"] == "5"
+            assert r.headers["X-RateLimit-Remaining"] == str(4 - k)
+    rid = uid("rl-refused")
+    with post(server, "anthropic", chat_body(f"id={rid} tokens=1"), headers) as r:
+        body = assert_contract_error(r, 429, "rate_limited")
+        retry_after = int(r.headers["Retry-After"])
+        assert 1 <= retry_after <= 60
+        assert r.headers["X-RateLimit-Limit"] == "5"
+        assert r.headers["X-RateLimit-Remaining"] == "0"
+        reset = int(r.headers["X-RateLimit-Reset"])
+        assert before <= reset <= int(time.time()) + 61
+        assert "5" in body["error"]
+    assert upstream.requests(id=rid) == []
+
+
+def test_other_identities_are_not_affected_by_one_identity_s_limit(servers: Any, upstream: Any) -> None:
+    server = servers["limit5"]
+    spent, fresh = bearer(uid("rl-spent")), bearer(uid("rl-fresh"))
+    statuses = [post(server, "mock", mock_body(), spent).status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    r = post(server, "mock", mock_body(), fresh)
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "4"
+    # and a different client address is a different identity too
+    ip_a, ip_b = next(_source_ips), next(_source_ips)
+    assert [raw_request(server, "POST", "/api/mock", source_ip=ip_a, headers={}, body=mock_body())[0] for _ in range(6)] == [200] * 5 + [429]
+    assert raw_request(server, "POST", "/api/mock", source_ip=ip_b, headers={}, body=mock_body())[0] == 200
+    assert post(server, "mock", mock_body(), spent).status_code == 429
+
+
+def test_preflight_options_requests_are_not_counted(servers: Any) -> None:
+    server, ip = servers["limit5"], next(_source_ips)
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
+    for _ in range(8):
+        status, headers, _ = raw_request(server, "OPTIONS", "/api/mock", source_ip=ip, headers=preflight)
+        assert status < 400 and "x-ratelimit-limit" not in headers
+    statuses = [raw_request(server, "POST", "/api/mock", source_ip=ip, headers={}, body=mock_body())[0] for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+
+
+def test_requests_refused_for_bad_credentials_are_not_counted(servers: Any) -> None:
+    server, ip = servers["limit5"], next(_source_ips)
+    for _ in range(6):
+        status, _, _ = raw_request(server, "POST", "/api/mock", source_ip=ip, headers={"Authorization": "Bearer not-a-token"}, body=mock_body())
+        assert status == 401
+    statuses = [raw_request(server, "POST", "/api/mock", source_ip=ip, headers={}, body=mock_body())[0] for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+
+
+def test_an_empty_rate_limit_setting_disables_rate_limiting(proxy: Any) -> None:
+    # the shared proxy runs with LLM_PROXY_RATE_LIMIT = "" (conftest.base_env)
+    for _ in range(15):
+        r = post(proxy, "mock", mock_body())
+        assert r.status_code == 200
+        assert "X-RateLimit-Limit" not in r.headers and "Retry-After" not in r.headers
+
+
+# --- the fleet: two instances x 3 workers sharing one Redis -----------------------------------
+
+
+def test_rate_limit_is_exact_across_two_instances_with_three_workers_each(servers: Any) -> None:
+    a, b = servers["fleet_a"], servers["fleet_b"]
+    headers = bearer(uid("fleet-rl"))
+
+    def one(i: int) -> tuple[int, dict[str, Any]]:
+        r = post(a if i % 2 else b, "mock", mock_body(), headers, timeout=30)
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(one, range(4 * FLEET_LIMIT)))
+    counts = Counter(status for status, _ in results)
+    assert counts == {200: FLEET_LIMIT, 429: 3 * FLEET_LIMIT}, counts
+    assert all(body["type"] == "rate_limited" for status, body in results if status == 429)
+
+
+def quota_spent(redis_url: str, identity: str) -> int:
+    """Tokens charged to an identity's quota, read from the shared Redis itself."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*llm_proxy_tokens/{identity}/*"))
+        return sum(int(client.get(k) or 0) for k in keys)
+    finally:
+        client.close()
+
+
+def test_token_quota_is_charged_the_upstream_s_real_counts_across_instances_then_refuses(servers: Any, upstream: Any, redis_server: Any) -> None:
+    a, b = servers["fleet_a"], servers["fleet_b"]
+    sub = uid("quota")
+    headers = bearer(sub)
+    spent = lambda: quota_spent(redis_server.url, sub)  # noqa: E731
+
+    # the fake upstream reports input = the prompt's word count (5 words here), output = tokens
+    with post(a, "anthropic", chat_body(f"id={uid('q1')} tokens=60 one two three"), headers) as r:
+        assert r.status_code == 200, r.text
+        last = sse_events(r)[-2]
+    assert (last["usage"]["inputTokens"], last["usage"]["outputTokens"]) == (5, 60)
+    wait_until(lambda: spent() == 65 or None, what="65 tokens charged")
+
+    r = post(b, "openai", chat_body(f"id={uid('q2')} input_tokens=50 tokens=100", model="gpt-4o", stream=False), headers)
+    assert r.status_code == 200 and r.json()["usage"]["totalTokens"] == 150
+    wait_until(lambda: spent() == 215 or None, what="215 tokens charged")
+
+    # 215 < 500: allowed, and charged in full even though it overruns the quota
+    with post(a, "anthropic", chat_body(f"id={uid('q3')} input_tokens=235 tokens=120"), headers) as r:
+        assert r.status_code == 200
+        sse_events(r)
+    wait_until(lambda: spent() == 570 or None, what="570 tokens charged")
+
+    for server in (b, a):
+        rid = uid("q-refused")
+        with post(server, "anthropic", chat_body(f"id={rid}"), headers) as r:
+            body = assert_contract_error(r, 429, "quota_exceeded")
+            assert int(r.headers["Retry-After"]) >= 1
+            assert body["code"] == "QUOTA_EXCEEDED"
+        assert upstream.requests(id=rid) == [], "a spent quota must not cost an upstream call"
+    assert spent() == 570
+
+    # another identity still has its whole quota
+    other = uid("quota-other")
+    r = post(b, "openai", chat_body(f"id={uid('q-other')} input_tokens=5 tokens=5", model="gpt-4o", stream=False), bearer(other))
+    assert r.status_code == 200
+
+
+def open_authorized_stream(url: str, path: str, body: dict[str, Any], headers: dict[str, str], *, until: bytes, timeout: float = 10) -> tuple[socket.socket, bytes]:
+    """conftest.open_raw_stream with request headers: a browser that can be made to leave."""
+    host, port = url.split("//", 1)[1].split(":")
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+    )
+    got = b""
+    deadline = time.monotonic() + timeout
+    while until not in got:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"did not see {until!r} in {got[-300:]!r}")
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before {until!r}: {got[-300:]!r}")
+        got += chunk
+    return sock, got
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_what_was_streamed(servers: Any, upstream: Any, redis_server: Any) -> None:
+    server = servers["fleet_a"]
+    sub = uid("quota-cut")
+    rid = uid("quota-cut")
+    sock, got = open_authorized_stream(
+        server.url, "/api/anthropic", chat_body(f"id={rid} input_tokens=30 tokens=500 pace_ms=20"), bearer(sub), until=b'"tokenId":9}'
+    )
+    sock.close()
+    rec = upstream.wait_for_request(rid, lambda r: r["client_closed"], timeout=5)
+    assert not rec["completed"]
+    charged = wait_until(lambda: quota_spent(redis_server.url, sub), what="the cut stream to be charged")
+    time.sleep(0.2)
+    assert quota_spent(redis_server.url, sub) == charged, "charged more than once"
+    # input as the upstream reported it at message_start, output at least what the client saw
+    assert 30 + 10 <= charged <= 30 + rec["tokens_sent"], (charged, rec["tokens_sent"])
+
+
+# --- Redis down -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider,model", [("anthropic", "claude-3-5-sonnet-20241022"), ("mock", "mock-1")])
+def test_redis_down_and_fail_closed_is_a_fast_contract_503_with_no_upstream_call(servers: Any, upstream: Any, provider: str, model: str) -> None:
+    server = servers["down_closed"]
+    rids = [uid("down-closed") for _ in range(4)]
+
+    def one(rid: str) -> tuple[int, float, Any]:
+        start = time.monotonic()
+        r = post(server, provider, chat_body(f"id={rid}", model=model), timeout=30)
+        return r.status_code, time.monotonic() - start, r
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, rids))
+    for status, elapsed, r in results:
+        assert elapsed < 5, f"took {elapsed:.1f}s"
+        assert_contract_error(r, 503)
+        assert r.headers.get("Retry-After")
+    for rid in rids:
+        assert upstream.requests(id=rid) == []
+
+
+def test_redis_down_and_fail_open_serves_the_request_and_logs_it_as_unmetered(servers: Any, upstream: Any) -> None:
+    server = servers["down_open"]
+    rid = uid("down-open")
+    start = time.monotonic()
+    with post(server, "anthropic", chat_body(f"id={rid} tokens=3"), timeout=30) as r:
+        assert r.status_code == 200, r.text
+        assert sse_events(r)[-1] == "[DONE]"
+    assert time.monotonic() - start < 5
+    assert len(upstream.requests(id=rid)) == 1
+    wait_until(lambda: "unmetered" in server.log(), what="a log line saying the request was unmetered")
+
+
+def test_redis_that_accepts_but_never_answers_is_a_503_within_seconds() -> None:
+    """A hung Redis (connection accepted, no reply) must not hang the request either."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        app = Flask(__name__)
+        app.config.update(
+            LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"], "pace_ms": 0}},
+            LLM_PROXY_REQUIRE_AUTH=False,
+            LLM_PROXY_RATE_LIMIT="5/minute",
+            LLM_PROXY_USAGE_STORE="none",
+            RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{listener.getsockname()[1]}/0",
+        )
+        LLMProxy(app)
+        start = time.monotonic()
+        r = app.test_client().post("/api/mock", json=mock_body())
+        assert time.monotonic() - start < 5
+        assert r.status_code == 503 and r.is_json and r.get_json()["type"]
+    finally:
+        listener.close()
+
+
+# --- in-process: a host's own Limiter ---------------------------------------------------------
+
+
+def host_app(**config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"], "pace_ms": 0, "tokens": 5}},
+        LLM_PROXY_REQUIRE_AUTH=False,
+        JWT_SECRET_KEY=JWT_SECRET,
+        LLM_PROXY_USAGE_STORE="none",
+        **config,
+    )
+    JWTManager(app)
+    return app
+
+
+@pytest.mark.parametrize("order", ["limiter-first", "limiter-init-app-later"])
+def test_a_host_limiter_passed_to_the_extension_does_the_counting(order: str) -> None:
+    app = host_app(LLM_PROXY_RATE_LIMIT="3/minute")
+    if order == "limiter-first":
+        my_limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[])
+        LLMProxy(app, limiter=my_limiter)
+    else:
+        my_limiter = Limiter(get_remote_address, storage_uri="memory://", default_limits=[])
+        LLMProxy(app, limiter=my_limiter)
+        my_limiter.init_app(app)
+
+    @app.get("/host-route")
+    @my_limiter.limit("1/minute")
+    def host_route() -> str:
+        return "ok"
+
+    client = app.test_client()
+    assert app.extensions["llm_proxy"].limiter is my_limiter
+    statuses = []
+    for _ in range(4):
+        r = client.post("/api/mock", json=mock_body())
+        statuses.append(r.status_code)
+    assert statuses == [200, 200, 200, 429]
+    assert r.get_json()["type"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+    assert r.headers["X-RateLimit-Limit"] == "3" and r.headers["X-RateLimit-Remaining"] == "0"
+    # the counts live in the host's limiter storage
+    _, remaining = my_limiter.limiter.get_window_stats(parse("3/minute"), "llm_proxy_requests", "ip:127.0.0.1")
+    assert remaining == 0
+    # the host's own limits keep working beside the proxy's
+    assert [client.get("/host-route").status_code for _ in range(2)] == [200, 429]
+
+
+def test_a_host_limiter_also_carries_the_token_quota() -> None:
+    app = host_app(LLM_PROXY_RATE_LIMIT="", LLM_PROXY_TOKEN_QUOTA="20/day")
+    my_limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[])
+    LLMProxy(app, limiter=my_limiter)
+    client = app.test_client()
+    # mock usage: input = prompt characters // 4 ("hello": 1 token) + 5 output tokens
+    used = []
+    for _ in range(4):
+        r = client.post("/api/mock", json=mock_body())
+        assert r.status_code == 200
+        used.append(r.get_json()["usage"]["totalTokens"])
+    assert used == [6, 6, 6, 6]
+    r = client.post("/api/mock", json=mock_body())
+    assert r.status_code == 429 and r.get_json()["type"] == "quota_exceeded"
+    _, remaining = my_limiter.limiter.get_window_stats(parse("20/day"), "llm_proxy_tokens", "ip:127.0.0.1")
+    assert remaining == 0
