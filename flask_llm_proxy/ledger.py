@@ -73,6 +73,20 @@ def run_later(fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
 
 
+def spawn(fn: Callable[..., Any], *args: Any) -> None:
+    """Fire and forget in a greenlet under gevent (for cooperative I/O); inline elsewhere."""
+    try:
+        import gevent
+        from gevent.monkey import is_module_patched
+    except ImportError:  # pragma: no cover
+        fn(*args)
+        return
+    if is_module_patched("socket"):
+        gevent.spawn(fn, *args)
+    else:
+        fn(*args)
+
+
 class Store:
     """Interface of a usage store."""
 

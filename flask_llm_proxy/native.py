@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Mapping
 
-from flask import Response, g, request
+from flask import Response, g
 
 from . import _json
 from .auth import check_model_claim, identify
@@ -24,8 +24,9 @@ from .providers.openai import ChatTranslator
 from .providers.responses import ResponsesTranslator
 from .relay import StreamBody, _MALFORMED
 from .sse import SSEDecoder
-from .upstream import _read_error as read_error
-from .upstream import abort, finish, read_chunks
+from .body import read_error
+from .body import read_chunks
+from .upstream import abort, finish
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -145,7 +146,7 @@ def native_view(provider_name: str, api: str) -> Response:
         return _whole(ex, resp, api, translator)
     ex.resp = resp
     content_type = resp.headers.get("content-type", "text/event-stream")
-    return Response(StreamBody(_passthrough(ex, resp, api, translator, s.keepalive), ex.finalize), status=200,
+    return Response(StreamBody(_passthrough(ex, resp, api, translator, s.keepalive, s.read_timeout), ex.finalize), status=200,
                     content_type=content_type, headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
                     direct_passthrough=True)
 
@@ -183,13 +184,13 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
     return Response(raw, status=resp.status_code, content_type=resp.headers.get("content-type", "application/json"))
 
 
-def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keepalive: float | None) -> Iterator[bytes]:
+def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keepalive: float | None, read_timeout: float) -> Iterator[bytes]:
     """Relay upstream bytes unchanged; read the same bytes for usage and completeness."""
     decoder = SSEDecoder()
     feed, tfeed = decoder.feed, translator.feed
     complete = False
     try:
-        for chunk in read_chunks(resp, keepalive):
+        for chunk in read_chunks(resp, keepalive, read_timeout):
             if chunk is None:
                 yield b": ping\n\n"
                 continue

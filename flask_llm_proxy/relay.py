@@ -17,7 +17,8 @@ from .errors import NetworkError, ProxyError, UpstreamError
 from .exchange import Exchange
 from .providers.base import ToolCall, Translator
 from .sse import DONE, PING, SSEDecoder, encode_event, encode_token
-from .upstream import abort, finish, read_chunks
+from .body import read_chunks
+from .upstream import abort, finish
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -25,13 +26,13 @@ Items = Iterator["list[Any] | None"]  # lists of str / ToolCall, or None for "si
 _MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def upstream_items(ex: Exchange, resp: requests.Response, translator: Translator, keepalive: float | None) -> Items:
+def upstream_items(ex: Exchange, resp: requests.Response, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Items:
     """Decode and translate one upstream response; release or abort its connection at the end."""
     decoder = SSEDecoder()
     feed, tfeed = decoder.feed, translator.feed
     complete = False
     try:
-        for chunk in read_chunks(resp, keepalive):
+        for chunk in read_chunks(resp, keepalive, read_timeout):
             if chunk is None:
                 yield None
                 continue
@@ -42,8 +43,13 @@ def upstream_items(ex: Exchange, resp: requests.Response, translator: Translator
                 items = tfeed(*events[0])
             else:
                 items = []
-                for event in events:
-                    items += tfeed(*event)
+                try:
+                    for event in events:
+                        items += tfeed(*event)
+                except ProxyError:
+                    if items:  # the tokens before an in-stream error still reach the client
+                        yield items
+                    raise
             if items:
                 yield items
         complete = True

@@ -18,7 +18,7 @@ from . import _json, signals
 from .config import Settings
 from .errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
-from .ledger import Store, open_store, period_starts, run_blocking, run_later
+from .ledger import NullStore, Store, open_store, period_starts, run_blocking, run_later, spawn
 from .metrics import get_metrics, observe
 from .pricing import PriceTable
 
@@ -78,7 +78,10 @@ class Accounting:
             m.inflight.labels(record.provider).dec()
             provider = self.settings.providers.get(record.provider)
             observe(m, record, provider.label_for(record.model) if provider else "other")
-        run_later(self._write, record)
+        if self.store.blocking:
+            run_later(self._write, record)  # SQLite: on the thread pool, never on the gevent hub
+        elif not isinstance(self.store, NullStore):
+            spawn(self._write, record)  # Redis: cooperative sockets, in its own greenlet
         try:
             signals.usage_recorded.send(self.app, record=record)
         except Exception:  # noqa: BLE001 - a host's receiver must not break accounting
@@ -86,6 +89,8 @@ class Accounting:
         return record
 
     def log_line(self, record: UsageRecord, content: dict[str, Any] | None) -> None:
+        if not request_log.isEnabledFor(logging.INFO):
+            return
         line = {"event": "llm_proxy.request", **record.to_dict()}
         if content:
             line.update(content)

@@ -7,9 +7,9 @@ naming the problem. Once the upstream answered 200 the response is a :class:`Str
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -48,7 +48,8 @@ def _begin() -> None:
     if ".native_" in endpoint:  # llm_proxy.native_<api>__<provider>: errors in the provider's shape
         g.llm_proxy_native = endpoint.split(".native_", 1)[1].split("__", 1)[0]
     rid = request.headers.get("X-Request-ID", "")
-    g.llm_proxy_request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+    # 128 random bits from the PRNG: unique enough for a request id, and no syscall as uuid4 makes
+    g.llm_proxy_request_id = rid if rid and REQUEST_ID_RE.match(rid) else f"{random.getrandbits(128):032x}"
 
 
 def _finish(response: Response) -> Response:
@@ -189,7 +190,7 @@ def run(ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_bo
             ex.finalize()
             raise
         ex.resp = resp
-        items = upstream_items(ex, resp, translator, s.keepalive)
+        items = upstream_items(ex, resp, translator, s.keepalive, s.read_timeout)
     ex.translator = translator
     if not req.stream:
         try:

@@ -23,7 +23,8 @@ from responses.registries import OrderedRegistry
 
 from flask_llm_proxy import upstream
 from flask_llm_proxy.errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
-from flask_llm_proxy.upstream import UpstreamClient, parse_retry_after, read_chunks
+from flask_llm_proxy.body import read_chunks
+from flask_llm_proxy.upstream import UpstreamClient, parse_retry_after
 
 URL = "https://upstream.test/v1/messages"
 SECRET = "sk-ant-api03-Zx9SECRETSECRETSECRET"

@@ -1,0 +1,251 @@
+"""Reading an upstream response body as fast as it arrives, and noticing silence.
+
+http.client's ``read1`` on a chunked body returns one *chunk frame* per call; Anthropic and
+OpenAI send one frame per event, so that means one call, one greenlet round trip and one write
+to the browser per token even when dozens are already in the socket buffer. Here the chunked
+framing is decoded from whatever one socket read delivered, so every event in hand is handled
+(and written) together, and nothing waits for more.
+
+The same property makes keep-alives cheap: after each ``read1`` of the socket file the buffer is
+empty, so the socket's readability says whether data is waiting; the reader waits for it with the
+keep-alive interval as timeout and reports silence as ``None``. No extra thread or greenlet.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import threading
+from typing import Any, Iterator
+
+import requests
+
+from .errors import NetworkError, ProxyError, UpstreamTimeout
+
+log = logging.getLogger("flask_llm_proxy")
+
+READ_SIZE = 65536
+
+
+class ChunkedDecoder:
+    """Incremental ``Transfer-Encoding: chunked`` decoder (RFC 9112 section 7.1)."""
+
+    __slots__ = ("_buf", "_left", "_trailers", "done")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._left = 0  # > 0: payload bytes due; < 0: bytes of the CRLF after a payload to skip
+        self._trailers = False
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        out = []
+        pos, end = 0, len(buf)
+        while pos < end and not self.done:
+            left = self._left
+            if left > 0:
+                take = min(left, end - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                self._left = left - take or -2
+            elif left < 0:
+                skip = min(-left, end - pos)
+                pos += skip
+                self._left = left + skip
+            else:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                line = buf[pos:eol]
+                pos = eol + 2
+                if self._trailers:
+                    self.done = not line  # trailer fields end with an empty line
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    raise NetworkError("the upstream sent a malformed chunked body") from None
+                if size:
+                    self._left = size
+                else:
+                    self._trailers = True
+        self._buf = b"" if self.done else buf[pos:]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _parts(resp: requests.Response) -> tuple[Any, Any, socket.socket] | None:
+    """(http.client response, its socket file, the socket) when the fast path applies."""
+    raw = resp.raw
+    http_resp = getattr(raw, "_fp", None)
+    fp = getattr(http_resp, "fp", None)
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    if fp is None or not isinstance(sock, socket.socket) or not hasattr(fp, "read1"):
+        return None
+    if getattr(raw, "_decoder", None) is not None or getattr(http_resp, "chunk_left", None) is not None:
+        return None  # something already started reading, or the body is compressed
+    enc = (resp.headers.get("content-encoding") or "identity").lower()
+    if enc not in ("identity", ""):
+        return None
+    return http_resp, fp, sock
+
+
+def _waiter(sock: socket.socket) -> Any:
+    """A function ``wait(timeout) -> bool``: is the socket readable within ``timeout``?"""
+    pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not read yet
+    try:
+        from gevent.monkey import is_module_patched
+    except ImportError:  # pragma: no cover
+        is_module_patched = None  # type: ignore[assignment]
+    if is_module_patched is not None and is_module_patched("socket"):
+        from gevent.socket import wait_read
+
+        fileno = sock.fileno()
+
+        def wait(timeout: float) -> bool:
+            if pending is not None and pending():
+                return True
+            try:
+                wait_read(fileno, timeout)
+            except socket.timeout:
+                return False
+            return True
+
+        return wait
+    poller = select.poll()  # poll, not select: no FD_SETSIZE limit at thousands of streams
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+
+    def wait_poll(timeout: float) -> bool:
+        if pending is not None and pending():
+            return True
+        return bool(poller.poll(timeout * 1000.0))
+
+    return wait_poll
+
+
+def read_error(exc: BaseException) -> ProxyError:
+    name = type(exc).__name__
+    if "Timeout" in name or isinstance(exc, (socket.timeout, TimeoutError)):
+        return UpstreamTimeout("the upstream went silent for longer than the read timeout")
+    return NetworkError("the upstream connection dropped in the middle of the stream")
+
+
+def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: float | None = None) -> Iterator[bytes | None]:
+    """Yield body bytes as they arrive, and ``None`` after each ``keepalive`` seconds of silence.
+
+    Raises :class:`ProxyError` on a drop, on a malformed body, or after ``read_timeout`` seconds
+    without a byte. Returns at the end of the body; a chunked body's connection is then clean
+    and goes back to the pool (see :func:`upstream.finish`).
+    """
+    parts = _parts(resp)
+    if parts is None:
+        yield from _read_generic(resp, keepalive)
+        return
+    http_resp, fp, sock = parts
+    read1 = fp.read1
+    chunked = ChunkedDecoder() if http_resp.chunked else None
+    remaining = http_resp.length  # None: until the connection closes
+    wait = _waiter(sock) if keepalive else None
+    idle = silent = 0.0
+    primed = False  # the first read1 returns what header parsing left in the buffer
+    while True:
+        if wait is not None and primed:
+            step = keepalive - silent  # type: ignore[operator]
+            if read_timeout is not None:
+                step = min(step, read_timeout - idle)
+            if not wait(step):
+                idle += step
+                silent += step
+                if read_timeout is not None and idle >= read_timeout - 1e-6:
+                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout")
+                if silent >= keepalive - 1e-6:  # type: ignore[operator]
+                    silent = 0.0
+                    yield None
+                continue
+        primed = True
+        try:
+            data = read1(READ_SIZE)
+        except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
+            raise read_error(exc) from None
+        idle = silent = 0.0
+        if not data:
+            if chunked is not None or remaining:
+                raise NetworkError("the upstream connection dropped in the middle of the stream")
+            http_resp._close_conn()
+            return
+        if chunked is not None:
+            payload = chunked.feed(data)
+            if payload:
+                yield payload
+            if chunked.done:
+                http_resp._close_conn()  # body complete: the connection is clean and reusable
+                return
+        else:
+            if remaining is not None:
+                data = data[:remaining]
+                remaining -= len(data)
+            yield data
+            if remaining == 0:
+                http_resp._close_conn()
+                return
+
+
+def _read_generic(resp: requests.Response, keepalive: float | None) -> Iterator[bytes | None]:
+    """Any response object with ``raw.read1`` (mocked ones in unit tests, compressed bodies).
+
+    With a keep-alive interval, a reader thread (a greenlet under gevent) does the blocking
+    reads and this generator waits on its queue with a timeout.
+    """
+    read1 = resp.raw.read1
+    if keepalive is None:
+        while True:
+            try:
+                chunk = read1(READ_SIZE)
+            except Exception as exc:  # noqa: BLE001
+                raise read_error(exc) from None
+            if not chunk:
+                return
+            yield chunk
+    q, spawn, empty = _queue_and_spawn()
+
+    def reader() -> None:
+        try:
+            while True:
+                chunk = read1(READ_SIZE)
+                q.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which decides
+            q.put(exc)
+
+    spawn(reader)
+    get = q.get
+    while True:
+        try:
+            item = get(timeout=keepalive)
+        except empty:
+            yield None
+            continue
+        if isinstance(item, BaseException):
+            raise read_error(item) from None
+        if not item:
+            return
+        yield item
+
+
+def _queue_and_spawn() -> tuple[Any, Any, type[BaseException]]:
+    try:
+        from gevent.monkey import is_module_patched
+    except ImportError:  # pragma: no cover
+        is_module_patched = None  # type: ignore[assignment]
+    if is_module_patched is not None and is_module_patched("socket"):
+        import gevent
+        import gevent.queue
+
+        return gevent.queue.Queue(), gevent.spawn, gevent.queue.Empty
+
+    def spawn(fn: Any) -> None:
+        threading.Thread(target=fn, daemon=True, name="llm-proxy-reader").start()
+
+    return queue.SimpleQueue(), spawn, queue.Empty

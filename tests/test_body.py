@@ -1,0 +1,51 @@
+"""The upstream body reader: chunked framing decoded from whatever one socket read delivered."""
+from __future__ import annotations
+
+import pytest
+
+from flask_llm_proxy.body import ChunkedDecoder
+from flask_llm_proxy.errors import NetworkError
+
+PAYLOADS = [b"event: ping\ndata: {}\n\n", "data: wörld 👋\n\n".encode(), b"x" * 300, b"\r\n\r\n"]
+BODY = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in PAYLOADS) + b"0\r\n\r\n"
+
+
+def decode(pieces: list[bytes]) -> tuple[bytes, bool]:
+    d = ChunkedDecoder()
+    out = b"".join(d.feed(p) for p in pieces)
+    return out, d.done
+
+
+def test_whole_body_decodes_to_the_payloads_and_ends() -> None:
+    assert decode([BODY]) == (b"".join(PAYLOADS), True)
+
+
+def test_every_split_point_gives_the_same_payload_and_end() -> None:
+    for i in range(len(BODY) + 1):
+        assert decode([BODY[:i], BODY[i:]]) == (b"".join(PAYLOADS), True), i
+
+
+def test_byte_by_byte() -> None:
+    assert decode([BODY[i : i + 1] for i in range(len(BODY))]) == (b"".join(PAYLOADS), True)
+
+
+def test_payload_is_handed_on_before_its_chunk_is_complete() -> None:
+    d = ChunkedDecoder()
+    assert d.feed(b"10\r\n0123456") == b"0123456"  # no waiting for the rest of a 16-byte chunk
+    assert d.feed(b"789abcdef\r\n") == b"789abcdef"
+    assert not d.done
+
+
+def test_chunk_extensions_and_trailers_are_accepted() -> None:
+    body = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n"
+    for i in range(len(body) + 1):
+        assert decode([body[:i], body[i:]]) == (b"hello", True), i
+
+
+def test_not_done_until_the_final_empty_line() -> None:
+    assert decode([b"5\r\nhello\r\n0\r\n"]) == (b"hello", False)
+
+
+def test_malformed_size_is_a_network_error() -> None:
+    with pytest.raises(NetworkError):
+        ChunkedDecoder().feed(b"zz\r\nhello\r\n")
