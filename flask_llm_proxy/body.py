@@ -6,15 +6,15 @@ to the browser per token even when dozens are already in the socket buffer. Here
 framing is decoded from whatever one socket read delivered, so every event in hand is handled
 (and written) together, and nothing waits for more.
 
-The same property makes keep-alives cheap: after each ``read1`` of the socket file the buffer is
-empty, so the socket's readability says whether data is waiting; the reader waits for it with the
-keep-alive interval as timeout and reports silence as ``None``. No extra thread or greenlet.
+Keep-alives are cheap for the same reason: after the first ``read1`` of the socket file (which
+returns what header parsing left buffered) the buffer is empty, so the socket itself is read with
+the keep-alive interval as its timeout, and a timeout is reported as silence (``None``). No extra
+thread or greenlet, and no new watcher per read.
 """
 from __future__ import annotations
 
 import logging
 import queue
-import select
 import socket
 import threading
 from typing import Any, Iterator
@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import requests
 
 from .errors import NetworkError, ProxyError, UpstreamTimeout
+from .transport import LeanResponse
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -75,8 +76,12 @@ class ChunkedDecoder:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
-def _parts(resp: requests.Response) -> tuple[Any, Any, socket.socket] | None:
-    """(http.client response, its socket file, the socket) when the fast path applies."""
+def _parts(resp: Any) -> tuple[Any, socket.socket, bool, int | None, Any] | None:
+    """(socket file, socket, chunked, length, on_complete) when the fast path applies."""
+    if isinstance(resp, LeanResponse):
+        if resp.conn is None:
+            return None
+        return resp.conn.fp, resp.conn.sock, resp.chunked, resp.length, resp.mark_complete
     raw = resp.raw
     http_resp = getattr(raw, "_fp", None)
     fp = getattr(http_resp, "fp", None)
@@ -88,40 +93,8 @@ def _parts(resp: requests.Response) -> tuple[Any, Any, socket.socket] | None:
     enc = (resp.headers.get("content-encoding") or "identity").lower()
     if enc not in ("identity", ""):
         return None
-    return http_resp, fp, sock
-
-
-def _waiter(sock: socket.socket) -> Any:
-    """A function ``wait(timeout) -> bool``: is the socket readable within ``timeout``?"""
-    pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not read yet
-    try:
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover
-        is_module_patched = None  # type: ignore[assignment]
-    if is_module_patched is not None and is_module_patched("socket"):
-        from gevent.socket import wait_read
-
-        fileno = sock.fileno()
-
-        def wait(timeout: float) -> bool:
-            if pending is not None and pending():
-                return True
-            try:
-                wait_read(fileno, timeout)
-            except socket.timeout:
-                return False
-            return True
-
-        return wait
-    poller = select.poll()  # poll, not select: no FD_SETSIZE limit at thousands of streams
-    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
-
-    def wait_poll(timeout: float) -> bool:
-        if pending is not None and pending():
-            return True
-        return bool(poller.poll(timeout * 1000.0))
-
-    return wait_poll
+    # http.client's own end of body: marks the response closed so the connection is reusable
+    return fp, sock, bool(http_resp.chunked), http_resp.length, http_resp._close_conn
 
 
 def read_error(exc: BaseException) -> ProxyError:
@@ -142,44 +115,55 @@ def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: 
     if parts is None:
         yield from _read_generic(resp, keepalive)
         return
-    http_resp, fp, sock = parts
-    read1 = fp.read1
-    chunked = ChunkedDecoder() if http_resp.chunked else None
-    remaining = http_resp.length  # None: until the connection closes
-    wait = _waiter(sock) if keepalive else None
+    fp, sock, is_chunked, remaining, on_complete = parts  # remaining None: until the connection closes
+    chunked = ChunkedDecoder() if is_chunked else None
+    recv, settimeout = sock.recv, sock.settimeout
+    timeout_now: float | None = -1.0
     idle = silent = 0.0
-    primed = False  # the first read1 returns what header parsing left in the buffer
+    primed = False
     while True:
-        if wait is not None and primed:
-            step = keepalive - silent  # type: ignore[operator]
-            if read_timeout is not None:
-                step = min(step, read_timeout - idle)
-            if not wait(step):
-                idle += step
-                silent += step
+        if not primed:
+            # what header parsing left in the file's buffer (or one socket read); after this the
+            # buffer is empty and the socket itself is read, with the keep-alive as its timeout
+            primed = True
+            try:
+                data = fp.read1(READ_SIZE)
+            except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
+                raise read_error(exc) from None
+        else:
+            step = read_timeout
+            if keepalive:
+                step = keepalive - silent if read_timeout is None else min(keepalive - silent, read_timeout - idle)
+            if step != timeout_now:
+                settimeout(step)
+                timeout_now = step
+            try:
+                data = recv(READ_SIZE)
+            except socket.timeout:
+                if not keepalive:
+                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
+                idle += step  # type: ignore[operator]
+                silent += step  # type: ignore[operator]
                 if read_timeout is not None and idle >= read_timeout - 1e-6:
-                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout")
-                if silent >= keepalive - 1e-6:  # type: ignore[operator]
+                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
+                if silent >= keepalive - 1e-6:
                     silent = 0.0
                     yield None
                 continue
-        primed = True
-        try:
-            data = read1(READ_SIZE)
-        except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
-            raise read_error(exc) from None
+            except Exception as exc:  # noqa: BLE001
+                raise read_error(exc) from None
         idle = silent = 0.0
         if not data:
             if chunked is not None or remaining:
                 raise NetworkError("the upstream connection dropped in the middle of the stream")
-            http_resp._close_conn()
+            on_complete()
             return
         if chunked is not None:
             payload = chunked.feed(data)
             if payload:
                 yield payload
             if chunked.done:
-                http_resp._close_conn()  # body complete: the connection is clean and reusable
+                on_complete()  # body complete: the connection is clean and reusable
                 return
         else:
             if remaining is not None:
@@ -187,7 +171,7 @@ def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: 
                 remaining -= len(data)
             yield data
             if remaining == 0:
-                http_resp._close_conn()
+                on_complete()
                 return
 
 

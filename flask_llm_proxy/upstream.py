@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from datetime import timezone
@@ -19,7 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from . import _json
+from . import _json, transport
 from .errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("flask_llm_proxy")
@@ -77,8 +78,11 @@ class UpstreamClient:
     of 10 would discard and re-open connections under load.
     """
 
-    def __init__(self, pool_maxsize: int) -> None:
+    def __init__(self, pool_maxsize: int, *, fast: bool = True) -> None:
         self.pool_maxsize = pool_maxsize
+        self.fast = fast  # the lean transport; False: requests all the way (unit tests mock it)
+        self._pool: transport.Pool | None = None
+        self._pool_pid = -1
         self._pid = -1
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
@@ -107,17 +111,26 @@ class UpstreamClient:
                     self._pid = os.getpid()
         return self._session
 
-    def _send(self, url: str, headers: Mapping[str, str], body: bytes, timeout: tuple[float, float]) -> requests.Response:
+    def _send(self, url: str, headers: Mapping[str, str], body: bytes, timeout: tuple[float, float]) -> Any:
+        """The lean transport, unless the host is reached through an HTTP(S) proxy."""
+        proxies = self._proxies.get(url)
+        if proxies is None:
+            base = url.split("/", 3)
+            proxies = self._proxies[url] = requests.utils.get_environ_proxies("/".join(base[:3]))
+        if self.fast and not proxies:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = transport.Pool(self.pool_maxsize, self._verify)
+                self._pool_pid = os.getpid()
+            return transport.post(self._pool, url, dict(headers), body, timeout[0], timeout[1])
+        return self._send_requests(url, headers, body, timeout, proxies)
+
+    def _send_requests(self, url: str, headers: Mapping[str, str], body: bytes, timeout: tuple[float, float], proxies: dict[str, str]) -> requests.Response:
         """``HTTPAdapter.send`` with a request prepared by hand.
 
         ``Session.request`` re-reads the environment, merges settings and re-parses the URL on
         every call (about 1 ms of CPU per request); the URL and headers here come from config
         and need none of it. The adapter still does pooling, TLS, timeouts and the response.
         """
-        proxies = self._proxies.get(url)
-        if proxies is None:
-            base = url.split("/", 3)
-            proxies = self._proxies[url] = requests.utils.get_environ_proxies("/".join(base[:3]))
         req = requests.PreparedRequest()
         req.method = "POST"
         req.url = url
@@ -161,6 +174,14 @@ class UpstreamClient:
             except requests.exceptions.SSLError as exc:
                 err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secret)}"), False
             except requests.exceptions.RequestException as exc:
+                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secret)}"), True
+            except transport.ConnectTimeout:
+                err, retryable = UpstreamTimeout("timed out connecting to the upstream"), True
+            except transport.ReadTimeout:
+                raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
+            except ssl.SSLError as exc:
+                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secret)}"), False
+            except (OSError, ConnectionError) as exc:
                 err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secret)}"), True
             except RecursionError:
                 log.error(GEVENT_SSL_FIX)
@@ -266,12 +287,15 @@ def _socket_of(resp: requests.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def abort(resp: requests.Response) -> None:
+def abort(resp: Any) -> None:
     """Close an unfinished upstream response now: the upstream sees its connection closed.
 
     ``shutdown`` first, because a reader blocked in ``recv`` on another thread is not woken by
     ``close`` alone; the connection is dropped, never returned to the pool mid-stream.
     """
+    if isinstance(resp, transport.LeanResponse):
+        resp.abort()
+        return
     sock = _socket_of(resp)
     if sock is not None:
         try:
@@ -281,7 +305,10 @@ def abort(resp: requests.Response) -> None:
     resp.close()
 
 
-def finish(resp: requests.Response) -> None:
+def finish(resp: Any) -> None:
     """The body was read to its end: hand the connection back to the pool for reuse."""
+    if isinstance(resp, transport.LeanResponse):
+        resp.finish()
+        return
     resp._content_consumed = True  # type: ignore[attr-defined]  # else requests closes the socket
     resp.close()
