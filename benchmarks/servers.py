@@ -1,0 +1,243 @@
+"""Starting and watching the processes a benchmark needs: the fake upstream, the proxy under
+gunicorn, and /proc readings (CPU seconds, RSS, machine-wide CPU).
+
+Nothing here imports ``tests/conftest.py``; the fake upstream is ``tests/fake_upstream.py``'s own
+``FakeUpstreamProcess``.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fake_upstream import FakeUpstreamProcess  # noqa: E402
+
+KEY = "bench-key"
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def start_upstream() -> FakeUpstreamProcess:
+    """The tests' fake upstream with the benchmark key and a small request log."""
+    return FakeUpstreamProcess(key=KEY, extra_args=["--max-records", "2000"]).start()
+
+
+def providers_env(upstream_base: str) -> str:
+    return json.dumps({
+        "anthropic": {"api_key": KEY, "base_url": upstream_base, "models": ["*"]},
+        "openai": {"api_key": KEY, "base_url": upstream_base + "/v1", "models": ["*"]},
+    })
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A plain GET with http.client: no proxy variables can reroute it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class ProxyServer:
+    """``example_app`` under gunicorn with gevent workers, configured for benchmarking."""
+
+    def __init__(self, upstream_base: str, *, workers: int = 1, usage_store: str = "none",
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.upstream_base = upstream_base
+        self.workers = workers
+        self.port = _free_port()
+        self.env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+        self.env.update({
+            "LLM_PROXY_PROVIDERS": providers_env(upstream_base),
+            "LLM_PROXY_REQUIRE_AUTH": "false",
+            "LLM_PROXY_RATE_LIMIT": "",
+            "LLM_PROXY_USAGE_STORE": usage_store,
+            "WORKER_CONNECTIONS": "10000",
+            "LOG_LEVEL": "WARNING",
+            "GRACEFUL_TIMEOUT": "5",  # for stop(): nothing is in flight by then
+            "PYTHONPATH": str(ROOT),
+        })
+        self.env.update(extra_env or {})
+        self.cmd = [
+            sys.executable, "-m", "gunicorn", "-c", "example_app/gunicorn.conf.py",
+            "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "example_app.wsgi:app",
+        ]
+        fd, name = tempfile.mkstemp(prefix="bench-gunicorn-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.cmd)
+
+    def start(self, timeout: float = 30.0) -> "ProxyServer":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gunicorn did not become ready in {timeout:.0f} s:\n{self.log()[-3000:]}")
+            try:
+                status, body = http_get(self.port, "/api/health", timeout=1.0)
+                if status == 200 and len(self.worker_pids()) == self.workers:
+                    break
+                if status != 200:
+                    raise RuntimeError(f"GET /api/health answered {status}: {body[:300]!r}")
+            except OSError:
+                pass
+            time.sleep(0.1)
+        if self.workers > 1:
+            time.sleep(1.0)  # the other workers are forked but may still be importing the app
+        return self
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid) if self.proc is not None else []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # graceful: the master stops its workers
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # our own session: the master and its workers
+                proc.wait(5)
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> "ProxyServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the gunicorn master's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (resolution: one clock tick, usually 10 ms)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """``{"rss": VmRSS, "hwm": VmHWM}`` in MiB."""
+    out = {"rss": float("nan"), "hwm": float("nan")}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["rss"] = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    out["hwm"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > /proc/PID/clear_refs``): per-scenario peaks."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {}
+    for mod in ("flask", "werkzeug", "gunicorn", "gevent", "requests", "urllib3", "orjson"):
+        try:
+            from importlib.metadata import version
+
+            versions[mod] = version(mod)
+        except Exception:  # noqa: BLE001 - a missing package is reported as such
+            versions[mod] = "not installed"
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model or "unknown",
+        "memory": mem,
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+        "versions": versions,
+    }

@@ -1,0 +1,53 @@
+"""The benchmark harness (benchmarks/run.py) runs end to end at smoke sizes.
+
+Only that it works is asserted: every scenario ran direct and through the proxy and produced
+numbers. No timing assertions: CI machines have 2 noisy cores.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out")
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell.rstrip("x"))
+    except ValueError:
+        return False
+    return True
+
+
+def _results_table(markdown: str) -> tuple[list[str], list[list[str]]]:
+    section = markdown.split("## Results", 1)[1].split("## Notes", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    return rows[0], rows[2:]  # header, (separator), body
+
+
+@pytest.mark.timeout(180)
+def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    text = out.read_text()
+    head, body = _results_table(text)
+    direct, proxy, cpu = head.index("Direct"), head.index("Proxy"), head.index("Worker CPU ms/req")
+    for name in SCENARIOS:
+        rows = [r for r in body if r[0] == name]
+        assert {r[1] for r in rows} == {"anthropic", "openai"}, f"{name}: {rows}"
+        for r in rows:
+            assert _number(r[proxy]) and _number(r[cpu]), f"{name}: non-numeric proxy cells in {r}"
+        assert any(_number(r[direct]) for r in rows), f"{name}: no numeric direct cell in {rows}"
+    assert head[0] == "Scenario" and "| Scenario" in proc.stdout  # the same table is printed
+    for fact in ("nproc", "Python", "Command:", "Date:"):
+        assert fact in text
