@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import requests
 
+from ._compat import gevent_active
 from .errors import NetworkError, ProxyError, UpstreamTimeout
 from .transport import LeanResponse
 
@@ -219,11 +220,7 @@ def _read_generic(resp: requests.Response, keepalive: float | None) -> Iterator[
 
 
 def _queue_and_spawn() -> tuple[Any, Any, type[BaseException]]:
-    try:
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover
-        is_module_patched = None  # type: ignore[assignment]
-    if is_module_patched is not None and is_module_patched("socket"):
+    if gevent_active():
         import gevent
         import gevent.queue
 

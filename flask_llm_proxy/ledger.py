@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from .exchange import UsageRecord
 
@@ -45,46 +45,6 @@ def period_starts(ts: float) -> tuple[float, float, float, float]:
 
 class Spend(dict):  # {"daily_usd", "daily_tokens", "monthly_usd", "monthly_tokens"}
     pass
-
-
-def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run a blocking call without stalling a gevent worker's other streams."""
-    try:
-        from gevent import get_hub
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover
-        return fn(*args)
-    if is_module_patched("socket"):
-        return get_hub().threadpool.apply(fn, args)
-    return fn(*args)
-
-
-def run_later(fn: Callable[..., Any], *args: Any) -> None:
-    """Fire and forget, on the thread pool under gevent; inline elsewhere (the response is done)."""
-    try:
-        from gevent import get_hub
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover
-        fn(*args)
-        return
-    if is_module_patched("socket"):
-        get_hub().threadpool.spawn(fn, *args)
-    else:
-        fn(*args)
-
-
-def spawn(fn: Callable[..., Any], *args: Any) -> None:
-    """Fire and forget in a greenlet under gevent (for cooperative I/O); inline elsewhere."""
-    try:
-        import gevent
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover
-        fn(*args)
-        return
-    if is_module_patched("socket"):
-        gevent.spawn(fn, *args)
-    else:
-        fn(*args)
 
 
 class Store:

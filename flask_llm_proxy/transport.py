@@ -13,6 +13,7 @@ the socket file to :mod:`body` for the streamed body. It does TLS with the syste
 from __future__ import annotations
 
 import _socket
+import ipaddress
 import os
 import socket
 import ssl
@@ -178,13 +179,29 @@ class Pool:
     def connect(self, key: tuple[str, str, int], connect_timeout: float) -> Conn:
         scheme, host, port = key
         try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout)
+            sock = _connect(host, port, connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 sock = self.ssl_context().wrap_socket(sock, server_hostname=host)
         except socket.timeout:
             raise ConnectTimeout(f"timed out connecting to {host}:{port}") from None
         return Conn(sock, key)
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    """An IP literal needs no resolver (gevent's runs getaddrinfo on its thread pool)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _default_cafile() -> str | None:

@@ -18,7 +18,8 @@ from . import _json, signals
 from .config import Settings
 from .errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
-from .ledger import NullStore, Store, open_store, period_starts, run_blocking, run_later, spawn
+from ._compat import run_blocking, run_later, spawn
+from .ledger import NullStore, Store, open_store, period_starts
 from .metrics import get_metrics, observe
 from .pricing import PriceTable
 

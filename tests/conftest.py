@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -232,14 +233,16 @@ def make_jwt(sub: str = "alice", *, secret: str = JWT_SECRET, expires_in: int = 
     return jwt.encode(payload, secret, algorithm=alg)
 
 
-def open_raw_stream(url: str, path: str, body: dict[str, Any], *, until: bytes, timeout: float = 10) -> tuple[socket.socket, bytes]:
+def open_raw_stream(url: str, path: str, body: dict[str, Any], *, until: bytes, timeout: float = 10,
+                    headers: dict[str, str] | None = None) -> tuple[socket.socket, bytes]:
     """POST over a bare socket and read until ``until`` appears: lets a test drop the
     connection at an exact point, the way a closing browser tab does."""
     host, port = url.split("//", 1)[1].split(":")
     payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     sock = socket.create_connection((host, int(port)), timeout=timeout)
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
     )
     got = b""
@@ -252,3 +255,28 @@ def open_raw_stream(url: str, path: str, body: dict[str, Any], *, until: bytes, 
             raise AssertionError(f"connection closed before {until!r}: {got[-300:]!r}")
         got += chunk
     return sock, got
+
+
+def start_servers(upstream_url: str, tmp: Path, specs: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, GunicornServer]:
+    def one(name: str, workers: int, overrides: dict[str, Any]) -> GunicornServer:
+        d = tmp / name
+        d.mkdir(parents=True, exist_ok=True)
+        return GunicornServer(base_env(upstream_url, d, **overrides), workers=workers, name=name)
+
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = {name: pool.submit(one, name, w, ov) for name, (w, ov) in specs.items()}
+    servers, errors = {}, []
+    for name, fut in futures.items():
+        try:
+            servers[name] = fut.result()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    if errors:
+        stop_servers(servers.values())
+        raise errors[0]
+    return servers
+
+
+def stop_servers(servers: Any) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: s.stop(), list(servers)))

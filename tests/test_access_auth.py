@@ -15,14 +15,12 @@ import json
 import time
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from flask import Flask
 
-from conftest import API_KEY, JWT_SECRET, GunicornServer, base_env, chat_body, http, make_jwt, sse_events
+from conftest import API_KEY, JWT_SECRET, GunicornServer, chat_body, http, make_jwt, sse_events, start_servers, stop_servers
 from flask_llm_proxy import ConfigError, LLMProxy
 
 SONNET = "claude-3-5-sonnet-20241022"
@@ -30,31 +28,6 @@ HAIKU = "claude-3-5-haiku-20241022"
 
 
 # --- servers: started once for the module, in parallel ----------------------------------------
-
-
-def start_servers(upstream_url: str, tmp: Path, specs: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, GunicornServer]:
-    def one(name: str, workers: int, overrides: dict[str, Any]) -> GunicornServer:
-        d = tmp / name
-        d.mkdir(parents=True, exist_ok=True)
-        return GunicornServer(base_env(upstream_url, d, **overrides), workers=workers, name=name)
-
-    with ThreadPoolExecutor(len(specs)) as pool:
-        futures = {name: pool.submit(one, name, w, ov) for name, (w, ov) in specs.items()}
-    servers, errors = {}, []
-    for name, fut in futures.items():
-        try:
-            servers[name] = fut.result()
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-    if errors:
-        stop_servers(servers.values())
-        raise errors[0]
-    return servers
-
-
-def stop_servers(servers: Any) -> None:
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda s: s.stop(), list(servers)))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -27,7 +26,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import parse
 
-from conftest import JWT_SECRET, GunicornServer, base_env, chat_body, free_port, http, make_jwt, sse_events
+from conftest import JWT_SECRET, GunicornServer, chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers
 from flask_llm_proxy import LLMProxy
 
 FLEET_LIMIT = 20
@@ -35,31 +34,6 @@ FLEET_QUOTA = 500
 
 
 # --- servers ------------------------------------------------------------------------------------
-
-
-def start_servers(upstream_url: str, tmp: Path, specs: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, GunicornServer]:
-    def one(name: str, workers: int, overrides: dict[str, Any]) -> GunicornServer:
-        d = tmp / name
-        d.mkdir(parents=True, exist_ok=True)
-        return GunicornServer(base_env(upstream_url, d, **overrides), workers=workers, name=name)
-
-    with ThreadPoolExecutor(len(specs)) as pool:
-        futures = {name: pool.submit(one, name, w, ov) for name, (w, ov) in specs.items()}
-    servers, errors = {}, []
-    for name, fut in futures.items():
-        try:
-            servers[name] = fut.result()
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-    if errors:
-        stop_servers(servers.values())
-        raise errors[0]
-    return servers
-
-
-def stop_servers(servers: Any) -> None:
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda s: s.stop(), list(servers)))
 
 
 @pytest.fixture(scope="module")
@@ -270,34 +244,12 @@ def test_token_quota_is_charged_the_upstream_s_real_counts_across_instances_then
     assert r.status_code == 200
 
 
-def open_authorized_stream(url: str, path: str, body: dict[str, Any], headers: dict[str, str], *, until: bytes, timeout: float = 10) -> tuple[socket.socket, bytes]:
-    """conftest.open_raw_stream with request headers: a browser that can be made to leave."""
-    host, port = url.split("//", 1)[1].split(":")
-    payload = json.dumps(body).encode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-        f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
-    )
-    got = b""
-    deadline = time.monotonic() + timeout
-    while until not in got:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"did not see {until!r} in {got[-300:]!r}")
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before {until!r}: {got[-300:]!r}")
-        got += chunk
-    return sock, got
-
-
 def test_a_client_that_leaves_mid_stream_is_charged_what_was_streamed(servers: Any, upstream: Any, redis_server: Any) -> None:
     server = servers["fleet_a"]
     sub = uid("quota-cut")
     rid = uid("quota-cut")
-    sock, got = open_authorized_stream(
-        server.url, "/api/anthropic", chat_body(f"id={rid} input_tokens=30 tokens=500 pace_ms=20"), bearer(sub), until=b'"tokenId":9}'
+    sock, got = open_raw_stream(
+        server.url, "/api/anthropic", chat_body(f"id={rid} input_tokens=30 tokens=500 pace_ms=20"), headers=bearer(sub), until=b'"tokenId":9}'
     )
     sock.close()
     rec = upstream.wait_for_request(rid, lambda r: r["client_closed"], timeout=5)
