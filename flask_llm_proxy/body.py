@@ -14,9 +14,11 @@ thread or greenlet, and no new watcher per read.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import threading
+import time
 from typing import Any, Iterator
 
 import requests
@@ -118,42 +120,19 @@ def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: 
         return
     fp, sock, is_chunked, remaining, on_complete = parts  # remaining None: until the connection closes
     chunked = ChunkedDecoder() if is_chunked else None
-    recv, settimeout = sock.recv, sock.settimeout
-    timeout_now: float | None = -1.0
-    idle = silent = 0.0
-    primed = False
-    while True:
-        if not primed:
-            # what header parsing left in the file's buffer (or one socket read); after this the
-            # buffer is empty and the socket itself is read, with the keep-alive as its timeout
-            primed = True
-            try:
-                data = fp.read1(READ_SIZE)
-            except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
-                raise read_error(exc) from None
-        else:
-            step = read_timeout
-            if keepalive:
-                step = keepalive - silent if read_timeout is None else min(keepalive - silent, read_timeout - idle)
-            if step != timeout_now:
-                settimeout(step)
-                timeout_now = step
-            try:
-                data = recv(READ_SIZE)
-            except socket.timeout:
-                if not keepalive:
-                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
-                idle += step  # type: ignore[operator]
-                silent += step  # type: ignore[operator]
-                if read_timeout is not None and idle >= read_timeout - 1e-6:
-                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
-                if silent >= keepalive - 1e-6:
-                    silent = 0.0
-                    yield None
-                continue
-            except Exception as exc:  # noqa: BLE001
-                raise read_error(exc) from None
-        idle = silent = 0.0
+    reads = _watched_reads(fp, sock, keepalive, read_timeout) if gevent_active() else _timed_reads(fp, sock, keepalive, read_timeout)
+    try:
+        yield from _frame(reads, chunked, remaining, on_complete)
+    finally:
+        reads.close()
+
+
+def _frame(reads: Iterator[bytes | None], chunked: ChunkedDecoder | None, remaining: int | None, on_complete: Any) -> Iterator[bytes | None]:
+    """Socket bytes -> body bytes: chunked framing removed, a Content-Length honoured."""
+    for data in reads:
+        if data is None:
+            yield None
+            continue
         if not data:
             if chunked is not None or remaining:
                 raise NetworkError("the upstream connection dropped in the middle of the stream")
@@ -174,6 +153,146 @@ def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: 
             if remaining == 0:
                 on_complete()
                 return
+
+
+class _Silence(BaseException):
+    """Thrown into a stream's greenlet by :class:`SilenceWatch` while it waits on a silent socket.
+
+    A BaseException, so that no ``except Exception`` on the way can swallow it.
+    """
+
+
+class _Reader:
+    __slots__ = ("greenlet", "waiting", "wake_at")
+
+    def __init__(self, greenlet: Any) -> None:
+        self.greenlet = greenlet
+        self.waiting = False
+        self.wake_at = 0.0
+
+
+class SilenceWatch:
+    """One timer per worker process wakes the streams whose upstream went silent.
+
+    gevent's socket timeouts allocate and arm a timer for every single wait, which is a large
+    part of a paced token's cost at thousands of streams. Here a stream only writes down when it
+    wants to be woken; a periodic callback in the hub throws :class:`_Silence` into the ones that
+    are past that time and still blocked in a read. Precision: one tick (a tenth of the shortest
+    interval asked for, at least 20 ms).
+    """
+
+    def __init__(self) -> None:
+        self.readers: set[_Reader] = set()
+        self._timer: Any = None
+        self._tick = 1.0
+        self._pid = -1
+
+    def register(self, shortest: float) -> _Reader:
+        import gevent
+
+        tick = max(0.02, shortest / 10.0)
+        if self._timer is None or self._pid != os.getpid() or tick < self._tick:
+            if self._timer is not None and self._pid == os.getpid():
+                self._timer.stop()
+            self._tick = tick
+            self._timer = gevent.get_hub().loop.timer(tick, tick)
+            self._timer.start(self._check)
+            self._pid = os.getpid()
+        reader = _Reader(gevent.getcurrent())
+        self.readers.add(reader)
+        return reader
+
+    def unregister(self, reader: _Reader) -> None:
+        self.readers.discard(reader)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        for reader in list(self.readers):
+            if reader.waiting and now >= reader.wake_at:
+                reader.waiting = False
+                if reader.greenlet.dead:
+                    self.readers.discard(reader)
+                    continue
+                try:
+                    reader.greenlet.throw(_Silence())
+                except Exception:  # noqa: BLE001 - the timer must survive any one stream
+                    log.exception("silence watch: waking a stream failed")
+
+
+WATCH = SilenceWatch()
+
+
+def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:
+    """Socket reads under gevent: no timeout on the socket, the shared watch wakes us instead."""
+    intervals = [x for x in (keepalive, read_timeout) if x]
+    if not intervals:
+        yield from _timed_reads(fp, sock, None, None)
+        return
+    sock.settimeout(None)
+    reader = WATCH.register(min(intervals))
+    read = fp.read1  # first: what header parsing left in the buffer; then the socket itself
+    last_data = last_ping = time.monotonic()
+    try:
+        while True:
+            wake = [last_data + read_timeout] if read_timeout else []
+            if keepalive:
+                wake.append(last_ping + keepalive)
+            reader.wake_at = min(wake)
+            reader.waiting = True
+            try:
+                data = read(READ_SIZE)
+            except _Silence:
+                now = time.monotonic()
+                if read_timeout and now - last_data >= read_timeout - 1e-3:
+                    raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
+                last_ping = now
+                yield None
+                continue
+            except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
+                raise read_error(exc) from None
+            finally:
+                reader.waiting = False
+            read = sock.recv
+            last_data = last_ping = time.monotonic()
+            yield data
+    finally:
+        WATCH.unregister(reader)
+
+
+def _timed_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:
+    """Socket reads with the socket's own timeout (threads, or no keep-alive)."""
+    try:
+        data = fp.read1(READ_SIZE)  # what header parsing left in the buffer, or one socket read
+    except Exception as exc:  # noqa: BLE001
+        raise read_error(exc) from None
+    yield data
+    recv, settimeout = sock.recv, sock.settimeout
+    timeout_now: float | None = -1.0
+    idle = silent = 0.0
+    while True:
+        step = read_timeout
+        if keepalive:
+            step = keepalive - silent if read_timeout is None else min(keepalive - silent, read_timeout - idle)
+        if step != timeout_now:
+            settimeout(step)
+            timeout_now = step
+        try:
+            data = recv(READ_SIZE)
+        except socket.timeout:
+            if not keepalive:
+                raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
+            idle += step  # type: ignore[operator]
+            silent += step  # type: ignore[operator]
+            if read_timeout is not None and idle >= read_timeout - 1e-6:
+                raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
+            if silent >= keepalive - 1e-6:
+                silent = 0.0
+                yield None
+            continue
+        except Exception as exc:  # noqa: BLE001
+            raise read_error(exc) from None
+        idle = silent = 0.0
+        yield data
 
 
 def _read_generic(resp: requests.Response, keepalive: float | None) -> Iterator[bytes | None]:
