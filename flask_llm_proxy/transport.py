@@ -57,12 +57,19 @@ class Conn:
         Peeks at the file descriptor itself (not through TLS or gevent, which would block).
         """
         raw = getattr(self.sock, "_sock", self.sock)
+        previous = self.sock.gettimeout()
         try:
+            self.sock.settimeout(0.0)  # a socket with a timeout would wait that long for readability
             _socket.socket.recv(raw, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         except (OSError, ValueError, TypeError):
             return False
+        finally:
+            try:
+                self.sock.settimeout(previous)
+            except OSError:
+                pass
         return False  # b"" (closed by the server) or unexpected bytes
 
 

@@ -202,3 +202,13 @@ def test_mock_provider_streams_without_any_upstream(proxy: Any) -> None:
         events = sse_events(r)
     assert events[-1] == "[DONE]" and events[-2]["isLast"] is True
     assert [e["tokenId"] for e in events[:-1]] == list(range(6))
+
+
+def test_upstream_connections_are_reused_between_requests(start_proxy: Any, upstream: Any) -> None:
+    server = start_proxy(upstream.base_url, workers=1)  # one worker: one pool
+    for i in range(4):
+        with post(server, "anthropic", chat_body(f"id=reuse-{i} tokens=3")) as r:
+            assert sse_events(r)[-1] == "[DONE]"
+    conns = {upstream.requests(id=f"reuse-{i}")[0]["conn"] for i in range(4)}
+    assert len(conns) == 1, conns  # one keep-alive connection served all four
+

@@ -50,3 +50,12 @@ def test_an_untrusted_certificate_is_a_clear_network_error(start_proxy: Any, tls
     r = http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
     assert r.status_code == 502
     assert r.json()["type"] == "network_error" and "TLS" in r.json()["error"]
+
+
+def test_tls_connections_to_the_upstream_are_kept_alive(start_proxy: Any, tls_upstream: Any, tls_cert: Any) -> None:
+    server = start_proxy(tls_upstream.base_url, REQUESTS_CA_BUNDLE=tls_cert[0])
+    for i in range(3):
+        with http().post(f"{server.url}/api/anthropic", json=chat_body(f"id=tls-reuse-{i} tokens=2"), stream=True, timeout=20) as r:
+            assert sse_events(r)[-1] == "[DONE]"
+    conns = {tls_upstream.requests(id=f"tls-reuse-{i}")[0]["conn"] for i in range(3)}
+    assert len(conns) == 1, conns  # no new TLS handshake per request

@@ -1,0 +1,89 @@
+"""The lean upstream client: one write per request, keep-alive reuse, stale connections replaced."""
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Iterator
+
+import pytest
+
+from flask_llm_proxy.body import read_chunks
+from flask_llm_proxy.transport import Pool, post
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+
+class TinyServer:
+    """Answers every request with RESPONSE; ``close_after`` responses per connection, then closes."""
+
+    def __init__(self, close_after: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.close_after = close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            for _ in range(self.close_after):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + body)
+                conn.sendall(RESPONSE)
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    yield Pool(maxsize=10, verify=True)
+
+
+def fetch(pool: Pool, port: int) -> bytes:
+    resp = post(pool, f"http://127.0.0.1:{port}/v1/messages", {"x-api-key": "k"}, b'{"a":1}', 2.0, 2.0)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream"
+    body = b"".join(c for c in read_chunks(resp, None) if c)
+    resp.finish()
+    return body
+
+
+def test_keep_alive_connections_are_reused(pool: Pool) -> None:
+    server = TinyServer(close_after=100)
+    assert [fetch(pool, server.port) for _ in range(3)] == [b"hello"] * 3
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert server.requests[0].endswith(b'\r\n\r\n{"a":1}') and b"Content-Length: 7\r\n" in server.requests[0]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(pool: Pool) -> None:
+    server = TinyServer(close_after=1)  # closes each connection after one answer, like an idle timeout
+    assert fetch(pool, server.port) == b"hello"
+    threading.Event().wait(0.1)  # let the close arrive
+    assert fetch(pool, server.port) == b"hello"
+    assert server.connections == 2
+
+
+def test_an_unfinished_response_never_goes_back_to_the_pool(pool: Pool) -> None:
+    server = TinyServer(close_after=100)
+    resp = post(pool, f"http://127.0.0.1:{server.port}/x", {}, b"", 2.0, 2.0)
+    resp.abort()  # the client left mid-stream
+    assert fetch(pool, server.port) == b"hello"
+    assert server.connections == 2
