@@ -6,10 +6,11 @@ to the browser per token even when dozens are already in the socket buffer. Here
 framing is decoded from whatever one socket read delivered, so every event in hand is handled
 (and written) together, and nothing waits for more.
 
-Keep-alives are cheap for the same reason: after the first ``read1`` of the socket file (which
-returns what header parsing left buffered) the buffer is empty, so the socket itself is read with
-the keep-alive interval as its timeout, and a timeout is reported as silence (``None``). No extra
-thread or greenlet, and no new watcher per read.
+After the first ``read1`` of the socket file (which returns what header parsing left buffered)
+the buffer is empty and the socket itself is read. Silence is reported as ``None`` (the caller
+sends a keep-alive) and ends in a timeout after ``read_timeout``: under gevent through one shared
+timer per worker (:class:`SilenceWatch`) instead of a timer per socket wait; elsewhere through
+the socket's own timeout. No extra thread or greenlet per stream.
 """
 from __future__ import annotations
 
@@ -195,7 +196,7 @@ class SilenceWatch:
             if self._timer is not None and self._pid == os.getpid():
                 self._timer.stop()
             self._tick = tick
-            self._timer = gevent.get_hub().loop.timer(tick, tick)
+            self._timer = gevent.get_hub().loop.timer(tick, tick, ref=False)  # never keeps a hub alive
             self._timer.start(self._check)
             self._pid = os.getpid()
         reader = _Reader(gevent.getcurrent())
