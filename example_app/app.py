@@ -30,7 +30,9 @@ def _env_value(raw: str) -> Any:
 
 def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        k: _env_value(v) for k, v in environ.items() if k.startswith(("LLM_PROXY_", "RATELIMIT_", "JWT_"))
+        k: v if k.endswith("SECRET_KEY") else _env_value(v)  # a secret stays a string, even "12345"
+        for k, v in environ.items()
+        if k.startswith(("LLM_PROXY_", "RATELIMIT_", "JWT_"))
     }
     if "LLM_PROXY_PROVIDERS" not in cfg:
         providers: dict[str, Any] = {"mock": {"type": "mock", "models": ["mock-1"], "tokens": 40, "pace_ms": 40}}
@@ -47,9 +49,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config_from_env(os.environ))
     app.config.update(config or {})
     if not app.config.get("JWT_SECRET_KEY"):
+        app.config["JWT_SECRET_KEY"] = secrets.token_hex(32)  # one process only: see gunicorn.conf.py
+    if not os.environ.get("JWT_SECRET_KEY") or os.environ.get("EXAMPLE_JWT_KEY_GENERATED"):
         # Development only: tokens from one run are useless after a restart.
-        app.config["JWT_SECRET_KEY"] = secrets.token_hex(32)
-        app.logger.warning("JWT_SECRET_KEY not set: using a random development key")
+        app.logger.warning("JWT_SECRET_KEY not set: using a random development key (set it in production)")
     app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", timedelta(hours=1))
     os.makedirs(app.instance_path, exist_ok=True)
 

@@ -6,6 +6,14 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import secrets  # noqa: E402
+
+# Development convenience: without JWT_SECRET_KEY every worker would invent its own key and a token
+# signed by one worker would fail on the others. Make one here, in the master, before the fork.
+# Production sets JWT_SECRET_KEY (and keeps it across restarts).
+if not os.environ.get("JWT_SECRET_KEY"):
+    os.environ["JWT_SECRET_KEY"] = secrets.token_hex(32)
+    os.environ["EXAMPLE_JWT_KEY_GENERATED"] = "1"
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gevent"

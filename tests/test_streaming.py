@@ -212,3 +212,14 @@ def test_upstream_connections_are_reused_between_requests(start_proxy: Any, upst
     conns = {upstream.requests(id=f"reuse-{i}")[0]["conn"] for i in range(4)}
     assert len(conns) == 1, conns  # one keep-alive connection served all four
 
+
+
+def test_example_app_dev_tokens_work_on_every_worker_without_a_configured_secret(start_proxy: Any, upstream: Any) -> None:
+    # gunicorn.conf.py makes one development key in the master, so every worker accepts the token
+    server = start_proxy(upstream.base_url, workers=3, JWT_SECRET_KEY="", EXAMPLE_DEV_TOKENS="1", LLM_PROXY_REQUIRE_AUTH=True)
+    statuses = set()
+    for _ in range(9):
+        token = http().post(f"{server.url}/dev/token", json={"user": "dev"}, timeout=10).json()["token"]
+        r = http().post(f"{server.url}/api/mock", json=chat_body("hi", model="m", stream=False), headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        statuses.add(r.status_code)
+    assert statuses == {200}
