@@ -22,11 +22,9 @@ from .providers.anthropic import AnthropicTranslator
 from .providers.base import Translator
 from .providers.openai import ChatTranslator
 from .providers.responses import ResponsesTranslator
-from .relay import StreamBody, _MALFORMED
-from .sse import SSEDecoder
+from .relay import _MALFORMED, StreamBody, decode_upstream
+from .sse import PING
 from .body import read_error
-from .body import read_chunks
-from .upstream import abort, finish
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -185,19 +183,15 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
 
 
 def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keepalive: float | None, read_timeout: float) -> Iterator[bytes]:
-    """Relay upstream bytes unchanged; read the same bytes for usage and completeness."""
-    decoder = SSEDecoder()
-    feed, tfeed = decoder.feed, translator.feed
-    complete = False
+    """Relay upstream bytes unchanged; the same bytes are read for usage and completeness."""
+    decoded = decode_upstream(ex, resp, translator, keepalive, read_timeout)
     try:
-        for chunk in read_chunks(resp, keepalive, read_timeout):
+        for chunk, items in decoded:
             if chunk is None:
-                yield b": ping\n\n"
+                yield PING
                 continue
             yield chunk
-            for event in feed(chunk):
-                ex.tokens_streamed += len(tfeed(*event))
-        complete = True
+            ex.tokens_streamed += len(items)
         if not translator.done:
             raise UpstreamError("the upstream stream ended before its final event", type="network_error")
         ex.complete = True
@@ -205,14 +199,8 @@ def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keep
         ex.fail(err)
         if not getattr(err, "from_stream", False):  # the upstream's own error event was relayed already
             yield native_error_event(api, err)
-    except _MALFORMED as exc:
-        ex.fail(UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})"))
     except GeneratorExit:
         ex.client_aborted = True
         raise
     finally:
-        ex.resp = None
-        if complete:
-            finish(resp)
-        else:
-            abort(resp)
+        decoded.close()

@@ -10,8 +10,6 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-import requests
-
 from . import _json
 from .errors import NetworkError, ProxyError, UpstreamError
 from .exchange import Exchange
@@ -26,32 +24,24 @@ Items = Iterator["list[Any] | None"]  # lists of str / ToolCall, or None for "si
 _MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def upstream_items(ex: Exchange, resp: requests.Response, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Items:
-    """Decode and translate one upstream response; release or abort its connection at the end."""
-    decoder = SSEDecoder()
-    feed, tfeed = decoder.feed, translator.feed
+def decode_upstream(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Iterator[tuple[bytes | None, list[Any]]]:
+    """``(chunk, items)`` per network chunk, ``(None, [])`` per silence; releases or aborts the
+    upstream connection at the end. The items before an in-stream error are still handed on."""
+    feed, tfeed = SSEDecoder().feed, translator.feed
     complete = False
     try:
         for chunk in read_chunks(resp, keepalive, read_timeout):
             if chunk is None:
-                yield None
+                yield None, []
                 continue
-            events = feed(chunk)
-            if not events:
-                continue
-            if len(events) == 1:
-                items = tfeed(*events[0])
-            else:
-                items = []
-                try:
-                    for event in events:
-                        items += tfeed(*event)
-                except ProxyError:
-                    if items:  # the tokens before an in-stream error still reach the client
-                        yield items
-                    raise
-            if items:
-                yield items
+            items: list[Any] = []
+            try:
+                for event in feed(chunk):
+                    items += tfeed(*event)
+            except ProxyError:
+                yield chunk, items
+                raise
+            yield chunk, items
         complete = True
     except _MALFORMED as exc:
         raise UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})") from None
@@ -61,6 +51,19 @@ def upstream_items(ex: Exchange, resp: requests.Response, translator: Translator
             finish(resp)
         else:
             abort(resp)
+
+
+def upstream_items(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Items:
+    """The neutral endpoint's view of an upstream response: item lists, ``None`` for silence."""
+    decoded = decode_upstream(ex, resp, translator, keepalive, read_timeout)
+    try:
+        for chunk, items in decoded:
+            if chunk is None:
+                yield None
+            elif items:
+                yield items
+    finally:
+        decoded.close()  # a browser that left: the upstream connection is aborted now, not at GC
 
 
 def _first_event(item: Any, ex: Exchange) -> bytes:
