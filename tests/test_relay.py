@@ -1,0 +1,72 @@
+"""The per-token writer and the exactly-once accounting, without any network."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask_llm_proxy.exchange import Exchange, UsageRecord
+from flask_llm_proxy.providers.base import ToolCall, Translator
+from flask_llm_proxy.relay import StreamBody, relay
+
+
+def exchange(records: list[UsageRecord]) -> Exchange:
+    ex = Exchange("rid-1", "alice", "anthropic", "claude-x", time.perf_counter(), input_chars=400)
+    ex.on_finalize(records.append)
+    return ex
+
+
+def events(raw: bytes) -> list[Any]:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block.startswith("data: "):
+            out.append("[DONE]" if block == "data: [DONE]" else json.loads(block[6:]))
+        elif block.startswith("error: "):
+            out.append(("error", json.loads(block[7:])))
+    return out
+
+
+def test_events_are_numbered_without_gaps_and_end_with_one_last_event_and_done() -> None:
+    records: list[UsageRecord] = []
+    ex, t = exchange(records), Translator()
+    t.done, t.finish_reason = True, "stop"
+    t.usage.input_tokens, t.usage.output_tokens, t.usage.reported = 9, 3, True
+    ex.translator = t
+    out = events(b"".join(relay(ex, iter([["Hel", "lo"], None, [ToolCall("c1", "f", {"a": 1})]]), t)))
+    assert [e["tokenId"] for e in out[:-1]] == [0, 1, 2, 3]
+    assert out[0]["isFirst"] is True and "ttfbMs" in out[0] and "isFirst" not in out[1]
+    assert out[2] == {"token": "", "tokenId": 2, "toolCall": {"id": "c1", "name": "f", "arguments": {"a": 1}}}
+    assert out[3] == {"token": "", "tokenId": 3, "isLast": True, "finishReason": "stop", "usage": {"inputTokens": 9, "outputTokens": 3}}
+    assert out[4] == "[DONE]"
+
+
+def test_a_keepalive_is_a_comment_never_a_data_line() -> None:
+    t = Translator()
+    t.done = True
+    raw = b"".join(relay(exchange([]), iter([None, ["x"]]), t))
+    assert raw.startswith(b": ping\n\n")
+
+
+def test_a_stream_that_ends_without_its_final_event_is_an_error_not_a_success() -> None:
+    records: list[UsageRecord] = []
+    ex, t = exchange(records), Translator()
+    ex.translator = t
+    body = StreamBody(relay(ex, iter([["a"], ["b"]]), t), ex.finalize)
+    out = events(b"".join(body))
+    body.close()
+    assert out[-1][0] == "error" and out[-1][1]["code"] == "NETWORK_ERROR"
+    assert "[DONE]" not in out
+    assert len(records) == 1 and records[0].error_type == "network_error"
+    assert records[0].estimated and records[0].output_tokens == 2 and records[0].input_tokens == 100  # 400 chars / 4
+
+
+def test_a_body_closed_before_its_first_byte_is_accounted_once_as_client_closed() -> None:
+    records: list[UsageRecord] = []
+    ex, t = exchange(records), Translator()
+    ex.translator = t
+    body = StreamBody(relay(ex, iter([["never sent"]]), t), ex.finalize)
+    body.close()  # the browser left before the server iterated the body
+    body.close()
+    ex.finalize()
+    assert len(records) == 1
+    assert records[0].error_type == "client_closed" and records[0].status == 200
