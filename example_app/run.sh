@@ -9,7 +9,9 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
-"$venv/bin/pip" install -q -e ".[redis,metrics,fast]"
+"$venv/bin/pip" install -q -e ".[redis,metrics]"
+# optional speed-ups (orjson, gunicorn's C parser); gunicorn_h1c may need a C compiler
+"$venv/bin/pip" install -q -e ".[fast]" >/dev/null 2>&1 || echo "note: the optional [fast] extra could not be installed; running without it"
 export EXAMPLE_DEV_TOKENS="${EXAMPLE_DEV_TOKENS:-1}"
 echo "flask-llm-proxy example on http://${BIND:-127.0.0.1:8000}/  (providers: mock$( [ -n "${ANTHROPIC_API_KEY:-}" ] && echo ', anthropic')$( [ -n "${OPENAI_API_KEY:-}" ] && echo ', openai'))"
 exec "$venv/bin/gunicorn" -c example_app/gunicorn.conf.py example_app.wsgi:app
