@@ -287,7 +287,7 @@ def test_an_api_key_echoed_in_a_json_error_is_redacted(mock, status):
     add(mock, status, json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}. Check it.", "type": "invalid_request_error"}}))
     err = fail(max_retries=0)
     assert SECRET not in err.message and SECRET not in err.to_json().decode()
-    assert f"Incorrect API key provided: [redacted]. Check it." in err.message
+    assert "Incorrect API key provided: [redacted]. Check it." in err.message
 
 
 def test_an_api_key_echoed_in_a_non_json_error_is_redacted(mock):

@@ -112,7 +112,7 @@ def test_ledger_has_exactly_one_record_per_request_in_redis(start_proxy: Any, up
     server = start_proxy(upstream.base_url, workers=2, LLM_PROXY_USAGE_STORE=redis_server.url)
     ids = run_mix(server, upstream, "mix-redis")
     store = RedisStore(redis_server.url)
-    records = wait_for(lambda: len(list(store.records(0))) >= 6)
+    assert wait_for(lambda: len(list(store.records(0))) >= 6)
     time.sleep(0.3)
     check_mix(list(store.records(0)), ids, upstream, "mix-redis")
 
