@@ -30,10 +30,19 @@ API_KEY = "sk-test-SECRET-4f7c1e9a"  # recognisable, so leak tests can look for 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port never handed out before in this session: a server that is still
+    shutting down must not answer for the next one started on the same port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http() -> requests.Session:
@@ -88,8 +97,12 @@ class GunicornServer:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # no worker outlives its master
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
         self._log.close()
 
 
