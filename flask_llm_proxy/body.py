@@ -20,6 +20,7 @@ import queue
 import socket
 import threading
 import time
+import zlib
 from typing import Any, Iterator
 
 import requests
@@ -123,9 +124,28 @@ def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: 
     chunked = ChunkedDecoder() if is_chunked else None
     reads = _watched_reads(fp, sock, keepalive, read_timeout) if gevent_active() else _timed_reads(fp, sock, keepalive, read_timeout)
     try:
-        yield from _frame(reads, chunked, remaining, on_complete)
+        encoding = (resp.headers.get("content-encoding") or "").lower() if isinstance(resp, LeanResponse) else ""
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            # asked for identity, but a server may compress anyway: inflate as it arrives
+            yield from _inflate(_frame(reads, chunked, remaining, on_complete))
+        else:
+            yield from _frame(reads, chunked, remaining, on_complete)
     finally:
         reads.close()
+
+
+def _inflate(parts: Iterator[bytes | None]) -> Iterator[bytes | None]:
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+    for part in parts:
+        if part is None:
+            yield None
+            continue
+        try:
+            data = inflater.decompress(part)
+        except zlib.error:
+            raise NetworkError("the upstream sent a corrupt compressed body") from None
+        if data:
+            yield data
 
 
 def _frame(reads: Iterator[bytes | None], chunked: ChunkedDecoder | None, remaining: int | None, on_complete: Any) -> Iterator[bytes | None]:

@@ -16,7 +16,8 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enco
 class TinyServer:
     """Answers every request with RESPONSE; ``close_after`` responses per connection, then closes."""
 
-    def __init__(self, close_after: int) -> None:
+    def __init__(self, close_after: int, response: bytes = RESPONSE) -> None:
+        self.response = response
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -49,7 +50,7 @@ class TinyServer:
                 while len(body) < length:
                     body += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + body)
-                conn.sendall(RESPONSE)
+                conn.sendall(self.response)
 
 
 @pytest.fixture
@@ -87,3 +88,15 @@ def test_an_unfinished_response_never_goes_back_to_the_pool(pool: Pool) -> None:
     resp.abort()  # the client left mid-stream
     assert fetch(pool, server.port) == b"hello"
     assert server.connections == 2
+
+
+def test_a_compressed_body_is_inflated_as_it_arrives(pool: Pool) -> None:
+    import gzip
+
+    payload = b"data: one\n\ndata: two\n\n"
+    packed = gzip.compress(payload)
+    half = len(packed) // 2
+    chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, packed[:half], len(packed) - half, packed[half:])
+    server = TinyServer(close_after=1, response=b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    resp = post(pool, f"http://127.0.0.1:{server.port}/x", {}, b"", 2.0, 2.0)
+    assert b"".join(c for c in read_chunks(resp, None) if c) == payload
