@@ -277,6 +277,8 @@ def post(pool: Pool, url: str, headers: dict[str, str], body: bytes, connect_tim
             conn.sock.settimeout(read_timeout)
             conn.sock.sendall(request)
             status, resp_headers = _read_head(conn.fp)
+            while 100 <= status < 200:  # interim answers (103 Early Hints ...) precede the real one
+                status, resp_headers = _read_head(conn.fp)
         except (StaleConnection, ConnectionResetError, BrokenPipeError) as exc:
             conn.close()
             if reused:

@@ -100,3 +100,8 @@ def test_a_compressed_body_is_inflated_as_it_arrives(pool: Pool) -> None:
     server = TinyServer(close_after=1, response=b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
     resp = post(pool, f"http://127.0.0.1:{server.port}/x", {}, b"", 2.0, 2.0)
     assert b"".join(c for c in read_chunks(resp, None) if c) == payload
+
+
+def test_interim_1xx_answers_are_skipped(pool: Pool) -> None:
+    server = TinyServer(close_after=1, response=b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + RESPONSE)
+    assert fetch(pool, server.port) == b"hello"
