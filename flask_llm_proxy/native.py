@@ -18,33 +18,34 @@ from . import _json
 from .auth import check_model_claim, identify
 from .errors import InvalidRequest, ModelNotAllowed, ProxyError, UpstreamError
 from .exchange import Exchange
-from .providers.anthropic import AnthropicTranslator
-from .providers.base import Translator
-from .providers.openai import ChatTranslator
-from .providers.responses import ResponsesTranslator
+from .providers.anthropic import AnthropicAdapter
+from .providers.base import Adapter, Translator, output_cap
+from .providers.openai import ChatCompletionsAdapter
+from .providers.responses import ResponsesAdapter
 from .relay import _MALFORMED, StreamBody, decode_upstream
 from .sse import PING
 from .body import read_error
 
 log = logging.getLogger("flask_llm_proxy")
 
-#: API -> (upstream path, translator, the request fields forwarded, the max-tokens field names)
-APIS: dict[str, tuple[str, type[Translator], frozenset[str], tuple[str, ...]]] = {
+#: API -> (the adapter: upstream path, auth headers, translator; the request fields forwarded;
+#: the max-tokens field names)
+APIS: dict[str, tuple[Adapter, frozenset[str], tuple[str, ...]]] = {
     "messages": (
-        "/v1/messages", AnthropicTranslator,
+        AnthropicAdapter(),
         frozenset({"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream", "temperature",
                    "top_k", "top_p", "tools", "tool_choice", "thinking"}),
         ("max_tokens",),
     ),
     "chat": (
-        "/chat/completions", ChatTranslator,
+        ChatCompletionsAdapter(),
         frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
                    "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream", "stream_options",
                    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort"}),
         ("max_tokens", "max_completion_tokens"),
     ),
     "responses": (
-        "/responses", ResponsesTranslator,
+        ResponsesAdapter(),
         frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
                    "parallel_tool_calls", "reasoning", "text", "store", "truncation", "stream"}),
         ("max_output_tokens",),
@@ -79,7 +80,7 @@ def native_error_event(api: str, err: ProxyError) -> bytes:
 def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, Any]:
     if not isinstance(body, Mapping):
         raise InvalidRequest("body: must be a JSON object")
-    _, _, allowed, mt_fields = APIS[api]
+    _, allowed, mt_fields = APIS[api]
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > 256:
         raise InvalidRequest("model: is required (a string)", extra={"param": "model"})
@@ -92,7 +93,7 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
     max_messages = provider.max_messages or settings.max_messages
     if isinstance(items, list) and len(items) > max_messages:
         raise InvalidRequest(f"messages: at most {max_messages} are allowed", extra={"param": "messages"})
-    cap = min(x for x in (provider.max_tokens, settings.max_tokens, 2**31 - 1) if x)
+    cap = output_cap(provider, settings) or 2**31 - 1
     for name in mt_fields:
         v = body.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= cap):
@@ -130,15 +131,14 @@ def native_view(provider_name: str, api: str) -> Response:
     from .chat import ChatRequest
 
     st.attach(ex, ChatRequest(model=model))
-    path, translator_cls, _, _ = APIS[api]
-    adapter_headers = {"x-api-key": provider.api_key, "anthropic-version": provider.anthropic_version} if api == "messages" else {"authorization": f"Bearer {provider.api_key}"}
+    adapter = APIS[api][0]
     try:
-        resp = open_upstream(ex, provider, path, adapter_headers, _json.dumps(body), accept="text/event-stream" if stream else "application/json")
+        resp = open_upstream(ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body), accept="text/event-stream" if stream else "application/json")
     except ProxyError as err:
         ex.fail(err, before_stream=True)
         ex.finalize()
         raise
-    translator = translator_cls()
+    translator = adapter.translator()
     ex.translator = translator
     if not stream:
         return _whole(ex, resp, api, translator)
@@ -163,17 +163,12 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
     try:
         obj = _json.loads(raw)
         usage = obj.get("usage") or {}
-        u = translator.usage
+        translator.read_usage(usage)
+        translator.usage.reported = bool(usage)
         if api == "chat":
-            u.input_tokens, u.output_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
             translator.finish_reason = ((obj.get("choices") or [{}])[0] or {}).get("finish_reason")
         else:
-            u.cache_read = usage.get("cache_read_input_tokens") or 0
-            u.cache_write = usage.get("cache_creation_input_tokens") or 0
-            u.input_tokens = (usage.get("input_tokens") or 0) + u.cache_read + u.cache_write
-            u.output_tokens = usage.get("output_tokens") or 0
             translator.finish_reason = obj.get("stop_reason") or obj.get("status")
-        u.reported = bool(usage)
     except _MALFORMED:
         log.warning("request %s: the upstream's JSON answer had no readable usage", ex.request_id)
     translator.done = True

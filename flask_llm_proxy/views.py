@@ -22,6 +22,7 @@ from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNo
 from .exchange import Exchange
 from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
+from .providers.base import output_cap
 from .providers.mock import MockSource
 from .relay import StreamBody, collect, iter_items, relay, upstream_items
 
@@ -153,7 +154,7 @@ def chat(provider_name: str) -> Response:
     identity, claims = identify(s)
     g.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
     body = read_json(provider.max_body_bytes or s.max_body_bytes)
-    cap = min(x for x in (provider.max_tokens, s.max_tokens, 2**31 - 1) if x)
+    cap = output_cap(provider, s) or 2**31 - 1
     req = parse_chat_request(
         body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai"
     )
@@ -295,7 +296,7 @@ def make_blueprint(settings: Any) -> Blueprint:
     for name, p in settings.providers.items():
         apis = {"anthropic": ("messages",), "openai": ("chat", "responses")}.get(p.type, ())
         for api in apis:
-            path = APIS[api][0] if api == "messages" else "/v1" + APIS[api][0]
+            path = APIS[api][0].path if api == "messages" else "/v1" + APIS[api][0].path
             bp.add_url_rule(
                 f"/{name}{path}", endpoint=f"native_{api}__{name.replace('.', '_')}", view_func=native_view,
                 methods=["POST"], defaults={"provider_name": name, "api": api},

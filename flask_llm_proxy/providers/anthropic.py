@@ -111,6 +111,16 @@ class AnthropicTranslator(Translator):
         super().__init__()
         self._tools: dict[int, list[Any]] = {}  # block index -> [id, name, [partial json]]
 
+    def read_usage(self, usage: dict[str, Any]) -> None:
+        """Anthropic counts cached prompt tokens apart; the ledger's input is the whole prompt."""
+        u = self.usage
+        u.cache_read = usage.get("cache_read_input_tokens") or u.cache_read
+        u.cache_write = usage.get("cache_creation_input_tokens") or u.cache_write
+        if "input_tokens" in usage and (usage["input_tokens"] or not u.input_tokens):
+            u.input_tokens = (usage["input_tokens"] or 0) + u.cache_read + u.cache_write
+        if "output_tokens" in usage:
+            u.output_tokens = usage["output_tokens"] or 0
+
     def feed(self, event: str, data: str) -> list[Any]:
         # Most events are text deltas: test for them first, and skip pings without parsing.
         if event == "content_block_delta":
@@ -128,13 +138,7 @@ class AnthropicTranslator(Translator):
         if event == "ping":
             return []
         if event == "message_start":
-            usage = _json.loads(data)["message"].get("usage") or {}
-            u = self.usage
-            u.cache_read = usage.get("cache_read_input_tokens") or 0
-            u.cache_write = usage.get("cache_creation_input_tokens") or 0
-            # Anthropic counts cached prompt tokens apart; the ledger's input is the whole prompt.
-            u.input_tokens = (usage.get("input_tokens") or 0) + u.cache_read + u.cache_write
-            u.output_tokens = usage.get("output_tokens") or 0
+            self.read_usage(_json.loads(data)["message"].get("usage") or {})
             return []
         if event == "content_block_start":
             obj = _json.loads(data)
@@ -155,14 +159,9 @@ class AnthropicTranslator(Translator):
             if reason:
                 self.finish_reason = FINISH.get(reason, reason)
             usage = obj.get("usage") or {}
+            self.read_usage(usage)  # newer API versions repeat the cumulative input counts here
             if "output_tokens" in usage:
-                self.usage.output_tokens = usage["output_tokens"] or 0
-                self.usage.reported = True
-            if usage.get("input_tokens"):  # newer API versions repeat cumulative counts here
-                u = self.usage
-                u.cache_read = usage.get("cache_read_input_tokens") or u.cache_read
-                u.cache_write = usage.get("cache_creation_input_tokens") or u.cache_write
-                u.input_tokens = usage["input_tokens"] + u.cache_read + u.cache_write
+                self.usage.reported = True  # the final output count
             return []
         if event == "message_stop":
             self.done = True

@@ -46,6 +46,9 @@ class Translator:
     def feed(self, event: str, data: str) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def read_usage(self, usage: dict[str, Any]) -> None:
+        """Take the API's own ``usage`` object (streamed or in a whole JSON answer)."""
+
 
 class Adapter:
     """One upstream API. Subclasses set ``path`` and implement the three hooks."""

@@ -116,17 +116,17 @@ class ChatTranslator(Translator):
                 self.done = True
                 out.extend(self._flush_tools())
             if "usage" in obj and obj["usage"]:
-                self._usage(obj["usage"])
+                self.read_usage(obj["usage"])
             return out
         if obj.get("usage"):
-            self._usage(obj["usage"])
+            self.read_usage(obj["usage"])
             return []
         if "error" in obj:
             err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
             raise stream_error(502, err.get("type") or err.get("code") or "server_error", err.get("message", "stream error"))
         return []
 
-    def _usage(self, usage: dict[str, Any]) -> None:
+    def read_usage(self, usage: dict[str, Any]) -> None:
         u = self.usage
         u.input_tokens = usage.get("prompt_tokens") or 0
         u.output_tokens = usage.get("completion_tokens") or 0

@@ -40,6 +40,13 @@ class ResponsesTranslator(Translator):
         self._calls: dict[Any, list[Any]] = {}  # output_index -> [call_id, name, [fragments]]
         self._emitted = False
 
+    def read_usage(self, usage: dict[str, Any]) -> None:
+        u = self.usage
+        u.input_tokens = usage.get("input_tokens") or 0
+        u.output_tokens = usage.get("output_tokens") or 0
+        u.cache_read = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+        u.reported = bool(usage)
+
     def feed(self, event: str, data: str) -> list[Any]:
         if event == "response.output_text.delta":
             text = _json.loads(data).get("delta")
@@ -69,12 +76,7 @@ class ResponsesTranslator(Translator):
             return []
         if event in ("response.completed", "response.incomplete"):
             resp = obj.get("response") or {}
-            usage = resp.get("usage") or {}
-            u = self.usage
-            u.input_tokens = usage.get("input_tokens") or 0
-            u.output_tokens = usage.get("output_tokens") or 0
-            u.cache_read = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
-            u.reported = bool(usage)
+            self.read_usage(resp.get("usage") or {})
             if event == "response.completed":
                 self.finish_reason = "tool_calls" if self._emitted else "stop"
             else:
