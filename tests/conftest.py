@@ -293,3 +293,10 @@ def start_servers(upstream_url: str, tmp: Path, specs: dict[str, tuple[int, dict
 def stop_servers(servers: Any) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda s: s.stop(), list(servers)))
+
+
+def uid(prefix: str) -> str:
+    """A unique scenario id or identity, so tests sharing a server never share a bucket."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

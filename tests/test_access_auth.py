@@ -13,14 +13,13 @@ import http.client as httpclient
 import itertools
 import json
 import time
-import uuid
 import warnings
 from typing import Any, Iterator
 
 import pytest
 from flask import Flask
 
-from conftest import API_KEY, JWT_SECRET, GunicornServer, chat_body, http, make_jwt, sse_events, start_servers, stop_servers
+from conftest import API_KEY, JWT_SECRET, GunicornServer, chat_body, http, make_jwt, sse_events, start_servers, stop_servers, uid
 from flask_llm_proxy import ConfigError, LLMProxy
 
 SONNET = "claude-3-5-sonnet-20241022"
@@ -45,10 +44,6 @@ def servers(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     started = start_servers(upstream.base_url, tmp_path_factory.mktemp("access-auth"), specs)
     yield started
     stop_servers(started.values())
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def post(server: GunicornServer, provider: str, body: Any, *, token: str | None = None, headers: dict[str, str] | None = None) -> Any:

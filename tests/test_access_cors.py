@@ -8,14 +8,13 @@ headers whatsoever.
 """
 from __future__ import annotations
 
-import uuid
 from typing import Any, Iterator
 
 import pytest
 from flask import Flask
 from flask_jwt_extended import JWTManager
 
-from conftest import JWT_SECRET, GunicornServer, base_env, chat_body, http, make_jwt, sse_events
+from conftest import JWT_SECRET, GunicornServer, base_env, chat_body, http, make_jwt, sse_events, uid
 from flask_llm_proxy import ConfigError, LLMProxy
 
 ORIGINS = ["https://app.example.com", "https://.*\\.example\\.org"]
@@ -31,10 +30,6 @@ def cors_server(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     server = GunicornServer(env, workers=1, name="cors")
     yield server
     server.stop()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def preflight(server: GunicornServer, origin: str, path: str = "/api/anthropic", headers: str = "Authorization, Content-Type") -> Any:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import socket
 import time
-import uuid
 from typing import Any, Iterator
 
 import pytest
 
-from conftest import API_KEY, GunicornServer, base_env, chat_body, free_port, http, make_jwt, providers_for
+from conftest import API_KEY, GunicornServer, base_env, chat_body, free_port, http, make_jwt, providers_for, uid
 from fake_upstream import FakeUpstreamProcess
 
 SONNET = "claude-3-5-sonnet-20241022"
@@ -48,10 +47,6 @@ def server(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     s = GunicornServer(env, workers=1, name="hardening")
     yield s
     s.stop()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def assert_no_key(where: str, text: str) -> None:

@@ -13,7 +13,6 @@ import itertools
 import json
 import socket
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -26,7 +25,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import parse
 
-from conftest import JWT_SECRET, GunicornServer, chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers
+from conftest import JWT_SECRET, GunicornServer, chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers, uid
 from flask_llm_proxy import LLMProxy
 
 FLEET_LIMIT = 20
@@ -57,10 +56,6 @@ def servers(upstream: Any, redis_server: Any, tmp_path_factory: pytest.TempPathF
     started = start_servers(upstream.base_url, tmp_path_factory.mktemp("access-limits"), specs)
     yield started
     stop_servers(started.values())
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def bearer(sub: str) -> dict[str, str]:
