@@ -46,6 +46,17 @@ class ChunkedDecoder:
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
+        if not self._left and not self._buf and not self._trailers:
+            # The common case of a paced stream: one socket read holds exactly one whole chunk.
+            eol = data.find(b"\r\n")
+            end = len(data) - 2
+            if eol > 0 and data[end:] == b"\r\n" and data[:eol].isalnum():
+                try:
+                    size = int(data[:eol], 16)
+                except ValueError:
+                    size = 0  # not hex: the general path below reports it
+                if size and eol + 2 + size == end:
+                    return data[eol + 2 : end]
         buf = self._buf + data if self._buf else data
         out = []
         pos, end = 0, len(buf)
@@ -69,8 +80,11 @@ class ChunkedDecoder:
                 if self._trailers:
                     self.done = not line  # trailer fields end with an empty line
                     continue
+                digits = line.split(b";", 1)[0].rstrip(b" \t")  # "5 ;ext": whitespace before an extension
                 try:
-                    size = int(line.split(b";", 1)[0], 16)
+                    if not digits.isalnum():  # int() would also take "+5", "5_0" or " 5"
+                        raise ValueError
+                    size = int(digits, 16)
                 except ValueError:
                     raise NetworkError("the upstream sent a malformed chunked body") from None
                 if size:
@@ -250,31 +264,34 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
         yield from _timed_reads(fp, sock, None, None)
         return
     sock.settimeout(None)
-    reader = WATCH.register(min(intervals))
+    step = min(intervals)  # after data, the next wake-up is the nearer of keep-alive and timeout
+    reader = WATCH.register(step)
     read = fp.read1  # first: what header parsing left in the buffer; then the socket itself
-    last_data = last_ping = time.monotonic()
+    last_data = time.monotonic()
+    reader.wake_at = last_data + step
+    monotonic = time.monotonic
     try:
         while True:
-            wake = [last_data + read_timeout] if read_timeout else []
-            if keepalive:
-                wake.append(last_ping + keepalive)
-            reader.wake_at = min(wake)
             reader.waiting = True
             try:
                 data = read(READ_SIZE)
             except _Silence:
-                now = time.monotonic()
+                reader.waiting = False
+                now = monotonic()
                 if read_timeout and now - last_data >= read_timeout - 1e-3:
                     raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
-                last_ping = now
+                reader.wake_at = min(now + keepalive, last_data + read_timeout) if keepalive and read_timeout else now + step
                 yield None
                 continue
-            except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
-                raise read_error(exc) from None
-            finally:
+            except BaseException as exc:
                 reader.waiting = False
+                if not isinstance(exc, Exception):
+                    raise  # GeneratorExit, a greenlet being killed
+                raise read_error(exc) from None
+            reader.waiting = False
             read = sock.recv
-            last_data = last_ping = time.monotonic()
+            last_data = monotonic()
+            reader.wake_at = last_data + step
             yield data
     finally:
         WATCH.unregister(reader)

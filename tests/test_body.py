@@ -46,6 +46,17 @@ def test_not_done_until_the_final_empty_line() -> None:
     assert decode([b"5\r\nhello\r\n0\r\n"]) == (b"hello", False)
 
 
-def test_malformed_size_is_a_network_error() -> None:
-    with pytest.raises(NetworkError):
-        ChunkedDecoder().feed(b"zz\r\nhello\r\n")
+def test_one_whole_chunk_per_read_gives_its_payload_each_time() -> None:
+    """A paced stream: every socket read holds exactly one frame (the decoder's fast path)."""
+    d = ChunkedDecoder()
+    for payload in PAYLOADS:
+        assert d.feed(b"%x\r\n%s\r\n" % (len(payload), payload)) == payload
+    assert d.feed(b"0\r\n\r\n") == b""
+    assert d.done
+
+
+@pytest.mark.parametrize("size", [b"zz", b"+5", b"5_0", b"-5", b"", b" 5"])
+def test_malformed_size_is_a_network_error(size: bytes) -> None:
+    for data in (size + b"\r\nhello\r\n", size + b"\r\nhello\r\n5\r\nworld\r\n"):
+        with pytest.raises(NetworkError):
+            ChunkedDecoder().feed(data)
