@@ -37,6 +37,7 @@ from loadgen import Target  # noqa: E402
 from servers import (  # noqa: E402
     KEY,
     ROOT,
+    FloorServer,
     ProxyServer,
     cpu_seconds,
     machine_cpu,
@@ -60,6 +61,8 @@ class Sizes:
     pace_ms: int = 0
     ramp_s: float = 0.0
     levels: tuple[int, ...] = ()  # capacity: concurrent streams to try, smallest first
+    arrivals_per_s: float = 0.0  # capacity: streams start at this rate ...
+    hold_s: float = 0.0  # ... and last long enough that all of them are open together this long
     slack_ms: float = 50.0  # capacity: allowed p99 stretch of the inter-token gap over pace_ms
     workers: tuple[int, ...] = (1, 2)  # scale-out
     warmup: int = 20
@@ -69,14 +72,14 @@ FULL: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=200, tokens=20),
     "throughput": Sizes(concurrency=50, requests=1000, tokens=200, warmup=100),
     "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0),
-    "capacity": Sizes(tokens=20, pace_ms=100, ramp_s=1.0, levels=(1000, 2000, 5000)),
+    "capacity": Sizes(pace_ms=100, levels=(1000, 2000, 5000), arrivals_per_s=200.0, hold_s=3.0),
     "scale-out": Sizes(concurrency=50, requests=1000, tokens=200, workers=(1, 2), warmup=100),
 }
 SMOKE: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
     "throughput": Sizes(concurrency=2, requests=5, tokens=5, warmup=2),
     "slow-streams": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
-    "capacity": Sizes(tokens=5, pace_ms=50, ramp_s=0.1, levels=(20,), warmup=2),
+    "capacity": Sizes(pace_ms=50, levels=(20,), arrivals_per_s=200.0, hold_s=0.2, warmup=2),
     "scale-out": Sizes(concurrency=2, requests=5, tokens=5, workers=(1, 2), warmup=2),
 }
 # targets from the issue, for one worker
@@ -86,6 +89,14 @@ TARGET_SLOW_RATIO = 0.95
 TARGET_SLOW_TTFB_P99_MS = 250.0
 TARGET_SLOW_RSS_MB = 150.0
 TARGET_CAPACITY = 2000
+
+
+def capacity_sizes(sz: Sizes, n: int) -> Sizes:
+    """The capacity run for ``n`` streams: started at ``arrivals_per_s`` (a worker is not asked to
+    accept thousands of requests in the same second), each long enough that all ``n`` are open
+    together for ``hold_s`` seconds."""
+    ramp = n / sz.arrivals_per_s
+    return replace(sz, ramp_s=ramp, tokens=max(1, round((ramp + sz.hold_s) * 1000.0 / sz.pace_ms)))
 
 
 def log(msg: str) -> None:
@@ -115,6 +126,37 @@ def direct_target(api: str, port: int, text: str) -> Target:
 def proxy_target(api: str, port: int, text: str) -> Target:
     body = {"model": MODELS[api], "messages": [{"role": "user", "content": text}], "max_tokens": 1000}
     return Target("127.0.0.1", port, f"/api/{api}", json.dumps(body).encode(), "proxy")
+
+
+def floor_target(port: int, tokens: int, pace_ms: int) -> Target:
+    """A request to floor_app.py, which relays the upstream's raw Anthropic stream."""
+    body = {"model": MODELS["anthropic"], "messages": [{"role": "user", "content": prompt(tokens, pace_ms)}]}
+    return Target("127.0.0.1", port, "/", json.dumps(body).encode(), "anthropic", {})
+
+
+def search_capacity(attempt: Any, levels: tuple[int, ...]) -> int:
+    """The largest size ``attempt(n)`` holds: up through ``levels`` until one fails; when the first
+    already fails, halve it (down to an eighth); then one step halfway between the largest size
+    held and the smallest failed, when they are far apart."""
+    held, failed = 0, 0
+    for n in levels:
+        if not attempt(n):
+            failed = n
+            break  # a larger level would fail too: save the time
+        held = n
+    if levels and held == 0:
+        n = levels[0] // 2
+        while n >= max(1, levels[0] // 8):
+            if attempt(n):
+                held = n
+                break
+            failed, n = n, n // 2
+    if held and failed >= held * 1.5:
+        mid = (held + failed) // 2
+        mid = mid // 50 * 50 if mid >= 100 else mid
+        if attempt(mid):
+            held = mid
+    return held
 
 
 # --- one measured run -----------------------------------------------------------------------
@@ -329,43 +371,63 @@ class Bench:
                  target=f"<= {TARGET_SLOW_RSS_MB:.0f} MB", met=p["peak_rss_mb"] <= TARGET_SLOW_RSS_MB, src=p, errors=e)
 
     def scenario_capacity(self, api: str) -> None:
-        sz = self.sizes["capacity"]
+        base = self.sizes["capacity"]
 
-        def holds(s: dict[str, Any], n: int) -> bool:
-            return (s["errors"] == 0 and s["short"] == 0 and s["ok"] == n
+        def holds(s: dict[str, Any], n: int, sz: Sizes) -> bool:
+            return (s["errors"] == 0 and s["short"] == 0 and s["ok"] == n and s["peak_streams"] >= n
                     and s["gap_p99_ms"] - sz.pace_ms <= sz.slack_ms)
 
-        best_d = best_p = 0
+        best_d = 0
         attempts: list[dict[str, Any]] = []
-        last: dict[str, Any] = {}
 
         def attempt(n: int) -> bool:
-            nonlocal best_d, best_p, last
+            nonlocal best_d
+            sz = capacity_sizes(base, n)
             d, p = self.pair("capacity", api, sz, requests=n, concurrency=n, label=str(n))
             assert d is not None
-            ok_d, ok_p = holds(d, n), holds(p, n)
-            attempts.append({"n": n, "direct": d, "proxy": p, "direct_ok": ok_d, "proxy_ok": ok_p})
-            last = p
+            ok_d, ok_p = holds(d, n, sz), holds(p, n, sz)
+            attempts.append({"n": n, "direct": d, "proxy": p, "direct_ok": ok_d, "proxy_ok": ok_p, "tokens": sz.tokens})
             if ok_d:
                 best_d = max(best_d, n)
-            if ok_p:
-                best_p = max(best_p, n)
             log(f"  capacity {api} {n}: direct {'holds' if ok_d else 'FAILS'}, proxy {'holds' if ok_p else 'FAILS'}")
             return ok_p
 
-        for n in sz.levels:
-            if not attempt(n):
-                break  # a larger level would fail too: save the time
-        if sz.levels and best_p == 0:
-            # below the first level: halve until the proxy holds, so the table says where it is
-            n = sz.levels[0] // 2
-            while n >= max(1, sz.levels[0] // 8) and not attempt(n):
-                n //= 2
+        best_p = search_capacity(attempt, base.levels)
         self.capacity[api] = {"attempts": attempts, "direct": best_d, "proxy": best_p}
         tried = ",".join(str(a["n"]) for a in attempts)
+        held = [a for a in attempts if a["n"] == best_p] or attempts[-1:]
         self.row("capacity", api, f"streams held (tried {tried})", best_d, best_p, ratio=True,
-                 target=f">= {TARGET_CAPACITY}", met=best_p >= TARGET_CAPACITY, src=last,
+                 target=f">= {TARGET_CAPACITY}", met=best_p >= TARGET_CAPACITY, src=held[0]["proxy"] if held else None,
                  errors=self.errs(attempts[-1]["direct"], attempts[-1]["proxy"]) if attempts else "")
+        if api == self.args.apis[0]:
+            self.capacity_floor(holds)
+
+    def capacity_floor(self, holds: Any) -> None:
+        """The same search against floor_app.py: how many streams gunicorn + gevent hold with no proxy work."""
+        base = self.sizes["capacity"]
+        self.stop_proxy()  # one gunicorn at a time
+        server = FloorServer(self.upstream.port).start()
+        attempts: list[dict[str, Any]] = []
+        try:
+            def attempt(n: int) -> bool:
+                sz = capacity_sizes(base, n)
+                f = measure(floor_target(server.port, sz.tokens, sz.pace_ms), sz, requests=n, concurrency=n,
+                            pids=server.worker_pids(), upstream_pid=self.upstream.proc.pid,
+                            warm=floor_target(server.port, 5, 0))
+                self.record("capacity", "floor", "floor", str(n), n, f)
+                ok = holds(f, n, sz)
+                attempts.append({"n": n, "floor": f, "ok": ok})
+                log(f"  capacity floor {n}: {'holds' if ok else 'FAILS'}")
+                return ok
+
+            best = search_capacity(attempt, base.levels)
+        finally:
+            server.stop()
+        self.capacity["floor"] = {"attempts": attempts, "floor": best}
+        held = [a for a in attempts if a["n"] == best] or attempts[-1:]
+        self.row("capacity", "floor", f"streams held by floor_app (tried {','.join(str(a['n']) for a in attempts)})",
+                 NAN, best, src=held[0]["floor"] if held else None,
+                 errors=f"-/{held[0]['floor']['errors'] + held[0]['floor']['short']}" if held else "")
 
     def scenario_scale_out(self, apis: list[str]) -> None:
         sz = self.sizes["scale-out"]
@@ -418,9 +480,27 @@ class Bench:
                 notes.append(f"throughput/{s['api']}: the worker spent {us:.1f} us of CPU per relayed token "
                              f"({s['cpu_ms_per_req']:.2f} ms per {self.sizes['throughput'].tokens}-token request), "
                              f"so one core caps it near {1e6 / us:,.0f} tokens/s; the run reached {s['tokens_per_s']:,.0f}.")
+        floor = {a["n"]: a["floor"] for a in self.capacity.get("floor", {}).get("attempts", [])}
+        pace = self.sizes["capacity"].pace_ms
+        rate = 1000.0 / pace  # tokens per second per stream
         for api, c in self.capacity.items():
+            if api == "floor":
+                for a in c["attempts"]:
+                    f = a["floor"]
+                    notes.append(
+                        f"capacity/floor {a['n']} streams: gap p99 {f['gap_p99_ms']:.1f} ms (max {f['gap_max_ms']:.0f}), TTFB p99 "
+                        f"{f['ttfb_p99_ms']:.0f} ms, {f['errors'] + f['short']} errors, peak {f['peak_streams']} open, worker "
+                        f"{f['cpu_us_per_token']:.0f} us of CPU per token ({'holds' if a['ok'] else 'fails'})")
+                continue
             for a in c["attempts"]:
                 d, p = a["direct"], a["proxy"]
+                f = floor.get(a["n"])
+                if f is not None and f.get("tokens"):
+                    notes.append(
+                        f"capacity {a['n']} streams of {a['tokens']} tokens: the proxy worker ({api}) spent {p['cpu_us_per_token']:.0f} us "
+                        f"of CPU per relayed token (its request's own costs included), the floor app {f['cpu_us_per_token']:.0f} us; "
+                        f"at one token per {pace} ms per stream that is {a['n'] * rate * p['cpu_us_per_token'] / 1e6:.2f} and "
+                        f"{a['n'] * rate * f['cpu_us_per_token'] / 1e6:.2f} cores of steady load.")
                 notes.append(
                     f"capacity/{api} {a['n']} streams: direct gap p99 {d['gap_p99_ms']:.1f} ms, {d['errors'] + d['short']} errors "
                     f"({'holds' if a['direct_ok'] else 'fails'}); proxy gap p99 {p['gap_p99_ms']:.1f} ms (max {p['gap_max_ms']:.0f}), "
@@ -566,9 +646,13 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
         "run ended. Errors d/p = failed or short streams, direct/proxy.",
         "",
         "Sizes: " + "; ".join(
-            f"{k}: " + (f"{v.levels} streams" if k == "capacity" else f"c={v.concurrency} n={v.requests}")
-            + f", {v.tokens} tokens" + (f" at pace_ms={v.pace_ms}" if v.pace_ms else ", no pacing")
-            + (f", users started over {v.ramp_s:g} s" if v.ramp_s else "")
+            (f"capacity: {v.levels} streams tried (then halved, then one step between held and failed), tokens "
+             f"{v.pace_ms} ms apart, streams started at {v.arrivals_per_s:g}/s, each long enough that all are open together for "
+             f"{v.hold_s:g} s (so N streams get N/{v.arrivals_per_s:g} + {v.hold_s:g} s worth of tokens); the same search "
+             "against benchmarks/floor_app.py (gunicorn + gevent relaying raw bytes) gives the floor row"
+             if k == "capacity" else
+             f"{k}: c={v.concurrency} n={v.requests}, {v.tokens} tokens" + (f" at pace_ms={v.pace_ms}" if v.pace_ms else ", no pacing")
+             + (f", users started over {v.ramp_s:g} s" if v.ramp_s else ""))
             for k, v in sz.items() if k in bench.args.scenarios),
         "",
         "## Notes",

@@ -87,6 +87,8 @@ class ProxyServer:
         self.log_path = Path(name)
         self.proc: subprocess.Popen[bytes] | None = None
 
+    health_path = "/api/health"
+
     @property
     def command(self) -> str:
         return " ".join(self.cmd)
@@ -103,11 +105,11 @@ class ProxyServer:
                 self.stop()
                 raise RuntimeError(f"gunicorn did not become ready in {timeout:.0f} s:\n{self.log()[-3000:]}")
             try:
-                status, body = http_get(self.port, "/api/health", timeout=1.0)
+                status, body = http_get(self.port, self.health_path, timeout=1.0)
                 if status == 200 and len(self.worker_pids()) == self.workers:
                     break
                 if status != 200:
-                    raise RuntimeError(f"GET /api/health answered {status}: {body[:300]!r}")
+                    raise RuntimeError(f"GET {self.health_path} answered {status}: {body[:300]!r}")
             except OSError:
                 pass
             time.sleep(0.1)
@@ -140,6 +142,21 @@ class ProxyServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FloorServer(ProxyServer):
+    """``benchmarks/floor_app.py`` under the same gunicorn gevent worker: relays raw upstream bytes,
+    parses nothing. What gunicorn + gevent cost per stream and per token before any proxy work."""
+
+    health_path = "/health"
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(f"http://127.0.0.1:{upstream_port}", workers=1)
+        self.env.update(UPSTREAM_PORT=str(upstream_port), UPSTREAM_KEY=KEY, PYTHONPATH=str(ROOT / "benchmarks"))
+        self.cmd = [
+            sys.executable, "-m", "gunicorn", "-k", "gevent", "--worker-connections", "10000", "--no-control-socket",
+            "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "floor_app:app",
+        ]
 
 
 # --- /proc ----------------------------------------------------------------------------------
