@@ -6,7 +6,7 @@ upstream in the upstream's own wire format) and through the PROXY (example_app u
 gevent workers, pointed at that same fake upstream), for the anthropic and the openai paths, and
 one table compares them. See benchmarks/README.md for what each number means.
 
-    python benchmarks/run.py                         # everything (about 2-4 minutes on 2 cores)
+    python benchmarks/run.py                         # everything (about 6-8 minutes on 2 cores)
     python benchmarks/run.py --smoke                 # tiny sizes, well under 30 s (CI)
     python benchmarks/run.py --scenarios latency throughput --apis anthropic
     python benchmarks/run.py --scenarios throughput --profile /tmp/prof   # + py-spy of the worker
@@ -39,15 +39,18 @@ from servers import (  # noqa: E402
     ROOT,
     FloorServer,
     ProxyServer,
+    free_port,
     cpu_seconds,
     machine_cpu,
     machine_info,
+    python_speed_us,
     memory_mb,
     reset_peak_rss,
     start_upstream,
 )
+from redis_process import RedisProcess, redis_executable  # noqa: E402 - in tests/, which servers puts on the path
 
-SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out")
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis")
 APIS = ("anthropic", "openai")
 MODELS = {"anthropic": "claude-3-5-sonnet-20241022", "openai": "gpt-4o"}
 NAN = math.nan
@@ -74,6 +77,7 @@ FULL: dict[str, Sizes] = {
     "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0),
     "capacity": Sizes(pace_ms=100, levels=(1000, 2000, 5000), arrivals_per_s=200.0, hold_s=3.0),
     "scale-out": Sizes(concurrency=50, requests=1000, tokens=200, workers=(1, 2), warmup=100),
+    "redis": Sizes(concurrency=1, requests=200, tokens=20),
 }
 SMOKE: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
@@ -81,6 +85,7 @@ SMOKE: dict[str, Sizes] = {
     "slow-streams": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
     "capacity": Sizes(pace_ms=50, levels=(20,), arrivals_per_s=200.0, hold_s=0.2, warmup=2),
     "scale-out": Sizes(concurrency=2, requests=5, tokens=5, workers=(1, 2), warmup=2),
+    "redis": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
 }
 # targets from the issue, for one worker
 TARGET_TTFB_ADDED_P50_MS = 1.0
@@ -255,6 +260,8 @@ class Bench:
         self.rows: list[list[str]] = []
         self.failures: list[str] = []  # errors outside the capacity search
         self.capacity: dict[str, dict[str, Any]] = {}
+        self.redis_notes: list[str] = []
+        self.skipped: list[str] = []
         self.server_logs: dict[str, str] = {}
         self.profiler = Profiler(Path(args.profile)) if args.profile else None
         self.upstream: Any = None
@@ -277,13 +284,14 @@ class Bench:
 
     def run(self) -> int:
         loadgen.raise_fd_limit()
+        self.speed = [python_speed_us()]
         t0 = time.monotonic()
         self.upstream = start_upstream()
         log(f"fake upstream at {self.upstream.base_url}")
         try:
             for name in self.args.scenarios:
-                if name == "scale-out":
-                    self.scenario_scale_out(self.args.apis)  # one server per worker count for both APIs
+                if name in ("scale-out", "redis"):
+                    getattr(self, "scenario_" + name.replace("-", "_"))(self.args.apis)  # servers serve both APIs
                     continue
                 for api in self.args.apis:
                     getattr(self, "scenario_" + name.replace("-", "_"))(api)
@@ -291,6 +299,7 @@ class Bench:
             self.stop_proxy()
             self.upstream.stop()
         self.elapsed = time.monotonic() - t0
+        self.speed.append(python_speed_us())
         return 0
 
     def pair(self, scenario: str, api: str, sz: Sizes, *, requests: int, concurrency: int, workers: int = 1,
@@ -450,6 +459,50 @@ class Bench:
                          ratio=True, target="" if w == sz.workers[0] else f"{speedup:.2f}x vs {sz.workers[0]}w",
                          src=p, errors=self.errs(d, p))
 
+    def scenario_redis(self, apis: list[str]) -> None:
+        """What the fleet settings cost per request: the latency load through the proxy without Redis,
+        with rate limit + token quota on Redis, and with the Redis ledger and a budget as well."""
+        sz = self.sizes["redis"]
+        if redis_executable() is None:
+            self.skipped.append("redis: redis-server is not installed, so what Redis costs was not measured")
+            return
+        self.stop_proxy()
+        redis = RedisProcess(free_port())
+        limits = {"RATELIMIT_STORAGE_URI": redis.url, "LLM_PROXY_RATE_LIMIT": "1000000/minute",
+                  "LLM_PROXY_TOKEN_QUOTA": "1000000000/day"}
+        configs = {
+            "no Redis": {},
+            "rate limit + token quota on Redis": limits,
+            "+ Redis ledger and a budget": {**limits, "LLM_PROXY_USAGE_STORE": redis.url,
+                                            "LLM_PROXY_BUDGETS": json.dumps({"default": {"daily_usd": 1000000}})},
+        }
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        try:
+            for label, env in configs.items():
+                server = ProxyServer(self.upstream.base_url, workers=1, extra_env=env).start()
+                try:
+                    for api in apis:
+                        p = measure(proxy_target(api, server.port, prompt(sz.tokens, 0)), sz, requests=sz.requests,
+                                    concurrency=sz.concurrency, pids=server.worker_pids(), upstream_pid=self.upstream.proc.pid,
+                                    warm=proxy_target(api, server.port, prompt(5, 0)))
+                        self.record("redis", api, "proxy", label, sz.concurrency, p)
+                        results[(label, api)] = p
+                finally:
+                    server.stop()
+                    self.server_logs[f"redis: {label}"] = server.log()
+        finally:
+            redis.stop()
+        for api in apis:
+            base = results[("no Redis", api)]
+            for label in list(configs)[1:]:
+                p = results[(label, api)]
+                self.row("redis", api, f"TTFB p50 ms, {label} (Direct = no Redis)", base["ttfb_p50_ms"], p["ttfb_p50_ms"],
+                         added=True, src=p, errors=self.errs(base, p))
+                self.redis_notes.append(
+                    f"redis/{api}: {label}: TTFB p50 {p['ttfb_p50_ms'] - base['ttfb_p50_ms']:+.2f} ms and worker CPU "
+                    f"{p['cpu_ms_per_req'] - base['cpu_ms_per_req']:+.2f} ms per request against the same proxy without Redis "
+                    f"({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.2f} ms)")
+
     # output
     def table(self) -> str:
         head = ["Scenario", "API", "Metric", "Direct", "Proxy", "Proxy/direct", "Added ms", "Target", "Met",
@@ -525,6 +578,7 @@ class Bench:
             errs = sum(1 for line in text.splitlines() if " ERROR " in line or line.startswith("ERROR"))
             if pool or tbs or errs:
                 notes.append(f"gunicorn log ({name}): {pool} 'Connection pool is full' warnings, {tbs} tracebacks, {errs} error lines.")
+        notes += self.redis_notes + self.skipped
         for f in self.failures:
             notes.append("ERROR: " + f)
         return notes
@@ -629,6 +683,8 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
         f"- Command: `{command}` (from the repository root; took {bench.elapsed:.0f} s)",
         f"- Machine: {mi['nproc']} CPUs (`nproc`), {mi['cpu']}, {mi['memory']} RAM, Linux {mi['kernel']}",
         f"- Python {mi['python']}; " + ", ".join(f"{k} {v}" for k, v in mi["versions"].items()),
+        f"- Python speed on this machine: `sum(range(1000))` took {bench.speed[0]:.1f} us at the start and "
+        f"{bench.speed[-1]:.1f} us at the end of the run (a shared VM drifts: compare runs with this in mind)",
         f"- Code measured: {code_fingerprint()}",
         "- Proxy: `example_app` under `gunicorn -c example_app/gunicorn.conf.py --workers 1` (gevent, "
         "worker_connections 10000), no auth, no rate limit, usage store none, LOG_LEVEL=WARNING; "

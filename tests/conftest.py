@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_upstream import FakeUpstreamProcess  # noqa: E402
+from redis_process import RedisProcess, redis_executable  # noqa: E402
 
 API_KEY = "sk-test-SECRET-4f7c1e9a"  # recognisable, so leak tests can look for it
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -175,41 +175,11 @@ def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 # --- Redis -----------------------------------------------------------------------------------
 
 
-class RedisServer:
-    def __init__(self) -> None:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def flush(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(b"FLUSHALL\r\n")
-            s.recv(16)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    if not (shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server")):
+def redis_server() -> Iterator[RedisProcess]:
+    if redis_executable() is None:
         pytest.fail("redis-server is not installed; tests/run.sh installs it (apt-get install redis-server)")
-    server = RedisServer()
+    server = RedisProcess(free_port())
     yield server
     server.stop()
 

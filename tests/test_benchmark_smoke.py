@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out")
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis")  # redis: tests/run.sh installs redis-server
 
 
 def _number(cell: str) -> bool:
