@@ -80,7 +80,8 @@ def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict
         return cached
     claims: dict[str, Any] = {}
     identity: str | None = None
-    if settings.require_auth or "Authorization" in request.headers or (alt_header and "x-api-key" in request.headers):
+    environ = request.environ
+    if settings.require_auth or "HTTP_AUTHORIZATION" in environ or (alt_header and "HTTP_X_API_KEY" in environ):
         try:
             alt = _claims_from_alt_header() if alt_header else None
             if alt is not None:

@@ -13,6 +13,7 @@ the socket file to :mod:`body` for the streamed body. It does TLS with the syste
 from __future__ import annotations
 
 import _socket
+import functools
 import ipaddress
 import os
 import socket
@@ -57,20 +58,27 @@ class Conn:
         Peeks at the file descriptor itself (not through TLS or gevent, which would block).
         """
         raw = getattr(self.sock, "_sock", self.sock)
+        if raw is not self.sock and raw.gettimeout() == 0.0:
+            return _nothing_to_read(raw)  # gevent (plain or TLS): the descriptor is non-blocking already
         previous = self.sock.gettimeout()
         try:
             self.sock.settimeout(0.0)  # a socket with a timeout would wait that long for readability
-            _socket.socket.recv(raw, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except (OSError, ValueError, TypeError):
-            return False
+            return _nothing_to_read(raw)
         finally:
             try:
                 self.sock.settimeout(previous)
             except OSError:
                 pass
-        return False  # b"" (closed by the server) or unexpected bytes
+
+
+def _nothing_to_read(raw: Any) -> bool:
+    try:
+        _socket.socket.recv(raw, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+    return False  # b"" (closed by the server) or unexpected bytes
 
 
 class LeanResponse:
@@ -220,6 +228,7 @@ def _default_cafile() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)  # URLs come from configuration: a handful per process
 def split_url(url: str) -> tuple[tuple[str, str, int], str, str]:
     """(pool key, path with query, Host header) for an upstream URL from configuration."""
     parts = urlsplit(url)

@@ -1,0 +1,108 @@
+"""Reading the request body (views.read_json): fast, and fair to the host app.
+
+The proxy reads a body with a Content-Length straight from ``wsgi.input`` (werkzeug's wrappers
+cost three times as much). These tests pin down what that must not change: a host hook that read
+the body first leaves it to the proxy, the body is still there for the host after the proxy read
+it, a server that hands the body over in pieces is read to the end, and a body shorter than
+declared is a 400, not a hang or a 500.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from flask import Flask, g, request
+
+from flask_llm_proxy import LLMProxy
+
+BODY = json.dumps({"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def make_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["mock-1"], "tokens": 3, "pace_ms": 0}},
+        LLM_PROXY_REQUIRE_AUTH=False,
+        LLM_PROXY_RATE_LIMIT=None,
+        LLM_PROXY_USAGE_STORE="none",
+    )
+    LLMProxy(app)
+    return app
+
+
+def tokens(data: bytes) -> list[str]:
+    events = [json.loads(line[6:]) for line in data.split(b"\n") if line.startswith(b"data: {")]
+    return [e["token"] for e in events if not e.get("isLast")]
+
+
+class Trickle(io.RawIOBase):
+    """A server's input that hands over at most 7 bytes per read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(7 if size < 0 else min(size, 7))
+
+
+def call(app: Flask, wsgi_input: Any, length: int) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/api/mock", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": wsgi_input, "wsgi.errors": io.StringIO(),
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(length), "REMOTE_ADDR": "127.0.0.1",
+    }
+    status: list[str] = []
+    body = app.wsgi_app(environ, lambda s, h, e=None: status.append(s))  # type: ignore[arg-type]
+    try:
+        data = b"".join(body)
+    finally:
+        getattr(body, "close", lambda: None)()
+    return status[0], data
+
+
+def test_a_body_is_read_and_streamed() -> None:
+    resp = make_app().test_client().post("/api/mock", data=BODY, content_type="application/json")
+    assert resp.status_code == 200
+    assert len(tokens(resp.data)) == 3
+
+
+def test_a_host_hook_that_read_the_body_first_leaves_it_to_the_proxy() -> None:
+    app = make_app()
+
+    @app.before_request
+    def peek() -> None:
+        g.host_saw = request.get_json(silent=True)
+
+    resp = app.test_client().post("/api/mock", data=BODY, content_type="application/json")
+    assert resp.status_code == 200, resp.data
+    assert len(tokens(resp.data)) == 3
+
+
+def test_the_body_is_still_there_for_the_host_after_the_proxy_read_it() -> None:
+    app = make_app()
+    seen: list[bytes] = []
+
+    @app.after_request
+    def audit(response: Any) -> Any:
+        seen.append(request.get_data())
+        return response
+
+    resp = app.test_client().post("/api/mock", data=BODY, content_type="application/json")
+    assert resp.status_code == 200
+    assert seen == [BODY]
+
+
+def test_a_body_handed_over_in_pieces_is_read_to_the_end() -> None:
+    status, data = call(make_app(), Trickle(BODY), len(BODY))
+    assert status.startswith("200"), data
+    assert len(tokens(data)) == 3
+
+
+def test_a_body_shorter_than_declared_is_a_400_naming_the_json() -> None:
+    status, data = call(make_app(), io.BytesIO(BODY[:-5]), len(BODY))
+    assert status.startswith("400"), data
+    assert "not valid JSON" in json.loads(data)["error"]
