@@ -378,3 +378,58 @@ def test_a_host_limiter_also_carries_the_token_quota() -> None:
     assert r.status_code == 429 and r.get_json()["type"] == "quota_exceeded"
     _, remaining = my_limiter.limiter.get_window_stats(parse("20/day"), "llm_proxy_tokens", "ip:127.0.0.1")
     assert remaining == 0
+
+
+# --- how the counting is done: every strategy, key prefixes, a window another worker opened -------
+
+
+def rate_headers(resp: Any) -> tuple[int, int, int]:
+    return resp.status_code, int(resp.headers["X-RateLimit-Remaining"]), int(resp.headers["X-RateLimit-Reset"])
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "moving-window", "sliding-window-counter"])
+def test_rate_headers_tell_what_is_left_and_when_it_resets_whatever_the_strategy(strategy: str) -> None:
+    app = host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STRATEGY=strategy)
+    LLMProxy(app)
+    client = app.test_client()
+    start = int(time.time())
+    seen = [rate_headers(client.post("/api/mock", json=mock_body())) for _ in range(3)]
+    assert [(status, left) for status, left, _ in seen] == [(200, 2), (200, 1), (200, 0)]
+    for _, _, reset in seen:
+        assert start <= reset <= int(time.time()) + 61
+    r = client.post("/api/mock", json=mock_body())
+    assert r.status_code == 429 and r.get_json()["type"] == "rate_limited"
+    assert 1 <= int(r.headers["Retry-After"]) <= 61
+
+
+def test_two_apps_with_different_key_prefixes_keep_separate_counts_on_one_redis(redis_server: Any) -> None:
+    clients = {}
+    for name in ("a", "b"):
+        app = host_app(LLM_PROXY_RATE_LIMIT="2/minute", RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid(name))
+        LLMProxy(app)
+        clients[name] = app.test_client()
+    assert [clients["a"].post("/api/mock", json=mock_body()).status_code for _ in range(3)] == [200, 200, 429]
+    r = clients["b"].post("/api/mock", json=mock_body())
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "1"  # not app a's count
+
+
+def test_a_window_another_worker_opened_reports_that_window_s_reset(redis_server: Any) -> None:
+    """Two apps on one Redis stand for two workers: the second learns the window's end from Redis."""
+    prefix = uid("fleet")
+    workers = []
+    for _ in range(2):
+        app = host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=prefix)
+        LLMProxy(app)
+        workers.append(app.test_client())
+    _, left, opened_reset = rate_headers(workers[0].post("/api/mock", json=mock_body()))
+    assert left == 2
+    time.sleep(1.5)  # a worker that guessed "one period from now" would be 1-2 s late
+    _, left, reset = rate_headers(workers[1].post("/api/mock", json=mock_body()))
+    assert left == 1
+    assert abs(reset - opened_reset) <= 1
+    _, left, reset = rate_headers(workers[0].post("/api/mock", json=mock_body()))
+    assert left == 0 and abs(reset - opened_reset) <= 1
+    r = workers[1].post("/api/mock", json=mock_body())
+    assert r.status_code == 429
+    assert abs(int(r.headers["X-RateLimit-Reset"]) - opened_reset) <= 1
+    assert abs(int(r.headers["Retry-After"]) - (opened_reset - time.time())) <= 2
