@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,18 +70,19 @@ class Sizes:
     slack_ms: float = 50.0  # capacity: allowed p99 stretch of the inter-token gap over pace_ms
     workers: tuple[int, ...] = (1, 2)  # scale-out
     warmup: int = 20
+    repeat: int = 1  # direct/proxy pairs, interleaved; the table shows each metric's median
 
 
 FULL: dict[str, Sizes] = {
-    "latency": Sizes(concurrency=1, requests=200, tokens=20),
-    "throughput": Sizes(concurrency=50, requests=1000, tokens=200, warmup=100),
-    "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0),
+    "latency": Sizes(concurrency=1, requests=200, tokens=20, repeat=5),
+    "throughput": Sizes(concurrency=50, requests=1000, tokens=200, warmup=100, repeat=3),
+    "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3),
     "capacity": Sizes(pace_ms=100, levels=(1000, 2000, 5000), arrivals_per_s=200.0, hold_s=3.0),
     "scale-out": Sizes(concurrency=50, requests=1000, tokens=200, workers=(1, 2), warmup=100),
     "redis": Sizes(concurrency=1, requests=200, tokens=20),
 }
 SMOKE: dict[str, Sizes] = {
-    "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
+    "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2, repeat=2),
     "throughput": Sizes(concurrency=2, requests=5, tokens=5, warmup=2),
     "slow-streams": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
     "capacity": Sizes(pace_ms=50, levels=(20,), arrivals_per_s=200.0, hold_s=0.2, warmup=2),
@@ -137,6 +139,22 @@ def floor_target(port: int, tokens: int, pace_ms: int) -> Target:
     """A request to floor_app.py, which relays the upstream's raw Anthropic stream."""
     body = {"model": MODELS["anthropic"], "messages": [{"role": "user", "content": prompt(tokens, pace_ms)}]}
     return Target("127.0.0.1", port, "/", json.dumps(body).encode(), "anthropic", {})
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for repeated runs: error counts add up; every other number is the median."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if key in ("errors", "short", "requests", "ok", "tokens"):
+            out[key] = sum(r[key] for r in runs)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+        elif key == "error_samples":
+            out[key] = [e for r in runs for e in r[key]]
+    out["runs"] = len(runs)
+    return out
 
 
 def search_capacity(attempt: Any, levels: tuple[int, ...]) -> int:
@@ -261,6 +279,7 @@ class Bench:
         self.failures: list[str] = []  # errors outside the capacity search
         self.capacity: dict[str, dict[str, Any]] = {}
         self.redis_notes: list[str] = []
+        self.spreads: list[tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]] = []  # repeated pairs
         self.skipped: list[str] = []
         self.server_logs: dict[str, str] = {}
         self.profiler = Profiler(Path(args.profile)) if args.profile else None
@@ -304,22 +323,32 @@ class Bench:
 
     def pair(self, scenario: str, api: str, sz: Sizes, *, requests: int, concurrency: int, workers: int = 1,
              label: str = "", direct: bool = True, fresh: bool = False, profile: bool = False) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """DIRECT then PROXY with the same sizes; both recorded."""
+        """DIRECT then PROXY with the same sizes, ``sz.repeat`` times interleaved; every run is
+        recorded, and each side's runs are merged into medians (see :func:`merge_runs`)."""
         text = prompt(sz.tokens, sz.pace_ms)
         warm_text = prompt(5, 0)
-        d = None
         up = self.upstream
-        if direct:
-            d = measure(direct_target(api, up.port, text), sz, requests=requests, concurrency=concurrency, pids=[],
-                        upstream_pid=up.proc.pid, warm=direct_target(api, up.port, warm_text))
-            self.record(scenario, api, "direct", label, concurrency, d)
-        server = self.proxy(workers, fresh=fresh)
-        prof = (self.profiler, f"{scenario}-{api}") if (profile and self.profiler) else None
-        p = measure(proxy_target(api, server.port, text), sz, requests=requests, concurrency=concurrency,
-                    pids=server.worker_pids(), upstream_pid=up.proc.pid, warm=proxy_target(api, server.port, warm_text),
-                    profile=prof)
-        self.record(scenario, api, "proxy", label or f"{workers}w", concurrency, p)
-        return d, p
+        ds: list[dict[str, Any]] = []
+        ps: list[dict[str, Any]] = []
+        for k in range(sz.repeat):
+            run_label = label or f"{workers}w"
+            if sz.repeat > 1:
+                run_label += f" #{k + 1}"
+            if direct:
+                d = measure(direct_target(api, up.port, text), sz, requests=requests, concurrency=concurrency, pids=[],
+                            upstream_pid=up.proc.pid, warm=direct_target(api, up.port, warm_text) if k == 0 else None)
+                self.record(scenario, api, "direct", run_label if sz.repeat > 1 else label, concurrency, d)
+                ds.append(d)
+            server = self.proxy(workers, fresh=fresh and k == 0)
+            prof = (self.profiler, f"{scenario}-{api}") if (profile and self.profiler and k == 0) else None
+            p = measure(proxy_target(api, server.port, text), sz, requests=requests, concurrency=concurrency,
+                        pids=server.worker_pids(), upstream_pid=up.proc.pid,
+                        warm=proxy_target(api, server.port, warm_text) if k == 0 else None, profile=prof)
+            self.record(scenario, api, "proxy", run_label, concurrency, p)
+            ps.append(p)
+        if sz.repeat > 1:
+            self.spreads.append((scenario, api, ds, ps))
+        return (merge_runs(ds) if ds else None), merge_runs(ps)
 
     def record(self, scenario: str, api: str, side: str, label: str, concurrency: int, s: dict[str, Any]) -> None:
         s = {"scenario": scenario, "api": api, "side": side, "label": label, "concurrency": concurrency, **s}
@@ -578,6 +607,18 @@ class Bench:
             errs = sum(1 for line in text.splitlines() if " ERROR " in line or line.startswith("ERROR"))
             if pool or tbs or errs:
                 notes.append(f"gunicorn log ({name}): {pool} 'Connection pool is full' warnings, {tbs} tracebacks, {errs} error lines.")
+        spread_keys = {"latency": ("ttfb_p50_ms", "TTFB p50 added, ms", True), "throughput": ("tokens_per_s", "proxy/direct tokens/s", False),
+                       "slow-streams": ("ttfb_p99_ms", "proxy TTFB p99, ms", None)}
+        for scenario, api, ds, ps in self.spreads:
+            key, what, paired = spread_keys.get(scenario, ("tokens_per_s", "proxy tokens/s", None))
+            if paired is True:
+                vals = [p[key] - d[key] for d, p in zip(ds, ps)]
+            elif paired is False:
+                vals = [p[key] / d[key] if d[key] else NAN for d, p in zip(ds, ps)]
+            else:
+                vals = [p[key] for p in ps]
+            notes.append(f"{scenario}/{api}: {what} in each of the {len(ps)} interleaved runs: "
+                         + ", ".join(f"{v:.2f}" for v in vals) + " (the table shows medians)")
         notes += self.redis_notes + self.skipped
         for f in self.failures:
             notes.append("ERROR: " + f)
@@ -708,7 +749,8 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
              "against benchmarks/floor_app.py (gunicorn + gevent relaying raw bytes) gives the floor row"
              if k == "capacity" else
              f"{k}: c={v.concurrency} n={v.requests}, {v.tokens} tokens" + (f" at pace_ms={v.pace_ms}" if v.pace_ms else ", no pacing")
-             + (f", users started over {v.ramp_s:g} s" if v.ramp_s else ""))
+             + (f", users started over {v.ramp_s:g} s" if v.ramp_s else "")
+             + (f", median of {v.repeat} interleaved direct/proxy runs" if v.repeat > 1 else ""))
             for k, v in sz.items() if k in bench.args.scenarios),
         "",
         "## Notes",
