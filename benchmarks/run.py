@@ -79,7 +79,7 @@ FULL: dict[str, Sizes] = {
     "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3),
     "capacity": Sizes(pace_ms=100, levels=(1000, 2000, 5000), arrivals_per_s=200.0, hold_s=3.0),
     "scale-out": Sizes(concurrency=50, requests=1000, tokens=200, workers=(1, 2), warmup=100),
-    "redis": Sizes(concurrency=1, requests=200, tokens=20),
+    "redis": Sizes(concurrency=1, requests=200, tokens=20, repeat=3),
 }
 SMOKE: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2, repeat=2),
@@ -505,22 +505,25 @@ class Bench:
             "+ Redis ledger and a budget": {**limits, "LLM_PROXY_USAGE_STORE": redis.url,
                                             "LLM_PROXY_BUDGETS": json.dumps({"default": {"daily_usd": 1000000}})},
         }
-        results: dict[tuple[str, str], dict[str, Any]] = {}
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(label, api): [] for label in configs for api in apis}
+        servers: dict[str, ProxyServer] = {}
         try:
-            for label, env in configs.items():
-                server = ProxyServer(self.upstream.base_url, workers=1, extra_env=env).start()
-                try:
-                    for api in apis:
+            for label, env in configs.items():  # all three up at once: rounds interleave them
+                servers[label] = ProxyServer(self.upstream.base_url, workers=1, extra_env=env).start()
+            for k in range(sz.repeat):
+                for api in apis:
+                    for label, server in servers.items():
                         p = measure(proxy_target(api, server.port, prompt(sz.tokens, 0)), sz, requests=sz.requests,
                                     concurrency=sz.concurrency, pids=server.worker_pids(), upstream_pid=self.upstream.proc.pid,
-                                    warm=proxy_target(api, server.port, prompt(5, 0)))
-                        self.record("redis", api, "proxy", label, sz.concurrency, p)
-                        results[(label, api)] = p
-                finally:
-                    server.stop()
-                    self.server_logs[f"redis: {label}"] = server.log()
+                                    warm=proxy_target(api, server.port, prompt(5, 0)) if k == 0 else None)
+                        self.record("redis", api, "proxy", f"{label} #{k + 1}", sz.concurrency, p)
+                        runs[(label, api)].append(p)
         finally:
+            for label, server in servers.items():
+                server.stop()
+                self.server_logs[f"redis: {label}"] = server.log()
             redis.stop()
+        results = {key: merge_runs(r) for key, r in runs.items()}
         for api in apis:
             base = results[("no Redis", api)]
             for label in list(configs)[1:]:
@@ -530,7 +533,8 @@ class Bench:
                 self.redis_notes.append(
                     f"redis/{api}: {label}: TTFB p50 {p['ttfb_p50_ms'] - base['ttfb_p50_ms']:+.2f} ms and worker CPU "
                     f"{p['cpu_ms_per_req'] - base['cpu_ms_per_req']:+.2f} ms per request against the same proxy without Redis "
-                    f"({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.2f} ms)")
+                    f"({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.2f} ms)"
+                    + (f"; medians of {sz.repeat} interleaved rounds" if sz.repeat > 1 else ""))
 
     # output
     def table(self) -> str:
