@@ -32,6 +32,7 @@ from .transport import LeanResponse
 log = logging.getLogger("flask_llm_proxy")
 
 READ_SIZE = 65536
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class ChunkedDecoder:
@@ -50,11 +51,8 @@ class ChunkedDecoder:
             # The common case of a paced stream: one socket read holds exactly one whole chunk.
             eol = data.find(b"\r\n")
             end = len(data) - 2
-            if eol > 0 and data[end:] == b"\r\n" and data[:eol].isalnum():
-                try:
-                    size = int(data[:eol], 16)
-                except ValueError:
-                    size = 0  # not hex: the general path below reports it
+            if 0 < eol <= 16 and data[end:] == b"\r\n" and not data[:eol].translate(None, _HEX_DIGITS):
+                size = int(data[:eol], 16)
                 if size and eol + 2 + size == end:
                     return data[eol + 2 : end]
         buf = self._buf + data if self._buf else data
@@ -81,12 +79,9 @@ class ChunkedDecoder:
                     self.done = not line  # trailer fields end with an empty line
                     continue
                 digits = line.split(b";", 1)[0].rstrip(b" \t")  # "5 ;ext": whitespace before an extension
-                try:
-                    if not digits.isalnum():  # int() would also take "+5", "5_0" or " 5"
-                        raise ValueError
-                    size = int(digits, 16)
-                except ValueError:
-                    raise NetworkError("the upstream sent a malformed chunked body") from None
+                if not digits or digits.translate(None, _HEX_DIGITS):  # int() would also take "+5", "0x5", "5_0"
+                    raise NetworkError("the upstream sent a malformed chunked body")
+                size = int(digits, 16)
                 if size:
                     self._left = size
                 else:

@@ -51,6 +51,7 @@ class Limits:
         self.fail_open = fail_open
         self._quota_strategy: FixedWindowRateLimiter | None = None
         self._window_ends: dict[str, float] = {}  # storage key -> when its fixed window resets
+        self._window_storage: Any = None  # the storage those ends were read from
 
     def _ids(self, namespace: str, identity: str) -> tuple[str, ...]:
         prefix = getattr(self.limiter, "_key_prefix", "")  # RATELIMIT_KEY_PREFIX, as flask-limiter applies it
@@ -93,7 +94,16 @@ class Limits:
         return _headers(worst[2], worst[0], worst[1])
 
     def _hit_fixed(self, storage: Any, item: Any, ids: tuple[str, ...]) -> tuple[bool, int, float]:
-        """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip."""
+        """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip.
+
+        A window's end is remembered per worker from the hit that opened it. If the counter is
+        cleared early (``Limiter.reset()``, a Redis flush) and another worker opens a new window,
+        this worker's ``X-RateLimit-Reset`` is early until its remembered end passes; a refusal's
+        ``Retry-After`` is always read from the storage.
+        """
+        if storage is not self._window_storage:  # flask-limiter switched to its fallback, or back
+            self._window_ends.clear()
+            self._window_storage = storage
         key = item.key_for(*ids)
         count = storage.incr(key, item.get_expiry(), amount=1)
         now = time.time()

@@ -55,7 +55,7 @@ def test_one_whole_chunk_per_read_gives_its_payload_each_time() -> None:
     assert d.done
 
 
-@pytest.mark.parametrize("size", [b"zz", b"+5", b"5_0", b"-5", b"", b" 5"])
+@pytest.mark.parametrize("size", [b"zz", b"+5", b"5_0", b"-5", b"", b" 5", b"0x5", "\u0665".encode()])
 def test_malformed_size_is_a_network_error(size: bytes) -> None:
     for data in (size + b"\r\nhello\r\n", size + b"\r\nhello\r\n5\r\nworld\r\n"):
         with pytest.raises(NetworkError):

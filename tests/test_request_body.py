@@ -49,11 +49,11 @@ class Trickle(io.RawIOBase):
         return self._data.read(7 if size < 0 else min(size, 7))
 
 
-def call(app: Flask, wsgi_input: Any, length: int) -> tuple[str, bytes]:
+def call(app: Flask, wsgi_input: Any, length: int | str, **extra: Any) -> tuple[str, bytes]:
     environ = {
         "REQUEST_METHOD": "POST", "PATH_INFO": "/api/mock", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": wsgi_input, "wsgi.errors": io.StringIO(),
-        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(length), "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(length), "REMOTE_ADDR": "127.0.0.1", **extra,
     }
     status: list[str] = []
     body = app.wsgi_app(environ, lambda s, h, e=None: status.append(s))  # type: ignore[arg-type]
@@ -106,3 +106,17 @@ def test_a_body_shorter_than_declared_is_a_400_naming_the_json() -> None:
     status, data = call(make_app(), io.BytesIO(BODY[:-5]), len(BODY))
     assert status.startswith("400"), data
     assert "not valid JSON" in json.loads(data)["error"]
+
+
+def test_an_odd_content_length_header_is_never_a_500() -> None:
+    """Servers that pass the header through (gunicorn refuses these itself)."""
+    for header in ("\u00b2", "9" * 5000, "+12", " 12"):
+        status, data = call(make_app(), io.BytesIO(BODY), header)
+        assert not status.startswith("5"), (header[:10], status, data)
+
+
+def test_a_chunked_body_that_also_declares_a_length_is_read_whole() -> None:
+    """Transfer-Encoding wins over Content-Length (RFC 9112 6.3); werkzeug's dev server passes both."""
+    status, data = call(make_app(), io.BytesIO(BODY), 5, HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input_terminated": True})
+    assert status.startswith("200"), data
+    assert len(tokens(data)) == 3
