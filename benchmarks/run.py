@@ -142,7 +142,9 @@ def floor_target(port: int, tokens: int, pace_ms: int) -> Target:
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary for repeated runs: error counts add up; every other number is the median."""
+    """One summary for repeated runs: counts add up, peaks and maxima are the largest (a target
+    such as peak RSS must hold in every run), every other number is the median of the runs that
+    have it. The runs themselves stay under ``"_runs"`` for :func:`paired`."""
     if len(runs) == 1:
         return runs[0]
     out = dict(runs[0])
@@ -150,11 +152,31 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if key in ("errors", "short", "requests", "ok", "tokens"):
             out[key] = sum(r[key] for r in runs)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = statistics.median(r[key] for r in runs)
+            values = [r[key] for r in runs if not (isinstance(r[key], float) and math.isnan(r[key]))]
+            if not values:
+                out[key] = NAN
+            elif "peak" in key or key.endswith("_max_ms"):
+                out[key] = max(values)
+            else:
+                out[key] = statistics.median(values)
         elif key == "error_samples":
             out[key] = [e for r in runs for e in r[key]]
     out["runs"] = len(runs)
+    out["_runs"] = runs
     return out
+
+
+def paired(d: dict[str, Any], p: dict[str, Any], key: str, op: str) -> float:
+    """``p - d`` (op "-") or ``p / d`` (op "/") of ``key``: the median over the interleaved pairs
+    when the runs were repeated (each pair ran back to back, so a drift of the machine cancels),
+    else of the single run."""
+    pairs = list(zip(d.get("_runs", [d]), p.get("_runs", [p])))
+    if op == "-":
+        values = [pi[key] - di[key] for di, pi in pairs]
+    else:
+        values = [pi[key] / di[key] for di, pi in pairs if di[key]]
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else NAN
 
 
 def search_capacity(attempt: Any, levels: tuple[int, ...]) -> int:
@@ -357,13 +379,19 @@ class Bench:
         if scenario != "capacity" and (s["errors"] or s["short"]):
             self.failures.append(f"{scenario}/{api}/{side}: {s['errors']} errors, {s['short']} short streams: {s['error_samples'][:3]}")
 
-    def row(self, scenario: str, api: str, metric: str, d: float, p: float, *, ratio: bool = False, added: bool = False,
-            target: str = "", met: bool | None = None, src: dict[str, Any] | None = None, errors: str = "") -> None:
+    def row(self, scenario: str, api: str, metric: str, d: float, p: float, *, ratio: bool | float = False,
+            added: bool | float = False, target: str = "", met: bool | None = None, src: dict[str, Any] | None = None,
+            errors: str = "") -> None:
+        """``ratio``/``added``: True computes ``p / d`` or ``p - d`` from the cells; a number is shown as it is."""
         src = src or {}
+        if ratio is True:
+            ratio = p / d if d and not math.isnan(d) and not math.isnan(p) else NAN
+        if added is True:
+            added = p - d
         self.rows.append([
             scenario, api, metric, fmt(d), fmt(p),
-            f"{p / d:.2f}x" if ratio and d and not math.isnan(d) and not math.isnan(p) else "",
-            f"{p - d:+.2f}" if added else "",
+            f"{ratio:.2f}x" if ratio is not False and not math.isnan(ratio) else "",
+            f"{added:+.2f}" if added is not False and not math.isnan(added) else "",
             target, "" if met is None else ("yes" if met else "NO"),
             fmt(src.get("cpu_ms_per_req", NAN), 3), fmt(src.get("cpu_us_per_token", NAN), 1),
             fmt(src.get("peak_rss_mb", NAN), 1), fmt(src.get("rss_mb", NAN), 1), errors,
@@ -380,18 +408,19 @@ class Bench:
         d, p = self.pair("latency", api, sz, requests=sz.requests, concurrency=sz.concurrency)
         assert d is not None
         e = self.errs(d, p)
-        added = p["ttfb_p50_ms"] - d["ttfb_p50_ms"]
-        self.row("latency", api, "TTFB p50 ms", d["ttfb_p50_ms"], p["ttfb_p50_ms"], added=True,
+        added = paired(d, p, "ttfb_p50_ms", "-")
+        self.row("latency", api, "TTFB p50 ms", d["ttfb_p50_ms"], p["ttfb_p50_ms"], added=added,
                  target=f"<= +{TARGET_TTFB_ADDED_P50_MS:.1f} ms", met=added <= TARGET_TTFB_ADDED_P50_MS, src=p, errors=e)
-        self.row("latency", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=True, src=p, errors=e)
+        self.row("latency", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"),
+                 src=p, errors=e)
 
     def scenario_throughput(self, api: str) -> None:
         sz = self.sizes["throughput"]
         d, p = self.pair("throughput", api, sz, requests=sz.requests, concurrency=sz.concurrency,
                          profile=bool(self.profiler))
         assert d is not None
-        ratio = p["tokens_per_s"] / d["tokens_per_s"] if d["tokens_per_s"] else NAN
-        self.row("throughput", api, "tokens/s", d["tokens_per_s"], p["tokens_per_s"], ratio=True,
+        ratio = paired(d, p, "tokens_per_s", "/")
+        self.row("throughput", api, "tokens/s", d["tokens_per_s"], p["tokens_per_s"], ratio=ratio,
                  target=f">= {TARGET_THROUGHPUT_RATIO:.2f}x", met=ratio >= TARGET_THROUGHPUT_RATIO, src=p, errors=self.errs(d, p))
 
     def scenario_slow_streams(self, api: str) -> None:
@@ -399,12 +428,13 @@ class Bench:
         d, p = self.pair("slow-streams", api, sz, requests=sz.requests, concurrency=sz.concurrency)
         assert d is not None
         e = self.errs(d, p)
-        ratio = p["tokens_per_s"] / d["tokens_per_s"] if d["tokens_per_s"] else NAN
-        self.row("slow-streams", api, "tokens/s", d["tokens_per_s"], p["tokens_per_s"], ratio=True,
+        ratio = paired(d, p, "tokens_per_s", "/")
+        self.row("slow-streams", api, "tokens/s", d["tokens_per_s"], p["tokens_per_s"], ratio=ratio,
                  target=f">= {TARGET_SLOW_RATIO:.2f}x", met=ratio >= TARGET_SLOW_RATIO, src=p, errors=e)
-        self.row("slow-streams", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=True,
+        self.row("slow-streams", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"),
                  target=f"<= {TARGET_SLOW_TTFB_P99_MS:.0f} ms", met=p["ttfb_p99_ms"] <= TARGET_SLOW_TTFB_P99_MS, src=p, errors=e)
-        self.row("slow-streams", api, "gap p99 ms", d["gap_p99_ms"], p["gap_p99_ms"], added=True, src=p, errors=e)
+        self.row("slow-streams", api, "gap p99 ms", d["gap_p99_ms"], p["gap_p99_ms"], added=paired(d, p, "gap_p99_ms", "-"),
+                 src=p, errors=e)
         self.row("slow-streams", api, "peak RSS MB", NAN, p["peak_rss_mb"],
                  target=f"<= {TARGET_SLOW_RSS_MB:.0f} MB", met=p["peak_rss_mb"] <= TARGET_SLOW_RSS_MB, src=p, errors=e)
 
@@ -436,7 +466,7 @@ class Bench:
         held = [a for a in attempts if a["n"] == best_p] or attempts[-1:]
         self.row("capacity", api, f"streams held (tried {tried})", best_d, best_p, ratio=True,
                  target=f">= {TARGET_CAPACITY}", met=best_p >= TARGET_CAPACITY, src=held[0]["proxy"] if held else None,
-                 errors=self.errs(attempts[-1]["direct"], attempts[-1]["proxy"]) if attempts else "")
+                 errors=self.errs(held[0]["direct"], held[0]["proxy"]) if held else "")
         if api == self.args.apis[0]:
             self.capacity_floor(holds)
 
@@ -511,8 +541,10 @@ class Bench:
             for label, env in configs.items():  # all three up at once: rounds interleave them
                 servers[label] = ProxyServer(self.upstream.base_url, workers=1, extra_env=env).start()
             for k in range(sz.repeat):
+                order = list(servers.items())
+                order = order[k % len(order):] + order[:k % len(order)]  # no configuration always runs first
                 for api in apis:
-                    for label, server in servers.items():
+                    for label, server in order:
                         p = measure(proxy_target(api, server.port, prompt(sz.tokens, 0)), sz, requests=sz.requests,
                                     concurrency=sz.concurrency, pids=server.worker_pids(), upstream_pid=self.upstream.proc.pid,
                                     warm=proxy_target(api, server.port, prompt(5, 0)) if k == 0 else None)
@@ -528,11 +560,12 @@ class Bench:
             base = results[("no Redis", api)]
             for label in list(configs)[1:]:
                 p = results[(label, api)]
+                added = paired(base, p, "ttfb_p50_ms", "-")
                 self.row("redis", api, f"TTFB p50 ms, {label} (Direct = no Redis)", base["ttfb_p50_ms"], p["ttfb_p50_ms"],
-                         added=True, src=p, errors=self.errs(base, p))
+                         added=added, src=p, errors=self.errs(base, p))
                 self.redis_notes.append(
-                    f"redis/{api}: {label}: TTFB p50 {p['ttfb_p50_ms'] - base['ttfb_p50_ms']:+.2f} ms and worker CPU "
-                    f"{p['cpu_ms_per_req'] - base['cpu_ms_per_req']:+.2f} ms per request against the same proxy without Redis "
+                    f"redis/{api}: {label}: TTFB p50 {added:+.2f} ms and worker CPU "
+                    f"{paired(base, p, 'cpu_ms_per_req', '-'):+.2f} ms per request against the same proxy without Redis "
                     f"({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.2f} ms)"
                     + (f"; medians of {sz.repeat} interleaved rounds" if sz.repeat > 1 else ""))
 
@@ -559,13 +592,13 @@ class Bench:
     def notes(self) -> list[str]:
         notes = []
         proxy_runs = [s for s in self.runs if s["side"] == "proxy" and s.get("cpu_us_per_token") and s["tokens"]]
-        tp = [s for s in proxy_runs if s["scenario"] == "throughput"]
-        for s in tp:
-            us = s["cpu_us_per_token"]
+        for api in dict.fromkeys(s["api"] for s in proxy_runs if s["scenario"] == "throughput"):
+            tp = merge_runs([s for s in proxy_runs if s["scenario"] == "throughput" and s["api"] == api])
+            us = tp["cpu_us_per_token"]
             if us and not math.isnan(us):
-                notes.append(f"throughput/{s['api']}: the worker spent {us:.1f} us of CPU per relayed token "
-                             f"({s['cpu_ms_per_req']:.2f} ms per {self.sizes['throughput'].tokens}-token request), "
-                             f"so one core caps it near {1e6 / us:,.0f} tokens/s; the run reached {s['tokens_per_s']:,.0f}.")
+                notes.append(f"throughput/{api}: the worker spent {us:.1f} us of CPU per relayed token "
+                             f"({tp['cpu_ms_per_req']:.2f} ms per {self.sizes['throughput'].tokens}-token request; medians), "
+                             f"so one core caps it near {1e6 / us:,.0f} tokens/s; the runs reached {tp['tokens_per_s']:,.0f}.")
         floor = {a["n"]: a["floor"] for a in self.capacity.get("floor", {}).get("attempts", [])}
         pace = self.sizes["capacity"].pace_ms
         rate = 1000.0 / pace  # tokens per second per stream
