@@ -76,7 +76,7 @@ class Sizes:
 FULL: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=200, tokens=20, repeat=5),
     "throughput": Sizes(concurrency=50, requests=1000, tokens=200, warmup=100, repeat=3),
-    "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3),
+    "slow-streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3, warmup=500),
     "capacity": Sizes(pace_ms=100, levels=(1000, 2000, 5000), arrivals_per_s=200.0, hold_s=3.0),
     "scale-out": Sizes(concurrency=50, requests=1000, tokens=200, workers=(1, 2), warmup=100),
     "redis": Sizes(concurrency=1, requests=200, tokens=20, repeat=3),
@@ -246,7 +246,9 @@ def measure(target: Target, sz: Sizes, *, requests: int, concurrency: int, pids:
             warm: Target | None, profile: tuple[Profiler, str] | None = None) -> dict[str, Any]:
     """Warm up, then one measured run with CPU and memory readings of the proxy worker(s)."""
     if warm is not None and sz.warmup:
-        loadgen.run(warm, requests=sz.warmup, concurrency=min(concurrency, 20, sz.warmup), timeout=30)
+        # at the run's concurrency (up to ``warmup``): the proxy's upstream pool then holds the
+        # connections the run needs, as in a worker that has been serving for a while
+        loadgen.run(warm, requests=sz.warmup, concurrency=min(concurrency, sz.warmup), timeout=30)
     for pid in pids:
         reset_peak_rss(pid)
     prof = profile[0].start(profile[1], pids[0]) if profile and pids else None
