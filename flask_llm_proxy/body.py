@@ -82,10 +82,13 @@ class ChunkedDecoder:
                 if not digits or digits.translate(None, _HEX_DIGITS):  # int() would also take "+5", "0x5", "5_0"
                     raise NetworkError("the upstream sent a malformed chunked body")
                 size = int(digits, 16)
-                if size:
-                    self._left = size
-                else:
+                if not size:
                     self._trailers = True
+                elif pos + size + 2 <= end:  # the payload and its CRLF are in hand: one step
+                    out.append(buf[pos : pos + size])
+                    pos += size + 2
+                else:
+                    self._left = size
         self._buf = b"" if self.done else buf[pos:]
         return out[0] if len(out) == 1 else b"".join(out)
 

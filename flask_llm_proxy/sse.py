@@ -46,12 +46,16 @@ class SSEDecoder:
         events: list[Event] = []
         data = self._data
         for line in lines:
-            if not line:
+            if line[:6] == b"data: ":  # the usual spellings first, without partition()
+                data.append(line[6:])
+            elif line[:7] == b"event: ":
+                self._event = line[7:]
+            elif not line:
                 if data:
                     events.append(
                         (
                             self._event.decode("utf-8", "replace") or "message",
-                            b"\n".join(data).decode("utf-8", "replace"),
+                            (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"),
                         )
                     )
                     data.clear()
