@@ -729,7 +729,7 @@ def short_frame(frame: str) -> str:
     """``func (/long/path/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py:12)``."""
     name, _, loc = frame.partition(" (")
     loc = loc.rstrip(")")
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/", f"{ROOT}/"):
         if marker in loc:
             loc = loc.split(marker, 1)[1]
             break
@@ -836,8 +836,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.executable) if not os.path.isabs(sys.executable) else sys.executable,
-                                                "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+    # "python", not this machine's interpreter path: the results say which Python it was
+    command = " ".join(shlex.quote(x) for x in ["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
     if args.out:
         out = Path(args.out)
     elif args.smoke:
