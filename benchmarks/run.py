@@ -6,7 +6,7 @@ upstream in the upstream's own wire format) and through the PROXY (example_app u
 gevent workers, pointed at that same fake upstream), for the anthropic and the openai paths, and
 one table compares them. See benchmarks/README.md for what each number means.
 
-    python benchmarks/run.py                         # everything (about 6-8 minutes on 2 cores)
+    python benchmarks/run.py                         # everything (about 6 minutes on 2 cores)
     python benchmarks/run.py --smoke                 # tiny sizes, well under 30 s (CI)
     python benchmarks/run.py --scenarios latency throughput --apis anthropic
     python benchmarks/run.py --scenarios throughput --profile /tmp/prof   # + py-spy of the worker
