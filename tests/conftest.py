@@ -205,6 +205,24 @@ def chat_body(prompt: str, model: str = "claude-3-5-sonnet-20241022", **extra: A
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-32b"
 
 
+def mock_host_app(*, tokens: int = 5, **config: Any) -> Any:
+    """A host app in process: the offline mock provider (``tokens`` unpaced), no auth required, no
+    ledger, a JWTManager. The caller adds ``LLMProxy`` (with or without its own limiter)."""
+    from flask import Flask
+    from flask_jwt_extended import JWTManager
+
+    app = Flask("mock-host")
+    app.config.update({
+        "LLM_PROXY_PROVIDERS": {"mock": {"type": "mock", "models": ["*"], "pace_ms": 0, "tokens": tokens}},
+        "LLM_PROXY_REQUIRE_AUTH": False,
+        "JWT_SECRET_KEY": JWT_SECRET,
+        "LLM_PROXY_USAGE_STORE": "none",
+        **config,
+    })
+    JWTManager(app)
+    return app
+
+
 def make_jwt(sub: str = "alice", *, secret: str = JWT_SECRET, expires_in: int = 600, alg: str = "HS256", **claims: Any) -> str:
     """An access token as flask-jwt-extended issues them (type, fresh, jti, iat/nbf/exp)."""
     import uuid

@@ -20,12 +20,11 @@ from typing import Any, Callable, Iterator
 import pytest
 import redis
 from flask import Flask
-from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import parse
 
-from conftest import JWT_SECRET, GunicornServer, chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers, uid
+from conftest import GunicornServer, mock_host_app, chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers, uid
 from flask_llm_proxy import LLMProxy
 
 FLEET_LIMIT = 20
@@ -317,22 +316,9 @@ def test_redis_that_accepts_but_never_answers_is_a_503_within_seconds() -> None:
 # --- in-process: a host's own Limiter ---------------------------------------------------------
 
 
-def host_app(**config: Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(
-        LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"], "pace_ms": 0, "tokens": 5}},
-        LLM_PROXY_REQUIRE_AUTH=False,
-        JWT_SECRET_KEY=JWT_SECRET,
-        LLM_PROXY_USAGE_STORE="none",
-        **config,
-    )
-    JWTManager(app)
-    return app
-
-
 @pytest.mark.parametrize("order", ["limiter-first", "limiter-init-app-later"])
 def test_a_host_limiter_passed_to_the_extension_does_the_counting(order: str) -> None:
-    app = host_app(LLM_PROXY_RATE_LIMIT="3/minute")
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="3/minute")
     if order == "limiter-first":
         my_limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[])
         LLMProxy(app, limiter=my_limiter)
@@ -363,7 +349,7 @@ def test_a_host_limiter_passed_to_the_extension_does_the_counting(order: str) ->
 
 
 def test_a_host_limiter_also_carries_the_token_quota() -> None:
-    app = host_app(LLM_PROXY_RATE_LIMIT="", LLM_PROXY_TOKEN_QUOTA="20/day")
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="", LLM_PROXY_TOKEN_QUOTA="20/day")
     my_limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[])
     LLMProxy(app, limiter=my_limiter)
     client = app.test_client()
@@ -389,7 +375,7 @@ def rate_headers(resp: Any) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("strategy", ["fixed-window", "moving-window", "sliding-window-counter"])
 def test_rate_headers_tell_what_is_left_and_when_it_resets_whatever_the_strategy(strategy: str) -> None:
-    app = host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STRATEGY=strategy)
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STRATEGY=strategy)
     LLMProxy(app)
     client = app.test_client()
     start = int(time.time())
@@ -405,7 +391,7 @@ def test_rate_headers_tell_what_is_left_and_when_it_resets_whatever_the_strategy
 def test_two_apps_with_different_key_prefixes_keep_separate_counts_on_one_redis(redis_server: Any) -> None:
     clients = {}
     for name in ("a", "b"):
-        app = host_app(LLM_PROXY_RATE_LIMIT="2/minute", RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid(name))
+        app = mock_host_app(LLM_PROXY_RATE_LIMIT="2/minute", RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid(name))
         LLMProxy(app)
         clients[name] = app.test_client()
     assert [clients["a"].post("/api/mock", json=mock_body()).status_code for _ in range(3)] == [200, 200, 429]
@@ -418,7 +404,7 @@ def test_a_window_another_worker_opened_reports_that_window_s_reset(redis_server
     prefix = uid("fleet")
     workers = []
     for _ in range(2):
-        app = host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=prefix)
+        app = mock_host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=prefix)
         LLMProxy(app)
         workers.append(app.test_client())
     _, left, opened_reset = rate_headers(workers[0].post("/api/mock", json=mock_body()))

@@ -14,19 +14,14 @@ from typing import Any
 
 from flask import Flask, g, request
 
+from conftest import mock_host_app
 from flask_llm_proxy import LLMProxy
 
 BODY = json.dumps({"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
 def make_app() -> Flask:
-    app = Flask(__name__)
-    app.config.update(
-        LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["mock-1"], "tokens": 3, "pace_ms": 0}},
-        LLM_PROXY_REQUIRE_AUTH=False,
-        LLM_PROXY_RATE_LIMIT=None,
-        LLM_PROXY_USAGE_STORE="none",
-    )
+    app = mock_host_app(tokens=3, LLM_PROXY_RATE_LIMIT=None)
     LLMProxy(app)
     return app
 
