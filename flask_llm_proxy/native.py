@@ -133,7 +133,7 @@ def native_view(provider_name: str, api: str) -> Response:
     st.attach(ex, ChatRequest(model=model))
     adapter = APIS[api][0]
     try:
-        resp = open_upstream(ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body), accept="text/event-stream" if stream else "application/json")
+        resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body), accept="text/event-stream" if stream else "application/json")
     except ProxyError as err:
         ex.fail(err, before_stream=True)
         ex.finalize()

@@ -18,7 +18,6 @@ import ipaddress
 import os
 import socket
 import ssl
-import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -152,13 +151,16 @@ class LeanResponse:
 
 
 class Pool:
-    """Idle connections per (scheme, host, port), most recently used first."""
+    """Idle connections per (scheme, host, port), most recently used first.
+
+    Lock-free: ``list.pop``/``append`` and ``dict.setdefault`` are atomic, so threads (the Flask
+    development server) and greenlets can share it without the cost of a lock per request.
+    """
 
     def __init__(self, maxsize: int, verify: str | bool) -> None:
         self.maxsize = maxsize
         self.verify = verify
         self._idle: dict[tuple[str, str, int], list[Conn]] = {}
-        self._lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -174,21 +176,22 @@ class Pool:
         return self._ssl
 
     def get(self, key: tuple[str, str, int]) -> Conn | None:
-        with self._lock:
-            idle = self._idle.get(key)
-            while idle:
-                conn = idle.pop()
-                if conn.looks_alive():
-                    return conn
-                conn.close()
+        idle = self._idle.get(key)
+        while idle:
+            try:
+                conn = idle.pop()  # atomic: no lock needed (a gevent lock costs a greenlet-aware acquire)
+            except IndexError:  # another thread took the last one
+                return None
+            if conn.looks_alive():
+                return conn
+            conn.close()
         return None
 
     def put(self, conn: Conn) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(conn.key, [])
-            if len(idle) < self.maxsize:
-                idle.append(conn)
-                return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) < self.maxsize:  # two threads may both pass: one connection over, harmless
+            idle.append(conn)
+            return
         conn.close()
 
     def connect(self, key: tuple[str, str, int], connect_timeout: float) -> Conn:

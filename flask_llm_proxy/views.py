@@ -116,7 +116,8 @@ def read_json(limit: int) -> Any:
         body = _json.loads(raw)
     except (ValueError, RecursionError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
-    if too_deep(body, MAX_DEPTH):
+    # Nesting needs an opening bracket per level: a body with few brackets needs no walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body, MAX_DEPTH):
         raise InvalidRequest(f"the request body is nested deeper than {MAX_DEPTH} levels")
     return body
 
@@ -200,12 +201,12 @@ def chat(provider_name: str) -> Response:
         input_chars=req.input_size_hint(), keep_text=s.log_content,
     )
     st.attach(ex, req)
-    return run(ex, req, provider, adapter, upstream_body)
+    return run(st, ex, req, provider, adapter, upstream_body)
 
 
-def run(ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
+def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
     """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
-    s = state().settings
+    s = st.settings
     if adapter is None:
         source = MockSource(provider, req)
         translator = source.translator
@@ -213,7 +214,7 @@ def run(ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_bo
     else:
         translator = adapter.translator()
         try:
-            resp = open_upstream(ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(upstream_body))
+            resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(upstream_body))
         except ProxyError as err:
             ex.fail(err, before_stream=True)
             ex.finalize()
@@ -239,9 +240,9 @@ def run(ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_bo
     )
 
 
-def open_upstream(ex: Exchange, provider: Any, path: str, auth: dict[str, str], body: bytes, accept: str = "text/event-stream") -> Any:
+def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[str, str], body: bytes, accept: str = "text/event-stream") -> Any:
     """URL, path and headers come from configuration only: nothing a client sends steers them."""
-    s = state().settings
+    s = st.settings
     headers = {
         **provider.headers,
         **auth,
@@ -255,7 +256,7 @@ def open_upstream(ex: Exchange, provider: Any, path: str, auth: dict[str, str], 
         ex.retries += 1
         signals.upstream_retry.send(current_app._get_current_object(), request_id=ex.request_id, error=err)  # type: ignore[attr-defined]
 
-    resp, _ = state().upstream.open(
+    resp, _ = st.upstream.open(
         provider.base_url + path,
         headers,
         body,
