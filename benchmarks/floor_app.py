@@ -5,6 +5,10 @@ gunicorn + gevent itself to wake a greenlet, read a socket and write a chunk. Up
 are kept alive and reused, as the proxy does. The upstream's bytes (status line, headers, chunk
 framing) are relayed as they are; the load generator only counts the events in them. ``run.py``'s
 capacity scenario and ``floor.py`` run it, so the proxy's own numbers can be read against it.
+
+``flask_app`` is the same relay as a Flask view (request context, dispatch, response object, no
+extension): the latency scenario runs both, so the proxy's added TTFB splits into what gunicorn +
+gevent cost, what Flask adds, and what is the proxy's own work.
 """
 import json
 import os
@@ -51,3 +55,24 @@ def app(environ, start_response):
             IDLE.append(sock) if done else sock.close()
 
     return relay()
+
+
+def _flask_app():
+    from flask import Flask, Response, request
+
+    flask = Flask("floor_app")
+
+    @flask.post("/")
+    def relay():  # noqa: ANN202
+        head: list = []
+        body = app(request.environ, lambda status, headers: head.append(status))
+        return Response(body, status=200, content_type="text/event-stream", direct_passthrough=True)
+
+    @flask.get("/health")
+    def health():  # noqa: ANN202
+        return "ok"
+
+    return flask
+
+
+flask_app = _flask_app()

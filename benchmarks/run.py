@@ -303,6 +303,7 @@ class Bench:
         self.failures: list[str] = []  # errors outside the capacity search
         self.capacity: dict[str, dict[str, Any]] = {}
         self.redis_notes: list[str] = []
+        self.latency_split: tuple[int, dict[str, float]] | None = None
         self.spreads: list[tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]] = []  # repeated pairs
         self.skipped: list[str] = []
         self.server_logs: dict[str, str] = {}
@@ -415,6 +416,40 @@ class Bench:
                  target=f"<= +{TARGET_TTFB_ADDED_P50_MS:.1f} ms", met=added <= TARGET_TTFB_ADDED_P50_MS, src=p, errors=e)
         self.row("latency", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"),
                  src=p, errors=e)
+        if api == "anthropic":  # floor_app relays the Anthropic stream
+            self.latency_floor(api)
+
+    def latency_floor(self, api: str) -> None:
+        """Where the added TTFB goes: the latency load, in the same interleaved rounds, direct, through
+        floor_app under gunicorn + gevent, through the same relay as a Flask view, and through the proxy."""
+        sz = self.sizes["latency"]
+        up = self.upstream
+        proxy = self.proxy(1)
+        floors = {"floor": FloorServer(up.port).start(), "flask-floor": FloorServer(up.port, app="flask_app").start()}
+        targets = {
+            "direct": (direct_target(api, up.port, prompt(sz.tokens, 0)), []),
+            "floor": (floor_target(floors["floor"].port, sz.tokens, 0), floors["floor"].worker_pids()),
+            "flask-floor": (floor_target(floors["flask-floor"].port, sz.tokens, 0), floors["flask-floor"].worker_pids()),
+            "proxy": (proxy_target(api, proxy.port, prompt(sz.tokens, 0)), proxy.worker_pids()),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
+        try:
+            for k in range(sz.repeat):
+                for side, (target, pids) in targets.items():
+                    s = measure(target, sz, requests=sz.requests, concurrency=1, pids=pids, upstream_pid=up.proc.pid,
+                                warm=target if k == 0 else None)
+                    self.record("latency", api if side in ("direct", "proxy") else side, side, f"split #{k + 1}", 1, s)
+                    runs[side].append(s)
+        finally:
+            for server in floors.values():
+                server.stop()
+        d = merge_runs(runs["direct"])
+        added = {side: paired(d, merge_runs(rs), "ttfb_p50_ms", "-") for side, rs in runs.items() if side != "direct"}
+        for side, what in (("floor", "gunicorn + gevent, raw relay"), ("flask-floor", "the same relay as a Flask view")):
+            f = merge_runs(runs[side])
+            self.row("latency", side, f"TTFB p50 ms ({what})", d["ttfb_p50_ms"], f["ttfb_p50_ms"], added=added[side],
+                     src=f, errors=self.errs(d, f))
+        self.latency_split = (len(runs["direct"]), added)
 
     def scenario_throughput(self, api: str) -> None:
         sz = self.sizes["throughput"]
@@ -658,6 +693,14 @@ class Bench:
                 vals = [p[key] for p in ps]
             notes.append(f"{scenario}/{api}: {what} in each of the {len(ps)} interleaved runs: "
                          + ", ".join(f"{v:.2f}" for v in vals) + " (the table shows medians)")
+        if self.latency_split:
+            n, a = self.latency_split
+            notes.append(
+                f"latency/anthropic, where the added TTFB p50 goes (medians of {n} interleaved rounds of direct, floor, "
+                f"Flask floor and proxy): gunicorn + gevent relaying raw bytes add {a['floor']:+.2f} ms, the same relay as "
+                f"a Flask view {a['flask-floor']:+.2f} ms, the proxy {a['proxy']:+.2f} ms; so Flask's share is "
+                f"{a['flask-floor'] - a['floor']:+.2f} ms and the proxy's own work (validation, translation, the upstream "
+                f"request and its head, decoding and writing the first events) {a['proxy'] - a['flask-floor']:+.2f} ms.")
         notes += self.redis_notes + self.skipped
         for f in self.failures:
             notes.append("ERROR: " + f)

@@ -150,12 +150,13 @@ class FloorServer(ProxyServer):
 
     health_path = "/health"
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, app: str = "app") -> None:
+        """``app="flask_app"``: the same relay as a Flask view."""
         super().__init__(f"http://127.0.0.1:{upstream_port}", workers=1)
         self.env.update(UPSTREAM_PORT=str(upstream_port), UPSTREAM_KEY=KEY, PYTHONPATH=str(ROOT / "benchmarks"))
         self.cmd = [
             sys.executable, "-m", "gunicorn", "-k", "gevent", "--worker-connections", "10000", "--no-control-socket",
-            "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "floor_app:app",
+            "--workers", "1", "--bind", f"127.0.0.1:{self.port}", f"floor_app:{app}",
         ]
 
 
