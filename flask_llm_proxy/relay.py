@@ -24,24 +24,33 @@ Items = Iterator["list[Any] | None"]  # lists of str / ToolCall, or None for "si
 _MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def decode_upstream(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Iterator[tuple[bytes | None, list[Any]]]:
-    """``(chunk, items)`` per network chunk, ``(None, [])`` per silence; releases or aborts the
-    upstream connection at the end. The items before an in-stream error are still handed on."""
+def decode_upstream(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None,
+                    *, raw: bool = True) -> Iterator[Any]:
+    """``(chunk, items)`` per network chunk and ``(None, [])`` per silence (``raw``, for the native
+    passthrough, which relays the bytes); otherwise the neutral endpoint's :data:`Items`: each
+    non-empty item list, ``None`` per silence. Releases or aborts the upstream connection at the
+    end. The items before an in-stream error are still handed on."""
     feed, tfeed = SSEDecoder().feed, translator.feed
     complete = False
     try:
         for chunk in read_chunks(resp, keepalive, read_timeout):
             if chunk is None:
-                yield None, []
+                yield (None, []) if raw else None
                 continue
             items: list[Any] = []
             try:
                 for event in feed(chunk):
                     items += tfeed(*event)
             except ProxyError:
-                yield chunk, items
+                if raw:
+                    yield chunk, items
+                elif items:
+                    yield items
                 raise
-            yield chunk, items
+            if raw:
+                yield chunk, items
+            elif items:
+                yield items
         complete = True
     except _MALFORMED as exc:
         raise UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})") from None
@@ -54,16 +63,9 @@ def decode_upstream(ex: Exchange, resp: Any, translator: Translator, keepalive: 
 
 
 def upstream_items(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Items:
-    """The neutral endpoint's view of an upstream response: item lists, ``None`` for silence."""
-    decoded = decode_upstream(ex, resp, translator, keepalive, read_timeout)
-    try:
-        for chunk, items in decoded:
-            if chunk is None:
-                yield None
-            elif items:
-                yield items
-    finally:
-        decoded.close()  # a browser that left: the upstream connection is aborted now, not at GC
+    """The neutral endpoint's view of an upstream response (no generator of its own: one less
+    frame to resume per token). ``close()`` aborts the upstream connection of a browser that left."""
+    return decode_upstream(ex, resp, translator, keepalive, read_timeout, raw=False)
 
 
 def _first_event(item: Any, ex: Exchange) -> bytes:
