@@ -199,3 +199,4 @@ def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keep
         raise
     finally:
         decoded.close()
+        ex.finalize()  # before the response ends, as relay() does

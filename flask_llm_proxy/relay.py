@@ -138,6 +138,10 @@ def relay(ex: Exchange, items: Items, translator: Translator) -> Iterator[bytes]
         close = getattr(items, "close", None)
         if close is not None:
             close()
+        # Accounted before the response ends (the server writes the end of the body after this), so
+        # the user's next request already sees this one in quotas and budgets, as with stream: false.
+        # A browser that left gets here through close(); StreamBody.close's call is then a no-op.
+        ex.finalize()
 
 
 def collect(ex: Exchange, items: Items, translator: Translator) -> dict[str, Any]:
@@ -180,8 +184,9 @@ def collect(ex: Exchange, items: Items, translator: Translator) -> dict[str, Any
 class StreamBody:
     """The WSGI iterable of a streamed answer.
 
-    A generator's ``finally`` does not run if the generator never started (the client left before
-    the first byte), so ``close`` here finalizes in every case, exactly once.
+    The relay finalizes at its own end, before the response's last bytes; a generator's ``finally``
+    does not run if the generator never started (the client left before the first byte), so
+    ``close`` here finalizes too (``Exchange.finalize`` records once).
     """
 
     __slots__ = ("_gen", "_on_close")

@@ -5,6 +5,7 @@ to it, with the upstream's own token counts (or a flagged estimate when the stre
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -236,6 +237,27 @@ def test_usage_recorded_signal_is_sent_once_per_request_with_the_record(tmp_path
     assert (rec.provider, rec.model, rec.output_tokens, rec.status, rec.estimated) == ("mock", "m", 3, 200, False)
     assert rec.identity == "ip:127.0.0.1" and rec.cost_usd is None and rec.error_type is None
     assert re.fullmatch(r"[0-9a-f]{32}", rec.request_id)
+
+
+def test_a_stream_is_accounted_for_before_its_body_ends(tmp_path: Path) -> None:
+    """The record exists once the last byte is read, before the server closes the response: the
+    user's next request (quota, budget) already sees this one, as with ``stream: false``."""
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none")
+    got: list[UsageRecord] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/api/mock", "SERVER_NAME": "x", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+    }
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello there"}]}).encode()
+    environ.update({"CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)})
+    it = app(environ, lambda status, headers, exc_info=None: None)
+    data = b"".join(it)  # every byte of the body, as a WSGI server writes it before closing
+    assert data.endswith(b"data: [DONE]\n\n")
+    assert [r.status for r in got] == [200]
+    it.close()
+    assert len(got) == 1  # and only once
 
 
 def test_request_log_line_is_json_with_the_ledger_fields_and_no_content_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
