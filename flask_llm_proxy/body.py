@@ -258,7 +258,14 @@ WATCH = SilenceWatch()
 
 
 def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:
-    """Socket reads under gevent: no timeout on the socket, the shared watch wakes us instead."""
+    """Socket reads under gevent: no timeout on the socket, the shared watch wakes us instead.
+
+    A paced stream (tokens some time apart) would find the socket empty on every second read: a
+    failed ``recv`` and its exception per token before gevent waits. So once a read found nothing,
+    the next ones wait for readability first and then read once; a read that fills the buffer (a
+    backlog) goes back to reading first. TLS sockets keep gevent's own ``recv``, which knows what
+    the TLS layer has buffered.
+    """
     intervals = [x for x in (keepalive, read_timeout) if x]
     if not intervals:
         yield from _timed_reads(fp, sock, None, None)
@@ -266,7 +273,12 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     sock.settimeout(None)
     step = min(intervals)  # after data, the next wake-up is the nearer of keep-alive and timeout
     reader = WATCH.register(step)
-    read = fp.read1  # first: what header parsing left in the buffer; then the socket itself
+    raw = getattr(sock, "_sock", None)  # the non-blocking OS socket under gevent's wrapper
+    plain = raw is not None and not hasattr(sock, "pending")  # plain TCP, not TLS
+    watcher: Any = None  # made at the second empty read: a stream that is not paced never needs it
+    empty = 0
+    paced = False
+    first = True  # the first read takes what header parsing left in the file's buffer
     last_data = time.monotonic()
     reader.wake_at = last_data + step
     monotonic = time.monotonic
@@ -274,7 +286,36 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
         while True:
             reader.waiting = True
             try:
-                data = read(READ_SIZE)
+                if first:
+                    data = fp.read1(READ_SIZE)
+                elif watcher is None:
+                    if plain:
+                        try:
+                            data = raw.recv(READ_SIZE)
+                        except BlockingIOError:
+                            empty += 1
+                            if empty > 1:  # paced: from now on wait first, then read once
+                                import gevent
+
+                                hub = gevent.get_hub()
+                                watcher = hub.loop.io(sock.fileno(), 1)
+                                wait, raw_recv = hub.wait, raw.recv
+                                paced = True
+                            data = sock.recv(READ_SIZE)  # gevent waits for this one
+                    else:
+                        data = sock.recv(READ_SIZE)
+                else:
+                    if paced:
+                        wait(watcher)
+                    while True:
+                        try:
+                            data = raw_recv(READ_SIZE)
+                            break
+                        except BlockingIOError:
+                            paced = True
+                            wait(watcher)
+                    if len(data) == READ_SIZE:
+                        paced = False
             except _Silence:
                 reader.waiting = False
                 now = monotonic()
@@ -289,12 +330,14 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
                     raise  # GeneratorExit, a greenlet being killed
                 raise read_error(exc) from None
             reader.waiting = False
-            read = sock.recv
+            first = False
             last_data = monotonic()
             reader.wake_at = last_data + step
             yield data
     finally:
         WATCH.unregister(reader)
+        if watcher is not None:
+            watcher.close()
 
 
 def _timed_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:

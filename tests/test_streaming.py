@@ -150,8 +150,11 @@ def test_upstream_that_never_answers_gives_a_504_timeout(proxy: Any, upstream: A
     assert time.monotonic() - start < 6
 
 
-def test_upstream_silent_mid_stream_sends_keepalives_then_a_timeout_error_line(proxy: Any) -> None:
-    with post(proxy, "openai", chat_body("tokens=10 hang_after=2", model="gpt-4o")) as r:
+# unpaced, and paced: a paced stream's reads wait for readability first (body._watched_reads), so
+# the silence falls on that wait
+@pytest.mark.parametrize("knobs", ["tokens=10 hang_after=2", "tokens=10 pace_ms=40 hang_after=5"])
+def test_upstream_silent_mid_stream_sends_keepalives_then_a_timeout_error_line(proxy: Any, knobs: str) -> None:
+    with post(proxy, "openai", chat_body(knobs, model="gpt-4o")) as r:
         raw = r.raw.read()
     assert raw.count(b": ping\n\n") >= 2  # keep-alive every 0.5 s during the 2 s of silence
     assert raw.rstrip().splitlines()[-1].startswith(b"error: ")
@@ -188,10 +191,12 @@ def test_client_disconnect_closes_the_upstream_connection(proxy: Any, upstream: 
     assert not rec["completed"] and rec["tokens_sent"] < 100
 
 
-def test_client_disconnect_during_upstream_silence_is_noticed_through_keepalives(proxy: Any, upstream: Any) -> None:
-    sock, _ = open_raw_stream(proxy.url, "/api/anthropic", chat_body("id=disconnect-silent tokens=5 hang_after=1"), until=b'"tokenId":0')
+@pytest.mark.parametrize("knobs", ["tokens=5 hang_after=1", "tokens=8 pace_ms=40 hang_after=4"])
+def test_client_disconnect_during_upstream_silence_is_noticed_through_keepalives(proxy: Any, upstream: Any, knobs: str) -> None:
+    rid = f"disconnect-silent-{len(knobs)}"
+    sock, _ = open_raw_stream(proxy.url, "/api/anthropic", chat_body(f"id={rid} {knobs}"), until=b'"tokenId":0')
     sock.close()
-    rec = upstream.wait_for_request("disconnect-silent", lambda rec: rec["client_closed"], timeout=5)
+    rec = upstream.wait_for_request(rid, lambda rec: rec["client_closed"], timeout=5)
     # LLM_PROXY_KEEPALIVE is 0.5 s here: the first ping after the close fails and ends the upstream
     # call long before the 2 s read timeout would have
     assert rec["closed_after_ms"] < 1900
