@@ -18,6 +18,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,12 +39,13 @@ class StaleConnection(Exception):
 
 
 class Conn:
-    __slots__ = ("sock", "fp", "key")
+    __slots__ = ("sock", "fp", "key", "idle_since")
 
     def __init__(self, sock: socket.socket, key: tuple[str, str, int]) -> None:
         self.sock = sock
         self.fp = sock.makefile("rb")
         self.key = key
+        self.idle_since = 0.0
 
     def close(self) -> None:
         try:
@@ -155,11 +157,18 @@ class Pool:
 
     Lock-free: ``list.pop``/``append`` and ``dict.setdefault`` are atomic, so threads (the Flask
     development server) and greenlets can share it without the cost of a lock per request.
+
+    A connection idle for ``fresh_s`` seconds or longer is peeked at before reuse (a server that
+    closed it has left an EOF to read); one used more recently is taken as it is, which saves a
+    system call and an exception per request on a busy worker. Servers keep idle connections for
+    seconds to minutes, and if one did close sooner, :func:`post` sees the EOF instead of an answer
+    and sends once more on a new connection.
     """
 
-    def __init__(self, maxsize: int, verify: str | bool) -> None:
+    def __init__(self, maxsize: int, verify: str | bool, fresh_s: float = 1.0) -> None:
         self.maxsize = maxsize
         self.verify = verify
+        self.fresh_s = fresh_s
         self._idle: dict[tuple[str, str, int], list[Conn]] = {}
         self._ssl: ssl.SSLContext | None = None
 
@@ -182,7 +191,7 @@ class Pool:
                 conn = idle.pop()  # atomic: no lock needed (a gevent lock costs a greenlet-aware acquire)
             except IndexError:  # another thread took the last one
                 return None
-            if conn.looks_alive():
+            if time.monotonic() - conn.idle_since < self.fresh_s or conn.looks_alive():
                 return conn
             conn.close()
         return None
@@ -190,6 +199,7 @@ class Pool:
     def put(self, conn: Conn) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) < self.maxsize:  # two threads may both pass: one connection over, harmless
+            conn.idle_since = time.monotonic()
             idle.append(conn)
             return
         conn.close()

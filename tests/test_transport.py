@@ -75,9 +75,22 @@ def test_keep_alive_connections_are_reused(pool: Pool) -> None:
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced(pool: Pool) -> None:
+    """Used moments ago, so not peeked at: the request meets the EOF and is sent again on a new one."""
     server = TinyServer(close_after=1)  # closes each connection after one answer, like an idle timeout
     assert fetch(pool, server.port) == b"hello"
     threading.Event().wait(0.1)  # let the close arrive
+    assert fetch(pool, server.port) == b"hello"
+    assert server.connections == 2 and len(server.requests) == 2  # the dead connection got no request
+
+
+def test_a_connection_idle_for_a_while_is_peeked_at_before_reuse() -> None:
+    pool = Pool(maxsize=10, verify=True, fresh_s=0.05)
+    server = TinyServer(close_after=1)
+    assert fetch(pool, server.port) == b"hello"
+    threading.Event().wait(0.1)  # idle longer than fresh_s: the peek sees the server's EOF
+    (conn,) = pool._idle[("http", "127.0.0.1", server.port)]
+    assert not conn.looks_alive()
+    assert pool.get(("http", "127.0.0.1", server.port)) is None  # dropped, not handed out
     assert fetch(pool, server.port) == b"hello"
     assert server.connections == 2
 
