@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -274,7 +275,7 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     step = min(intervals)  # after data, the next wake-up is the nearer of keep-alive and timeout
     reader = WATCH.register(step)
     raw = getattr(sock, "_sock", None)  # the non-blocking OS socket under gevent's wrapper
-    plain = raw is not None and not hasattr(sock, "pending")  # plain TCP, not TLS
+    plain = raw is not None and not isinstance(sock, ssl.SSLSocket)  # plain TCP, not TLS
     watcher: Any = None  # made at the second empty read: a stream that is not paced never needs it
     empty = 0
     paced = False

@@ -158,7 +158,10 @@ def _messages(v: Any, max_messages: int) -> list[dict[str, Any]]:
         else:
             raise _fail(f"{path}.content", "must be a non-empty string or a non-empty list of blocks")
         out.append({"role": role, "content": content})
-    if all(m["role"] == "system" for m in out):
+    for m in out:  # a loop, not all(<genexpr>): stopping a generator early raises inside it
+        if m["role"] != "system":
+            break
+    else:
         raise _fail("messages", "needs at least one user message")
     return out
 
