@@ -10,7 +10,9 @@ its quota), which a moving window would refuse to record.
 
 Each check is a storage round trip on every request (0.1-0.3 ms of worker CPU each on Redis), so
 a fixed-window rate limit (flask-limiter's default strategy) is counted with one ``incr``: its
-count gives what is left, and the window's end is known from the hit that opened it.
+count gives what is left, and the window's end is known from the hit that opened it. On a plain
+Redis (``redis://``) the rate count and the token quota's reading share one pipelined round trip,
+before the body is read; the quota check later in the request uses that reading.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from flask import g
 from limits import parse_many
+from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from .errors import QuotaExceeded, RateLimited, ServiceUnavailable
@@ -70,9 +74,11 @@ class Limits:
             strategy = self.limiter.limiter
             ids = self._ids(RATE_NS, identity)
             worst: tuple[int, float, Any] | None = None
-            for item in self.rate_items:
-                if type(strategy) is FixedWindowRateLimiter:
-                    ok, remaining, reset = self._hit_fixed(strategy.storage, item, ids)
+            fixed = type(strategy) is FixedWindowRateLimiter
+            counts = self._one_round_trip(strategy.storage, ids, identity) if fixed else None
+            for i, item in enumerate(self.rate_items):
+                if fixed:
+                    ok, remaining, reset = self._hit_fixed(strategy.storage, item, ids, counts[i] if counts else None)
                 else:  # moving or sliding window: the strategy's own bookkeeping
                     ok = strategy.hit(item, *ids)
                     reset, remaining = strategy.get_window_stats(item, *ids)
@@ -93,8 +99,32 @@ class Limits:
         assert worst is not None
         return _headers(worst[2], worst[0], worst[1])
 
-    def _hit_fixed(self, storage: Any, item: Any, ids: tuple[str, ...]) -> tuple[bool, int, float]:
-        """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip.
+    def _one_round_trip(self, storage: Any, ids: tuple[str, ...], identity: str) -> list[int] | None:
+        """On a plain Redis with a token quota: the rate counts (``incr``, as ``limits`` does it)
+        and the quota readings in one pipeline. Returns the rate counts and leaves the readings for
+        :meth:`check_quota`; ``None`` (the caller counts one by one) anywhere else."""
+        if not self.quota_items or type(storage) is not RedisStorage:
+            return None
+        from redis.exceptions import NoScriptError
+
+        pipe = storage.get_connection().pipeline(transaction=False)
+        sha = storage.lua_incr_expire.sha
+        for item in self.rate_items:
+            pipe.evalsha(sha, 1, storage.prefixed_key(item.key_for(*ids)), item.get_expiry(), 1)
+        quota_keys = [item.key_for(*self._ids(QUOTA_NS, identity)) for item in self.quota_items]
+        for key in quota_keys:
+            pipe.get(storage.prefixed_key(key))
+        try:
+            replies = pipe.execute()
+        except NoScriptError:  # the script is not loaded yet (or Redis was flushed): nothing was counted
+            return None
+        n = len(self.rate_items)
+        g.llm_proxy_quota_read = (storage, identity, {key: int(v or 0) for key, v in zip(quota_keys, replies[n:])})
+        return [int(v) for v in replies[:n]]
+
+    def _hit_fixed(self, storage: Any, item: Any, ids: tuple[str, ...], count: int | None = None) -> tuple[bool, int, float]:
+        """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip
+        (none when ``count`` was already counted by :meth:`_one_round_trip`).
 
         A window's end is remembered per worker from the hit that opened it. If the counter is
         cleared early (``Limiter.reset()``, a Redis flush) and another worker opens a new window,
@@ -105,7 +135,8 @@ class Limits:
             self._window_ends.clear()
             self._window_storage = storage
         key = item.key_for(*ids)
-        count = storage.incr(key, item.get_expiry(), amount=1)
+        if count is None:
+            count = storage.incr(key, item.get_expiry(), amount=1)
         now = time.time()
         if count == 1:  # this hit opened the window: it ends one period from now
             reset = now + item.get_expiry()
@@ -125,8 +156,11 @@ class Limits:
         try:
             strategy = self._quota()
             ids = self._ids(QUOTA_NS, identity)
+            read = g.pop("llm_proxy_quota_read", None)  # from the rate limit's round trip
+            seen = read[2] if read is not None and read[0] is strategy.storage and read[1] == identity else {}
             for item in self.quota_items:
-                if not strategy.test(item, *ids):
+                spent = seen.get(item.key_for(*ids))
+                if not (spent < item.amount if spent is not None else strategy.test(item, *ids)):
                     reset, _ = strategy.get_window_stats(item, *ids)
                     retry = max(1, math.ceil(reset - time.time()))
                     raise QuotaExceeded(

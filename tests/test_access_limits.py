@@ -419,3 +419,27 @@ def test_a_window_another_worker_opened_reports_that_window_s_reset(redis_server
     assert r.status_code == 429
     assert abs(int(r.headers["X-RateLimit-Reset"]) - opened_reset) <= 1
     assert abs(int(r.headers["Retry-After"]) - (opened_reset - time.time())) <= 2
+
+
+def test_on_redis_the_rate_count_and_the_quota_reading_share_one_round_trip(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fleet settings cost per request: one round trip before the upstream call (count + quota
+    reading, pipelined) and one after it (the quota charge), not three."""
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="100/minute", LLM_PROXY_TOKEN_QUOTA="100000/day",
+                        RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid("one-trip"))
+    LLMProxy(app)
+    client = app.test_client()
+    assert client.post("/api/mock", json=mock_body()).status_code == 200  # loads the counting script
+    trips: list[str] = []
+    single, piped = redis.Redis.execute_command, redis.client.Pipeline.execute
+    monkeypatch.setattr(redis.Redis, "execute_command", lambda self, *a, **k: trips.append(str(a[0])) or single(self, *a, **k))
+    monkeypatch.setattr(redis.client.Pipeline, "execute", lambda self, *a, **k: trips.append("pipeline") or piped(self, *a, **k))
+    r = client.post("/api/mock", json=mock_body())
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "98"
+    assert trips == ["pipeline", "EVALSHA"]  # count + quota reading, then the charge
+    # the reading decides: a spent quota is refused (its window's end is then read for Retry-After)
+    key = "LIMITS:" + parse("100000/day").key_for(app.config["RATELIMIT_KEY_PREFIX"], "llm_proxy_tokens", "ip:127.0.0.1")
+    redis.Redis.from_url(redis_server.url).set(key, 100000)
+    trips.clear()
+    r = client.post("/api/mock", json=mock_body())
+    assert r.status_code == 429 and r.get_json()["type"] == "quota_exceeded"
+    assert trips[0] == "pipeline" and 1 <= int(r.headers["Retry-After"]) <= 86400
