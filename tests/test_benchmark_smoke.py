@@ -54,3 +54,15 @@ def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_pa
     assert head[0] == "Scenario" and "| Scenario" in proc.stdout  # the same table is printed
     for fact in ("nproc", "Python", "Command:", "Date:"):
         assert fact in text
+
+
+@pytest.mark.timeout(60)
+def test_wake_probe_runs_and_prints_one_line_per_busy_time() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "wake.py"), "--requests", "5", "--busy-us", "0,500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(" ms")[0] for line in lines] == ["busy 0.0", "busy 0.5"]
+    assert all(line.endswith("us (median)") and float(line.split("after ")[1].split()[0]) > 0 for line in lines)
