@@ -11,8 +11,8 @@ its quota), which a moving window would refuse to record.
 Each check is a storage round trip on every request (0.1-0.3 ms of worker CPU each on Redis), so
 a fixed-window rate limit (flask-limiter's default strategy) is counted with one ``incr``: its
 count gives what is left, and the window's end is known from the hit that opened it. On a plain
-Redis (``redis://``) the rate count and the token quota's reading share one pipelined round trip,
-before the body is read; the quota check later in the request uses that reading.
+Redis (``redis://``) one rate limit's count and the token quota's reading share one pipelined
+round trip, before the body is read; the quota check later in the request uses that reading.
 """
 from __future__ import annotations
 
@@ -100,27 +100,28 @@ class Limits:
         return _headers(worst[2], worst[0], worst[1])
 
     def _one_round_trip(self, storage: Any, ids: tuple[str, ...], identity: str) -> list[int] | None:
-        """On a plain Redis with a token quota: the rate counts (``incr``, as ``limits`` does it)
-        and the quota readings in one pipeline. Returns the rate counts and leaves the readings for
-        :meth:`check_quota`; ``None`` (the caller counts one by one) anywhere else."""
-        if not self.quota_items or type(storage) is not RedisStorage:
+        """On a plain Redis (or Valkey) with one rate limit and a token quota: the rate count
+        (``incr``, as ``limits`` does it) and the quota readings in one pipeline. Returns the count
+        and leaves the readings for :meth:`check_quota`; ``None`` (the caller counts one by one)
+        anywhere else. Several rate limits are counted one by one, so that a request refused by
+        one is not counted in the next (as flask-limiter does)."""
+        if not self.quota_items or len(self.rate_items) != 1 or type(storage) is not RedisStorage:
             return None
-        from redis.exceptions import NoScriptError
-
+        no_script = getattr(getattr(storage.dependency, "exceptions", None), "NoScriptError", None)  # redis-py's or valkey's
+        if no_script is None:
+            return None
+        (item,) = self.rate_items
         pipe = storage.get_connection().pipeline(transaction=False)
-        sha = storage.lua_incr_expire.sha
-        for item in self.rate_items:
-            pipe.evalsha(sha, 1, storage.prefixed_key(item.key_for(*ids)), item.get_expiry(), 1)
-        quota_keys = [item.key_for(*self._ids(QUOTA_NS, identity)) for item in self.quota_items]
+        pipe.evalsha(storage.lua_incr_expire.sha, 1, storage.prefixed_key(item.key_for(*ids)), item.get_expiry(), 1)
+        quota_keys = [q.key_for(*self._ids(QUOTA_NS, identity)) for q in self.quota_items]
         for key in quota_keys:
             pipe.get(storage.prefixed_key(key))
         try:
-            replies = pipe.execute()
-        except NoScriptError:  # the script is not loaded yet (or Redis was flushed): nothing was counted
-            return None
-        n = len(self.rate_items)
-        g.llm_proxy_quota_read = (storage, identity, {key: int(v or 0) for key, v in zip(quota_keys, replies[n:])})
-        return [int(v) for v in replies[:n]]
+            count, *readings = pipe.execute()
+        except no_script:  # the script is not loaded yet (a new or flushed server): nothing was counted
+            return None  # the one-by-one count loads it
+        g.llm_proxy_quota_read = (storage, identity, {key: int(v or 0) for key, v in zip(quota_keys, readings)})
+        return [int(count)]
 
     def _hit_fixed(self, storage: Any, item: Any, ids: tuple[str, ...], count: int | None = None) -> tuple[bool, int, float]:
         """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip

@@ -443,3 +443,26 @@ def test_on_redis_the_rate_count_and_the_quota_reading_share_one_round_trip(redi
     r = client.post("/api/mock", json=mock_body())
     assert r.status_code == 429 and r.get_json()["type"] == "quota_exceeded"
     assert trips[0] == "pipeline" and 1 <= int(r.headers["Retry-After"]) <= 86400
+
+
+def test_a_request_refused_by_one_rate_limit_is_not_counted_in_the_next(redis_server: Any) -> None:
+    """Several windows, with a quota on the same Redis: counted in order, stopping at the refusal."""
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="2/minute;100/day", LLM_PROXY_TOKEN_QUOTA="100000/day",
+                        RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid("windows"))
+    LLMProxy(app)
+    client = app.test_client()
+    assert [client.post("/api/mock", json=mock_body()).status_code for _ in range(5)] == [200, 200, 429, 429, 429]
+    day = "LIMITS:" + parse("100/day").key_for(app.config["RATELIMIT_KEY_PREFIX"], "llm_proxy_requests", "ip:127.0.0.1")
+    assert int(redis.Redis.from_url(redis_server.url).get(day)) == 2  # the refused three used none of the day
+
+
+def test_a_flushed_redis_script_cache_neither_fails_nor_double_counts(redis_server: Any) -> None:
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="10/minute", LLM_PROXY_TOKEN_QUOTA="100000/day", LLM_PROXY_FAIL_OPEN=False,
+                        RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid("flushed"))
+    LLMProxy(app)
+    client = app.test_client()
+    assert client.post("/api/mock", json=mock_body()).headers["X-RateLimit-Remaining"] == "9"
+    redis.Redis.from_url(redis_server.url).script_flush()  # a restarted or failed-over server
+    r = client.post("/api/mock", json=mock_body())
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "8"
+    assert client.post("/api/mock", json=mock_body()).headers["X-RateLimit-Remaining"] == "7"
