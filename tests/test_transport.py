@@ -118,3 +118,52 @@ def test_a_compressed_body_is_inflated_as_it_arrives(pool: Pool) -> None:
 def test_interim_1xx_answers_are_skipped(pool: Pool) -> None:
     server = TinyServer(close_after=1, response=b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + RESPONSE)
     assert fetch(pool, server.port) == b"hello"
+
+
+CLOSE_WAKES_READER = r'''
+from gevent import monkey; monkey.patch_all()
+import socket, time, gevent
+from flask_llm_proxy.body import read_chunks
+from flask_llm_proxy.errors import ProxyError
+from flask_llm_proxy.transport import Pool, post
+
+def serve(listener):
+    conn, _ = listener.accept()
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while True:  # a paced stream that never ends
+        conn.sendall(b"9\r\ndata: x\n\n\r\n")
+        gevent.sleep(0.05)
+
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(1)
+gevent.spawn(serve, listener)
+resp = post(Pool(10, True), f"http://127.0.0.1:{listener.getsockname()[1]}/x", {}, b"", 2.0, 10.0)
+outcome = []
+def read():
+    try:
+        for _ in read_chunks(resp, 5.0, 10.0):  # keep-alive 5 s, timeout 10 s
+            pass
+        outcome.append("ended")
+    except ProxyError as exc:
+        outcome.append(type(exc).__name__)
+reader = gevent.spawn(read)
+gevent.sleep(0.4)  # several paced reads: the reader now waits on its own watcher
+conn, started = resp.conn, time.monotonic()
+conn.close()  # from another greenlet, without abort()
+reader.join(timeout=4)
+print(outcome, round(time.monotonic() - started, 2))
+'''
+
+
+def test_closing_the_connection_from_another_greenlet_wakes_a_paced_reader() -> None:
+    """A paced stream waits for readability on a watcher of its own; closing its connection must
+    end the read at once, not at the next keep-alive or the read timeout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", CLOSE_WAKES_READER], cwd=root, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome, seconds = proc.stdout.rsplit(" ", 1)
+    assert outcome == "['NetworkError']" and float(seconds) < 1.0, proc.stdout
