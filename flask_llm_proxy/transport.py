@@ -286,7 +286,8 @@ def post(pool: Pool, url: str, headers: dict[str, str], body: bytes, connect_tim
     """POST and read the status line and headers; the body is left for :mod:`body` to stream.
 
     Raises :class:`ConnectTimeout`, :class:`ReadTimeout`, ``ssl.SSLError``, or ``OSError``/
-    ``ConnectionError`` for a failed connection; a stale pooled connection is retried once.
+    ``ConnectionError`` for a failed connection; a stale pooled connection (closed, or answering
+    408 for its idle timeout) is retried once, on a new connection.
     """
     key, path, host_header = split_url(url)
     head = [f"POST {path} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}"]
@@ -316,6 +317,11 @@ def post(pool: Pool, url: str, headers: dict[str, str], body: bytes, connect_tim
         except BaseException:
             conn.close()
             raise
+        if status == 408 and reused:
+            # A server that timed out an idle keep-alive connection may say so before closing it;
+            # that answer was written before our request arrived (HTTP clients resend, as here).
+            conn.close()
+            continue
         return LeanResponse(status, resp_headers, conn, pool)
     raise ConnectionError("unreachable")  # pragma: no cover
 

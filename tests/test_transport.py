@@ -16,8 +16,9 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enco
 class TinyServer:
     """Answers every request with RESPONSE; ``close_after`` responses per connection, then closes."""
 
-    def __init__(self, close_after: int, response: bytes = RESPONSE) -> None:
+    def __init__(self, close_after: int, response: bytes = RESPONSE, then: bytes = b"") -> None:
         self.response = response
+        self.then = then  # written 50 ms after the last answer, before closing
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -51,6 +52,9 @@ class TinyServer:
                     body += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + body)
                 conn.sendall(self.response)
+            if self.then:
+                threading.Event().wait(0.05)
+                conn.sendall(self.then)
 
 
 @pytest.fixture
@@ -81,6 +85,16 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(pool: Pool) -> No
     threading.Event().wait(0.1)  # let the close arrive
     assert fetch(pool, server.port) == b"hello"
     assert server.connections == 2 and len(server.requests) == 2  # the dead connection got no request
+
+
+def test_an_idle_timeout_408_on_a_pooled_connection_is_not_taken_for_the_answer(pool: Pool) -> None:
+    """Some servers announce their idle timeout with a 408 before closing; that is no answer to us."""
+    timeout_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    server = TinyServer(close_after=1, then=timeout_408)  # answers, then times out 50 ms later
+    assert fetch(pool, server.port) == b"hello"
+    threading.Event().wait(0.2)
+    assert fetch(pool, server.port) == b"hello"  # the 408 read on the reused connection: sent again
+    assert server.connections == 2
 
 
 def test_a_connection_idle_for_a_while_is_peeked_at_before_reuse() -> None:
