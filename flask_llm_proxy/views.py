@@ -46,19 +46,25 @@ def state() -> Any:
 
 
 def _begin() -> None:
-    g.llm_proxy_started = time.perf_counter()
-    endpoint = request.endpoint or ""
+    # the request and g resolved once each: every access through Flask's proxies is a lookup
+    req, gg = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+    gg.llm_proxy_started = time.perf_counter()
+    endpoint = req.endpoint or ""
     if ".native_" in endpoint:  # llm_proxy.native_<api>__<provider>: errors in the provider's shape
-        g.llm_proxy_native = endpoint.split(".native_", 1)[1].split("__", 1)[0]
-    rid = request.environ.get("HTTP_X_REQUEST_ID", "")
+        gg.llm_proxy_native = endpoint.split(".native_", 1)[1].split("__", 1)[0]
+    rid = req.environ.get("HTTP_X_REQUEST_ID", "")
     # 128 random bits from the PRNG: unique enough for a request id, and no syscall as uuid4 makes
-    g.llm_proxy_request_id = rid if rid and REQUEST_ID_RE.match(rid) else f"{random.getrandbits(128):032x}"
+    gg.llm_proxy_request_id = rid if rid and REQUEST_ID_RE.match(rid) else f"{random.getrandbits(128):032x}"
 
 
 def _finish(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("llm_proxy_request_id", "")
-    for k, v in (g.get("llm_proxy_rate_headers") or {}).items():
-        response.headers.setdefault(k, v)
+    gg = g._get_current_object()  # type: ignore[attr-defined]
+    headers = response.headers
+    headers["X-Request-ID"] = gg.get("llm_proxy_request_id", "")
+    rate = gg.get("llm_proxy_rate_headers")
+    if rate:
+        for k, v in rate.items():
+            headers.setdefault(k, v)
     return response
 
 
