@@ -187,7 +187,8 @@ def chat(provider_name: str) -> Response:
     s = st.settings
     provider = s.providers[provider_name]
     identity, claims = identify(s)
-    g.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
+    gg = g._get_current_object()  # type: ignore[attr-defined]
+    gg.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
     body = read_json(provider.max_body_bytes or s.max_body_bytes)
     cap = output_cap(provider, s) or 2**31 - 1
     req = parse_chat_request(
@@ -203,7 +204,7 @@ def chat(provider_name: str) -> Response:
         upstream_body = adapter.build(req, provider, s)
     st.check_allowance(identity)
     ex = Exchange(
-        g.llm_proxy_request_id, identity, provider_name, req.model, g.llm_proxy_started,
+        gg.llm_proxy_request_id, identity, provider_name, req.model, gg.llm_proxy_started,
         input_chars=req.input_size_hint(), keep_text=s.log_content,
     )
     st.attach(ex, req)
