@@ -264,8 +264,9 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     A paced stream (tokens some time apart) would find the socket empty on every second read: a
     failed ``recv`` and its exception per token before gevent waits. So once a read found nothing,
     the next ones wait for readability first and then read once; a read that fills the buffer (a
-    backlog) goes back to reading first. TLS sockets keep gevent's own ``recv``, which knows what
-    the TLS layer has buffered.
+    backlog) goes back to reading first. A TLS socket hides its failed reads inside gevent's
+    ``recv``: a read that took over a millisecond had to wait, and once that happened twice the
+    stream waits first too, unless the TLS layer already holds decrypted bytes (``pending()``).
     """
     intervals = [x for x in (keepalive, read_timeout) if x]
     if not intervals:
@@ -275,7 +276,9 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     step = min(intervals)  # after data, the next wake-up is the nearer of keep-alive and timeout
     reader = WATCH.register(step)
     raw = getattr(sock, "_sock", None)  # the non-blocking OS socket under gevent's wrapper
-    plain = raw is not None and not isinstance(sock, ssl.SSLSocket)  # plain TCP, not TLS
+    tls = isinstance(sock, ssl.SSLSocket)
+    plain = raw is not None and not tls
+    tls = tls and raw is not None  # gevent's TLS socket (waits for incomplete records itself)
     watcher: Any = None  # made at the second empty read: a stream that is not paced never needs it
     empty = 0
     paced = False
@@ -296,15 +299,26 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
                         except BlockingIOError:
                             empty += 1
                             if empty > 1:  # paced: from now on wait first, then read once
-                                import gevent
-
-                                hub = gevent.get_hub()
-                                watcher = hub.loop.io(sock.fileno(), 1)
-                                wait, raw_recv = hub.wait, raw.recv
+                                watcher, wait = _read_watcher(sock)
+                                raw_recv = raw.recv
                                 paced = True
                             data = sock.recv(READ_SIZE)  # gevent waits for this one
+                    elif tls:
+                        started = monotonic()
+                        data = sock.recv(READ_SIZE)
+                        if monotonic() - started > 0.001:  # it had to wait: nothing was there
+                            empty += 1
+                            if empty > 1:
+                                watcher, wait = _read_watcher(sock)
+                                paced = True
                     else:
                         data = sock.recv(READ_SIZE)
+                elif tls:
+                    started = monotonic()
+                    if paced and not sock.pending():  # nothing decrypted in hand: wait for the next record
+                        wait(watcher)
+                    data = sock.recv(READ_SIZE)  # a record still incomplete: gevent waits for the rest
+                    paced = monotonic() - started > 0.001  # a backlog reads first again
                 else:
                     if paced:
                         wait(watcher)
@@ -339,6 +353,14 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
         WATCH.unregister(reader)
         if watcher is not None:
             watcher.close()
+
+
+def _read_watcher(sock: socket.socket) -> tuple[Any, Any]:
+    """A readability watcher of the stream's own on the socket, and the hub's wait for it."""
+    import gevent
+
+    hub = gevent.get_hub()
+    return hub.loop.io(sock.fileno(), 1), hub.wait
 
 
 def _timed_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:

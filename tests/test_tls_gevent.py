@@ -59,3 +59,27 @@ def test_tls_connections_to_the_upstream_are_kept_alive(start_proxy: Any, tls_up
             assert sse_events(r)[-1] == "[DONE]"
     conns = {tls_upstream.requests(id=f"tls-reuse-{i}")[0]["conn"] for i in range(3)}
     assert len(conns) == 1, conns  # no new TLS handshake per request
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(tls_upstream: Any, tls_cert: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from conftest import GunicornServer, base_env
+
+    server = GunicornServer(base_env(tls_upstream.base_url, tmp_path_factory.mktemp("tls-proxy"), REQUESTS_CA_BUNDLE=tls_cert[0]), workers=1)
+    yield server
+    server.stop()
+
+
+def test_a_paced_stream_over_tls_arrives_whole(tls_proxy: Any) -> None:
+    """Paced TLS reads wait for the next record before reading (body._watched_reads)."""
+    with http().post(f"{tls_proxy.url}/api/anthropic", json=chat_body("tokens=12 pace_ms=30"), stream=True, timeout=20) as r:
+        events = sse_events(r)
+    assert "".join(e["token"] for e in events if isinstance(e, dict)) == expected_text(12)
+    assert events[-1] == "[DONE]"
+
+
+def test_a_paced_tls_stream_that_goes_silent_gets_keepalives_then_a_timeout(tls_proxy: Any) -> None:
+    with http().post(f"{tls_proxy.url}/api/openai", json=chat_body("tokens=10 pace_ms=40 hang_after=5", model="gpt-4o"), stream=True, timeout=20) as r:
+        raw = r.raw.read()
+    assert raw.count(b": ping\n\n") >= 2  # every 0.5 s during the 2 s of silence
+    assert raw.rstrip().splitlines()[-1].startswith(b"error: ") and b'"TIMEOUT"' in raw.rstrip().splitlines()[-1]
