@@ -276,11 +276,12 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     step = min(intervals)  # after data, the next wake-up is the nearer of keep-alive and timeout
     reader = WATCH.register(step)
     raw = getattr(sock, "_sock", None)  # the non-blocking OS socket under gevent's wrapper
-    tls = isinstance(sock, ssl.SSLSocket)
+    tls = raw is not None and isinstance(sock, ssl.SSLSocket)  # gevent's TLS socket
     plain = raw is not None and not tls
-    tls = tls and raw is not None  # gevent's TLS socket (waits for incomplete records itself)
-    watcher: Any = None  # made at the second empty read: a stream that is not paced never needs it
-    empty = 0
+    if raw is not None:
+        # gevent's own wait on the socket's own read watcher, as its recv() waits: close() wakes it
+        wait, read_event = sock._wait, sock._read_event  # type: ignore[attr-defined]
+    empty = 0  # reads that found nothing: from the second on, the stream counts as paced
     paced = False
     first = True  # the first read takes what header parsing left in the file's buffer
     last_data = time.monotonic()
@@ -292,57 +293,39 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
             try:
                 if first:
                     data = fp.read1(READ_SIZE)
-                elif watcher is None:
-                    if plain:
+                elif plain:
+                    if paced:
+                        wait(read_event)
+                    while True:
                         try:
                             data = raw.recv(READ_SIZE)
+                            break
                         except BlockingIOError:
                             empty += 1
-                            if empty > 1:  # paced: from now on wait first, then read once
-                                watcher, wait = _read_watcher(sock)
-                                raw_recv = raw.recv
-                                paced = True
-                            data = sock.recv(READ_SIZE)  # gevent waits for this one
-                    elif tls:
-                        started = monotonic()
-                        data = sock.recv(READ_SIZE)
-                        if monotonic() - started > 0.001:  # it had to wait: nothing was there
-                            empty += 1
-                            if empty > 1:
-                                watcher, wait = _read_watcher(sock)
-                                paced = True
-                    else:
-                        data = sock.recv(READ_SIZE)
+                            paced = empty > 1
+                            wait(read_event)
+                    if len(data) == READ_SIZE:
+                        paced = False  # a backlog: read first again
                 elif tls:
                     started = monotonic()
                     if paced and not sock.pending():  # nothing decrypted in hand: wait for the next record
-                        wait(watcher)
+                        wait(read_event)
                     data = sock.recv(READ_SIZE)  # a record still incomplete: gevent waits for the rest
-                    paced = monotonic() - started > 0.001  # a backlog reads first again
+                    if monotonic() - started > 0.001:  # it had to wait: nothing was there
+                        empty += 1
+                        paced = empty > 1
+                    else:
+                        paced = False  # a backlog reads first again
                 else:
-                    if paced:
-                        wait(watcher)
-                    while True:
-                        try:
-                            data = raw_recv(READ_SIZE)
-                            break
-                        except BlockingIOError:
-                            paced = True
-                            wait(watcher)
-                    if len(data) == READ_SIZE:
-                        paced = False
-            except _Silence:
-                reader.waiting = False
+                    data = sock.recv(READ_SIZE)
+            except _Silence:  # SilenceWatch cleared reader.waiting before throwing this
                 now = monotonic()
                 if read_timeout and now - last_data >= read_timeout - 1e-3:
                     raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
                 reader.wake_at = min(now + keepalive, last_data + read_timeout) if keepalive and read_timeout else now + step
                 yield None
                 continue
-            except BaseException as exc:
-                reader.waiting = False
-                if not isinstance(exc, Exception):
-                    raise  # GeneratorExit, a greenlet being killed
+            except Exception as exc:  # noqa: BLE001 - socket, TLS and timeout errors of any kind
                 raise read_error(exc) from None
             reader.waiting = False
             first = False
@@ -351,16 +334,6 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
             yield data
     finally:
         WATCH.unregister(reader)
-        if watcher is not None:
-            watcher.close()
-
-
-def _read_watcher(sock: socket.socket) -> tuple[Any, Any]:
-    """A readability watcher of the stream's own on the socket, and the hub's wait for it."""
-    import gevent
-
-    hub = gevent.get_hub()
-    return hub.loop.io(sock.fileno(), 1), hub.wait
 
 
 def _timed_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:

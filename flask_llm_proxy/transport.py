@@ -49,12 +49,6 @@ class Conn:
 
     def close(self) -> None:
         try:
-            # Shut down first: a greenlet waiting to read this socket through a watcher of its own
-            # (body._watched_reads) is woken by the EOF; gevent's close() wakes only gevent's.
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # never connected, or already shut down by the server or by abort()
-        try:
             self.fp.close()
         finally:
             self.sock.close()
@@ -145,7 +139,11 @@ class LeanResponse:
         if self.conn is None:
             return
         conn, self.conn = self.conn, None
-        conn.close()  # shuts down first
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
 
     def close(self) -> None:
         if self.complete:
