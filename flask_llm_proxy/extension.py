@@ -50,10 +50,11 @@ class ProxyState:
 
         self.accounting = Accounting(app, settings)
 
-    def check_allowance(self, identity: str) -> None:
-        """Quotas and budgets, before the upstream call: an exhausted user costs nothing."""
+    def check_allowance(self, identity: str, quota_spent: list[int] | None = None) -> None:
+        """Quotas and budgets, before the upstream call: an exhausted user costs nothing.
+        ``quota_spent``: the quota readings :meth:`Limits.hit_rate` returned, if any."""
         if self.limits is not None:
-            self.limits.check_quota(identity)
+            self.limits.check_quota(identity, quota_spent)
         self.accounting.check_budget(identity)
 
     def attach(self, ex: Exchange, req: ChatRequest) -> None:

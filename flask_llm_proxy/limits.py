@@ -21,7 +21,6 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import g
 from limits import parse_many
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
@@ -66,19 +65,23 @@ class Limits:
             self._quota_strategy = FixedWindowRateLimiter(self.limiter.storage)
         return self._quota_strategy
 
-    def hit_rate(self, identity: str) -> dict[str, str]:
-        """Count one request; return the X-RateLimit-* headers or raise :class:`RateLimited`."""
+    def hit_rate(self, identity: str) -> tuple[dict[str, str], list[int] | None]:
+        """Count one request; return the X-RateLimit-* headers, and the token quota's readings when
+        they came in the same round trip (pass them to :meth:`check_quota`), or raise
+        :class:`RateLimited`."""
         if not self.rate_items:
-            return {}
+            return {}, None
+        spent = None
         try:
             strategy = self.limiter.limiter
             ids = self._ids(RATE_NS, identity)
             worst: tuple[int, float, Any] | None = None
             fixed = type(strategy) is FixedWindowRateLimiter
-            counts = self._one_round_trip(strategy.storage, ids, identity) if fixed else None
-            for i, item in enumerate(self.rate_items):
+            counted = self._one_round_trip(strategy.storage, ids, identity) if fixed else None
+            count, spent = counted if counted is not None else (None, None)  # counted: one rate limit
+            for item in self.rate_items:
                 if fixed:
-                    ok, remaining, reset = self._hit_fixed(strategy.storage, item, ids, counts[i] if counts else None)
+                    ok, remaining, reset = self._hit_fixed(strategy.storage, item, ids, count)
                 else:  # moving or sliding window: the strategy's own bookkeeping
                     ok = strategy.hit(item, *ids)
                     reset, remaining = strategy.get_window_stats(item, *ids)
@@ -95,15 +98,14 @@ class Limits:
             raise
         except Exception as exc:  # noqa: BLE001 - redis/network errors of any kind
             _storage_down(exc, self.fail_open, "rate limit")
-            return {}
+            return {}, None
         assert worst is not None
-        return _headers(worst[2], worst[0], worst[1])
+        return _headers(worst[2], worst[0], worst[1]), spent
 
-    def _one_round_trip(self, storage: Any, ids: tuple[str, ...], identity: str) -> list[int] | None:
+    def _one_round_trip(self, storage: Any, ids: tuple[str, ...], identity: str) -> tuple[int, list[int]] | None:
         """On a plain Redis (or Valkey) with one rate limit and a token quota: the rate count
-        (``incr``, as ``limits`` does it) and the quota readings in one pipeline. Returns the count
-        and leaves the readings for :meth:`check_quota`; ``None`` (the caller counts one by one)
-        anywhere else. Several rate limits are counted one by one, so that a request refused by
+        (``incr``, as ``limits`` does it) and the quota readings (in ``quota_items`` order) in one
+        pipeline; ``None`` (the caller counts one by one) anywhere else. Several rate limits are counted one by one, so that a request refused by
         one is not counted in the next (as flask-limiter does)."""
         if not self.quota_items or len(self.rate_items) != 1 or type(storage) is not RedisStorage:
             return None
@@ -113,15 +115,14 @@ class Limits:
         (item,) = self.rate_items
         pipe = storage.get_connection().pipeline(transaction=False)
         pipe.evalsha(storage.lua_incr_expire.sha, 1, storage.prefixed_key(item.key_for(*ids)), item.get_expiry(), 1)
-        quota_keys = [q.key_for(*self._ids(QUOTA_NS, identity)) for q in self.quota_items]
-        for key in quota_keys:
-            pipe.get(storage.prefixed_key(key))
+        quota_ids = self._ids(QUOTA_NS, identity)
+        for quota in self.quota_items:
+            pipe.get(storage.prefixed_key(quota.key_for(*quota_ids)))
         try:
             count, *readings = pipe.execute()
         except no_script:  # the script is not loaded yet (a new or flushed server): nothing was counted
             return None  # the one-by-one count loads it
-        g.llm_proxy_quota_read = (storage, identity, {key: int(v or 0) for key, v in zip(quota_keys, readings)})
-        return [int(count)]
+        return int(count), [int(v or 0) for v in readings]
 
     def _hit_fixed(self, storage: Any, item: Any, ids: tuple[str, ...], count: int | None = None) -> tuple[bool, int, float]:
         """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip
@@ -150,18 +151,16 @@ class Limits:
         self._window_ends[key] = reset
         return count <= item.amount, item.amount - count, reset
 
-    def check_quota(self, identity: str) -> None:
-        """Refuse before the upstream call when the identity's token quota is spent."""
+    def check_quota(self, identity: str, spent: list[int] | None = None) -> None:
+        """Refuse before the upstream call when the identity's token quota is spent. ``spent``:
+        the readings :meth:`hit_rate` already took for this identity, if it did."""
         if not self.quota_items:
             return
         try:
             strategy = self._quota()
             ids = self._ids(QUOTA_NS, identity)
-            read = g.pop("llm_proxy_quota_read", None)  # from the rate limit's round trip
-            seen = read[2] if read is not None and read[0] is strategy.storage and read[1] == identity else {}
-            for item in self.quota_items:
-                spent = seen.get(item.key_for(*ids))
-                if not (spent < item.amount if spent is not None else strategy.test(item, *ids)):
+            for i, item in enumerate(self.quota_items):
+                if not (spent[i] < item.amount if spent is not None else strategy.test(item, *ids)):
                     reset, _ = strategy.get_window_stats(item, *ids)
                     retry = max(1, math.ceil(reset - time.time()))
                     raise QuotaExceeded(

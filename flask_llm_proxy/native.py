@@ -118,13 +118,13 @@ def native_view(provider_name: str, api: str) -> Response:
     s = st.settings
     provider = s.providers[provider_name]
     identity, claims = identify(s, alt_header=True)
-    g.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
+    g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
     body = _check_body(api, read_json(provider.max_body_bytes or s.max_body_bytes), provider, s)
     model = body["model"]
     if not provider.allows(model):
         raise ModelNotAllowed(f"model {model!r} is not allowed on '{provider_name}'")
     check_model_claim(s, claims, model)
-    st.check_allowance(identity)
+    st.check_allowance(identity, quota_spent)
     stream = bool(body.get("stream"))
     ex = Exchange(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
                   input_chars=len(_json.dumps(body.get("messages") or body.get("input") or "")), endpoint=f"native:{api}")

@@ -188,7 +188,7 @@ def chat(provider_name: str) -> Response:
     provider = s.providers[provider_name]
     identity, claims = identify(s)
     gg = g._get_current_object()  # type: ignore[attr-defined]
-    gg.llm_proxy_rate_headers = st.limits.hit_rate(identity) if st.limits else {}
+    gg.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
     body = read_json(provider.max_body_bytes or s.max_body_bytes)
     cap = output_cap(provider, s) or 2**31 - 1
     req = parse_chat_request(
@@ -202,7 +202,7 @@ def chat(provider_name: str) -> Response:
     else:
         adapter = adapter_for(provider, req)
         upstream_body = adapter.build(req, provider, s)
-    st.check_allowance(identity)
+    st.check_allowance(identity, quota_spent)
     ex = Exchange(
         gg.llm_proxy_request_id, identity, provider_name, req.model, gg.llm_proxy_started,
         input_chars=req.input_size_hint(), keep_text=s.log_content,
