@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import raise_fd_limit, run, summarize  # noqa: E402
-from run import FULL, capacity_sizes, floor_target  # noqa: E402
+from run import FULL, capacity_sizes, floor_target, holds  # noqa: E402
 from servers import FloorServer, cpu_seconds, start_upstream  # noqa: E402
 
 
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                          timeout=ramp + tokens * args.pace_ms / 1000.0 + 60)
             used = cpu_seconds(worker) - c0
             s = summarize(result, tokens)
-            holds = s["errors"] == 0 and s["short"] == 0 and s["peak_streams"] >= n and s["gap_p99_ms"] <= args.pace_ms + 50
+            ok = holds(s, n, sz)
             print(f"| {n} | {tokens} | {s['gap_p99_ms']:.1f} | {s['ttfb_p99_ms']:.1f} | {s['errors'] + s['short']} | {s['peak_streams']} "
-                  f"| {used / n * 1000:.2f} | {used / max(1, s['tokens']) * 1e6:.0f} | {'yes' if holds else 'NO'} |", flush=True)
+                  f"| {used / n * 1000:.2f} | {used / max(1, s['tokens']) * 1e6:.0f} | {'yes' if ok else 'NO'} |", flush=True)
     finally:
         server.stop()
         upstream.stop()

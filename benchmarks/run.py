@@ -179,6 +179,13 @@ def paired(d: dict[str, Any], p: dict[str, Any], key: str, op: str) -> float:
     return statistics.median(values) if values else NAN
 
 
+def holds(s: dict[str, Any], n: int, sz: Sizes) -> bool:
+    """The capacity criterion: all ``n`` streams open at once, every token delivered, and the
+    inter-token gap p99 stretched by at most ``sz.slack_ms`` over the pace."""
+    return (s["errors"] == 0 and s["short"] == 0 and s["ok"] == n and s["peak_streams"] >= n
+            and s["gap_p99_ms"] - sz.pace_ms <= sz.slack_ms)
+
+
 def search_capacity(attempt: Any, levels: tuple[int, ...]) -> int:
     """The largest size ``attempt(n)`` holds: up through ``levels`` until one fails; when the first
     already fails, halve it (down to an eighth); then one step halfway between the largest size
@@ -478,10 +485,6 @@ class Bench:
     def scenario_capacity(self, api: str) -> None:
         base = self.sizes["capacity"]
 
-        def holds(s: dict[str, Any], n: int, sz: Sizes) -> bool:
-            return (s["errors"] == 0 and s["short"] == 0 and s["ok"] == n and s["peak_streams"] >= n
-                    and s["gap_p99_ms"] - sz.pace_ms <= sz.slack_ms)
-
         best_d = 0
         attempts: list[dict[str, Any]] = []
 
@@ -505,9 +508,9 @@ class Bench:
                  target=f">= {TARGET_CAPACITY}", met=best_p >= TARGET_CAPACITY, src=held[0]["proxy"] if held else None,
                  errors=self.errs(held[0]["direct"], held[0]["proxy"]) if held else "")
         if api == self.args.apis[0]:
-            self.capacity_floor(holds)
+            self.capacity_floor()
 
-    def capacity_floor(self, holds: Any) -> None:
+    def capacity_floor(self) -> None:
         """The same search against floor_app.py: how many streams gunicorn + gevent hold with no proxy work."""
         base = self.sizes["capacity"]
         self.stop_proxy()  # one gunicorn at a time
