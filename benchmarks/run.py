@@ -166,16 +166,19 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def paired(d: dict[str, Any], p: dict[str, Any], key: str, op: str) -> float:
-    """``p - d`` (op "-") or ``p / d`` (op "/") of ``key``: the median over the interleaved pairs
-    when the runs were repeated (each pair ran back to back, so a drift of the machine cancels),
-    else of the single run."""
-    pairs = list(zip(d.get("_runs", [d]), p.get("_runs", [p])))
+def pair_values(ds: list[dict[str, Any]], ps: list[dict[str, Any]], key: str, op: str) -> list[float]:
+    """``p - d`` (op "-") or ``p / d`` (op "/") of ``key`` for each round's pair of runs."""
     if op == "-":
-        values = [pi[key] - di[key] for di, pi in pairs]
+        values = [p[key] - d[key] for d, p in zip(ds, ps)]
     else:
-        values = [pi[key] / di[key] for di, pi in pairs if di[key]]
-    values = [v for v in values if not math.isnan(v)]
+        values = [p[key] / d[key] for d, p in zip(ds, ps) if d[key]]
+    return [v for v in values if not math.isnan(v)]
+
+
+def paired(d: dict[str, Any], p: dict[str, Any], key: str, op: str) -> float:
+    """The median of :func:`pair_values` over the interleaved rounds when the runs were repeated
+    (each pair ran back to back, so a drift of the machine cancels), else of the single run."""
+    values = pair_values(d.get("_runs", [d]), p.get("_runs", [p]), key, op)
     return statistics.median(values) if values else NAN
 
 
@@ -212,6 +215,17 @@ def search_capacity(attempt: Any, levels: tuple[int, ...]) -> int:
 
 
 # --- one measured run -----------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One side of a comparison: what the load generator runs, and whose CPU and memory are read."""
+
+    name: str  # "direct", "proxy", "floor", ... (the Side column)
+    api: str  # the API column of its rows
+    target: Target
+    warm: Target
+    pids: list[int]
 
 
 class Profiler:
@@ -353,34 +367,47 @@ class Bench:
         self.speed.append(python_speed_us())
         return 0
 
-    def pair(self, scenario: str, api: str, sz: Sizes, *, requests: int, concurrency: int, workers: int = 1,
-             label: str = "", direct: bool = True, fresh: bool = False, profile: bool = False) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """DIRECT then PROXY with the same sizes, ``sz.repeat`` times interleaved; every run is
-        recorded, and each side's runs are merged into medians (see :func:`merge_runs`)."""
-        text = prompt(sz.tokens, sz.pace_ms)
-        warm_text = prompt(5, 0)
-        up = self.upstream
-        ds: list[dict[str, Any]] = []
-        ps: list[dict[str, Any]] = []
+    def interleave(self, scenario: str, sides: list[Side], sz: Sizes, *, requests: int, concurrency: int,
+                   label: str = "", rotate: bool = False, profile: str = "") -> dict[str, list[dict[str, Any]]]:
+        """Every side once per round, ``sz.repeat`` rounds, each run recorded; the runs by side.
+
+        Sides measured back to back see the same machine, so comparing them round by round
+        (:func:`paired`) cancels the drift of a shared VM. ``rotate``: a different side goes first
+        in each round. ``profile``: py-spy the first run of that side (``--profile``)."""
+        runs: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
         for k in range(sz.repeat):
-            run_label = label or f"{workers}w"
-            if sz.repeat > 1:
-                run_label += f" #{k + 1}"
-            if direct:
-                d = measure(direct_target(api, up.port, text), sz, requests=requests, concurrency=concurrency, pids=[],
-                            upstream_pid=up.proc.pid, warm=direct_target(api, up.port, warm_text) if k == 0 else None)
-                self.record(scenario, api, "direct", run_label if sz.repeat > 1 else label, concurrency, d)
-                ds.append(d)
-            server = self.proxy(workers, fresh=fresh and k == 0)
-            prof = (self.profiler, f"{scenario}-{api}") if (profile and self.profiler and k == 0) else None
-            p = measure(proxy_target(api, server.port, text), sz, requests=requests, concurrency=concurrency,
-                        pids=server.worker_pids(), upstream_pid=up.proc.pid,
-                        warm=proxy_target(api, server.port, warm_text) if k == 0 else None, profile=prof)
-            self.record(scenario, api, "proxy", run_label, concurrency, p)
-            ps.append(p)
-        if sz.repeat > 1:
-            self.spreads.append((scenario, api, ds, ps))
-        return (merge_runs(ds) if ds else None), merge_runs(ps)
+            order = sides[k % len(sides):] + sides[:k % len(sides)] if rotate else sides
+            run_label = f"{label} #{k + 1}".lstrip() if sz.repeat > 1 else label
+            for side in order:
+                prof = (self.profiler, f"{scenario}-{side.api}") if (self.profiler and side.name == profile and k == 0) else None
+                s = measure(side.target, sz, requests=requests, concurrency=concurrency, pids=side.pids,
+                            upstream_pid=self.upstream.proc.pid, warm=side.warm if k == 0 else None, profile=prof)
+                self.record(scenario, side.api, side.name, run_label, concurrency, s)
+                runs[side.name].append(s)
+        return runs
+
+    def direct_side(self, api: str, sz: Sizes) -> Side:
+        port = self.upstream.port
+        return Side("direct", api, direct_target(api, port, prompt(sz.tokens, sz.pace_ms)), direct_target(api, port, prompt(5, 0)), [])
+
+    @staticmethod
+    def proxy_side(api: str, sz: Sizes, server: ProxyServer, name: str = "proxy") -> Side:
+        return Side(name, api, proxy_target(api, server.port, prompt(sz.tokens, sz.pace_ms)),
+                    proxy_target(api, server.port, prompt(5, 0)), server.worker_pids())
+
+    def pair(self, scenario: str, api: str, sz: Sizes, *, requests: int, concurrency: int, workers: int = 1,
+             label: str = "", direct: bool = True, fresh: bool = False, profile: bool = False,
+             extra: tuple[Side, ...] = ()) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, list[dict[str, Any]]]]:
+        """DIRECT then PROXY (then any ``extra`` sides) with the same sizes, interleaved
+        (:meth:`interleave`); each side's runs merged into medians (:func:`merge_runs`), and the
+        runs by side."""
+        server = self.proxy(workers, fresh=fresh)
+        sides = ([self.direct_side(api, sz)] if direct else []) + [self.proxy_side(api, sz, server)] + list(extra)
+        runs = self.interleave(scenario, sides, sz, requests=requests, concurrency=concurrency,
+                               label=label or f"{workers}w", profile="proxy" if profile else "")
+        if sz.repeat > 1 and direct:
+            self.spreads.append((scenario, api, runs["direct"], runs["proxy"]))
+        return (merge_runs(runs["direct"]) if direct else None), merge_runs(runs["proxy"]), runs
 
     def record(self, scenario: str, api: str, side: str, label: str, concurrency: int, s: dict[str, Any]) -> None:
         s = {"scenario": scenario, "api": api, "side": side, "label": label, "concurrency": concurrency, **s}
@@ -414,8 +441,19 @@ class Bench:
 
     # scenarios
     def scenario_latency(self, api: str) -> None:
+        """TTFB added at concurrency 1. For the Anthropic path (the wire format floor_app relays),
+        the same rounds also run floor_app under gunicorn + gevent and the same relay as a Flask
+        view, so the added TTFB splits into what gunicorn + gevent, Flask and the proxy's own work cost."""
         sz = self.sizes["latency"]
-        d, p = self.pair("latency", api, sz, requests=sz.requests, concurrency=sz.concurrency)
+        floors = {"floor": FloorServer(self.upstream.port), "flask-floor": FloorServer(self.upstream.port, app="flask_app")} \
+            if api == "anthropic" else {}
+        try:
+            extra = tuple(Side(name, name, floor_target(f.start().port, sz.tokens, 0), floor_target(f.port, 5, 0), f.worker_pids())
+                          for name, f in floors.items())
+            d, p, runs = self.pair("latency", api, sz, requests=sz.requests, concurrency=sz.concurrency, extra=extra)
+        finally:
+            for f in floors.values():
+                f.stop()
         assert d is not None
         e = self.errs(d, p)
         added = paired(d, p, "ttfb_p50_ms", "-")
@@ -423,44 +461,19 @@ class Bench:
                  target=f"<= +{TARGET_TTFB_ADDED_P50_MS:.1f} ms", met=added <= TARGET_TTFB_ADDED_P50_MS, src=p, errors=e)
         self.row("latency", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"),
                  src=p, errors=e)
-        if api == "anthropic":  # floor_app relays the Anthropic stream
-            self.latency_floor(api)
-
-    def latency_floor(self, api: str) -> None:
-        """Where the added TTFB goes: the latency load, in the same interleaved rounds, direct, through
-        floor_app under gunicorn + gevent, through the same relay as a Flask view, and through the proxy."""
-        sz = self.sizes["latency"]
-        up = self.upstream
-        proxy = self.proxy(1)
-        floors = {"floor": FloorServer(up.port).start(), "flask-floor": FloorServer(up.port, app="flask_app").start()}
-        targets = {
-            "direct": (direct_target(api, up.port, prompt(sz.tokens, 0)), []),
-            "floor": (floor_target(floors["floor"].port, sz.tokens, 0), floors["floor"].worker_pids()),
-            "flask-floor": (floor_target(floors["flask-floor"].port, sz.tokens, 0), floors["flask-floor"].worker_pids()),
-            "proxy": (proxy_target(api, proxy.port, prompt(sz.tokens, 0)), proxy.worker_pids()),
-        }
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
-        try:
-            for k in range(sz.repeat):
-                for side, (target, pids) in targets.items():
-                    s = measure(target, sz, requests=sz.requests, concurrency=1, pids=pids, upstream_pid=up.proc.pid,
-                                warm=target if k == 0 else None)
-                    self.record("latency", api if side in ("direct", "proxy") else side, side, f"split #{k + 1}", 1, s)
-                    runs[side].append(s)
-        finally:
-            for server in floors.values():
-                server.stop()
-        d = merge_runs(runs["direct"])
-        added = {side: paired(d, merge_runs(rs), "ttfb_p50_ms", "-") for side, rs in runs.items() if side != "direct"}
+        if not floors:
+            return
+        split = {"proxy": added}
         for side, what in (("floor", "gunicorn + gevent, raw relay"), ("flask-floor", "the same relay as a Flask view")):
             f = merge_runs(runs[side])
-            self.row("latency", side, f"TTFB p50 ms ({what})", d["ttfb_p50_ms"], f["ttfb_p50_ms"], added=added[side],
+            split[side] = paired(d, f, "ttfb_p50_ms", "-")
+            self.row("latency", side, f"TTFB p50 ms ({what})", d["ttfb_p50_ms"], f["ttfb_p50_ms"], added=split[side],
                      src=f, errors=self.errs(d, f))
-        self.latency_split = (len(runs["direct"]), added)
+        self.latency_split = (len(runs["direct"]), split)
 
     def scenario_throughput(self, api: str) -> None:
         sz = self.sizes["throughput"]
-        d, p = self.pair("throughput", api, sz, requests=sz.requests, concurrency=sz.concurrency,
+        d, p, _ = self.pair("throughput", api, sz, requests=sz.requests, concurrency=sz.concurrency,
                          profile=bool(self.profiler))
         assert d is not None
         ratio = paired(d, p, "tokens_per_s", "/")
@@ -469,7 +482,7 @@ class Bench:
 
     def scenario_slow_streams(self, api: str) -> None:
         sz = self.sizes["slow-streams"]
-        d, p = self.pair("slow-streams", api, sz, requests=sz.requests, concurrency=sz.concurrency)
+        d, p, _ = self.pair("slow-streams", api, sz, requests=sz.requests, concurrency=sz.concurrency)
         assert d is not None
         e = self.errs(d, p)
         ratio = paired(d, p, "tokens_per_s", "/")
@@ -491,7 +504,7 @@ class Bench:
         def attempt(n: int) -> bool:
             nonlocal best_d
             sz = capacity_sizes(base, n)
-            d, p = self.pair("capacity", api, sz, requests=n, concurrency=n, label=str(n))
+            d, p, _ = self.pair("capacity", api, sz, requests=n, concurrency=n, label=str(n))
             assert d is not None
             ok_d, ok_p = holds(d, n, sz), holds(p, n, sz)
             attempts.append({"n": n, "direct": d, "proxy": p, "direct_ok": ok_d, "proxy_ok": ok_p, "tokens": sz.tokens})
@@ -543,7 +556,7 @@ class Bench:
         directs: dict[str, dict[str, Any]] = {}
         for i, w in enumerate(sz.workers):
             for j, api in enumerate(apis):
-                d, p = self.pair("scale-out", api, sz, requests=sz.requests, concurrency=sz.concurrency, workers=w,
+                d, p, _ = self.pair("scale-out", api, sz, requests=sz.requests, concurrency=sz.concurrency, workers=w,
                                  label=f"{w}w", direct=(i == 0), fresh=(j == 0))
                 if d is not None:
                     directs[api] = d
@@ -575,27 +588,21 @@ class Bench:
             "+ Redis ledger and a budget": {**limits, "LLM_PROXY_USAGE_STORE": redis.url,
                                             "LLM_PROXY_BUDGETS": json.dumps({"default": {"daily_usd": 1000000}})},
         }
-        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(label, api): [] for label in configs for api in apis}
+        results: dict[tuple[str, str], dict[str, Any]] = {}
         servers: dict[str, ProxyServer] = {}
         try:
             for label, env in configs.items():  # all three up at once: rounds interleave them
                 servers[label] = ProxyServer(self.upstream.base_url, workers=1, extra_env=env).start()
-            for k in range(sz.repeat):
-                order = list(servers.items())
-                order = order[k % len(order):] + order[:k % len(order)]  # no configuration always runs first
-                for api in apis:
-                    for label, server in order:
-                        p = measure(proxy_target(api, server.port, prompt(sz.tokens, 0)), sz, requests=sz.requests,
-                                    concurrency=sz.concurrency, pids=server.worker_pids(), upstream_pid=self.upstream.proc.pid,
-                                    warm=proxy_target(api, server.port, prompt(5, 0)) if k == 0 else None)
-                        self.record("redis", api, "proxy", f"{label} #{k + 1}", sz.concurrency, p)
-                        runs[(label, api)].append(p)
+            for api in apis:
+                sides = [self.proxy_side(api, sz, server, name=label) for label, server in servers.items()]
+                for label, rs in self.interleave("redis", sides, sz, requests=sz.requests, concurrency=sz.concurrency,
+                                                 rotate=True).items():  # no configuration always runs first
+                    results[(label, api)] = merge_runs(rs)
         finally:
             for label, server in servers.items():
                 server.stop()
                 self.server_logs[f"redis: {label}"] = server.log()
             redis.stop()
-        results = {key: merge_runs(r) for key, r in runs.items()}
         for api in apis:
             base = results[("no Redis", api)]
             for label in list(configs)[1:]:
@@ -684,16 +691,11 @@ class Bench:
             errs = sum(1 for line in text.splitlines() if " ERROR " in line or line.startswith("ERROR"))
             if pool or tbs or errs:
                 notes.append(f"gunicorn log ({name}): {pool} 'Connection pool is full' warnings, {tbs} tracebacks, {errs} error lines.")
-        spread_keys = {"latency": ("ttfb_p50_ms", "TTFB p50 added, ms", True), "throughput": ("tokens_per_s", "proxy/direct tokens/s", False),
-                       "slow-streams": ("ttfb_p99_ms", "proxy TTFB p99, ms", None)}
+        spread = {"latency": ("ttfb_p50_ms", "TTFB p50 added, ms", "-"), "throughput": ("tokens_per_s", "proxy/direct tokens/s", "/"),
+                  "slow-streams": ("ttfb_p99_ms", "proxy TTFB p99, ms", "")}
         for scenario, api, ds, ps in self.spreads:
-            key, what, paired = spread_keys.get(scenario, ("tokens_per_s", "proxy tokens/s", None))
-            if paired is True:
-                vals = [p[key] - d[key] for d, p in zip(ds, ps)]
-            elif paired is False:
-                vals = [p[key] / d[key] if d[key] else NAN for d, p in zip(ds, ps)]
-            else:
-                vals = [p[key] for p in ps]
+            key, what, op = spread.get(scenario, ("tokens_per_s", "proxy tokens/s", ""))
+            vals = pair_values(ds, ps, key, op) if op else [p[key] for p in ps]
             notes.append(f"{scenario}/{api}: {what} in each of the {len(ps)} interleaved runs: "
                          + ", ".join(f"{v:.2f}" for v in vals) + " (the table shows medians)")
         if self.latency_split:
