@@ -135,7 +135,8 @@ def read_chunks(resp: requests.Response, keepalive: float | None, read_timeout: 
         return _read_generic(resp, keepalive)
     fp, sock, is_chunked, remaining, on_complete = parts  # remaining None: until the connection closes
     chunked = ChunkedDecoder() if is_chunked else None
-    reads = _watched_reads(fp, sock, keepalive, read_timeout) if gevent_active() else _timed_reads(fp, sock, keepalive, read_timeout)
+    watched = gevent_active() and bool(keepalive or read_timeout)  # nothing to watch for: the socket's own reads
+    reads = _watched_reads(fp, sock, keepalive, read_timeout) if watched else _timed_reads(fp, sock, keepalive, read_timeout)
     frames = _frame(reads, chunked, remaining, on_complete)
     encoding = (resp.headers.get("content-encoding") or "").lower() if isinstance(resp, LeanResponse) else ""
     if encoding in ("gzip", "x-gzip", "deflate"):
@@ -259,7 +260,8 @@ WATCH = SilenceWatch()
 
 
 def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:
-    """Socket reads under gevent: no timeout on the socket, the shared watch wakes us instead.
+    """Socket reads under gevent with a keep-alive or a read timeout: no timeout on the socket, the
+    shared watch wakes us instead.
 
     A paced stream (tokens some time apart) would find the socket empty on every second read: a
     failed ``recv`` and its exception per token before gevent waits. So once a read found nothing,
@@ -268,12 +270,8 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     ``recv``: a read that took over a millisecond had to wait, and once that happened twice the
     stream waits first too, unless the TLS layer already holds decrypted bytes (``pending()``).
     """
-    intervals = [x for x in (keepalive, read_timeout) if x]
-    if not intervals:
-        yield from _timed_reads(fp, sock, None, None)
-        return
     sock.settimeout(None)
-    step = min(intervals)  # after data, the next wake-up is the nearer of keep-alive and timeout
+    step = min(x for x in (keepalive, read_timeout) if x)  # after data, the nearer of keep-alive and timeout
     reader = WATCH.register(step)
     raw = getattr(sock, "_sock", None)  # the non-blocking OS socket under gevent's wrapper
     tls = raw is not None and isinstance(sock, ssl.SSLSocket)  # gevent's TLS socket
@@ -337,7 +335,7 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
 
 
 def _timed_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:
-    """Socket reads with the socket's own timeout (threads, or no keep-alive)."""
+    """Socket reads with the socket's own timeout (threads, or neither keep-alive nor read timeout)."""
     try:
         data = fp.read1(READ_SIZE)  # what header parsing left in the buffer, or one socket read
     except Exception as exc:  # noqa: BLE001
