@@ -37,6 +37,7 @@ import loadgen  # noqa: E402
 from loadgen import Target  # noqa: E402
 from servers import (  # noqa: E402
     KEY,
+    FakeUpstreamProcess,
     ROOT,
     FloorServer,
     ProxyServer,
@@ -51,7 +52,7 @@ from servers import (  # noqa: E402
 )
 from redis_process import RedisProcess, redis_executable  # noqa: E402 - in tests/, which servers puts on the path
 
-SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis")
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls")
 APIS = ("anthropic", "openai")
 MODELS = {"anthropic": "claude-3-5-sonnet-20241022", "openai": "gpt-4o"}
 NAN = math.nan
@@ -80,6 +81,10 @@ FULL: dict[str, Sizes] = {
     "capacity": Sizes(pace_ms=100, levels=(1000, 2000, 5000), arrivals_per_s=200.0, hold_s=3.0),
     "scale-out": Sizes(concurrency=50, requests=1000, tokens=200, workers=(1, 2), warmup=100),
     "redis": Sizes(concurrency=1, requests=200, tokens=20, repeat=3),
+    # the same proxy against a plain and a TLS upstream (first API only: the TLS cost is the transport's)
+    "tls: latency": Sizes(concurrency=1, requests=200, tokens=20, repeat=3),
+    "tls: throughput": Sizes(concurrency=50, requests=500, tokens=200, warmup=100, repeat=3),
+    "tls: paced": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3, warmup=500),
 }
 SMOKE: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2, repeat=2),
@@ -88,6 +93,9 @@ SMOKE: dict[str, Sizes] = {
     "capacity": Sizes(pace_ms=50, levels=(20,), arrivals_per_s=200.0, hold_s=0.2, warmup=2),
     "scale-out": Sizes(concurrency=2, requests=5, tokens=5, workers=(1, 2), warmup=2),
     "redis": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
+    "tls: latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
+    "tls: throughput": Sizes(concurrency=2, requests=5, tokens=5, warmup=2),
+    "tls: paced": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
 }
 # targets from the issue, for one worker
 TARGET_TTFB_ADDED_P50_MS = 1.0
@@ -226,6 +234,7 @@ class Side:
     target: Target
     warm: Target
     pids: list[int]
+    upstream_pid: int | None = None  # default: the benchmark's fake upstream
 
 
 class Profiler:
@@ -323,7 +332,7 @@ class Bench:
         self.rows: list[list[str]] = []
         self.failures: list[str] = []  # errors outside the capacity search
         self.capacity: dict[str, dict[str, Any]] = {}
-        self.redis_notes: list[str] = []
+        self.scenario_notes: list[str] = []  # the redis and tls scenarios' findings
         self.latency_split: tuple[int, dict[str, float]] | None = None
         self.spreads: list[tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]] = []  # repeated pairs
         self.skipped: list[str] = []
@@ -355,7 +364,7 @@ class Bench:
         log(f"fake upstream at {self.upstream.base_url}")
         try:
             for name in self.args.scenarios:
-                if name in ("scale-out", "redis"):
+                if name in ("scale-out", "redis", "tls"):
                     getattr(self, "scenario_" + name.replace("-", "_"))(self.args.apis)  # servers serve both APIs
                     continue
                 for api in self.args.apis:
@@ -381,7 +390,8 @@ class Bench:
             for side in order:
                 prof = (self.profiler, f"{scenario}-{side.api}") if (self.profiler and side.name == profile and k == 0) else None
                 s = measure(side.target, sz, requests=requests, concurrency=concurrency, pids=side.pids,
-                            upstream_pid=self.upstream.proc.pid, warm=side.warm if k == 0 else None, profile=prof)
+                            upstream_pid=side.upstream_pid or self.upstream.proc.pid, warm=side.warm if k == 0 else None,
+                            profile=prof)
                 self.record(scenario, side.api, side.name, run_label, concurrency, s)
                 runs[side.name].append(s)
         return runs
@@ -610,11 +620,60 @@ class Bench:
                 added = paired(base, p, "ttfb_p50_ms", "-")
                 self.row("redis", api, f"TTFB p50 ms, {label} (Direct = no Redis)", base["ttfb_p50_ms"], p["ttfb_p50_ms"],
                          added=added, src=p, errors=self.errs(base, p))
-                self.redis_notes.append(
+                self.scenario_notes.append(
                     f"redis/{api}: {label}: TTFB p50 {added:+.2f} ms and worker CPU "
                     f"{paired(base, p, 'cpu_ms_per_req', '-'):+.2f} ms per request against the same proxy without Redis "
                     f"({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.2f} ms)"
                     + (f"; medians of {sz.repeat} interleaved rounds" if sz.repeat > 1 else ""))
+
+    def scenario_tls(self, apis: list[str]) -> None:
+        """What a TLS upstream (every cloud API) costs: the same proxy against the fake upstream over
+        plain HTTP and over HTTPS, side by side, in interleaved rounds of three loads. The first API
+        only: the TLS work is the transport's, the same for both."""
+        api = apis[0]
+        if shutil.which("openssl") is None:
+            self.skipped.append("tls: openssl is not installed (it makes the test certificate), so TLS was not measured")
+            return
+        self.stop_proxy()
+        tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
+        cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        tls_up = FakeUpstreamProcess(key=KEY, tls=(cert, key), extra_args=["--max-records", "2000"]).start()
+        plain = ProxyServer(self.upstream.base_url, workers=1).start()
+        tls = ProxyServer(tls_up.base_url, workers=1, extra_env={"REQUESTS_CA_BUNDLE": cert}).start()
+        results: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        try:
+            for load in ("latency", "throughput", "paced"):
+                sz = self.sizes[f"tls: {load}"]
+                tls_side = replace(self.proxy_side(api, sz, tls, name="TLS upstream"), upstream_pid=tls_up.proc.pid)
+                runs = self.interleave("tls", [self.proxy_side(api, sz, plain, name="plain upstream"), tls_side], sz,
+                                       requests=sz.requests, concurrency=sz.concurrency, label=load)
+                results[load] = merge_runs(runs["plain upstream"]), merge_runs(runs["TLS upstream"])
+        finally:
+            for name, server in (("plain", plain), ("TLS", tls)):
+                server.stop()
+                self.server_logs[f"tls: {name} upstream"] = server.log()
+            tls_up.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+        b, t = results["latency"]
+        self.row("tls", api, "TTFB p50 ms, TLS upstream (Direct = plain upstream)", b["ttfb_p50_ms"], t["ttfb_p50_ms"],
+                 added=paired(b, t, "ttfb_p50_ms", "-"), src=t, errors=self.errs(b, t))
+        b, t = results["throughput"]
+        self.row("tls", api, "tokens/s, TLS upstream (Direct = plain upstream)", b["tokens_per_s"], t["tokens_per_s"],
+                 ratio=paired(b, t, "tokens_per_s", "/"), src=t, errors=self.errs(b, t))
+        b, t = results["paced"]
+        self.row("tls", api, "worker CPU us per paced token, TLS upstream (Direct = plain upstream)", b["cpu_us_per_token"],
+                 t["cpu_us_per_token"], ratio=paired(b, t, "cpu_us_per_token", "/"), src=t, errors=self.errs(b, t))
+        self.row("tls", api, "gap p99 ms, paced, TLS upstream (Direct = plain upstream)", b["gap_p99_ms"], t["gap_p99_ms"],
+                 added=paired(b, t, "gap_p99_ms", "-"), src=t, errors=self.errs(b, t))
+        us = t["cpu_us_per_token"]
+        pace = self.sizes["tls: paced"].pace_ms
+        if us and not math.isnan(us):
+            self.scenario_notes.append(
+                f"tls/{api}: over TLS the worker spent {us:.0f} us of CPU per paced token ({b['cpu_us_per_token']:.0f} us "
+                f"over plain HTTP); at one token per {pace} ms per stream one core is used up near "
+                f"{1e6 / us * pace / 1000.0:,.0f} streams, before the gaps stretch")
 
     # output
     def table(self) -> str:
@@ -706,7 +765,7 @@ class Bench:
                 f"a Flask view {a['flask-floor']:+.2f} ms, the proxy {a['proxy']:+.2f} ms; so Flask's share is "
                 f"{a['flask-floor'] - a['floor']:+.2f} ms and the proxy's own work (validation, translation, the upstream "
                 f"request and its head, decoding and writing the first events) {a['proxy'] - a['flask-floor']:+.2f} ms.")
-        notes += self.redis_notes + self.skipped
+        notes += self.scenario_notes + self.skipped
         for f in self.failures:
             notes.append("ERROR: " + f)
         return notes
@@ -838,7 +897,7 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
              f"{k}: c={v.concurrency} n={v.requests}, {v.tokens} tokens" + (f" at pace_ms={v.pace_ms}" if v.pace_ms else ", no pacing")
              + (f", users started over {v.ramp_s:g} s" if v.ramp_s else "")
              + (f", median of {v.repeat} interleaved direct/proxy runs" if v.repeat > 1 else ""))
-            for k, v in sz.items() if k in bench.args.scenarios),
+            for k, v in sz.items() if k.split(":")[0] in bench.args.scenarios),
         "",
         "## Notes",
         "",
