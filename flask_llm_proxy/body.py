@@ -269,6 +269,9 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     backlog) goes back to reading first. A TLS socket hides its failed reads inside gevent's
     ``recv``: a read that took over a millisecond had to wait, and once that happened twice the
     stream waits first too, unless the TLS layer already holds decrypted bytes (``pending()``).
+    A TLS read returns one record, and upstreams send one event per record: a read that did not
+    wait also takes the records already queued behind it (:func:`_queued_records`), so a burst
+    is decoded and written once, as a plain socket read takes it.
     """
     sock.settimeout(None)
     step = min(x for x in (keepalive, read_timeout) if x)  # after data, the nearer of keep-alive and timeout
@@ -279,6 +282,7 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     if raw is not None:
         # gevent's own wait on the socket's own read watcher, as its recv() waits: close() wakes it
         wait, read_event = sock._wait, sock._read_event  # type: ignore[attr-defined]
+    tls_read = getattr(sock, "_sslobj", None) if tls else None  # the non-blocking TLS object under gevent's
     empty = 0  # reads that found nothing: from the second on, the stream counts as paced
     paced = False
     first = True  # the first read takes what header parsing left in the file's buffer
@@ -314,6 +318,8 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
                         paced = empty > 1
                     else:
                         paced = False  # a backlog reads first again
+                        if tls_read is not None and data and len(data) < READ_SIZE:
+                            data = _queued_records(tls_read.read, data)
                 else:
                     data = sock.recv(READ_SIZE)
             except _Silence:  # SilenceWatch cleared reader.waiting before throwing this
@@ -332,6 +338,24 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
             yield data
     finally:
         WATCH.unregister(reader)
+
+
+def _queued_records(read: Any, data: bytes) -> bytes:
+    """``data`` and the TLS records already queued behind it, up to :data:`READ_SIZE`, without
+    waiting. A paced stream never comes here (it would pay a failed read per token); whatever ends
+    the queue (no more bytes, a closed or broken connection) is left for the next ``recv``."""
+    parts = [data]
+    size = len(data)
+    while size < READ_SIZE:
+        try:
+            more = read(READ_SIZE - size)
+        except (ssl.SSLError, OSError, ValueError):  # SSLWantReadError: the queue is empty
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _timed_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_timeout: float | None) -> Iterator[bytes | None]:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from flask_llm_proxy.body import ChunkedDecoder
+import ssl
+
+from flask_llm_proxy.body import READ_SIZE, ChunkedDecoder, _queued_records
 from flask_llm_proxy.errors import NetworkError
 
 PAYLOADS = [b"event: ping\ndata: {}\n\n", "data: wörld 👋\n\n".encode(), b"x" * 300, b"\r\n\r\n"]
@@ -60,3 +62,32 @@ def test_malformed_size_is_a_network_error(size: bytes) -> None:
     for data in (size + b"\r\nhello\r\n", size + b"\r\nhello\r\n5\r\nworld\r\n"):
         with pytest.raises(NetworkError):
             ChunkedDecoder().feed(data)
+
+
+def _reads(*results: object) -> object:
+    """A TLS object's ``read``: each call hands out the next result (bytes, or an exception to raise)."""
+    queue = list(results)
+
+    def read(n: int) -> bytes:
+        r = queue.pop(0)
+        if isinstance(r, BaseException):
+            raise r
+        assert isinstance(r, bytes) and len(r) <= n
+        return r
+    return read
+
+
+def test_queued_tls_records_are_taken_until_the_queue_is_empty() -> None:
+    read = _reads(b"b", b"c", ssl.SSLWantReadError())
+    assert _queued_records(read, b"a") == b"abc"
+
+
+def test_whatever_ends_the_queue_is_left_for_the_next_read() -> None:
+    assert _queued_records(_reads(b"b", b""), b"a") == b"ab"  # the EOF: the next recv sees it again
+    assert _queued_records(_reads(ssl.SSLEOFError()), b"a") == b"a"  # and a broken connection
+    assert _queued_records(_reads(ConnectionResetError()), b"a") == b"a"
+
+
+def test_queued_records_stop_at_one_read_size() -> None:
+    big = b"x" * (READ_SIZE - 1)
+    assert _queued_records(_reads(b"y", b"never read"), big) == big + b"y"

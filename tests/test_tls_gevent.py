@@ -83,3 +83,16 @@ def test_a_paced_tls_stream_that_goes_silent_gets_keepalives_then_a_timeout(tls_
         raw = r.raw.read()
     assert raw.count(b": ping\n\n") >= 2  # every 0.5 s during the 2 s of silence
     assert raw.rstrip().splitlines()[-1].startswith(b"error: ") and b'"TIMEOUT"' in raw.rstrip().splitlines()[-1]
+
+
+def test_a_burst_over_tls_is_written_in_a_few_writes_not_one_per_record(tls_proxy: Any) -> None:
+    """A TLS read returns one record, one event each: the records already queued behind it are
+    taken in the same read (body._queued_records), so a burst costs a few writes, as over plain
+    HTTP, instead of one decode pass and one write per token."""
+    tokens = 300
+    with http().post(f"{tls_proxy.url}/api/anthropic", json=chat_body(f"tokens={tokens}"), stream=True, timeout=20) as r:
+        frames = list(r.raw.read_chunked(decode_content=False))
+    text = b"".join(frames).decode()
+    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) == tokens + 2  # every token, the final event, [DONE]
+    assert len(frames) <= tokens // 2, f"{len(frames)} writes for {tokens} tokens"  # one per record: 301
