@@ -76,6 +76,37 @@ class NullStore(Store):
         return iter(())
 
 
+# One row per upstream request. The request id is the client's X-Request-ID when it sent a valid
+# one, so it is no key: a repeated id must not hide a request from the ledger and its budgets.
+_TABLE = """
+CREATE TABLE IF NOT EXISTS llm_proxy_usage (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL, timestamp REAL NOT NULL, identity TEXT NOT NULL,
+    provider TEXT NOT NULL, model TEXT NOT NULL, endpoint TEXT,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL, cost_usd REAL, status INTEGER NOT NULL, error_type TEXT,
+    ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL
+)"""
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS llm_proxy_usage_identity_ts ON llm_proxy_usage (identity, timestamp)",
+    "CREATE INDEX IF NOT EXISTS llm_proxy_usage_ts ON llm_proxy_usage (timestamp)",
+    "CREATE INDEX IF NOT EXISTS llm_proxy_usage_request_id ON llm_proxy_usage (request_id)",
+)
+
+
+def _unkey_request_id(conn: sqlite3.Connection) -> None:
+    """Move a ledger made when the request id was the table's key to the current table, rows kept."""
+    conn.execute("ALTER TABLE llm_proxy_usage RENAME TO llm_proxy_usage_old")
+    for index in ("llm_proxy_usage_identity_ts", "llm_proxy_usage_ts"):
+        conn.execute(f"DROP INDEX IF EXISTS {index}")  # they moved with the table; recreated on the new one
+    conn.execute(_TABLE)
+    conn.execute(f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) SELECT {', '.join(FIELDS)} FROM llm_proxy_usage_old")
+    conn.execute("DROP TABLE llm_proxy_usage_old")
+    log.warning("usage ledger: moved %s to the current table layout (request ids are no longer its key)",
+                conn.execute("PRAGMA database_list").fetchone()[2])
+
+
 class SQLiteStore(Store):
     """stdlib sqlite3 in WAL mode: many readers and one writer at a time across processes."""
 
@@ -88,20 +119,13 @@ class SQLiteStore(Store):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         conn = self._connect()
         try:
-            conn.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS llm_proxy_usage (
-                    request_id TEXT PRIMARY KEY, timestamp REAL NOT NULL, identity TEXT NOT NULL,
-                    provider TEXT NOT NULL, model TEXT NOT NULL, endpoint TEXT,
-                    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
-                    cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-                    estimated INTEGER NOT NULL, cost_usd REAL, status INTEGER NOT NULL, error_type TEXT,
-                    ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL
-                );
-                CREATE INDEX IF NOT EXISTS llm_proxy_usage_identity_ts ON llm_proxy_usage (identity, timestamp);
-                CREATE INDEX IF NOT EXISTS llm_proxy_usage_ts ON llm_proxy_usage (timestamp);
-                """
-            )
+            conn.execute("BEGIN IMMEDIATE")  # several workers may open the file at once
+            if any(col[1] == "request_id" and col[5] for col in conn.execute("PRAGMA table_info(llm_proxy_usage)")):
+                _unkey_request_id(conn)
+            conn.execute(_TABLE)
+            for index in _INDEXES:
+                conn.execute(index)
+            conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -124,7 +148,7 @@ class SQLiteStore(Store):
         d = record.to_dict()
         values = [d[f] if not isinstance(d[f], bool) else int(d[f]) for f in FIELDS]
         self._conn().execute(
-            f"INSERT OR IGNORE INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
+            f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
             values,
         )
 

@@ -284,6 +284,37 @@ def test_malformed_request_id_is_replaced(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-ID"])
 
 
+def test_a_repeated_request_id_hides_no_request_from_the_ledger_or_its_budget(tmp_path: Path) -> None:
+    """X-Request-ID is the client's to choose: it correlates the logs, it never merges requests."""
+    db = tmp_path / "ledger.sqlite3"
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}", LLM_PROXY_BUDGETS={"default": {"daily_tokens": 10}})
+    client = app.test_client()
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    statuses = [client.post("/api/mock", json=body, headers={"X-Request-ID": "same-id"}).status_code for _ in range(6)]
+    rows = sqlite_rows(db)
+    assert statuses.count(200) == len(rows) and {r["request_id"] for r in rows} == {"same-id"}
+    assert statuses[-1] == 429 and sum(r["input_tokens"] + r["output_tokens"] for r in rows) >= 10
+
+
+def test_a_ledger_keyed_by_request_id_is_moved_to_the_current_layout_with_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite3"
+    with sqlite3.connect(db) as conn:  # the layout of earlier versions
+        conn.execute(
+            "CREATE TABLE llm_proxy_usage (request_id TEXT PRIMARY KEY, timestamp REAL NOT NULL, identity TEXT NOT NULL,"
+            " provider TEXT NOT NULL, model TEXT NOT NULL, endpoint TEXT, input_tokens INTEGER NOT NULL,"
+            " output_tokens INTEGER NOT NULL, cache_read_tokens INTEGER NOT NULL DEFAULT 0,"
+            " cache_write_tokens INTEGER NOT NULL DEFAULT 0, estimated INTEGER NOT NULL, cost_usd REAL,"
+            " status INTEGER NOT NULL, error_type TEXT, ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL,"
+            " finish_reason TEXT, cached INTEGER NOT NULL)")
+        conn.execute("CREATE INDEX llm_proxy_usage_ts ON llm_proxy_usage (timestamp)")
+        conn.execute("INSERT INTO llm_proxy_usage VALUES ('r1', 1.0, 'alice', 'anthropic', 'm', 'chat', 100, 10, 0, 0, 0,"
+                     " 0.5, 200, NULL, 5.0, 9.0, 0, 'stop', 0)")
+    store = SQLiteStore(str(db))
+    store.write(_record(1, "alice", SONNET, 0.0005, time.time()))  # the same request id again
+    assert [r["request_id"] for r in store.records(0.0)] == ["r1", "r1"]
+    assert SQLiteStore(str(db)).spend("alice", time.time())["monthly_tokens"] == 110  # opened again: nothing moves twice
+
+
 def _record(i: int, identity: str, model: str, cost: float | None, ts: float) -> UsageRecord:
     return UsageRecord(
         request_id=f"r{i}", identity=identity, provider="anthropic", model=model, input_tokens=100, output_tokens=10,
