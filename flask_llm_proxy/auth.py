@@ -4,9 +4,12 @@ Every JWT failure becomes a 401 in the contract's error shape, not flask-jwt-ext
 and 422 bodies, and happens before any limit is counted or any upstream is called. Without auth
 the identity is the client address, read behind exactly ``LLM_PROXY_TRUSTED_PROXIES`` hops the
 way werkzeug's ``ProxyFix`` does, so a forged ``X-Forwarded-For`` cannot choose an identity.
+Without auth and without a ``JWTManager`` on the app, ``Authorization`` and ``x-api-key`` are
+ignored (the SDKs always send one): there is nothing to verify a token with.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from flask import current_app, g, request
@@ -22,6 +25,11 @@ except ImportError:  # pragma: no cover - PyJWT comes with flask-jwt-extended
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
 
 JWT_ERRORS: tuple[type[BaseException], ...] = (JWTExtendedException, PyJWTError)
+
+#: the key ``JWTManager.init_app`` registers itself under in ``app.extensions``
+JWT_EXTENSION_KEY = "flask-jwt-extended"
+
+log = logging.getLogger("flask_llm_proxy")
 
 
 def describe_jwt_error(exc: BaseException) -> AuthenticationError:
@@ -81,7 +89,13 @@ def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict
     claims: dict[str, Any] = {}
     identity: str | None = None
     environ = request.environ
-    if settings.require_auth or "HTTP_AUTHORIZATION" in environ or (alt_header and "HTTP_X_API_KEY" in environ):
+    if JWT_EXTENSION_KEY not in current_app.extensions:
+        # No JWTManager: flask-jwt-extended has no config to read (KeyError 'JWT_TOKEN_LOCATION').
+        # init_app refuses require_auth in this state; should it get here anyway, fail closed.
+        if settings.require_auth:
+            log.error("LLM_PROXY_REQUIRE_AUTH is on but the app has no JWTManager: call JWTManager(app)")
+            raise AuthenticationError("this proxy requires a JWT but the server has no JWT setup (no JWTManager)")
+    elif settings.require_auth or "HTTP_AUTHORIZATION" in environ or (alt_header and "HTTP_X_API_KEY" in environ):
         try:
             alt = _claims_from_alt_header() if alt_header else None
             if alt is not None:

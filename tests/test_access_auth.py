@@ -427,3 +427,78 @@ def test_a_refresh_token_sent_as_x_api_key_is_refused(blocklist_app: Any) -> Non
     r = client.post("/api/anthropic/v1/messages", json=NATIVE_BODY, headers={"x-api-key": make_jwt("alice", type="refresh")})
     assert len(mock.calls) == 0, "a refresh token was accepted as an access token through x-api-key"
     assert r.status_code == 401
+
+
+# --- auth off and no JWTManager on the app: credential headers are ignored, never a 500 -------
+# (the official SDKs always send Authorization or x-api-key, whatever the proxy needs)
+
+
+@pytest.fixture
+def app_without_jwt(upstream: Any) -> Any:
+    from conftest import providers_for
+
+    app = Flask("no-jwt-host")
+    app.config.update(
+        LLM_PROXY_PROVIDERS=providers_for(upstream.base_url), LLM_PROXY_REQUIRE_AUTH=False,
+        LLM_PROXY_RATE_LIMIT="", LLM_PROXY_USAGE_STORE="none", LLM_PROXY_RETRY_BACKOFF=0.05,
+    )
+    LLMProxy(app)
+    assert "flask-jwt-extended" not in app.extensions
+    return app
+
+
+@pytest.mark.parametrize("auth", ["Bearer whatever", f"Bearer {make_jwt('alice')}"])
+def test_without_a_jwt_manager_and_auth_off_a_chat_with_an_authorization_header_streams(app_without_jwt: Any, auth: str) -> None:
+    r = app_without_jwt.test_client().post("/api/mock", json=chat_body("hi", model="m"), headers={"Authorization": auth})
+    assert r.status_code == 200, r.data[:300]
+    assert b"[DONE]" in r.data
+
+
+def test_without_a_jwt_manager_and_auth_off_models_with_an_authorization_header_lists_the_providers(app_without_jwt: Any) -> None:
+    r = app_without_jwt.test_client().get("/api/models", headers={"Authorization": "Bearer whatever"})
+    assert r.status_code == 200, r.data[:300]
+    assert set(r.get_json()["providers"]) == {"anthropic", "openai", "mock"}
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "Authorization"])
+def test_without_a_jwt_manager_and_auth_off_the_anthropic_native_endpoint_ignores_the_sdk_key(app_without_jwt: Any, upstream: Any, header: str) -> None:
+    rid = uid(f"nojwt-native-{header}")
+    value = "sk-ant-anything" if header == "x-api-key" else "Bearer sk-ant-anything"
+    r = app_without_jwt.test_client().post("/api/anthropic/v1/messages", json=native_body(rid), headers={header: value})
+    assert r.status_code == 200, r.data[:300]
+    assert b"message_stop" in r.data
+    rec = upstream.requests(id=rid)
+    assert len(rec) == 1 and rec[0]["headers"]["x-api-key"] == API_KEY  # the proxy's key, not the client's
+
+
+def test_without_a_jwt_manager_and_auth_off_the_openai_native_endpoint_ignores_the_sdk_key(app_without_jwt: Any, upstream: Any) -> None:
+    rid = uid("nojwt-openai")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"id={rid} tokens=2"}]}
+    r = app_without_jwt.test_client().post("/api/openai/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-anything"})
+    assert r.status_code == 200, r.data[:300]
+    assert r.get_json()["choices"], r.data[:300]
+    assert len(upstream.requests(id=rid)) == 1
+
+
+def test_without_a_jwt_manager_the_identity_is_the_client_address_even_with_credential_headers(app_without_jwt: Any) -> None:
+    from flask_llm_proxy.auth import identify
+
+    settings = app_without_jwt.extensions["llm_proxy"].settings
+    headers = {"Authorization": "Bearer whatever", "x-api-key": "whatever"}
+    with app_without_jwt.test_request_context("/api/mock", headers=headers, environ_base={"REMOTE_ADDR": "10.1.2.3"}):
+        assert identify(settings, alt_header=True) == ("ip:10.1.2.3", {})
+
+
+def test_required_auth_without_a_jwt_manager_is_a_clear_401_not_a_crash(app_without_jwt: Any) -> None:
+    """init_app refuses this configuration; should settings still reach identify() this way, the
+    request fails closed with a message naming the missing JWT setup."""
+    import dataclasses
+
+    from flask_llm_proxy.auth import identify
+    from flask_llm_proxy.errors import AuthenticationError
+
+    settings = dataclasses.replace(app_without_jwt.extensions["llm_proxy"].settings, require_auth=True)
+    for headers in ({}, {"Authorization": "Bearer whatever"}):
+        with app_without_jwt.test_request_context("/api/mock", headers=headers):
+            with pytest.raises(AuthenticationError, match="JWTManager"):
+                identify(settings)
