@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -145,7 +145,7 @@ class UpstreamClient:
         headers: Mapping[str, str],
         body: bytes,
         *,
-        secret: str,
+        secrets: Sequence[str],
         connect_timeout: float,
         read_timeout: float,
         max_retries: int,
@@ -172,24 +172,24 @@ class UpstreamClient:
             except requests.exceptions.ReadTimeout:
                 raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
             except requests.exceptions.SSLError as exc:
-                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secret)}"), False
+                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secrets)}"), False
             except requests.exceptions.RequestException as exc:
-                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secret)}"), True
+                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True
             except transport.ConnectTimeout:
                 err, retryable = UpstreamTimeout("timed out connecting to the upstream"), True
             except transport.ReadTimeout:
                 raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
             except ssl.SSLError as exc:
-                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secret)}"), False
+                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secrets)}"), False
             except (OSError, ConnectionError) as exc:
-                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secret)}"), True
+                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True
             except RecursionError:
                 log.error(GEVENT_SSL_FIX)
                 raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log") from None
             else:
                 if resp.status_code < 300:
                     return resp, attempt
-                err = error_from_response(resp, secret)
+                err = error_from_response(resp, secrets)
                 retryable = resp.status_code in RETRY_STATUSES
                 retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if not retryable or attempt >= max_retries or (retry_after is not None and retry_after > retry_after_max):
@@ -205,18 +205,21 @@ class UpstreamClient:
             time.sleep(delay)
 
 
-def _reason(exc: BaseException, secret: str) -> str:
+def _reason(exc: BaseException, secrets: Sequence[str]) -> str:
     """A short cause without the URL noise of urllib3's messages."""
     text = str(exc)
     for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset", "Connection aborted", "Remote end closed"):
         if marker in text:
             return marker.lower()
-    return _scrub(text, secret)[:200]
+    return _scrub(text, secrets)[:200]
 
 
-def _scrub(text: str, secret: str) -> str:
-    if secret and secret in text:
-        text = text.replace(secret, "[redacted]")
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    """Every configured secret out of a message that may echo the request (an upstream error body
+    can quote the headers it got): the API key and the values of the provider's extra headers."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[redacted]")
     return text
 
 
@@ -235,7 +238,7 @@ def parse_retry_after(value: str | None) -> float | None:
             return None
 
 
-def error_from_response(resp: requests.Response, secret: str) -> UpstreamError:
+def error_from_response(resp: requests.Response, secrets: Sequence[str]) -> UpstreamError:
     """Map an upstream HTTP error to what the client can act on; read a bounded body, close."""
     status = resp.status_code
     try:
@@ -256,7 +259,7 @@ def error_from_response(resp: requests.Response, secret: str) -> UpstreamError:
             message = err
     except (ValueError, TypeError):
         message = raw.decode("utf-8", "replace")
-    message = _scrub(message, secret)[:500] or f"HTTP {status}"  # scrub first: a cut could split the key
+    message = _scrub(message, secrets)[:500] or f"HTTP {status}"  # scrub first: a cut could split the key
     headers: dict[str, str] = {}
     if status in (429, 529, 503) and resp.headers.get("retry-after"):
         headers["Retry-After"] = resp.headers["retry-after"]

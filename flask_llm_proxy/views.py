@@ -267,7 +267,7 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
         provider.base_url + path,
         headers,
         body,
-        secret=provider.api_key,
+        secrets=upstream_secrets(provider),
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
         max_retries=s.max_retries,
@@ -276,6 +276,13 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
         on_retry=on_retry,
     )
     return resp
+
+
+def upstream_secrets(provider: Any) -> tuple[str, ...]:
+    """What never leaves the proxy in an error or a log line: the API key, and every configured
+    extra header value of 8 characters or more (``api-key``, ``Authorization``...; shorter ones
+    are flags and versions)."""
+    return (provider.api_key, *(v for v in provider.headers.values() if len(v) >= 8))
 
 
 def not_found(rest: str) -> Response:

@@ -18,7 +18,8 @@ from conftest import API_KEY, GunicornServer, base_env, chat_body, free_port, ht
 from fake_upstream import FakeUpstreamProcess
 
 SONNET = "claude-3-5-sonnet-20241022"
-KEY_FRAGMENTS = (API_KEY, API_KEY[-12:], API_KEY[3:15])  # the whole key and recognisable pieces of it
+GATEWAY_SECRET = "gw-header-secret-5a1f9c"  # a secret in a provider's extra headers (Azure's api-key, a gateway token)
+KEY_FRAGMENTS = (API_KEY, API_KEY[-12:], API_KEY[3:15], GATEWAY_SECRET)  # the whole key and recognisable pieces of it
 GLOBAL_MAX_BODY = 64 * 1024
 PROVIDER_CAPS = {"max_tokens": 50, "max_messages": 3, "max_body_bytes": 4096}
 
@@ -39,6 +40,8 @@ def server(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "dead_oa": {"type": "openai", "api_key": API_KEY, "base_url": closed + "/v1", "models": ["gpt-4o"]},
         "capped": {"type": "anthropic", "api_key": API_KEY, "base_url": upstream.base_url, "models": ["claude-*"], **PROVIDER_CAPS},
         "capped_oa": {"type": "openai", "api_key": API_KEY, "base_url": upstream.base_url + "/v1", "models": ["gpt-4o"], **PROVIDER_CAPS},
+        "gateway": {"type": "openai", "api_key": API_KEY, "base_url": upstream.base_url + "/v1", "models": ["gpt-4o"],
+                    "headers": {"api-key": GATEWAY_SECRET}},
     }
     env = base_env(
         upstream.base_url, tmp_path_factory.mktemp("access-hardening"),
@@ -83,6 +86,8 @@ ERROR_PATHS: dict[str, tuple[str, Any, Any]] = {
     "openai-429-echo": ("openai", chat_body("status=429,429,429 retry_after=0 echo_headers=1", model="gpt-4o"), 429),
     "anthropic-529-echo": ("anthropic", chat_body("status=529,529,529 echo_headers=1"), 503),
     "responses-500-echo": ("openai", {"model": "gpt-4o", "input": "status=500,500,500 echo_headers=1"}, 502),
+    "header-secret-400-echo": ("gateway", chat_body("status=400 echo_headers=1", model="gpt-4o"), 400),
+    "header-secret-503-retried-echo": ("gateway", chat_body("status=503,503,503 echo_headers=1", model="gpt-4o"), 503),
     "timeout-before-headers": ("anthropic", chat_body("hang=headers"), 504),
     "unreachable-anthropic": ("dead", chat_body("hi"), 502),
     "unreachable-openai": ("dead_oa", chat_body("hi", model="gpt-4o", stream=False), 502),

@@ -46,7 +46,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def call(max_retries: int = 2, **kw: Any) -> tuple[requests.Response, int]:
-    options: dict[str, Any] = {"secret": SECRET, "connect_timeout": 1.0, "read_timeout": 1.0, "max_retries": max_retries,
+    options: dict[str, Any] = {"secrets": (SECRET,), "connect_timeout": 1.0, "read_timeout": 1.0, "max_retries": max_retries,
                                "backoff": 0.0, "retry_after_max": 5.0}
     options.update(kw)
     return UpstreamClient(pool_maxsize=4, fast=False).open(URL, {"x-api-key": SECRET}, b'{"model":"m"}', **options)
