@@ -85,10 +85,11 @@ def _nothing_to_read(raw: Any) -> bool:
 class LeanResponse:
     """What the rest of the proxy needs of a response: status, headers, the socket file."""
 
-    __slots__ = ("status_code", "headers", "conn", "pool", "chunked", "length", "reusable", "complete")
+    __slots__ = ("status_code", "headers", "conn", "pool", "chunked", "length", "reusable", "complete", "read_timeout")
 
-    def __init__(self, status: int, headers: dict[str, str], conn: Conn, pool: Pool) -> None:
+    def __init__(self, status: int, headers: dict[str, str], conn: Conn, pool: Pool, read_timeout: float | None = None) -> None:
         self.status_code = status
+        self.read_timeout = read_timeout  # for the whole-body reads below, as for the stream's
         self.headers = headers  # lower-case names
         self.conn = conn
         self.pool = pool
@@ -104,11 +105,12 @@ class LeanResponse:
         return self  # error_from_response reads ``resp.raw.read(n)``, as with requests
 
     def read(self, amt: int | None = None, decode_content: bool = True) -> bytes:
-        """Read the body (at most ``amt`` bytes) without keep-alives; for error bodies."""
+        """Read the body (at most ``amt`` bytes) without keep-alives: error bodies and ``stream:
+        false`` answers. An upstream silent for the read timeout raises :class:`UpstreamTimeout`."""
         from .body import read_chunks
 
         out, size = [], 0
-        for chunk in read_chunks(self, None):  # type: ignore[arg-type]
+        for chunk in read_chunks(self, None, self.read_timeout):  # type: ignore[arg-type]
             if chunk:
                 out.append(chunk)
                 size += len(chunk)
@@ -320,7 +322,7 @@ def post(pool: Pool, url: str, headers: dict[str, str], body: bytes, connect_tim
             # that answer was written before our request arrived (HTTP clients resend, as here).
             conn.close()
             continue
-        return LeanResponse(status, resp_headers, conn, pool)
+        return LeanResponse(status, resp_headers, conn, pool, read_timeout)
     raise ConnectionError("unreachable")  # pragma: no cover
 
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Iterator
 
 import pytest
 
 from flask_llm_proxy.body import read_chunks
+from flask_llm_proxy.errors import UpstreamTimeout
 from flask_llm_proxy.transport import Pool, post
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -115,6 +117,20 @@ def test_an_unfinished_response_never_goes_back_to_the_pool(pool: Pool) -> None:
     resp.abort()  # the client left mid-stream
     assert fetch(pool, server.port) == b"hello"
     assert server.connections == 2
+
+
+@pytest.mark.timeout(20)
+def test_a_body_read_whole_gives_up_after_the_read_timeout(pool: Pool) -> None:
+    """Error bodies and ``stream: false`` answers are read whole: an upstream that stops in the
+    middle of one raises after the read timeout instead of holding the request forever."""
+    stalls = b"HTTP/1.1 500 Oops\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"error\": "
+    server = TinyServer(close_after=2, response=stalls)  # then waits for a second request: the body never ends
+    resp = post(pool, f"http://127.0.0.1:{server.port}/x", {}, b"", 2.0, 0.3)
+    assert resp.status_code == 500
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        resp.read(4096)
+    assert time.monotonic() - started < 5
 
 
 def test_a_compressed_body_is_inflated_as_it_arrives(pool: Pool) -> None:
