@@ -150,7 +150,12 @@ class Exchange:
             self.resp = None
         if not self.complete and self.error is None:
             self.client_aborted = True
-        record = self.build_record()
+        try:
+            record = self.build_record()
+        except Exception:  # noqa: BLE001 - a cost function that broke: the record without a cost
+            log.exception("usage record for %s: the cost could not be computed", self.request_id)
+            self.cost_fn = None
+            record = self.build_record()
         for fn in self._finalizers:
             try:
                 record = fn(record) or record  # type: ignore[func-returns-value]

@@ -112,7 +112,7 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
 
 
 def native_view(provider_name: str, api: str) -> Response:
-    from .views import open_upstream, read_json, state
+    from .views import account_unexpected, read_json, state
 
     st = state()
     s = st.settings
@@ -131,6 +131,19 @@ def native_view(provider_name: str, api: str) -> Response:
     from .chat import ChatRequest
 
     st.attach(ex, ChatRequest(model=model))
+    try:
+        return _call(st, ex, provider, api, body, stream)
+    except ProxyError:
+        raise  # accounted for where it was raised
+    except Exception:
+        account_unexpected(ex)
+        raise
+
+
+def _call(st: Any, ex: Exchange, provider: Any, api: str, body: dict[str, Any], stream: bool) -> Response:
+    from .views import open_upstream
+
+    s = st.settings
     adapter = APIS[api][0]
     try:
         resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body), accept="text/event-stream" if stream else "application/json")

@@ -213,6 +213,23 @@ def chat(provider_name: str) -> Response:
 
 def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
     """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
+    try:
+        return _run(st, ex, req, provider, adapter, upstream_body)
+    except ProxyError:
+        raise  # accounted for where it was raised
+    except Exception:
+        account_unexpected(ex)
+        raise
+
+
+def account_unexpected(ex: Exchange) -> None:
+    """A bug or a broken setting after the exchange began (not a :class:`ProxyError`): the
+    request is still accounted for, once, as the 500 the client gets."""
+    ex.fail(ProxyError("internal error in the proxy", status=500, type="internal_error"), before_stream=True)
+    ex.finalize()
+
+
+def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
     s = st.settings
     if adapter is None:
         source = MockSource(provider, req)
@@ -234,6 +251,9 @@ def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, up
             payload = collect(ex, items, translator)
         except ProxyError as err:
             ex.fail(err, before_stream=True)
+            raise
+        except Exception:
+            account_unexpected(ex)
             raise
         finally:
             ex.finalize()

@@ -239,6 +239,48 @@ def test_usage_recorded_signal_is_sent_once_per_request_with_the_record(tmp_path
     assert re.fullmatch(r"[0-9a-f]{32}", rec.request_id)
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/api/anthropic", chat_body("hi")),
+    ("/api/anthropic", chat_body("hi", stream=False)),
+    ("/api/anthropic/v1/messages", {"model": SONNET, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_an_unexpected_error_after_the_checks_is_still_accounted_for_once(
+        upstream: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, body: Any) -> None:
+    """Not every failure is a ProxyError (a bug, a setting no check foresaw): the client gets a
+    500 and the request one record, as any other that passed validation."""
+    import flask_llm_proxy.views as views
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views, "open_upstream", broken)
+    app = Flask("unexpected", instance_path=str(tmp_path))
+    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
+                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url))
+    LLMProxy(app)
+    got: list[UsageRecord] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    r = app.test_client().post(path, json=body)
+    assert r.status_code == 500 and "a bug" not in r.get_data(as_text=True)
+    assert [(rec.status, rec.error_type) for rec in got] == [(500, "internal_error")]
+
+
+def test_a_cost_function_that_breaks_leaves_the_record_without_a_cost(caplog: pytest.LogCaptureFixture) -> None:
+    from flask_llm_proxy.exchange import Exchange
+    from flask_llm_proxy.providers.anthropic import AnthropicTranslator
+
+    def broken(*args: Any) -> float:
+        raise TypeError("a price that is no number")
+
+    ex = Exchange("r1", "alice", "anthropic", SONNET, time.perf_counter())
+    ex.translator, ex.cost_fn = AnthropicTranslator(), broken
+    got: list[UsageRecord] = []
+    ex.on_finalize(got.append)
+    ex.finalize()
+    assert len(got) == 1 and got[0].cost_usd is None and got[0].identity == "alice"
+    assert "the cost could not be computed" in caplog.text
+
+
 def test_a_stream_is_accounted_for_before_its_body_ends(tmp_path: Path) -> None:
     """The record exists once the last byte is read, before the server closes the response: the
     user's next request (quota, budget) already sees this one, as with ``stream: false``."""
