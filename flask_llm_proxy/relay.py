@@ -159,11 +159,11 @@ def collect(ex: Exchange, items: Items, translator: Translator) -> dict[str, Any
         if not translator.done:
             raise NetworkError("the upstream stream ended before its final event")
     finally:
+        ex.tokens_streamed = len(text) + len(calls)  # a cut answer is estimated from these, as a stream's
         close = getattr(items, "close", None)
         if close is not None:
             close()
     ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
-    ex.tokens_streamed = len(text) + len(calls)
     ex.complete = True
     if ex.text_parts is not None:
         ex.text_parts.extend(text)

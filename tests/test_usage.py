@@ -265,6 +265,20 @@ def test_an_unexpected_error_after_the_checks_is_still_accounted_for_once(
     assert [(rec.status, rec.error_type) for rec in got] == [(500, "internal_error")]
 
 
+@pytest.mark.parametrize("model", [SONNET, "gpt-4o"])
+def test_a_cut_answer_without_streaming_is_estimated_from_what_arrived_as_a_stream_is(upstream: Any, tmp_path: Path, model: str) -> None:
+    app = Flask("cut", instance_path=str(tmp_path))
+    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
+                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url))
+    LLMProxy(app)
+    got: list[UsageRecord] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    provider = "openai" if model.startswith("gpt") else "anthropic"
+    r = app.test_client().post(f"/api/{provider}", json=chat_body("tokens=20 drop_after=4", model=model, stream=False))
+    assert r.status_code == 502
+    assert [(rec.output_tokens, rec.estimated, rec.error_type) for rec in got] == [(4, True, "network_error")]
+
+
 def test_a_cost_function_that_breaks_leaves_the_record_without_a_cost(caplog: pytest.LogCaptureFixture) -> None:
     from flask_llm_proxy.exchange import Exchange
     from flask_llm_proxy.providers.anthropic import AnthropicTranslator
