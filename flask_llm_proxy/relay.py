@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import chain
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _json
@@ -96,12 +97,23 @@ def _final_event(ex: Exchange, translator: Translator, token_id: int) -> bytes:
     return encode_event(payload) + DONE
 
 
-def relay(ex: Exchange, items: Items, translator: Translator) -> Iterator[bytes]:
-    """Write each item as one contract event the moment it is in hand; never hold one back."""
+def peek(items: Items) -> tuple[Any, ...]:
+    """The stream's first batch, as ``(batch,)`` (``(None,)``: a keep-alive is due before any
+    token), or ``()`` for a stream without one. An upstream error before the first token raises
+    here, while the answer can still be an HTTP status and a JSON body (CONTRACT.md), which a
+    client retries as it sees fit; after this, errors are ``error:`` lines in a 200 stream."""
+    for batch in items:
+        return (batch,)
+    return ()
+
+
+def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, ...] = ()) -> Iterator[bytes]:
+    """Write each item as one contract event the moment it is in hand; never hold one back.
+    ``first``: what :func:`peek` took from ``items`` already."""
     token_id = 0
     text_parts = ex.text_parts
     try:
-        for batch in items:
+        for batch in chain(first, items) if first else items:
             if batch is None:
                 yield PING
                 continue

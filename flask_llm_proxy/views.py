@@ -25,7 +25,7 @@ from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
 from .providers.base import output_cap
 from .providers.mock import MockSource
-from .relay import StreamBody, collect, iter_items, relay, upstream_items
+from .relay import StreamBody, collect, iter_items, peek, relay, upstream_items
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -258,8 +258,14 @@ def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, u
         finally:
             ex.finalize()
         return Response(_json.dumps(payload), status=200, mimetype="application/json")
+    try:
+        first = peek(items)  # an error before the first token is still an HTTP status
+    except ProxyError as err:
+        ex.fail(err, before_stream=True)
+        ex.finalize()
+        raise
     return Response(
-        StreamBody(relay(ex, items, translator), ex.finalize),
+        StreamBody(relay(ex, items, translator, first), ex.finalize),
         status=200,
         content_type=SSE_CONTENT_TYPE,  # given whole, werkzeug has no mimetype to complete
         headers=STREAM_HEADERS,

@@ -182,6 +182,24 @@ def test_error_event_inside_the_stream_becomes_an_error_line(proxy: Any, provide
     assert kind == "error" and err["statusCode"] >= 500 and err["message"]
 
 
+@pytest.mark.parametrize("provider,model,status", [(*ANTHROPIC, 503), (*OPENAI, 502)])
+def test_an_error_event_before_the_first_token_is_an_http_status_a_client_can_retry(proxy: Any, provider: str, model: str, status: int) -> None:
+    """Upstreams answer 200 and then fail in their first event (Anthropic's overloaded_error):
+    nothing was streamed yet, so the client gets the status and JSON body, not a 200 stream."""
+    with post(proxy, provider, chat_body("tokens=10 error_after=0", model=model)) as r:
+        assert r.status_code == status and r.headers["Content-Type"].startswith("application/json")
+        body = r.json()
+    assert body["error"] and body["type"].startswith("upstream_")
+    assert "x-should-retry" not in r.headers  # the proxy did not retry it: the client may
+
+
+def test_a_keepalive_due_before_the_first_token_starts_the_stream(proxy: Any) -> None:
+    with post(proxy, "anthropic", chat_body("tokens=3 first_ms=1200")) as r:
+        assert r.status_code == 200
+        raw = r.raw.read()
+    assert raw.startswith(b": ping\n\n") and raw.rstrip().endswith(b"data: [DONE]")
+
+
 def test_client_disconnect_closes_the_upstream_connection(proxy: Any, upstream: Any) -> None:
     sock, _ = open_raw_stream(proxy.url, "/api/anthropic", chat_body("id=disconnect tokens=400 pace_ms=50"), until=b'"tokenId":3')
     closed_at = time.monotonic()
