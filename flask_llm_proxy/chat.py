@@ -163,7 +163,39 @@ def _messages(v: Any, max_messages: int) -> list[dict[str, Any]]:
             break
     else:
         raise _fail("messages", "needs at least one user message")
+    _check_tool_pairs(out)
     return out
+
+
+def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
+    """Tool calls and results pair up as both upstream APIs demand, or they answer 400.
+
+    Every ``tool_result`` answers a ``tool_use`` of the assistant message just before it, and every
+    ``tool_use`` is answered by a ``tool_result`` in the next message (a user message; further text
+    blocks may follow the results). System messages are skipped: Anthropic takes them out of
+    ``messages`` into its ``system`` field. Paths use the client's own message indices.
+    """
+    open_calls: dict[str, str] = {}  # tool_use id of the previous message -> the path of that id
+    for i, m in enumerate(messages):
+        if m["role"] == "system":
+            continue
+        blocks = m["content"] if isinstance(m["content"], list) else []
+        answered = set()
+        for j, b in enumerate(blocks):
+            if b["type"] == "tool_result":
+                tid, path = b["tool_use_id"], f"messages[{i}].content[{j}].tool_use_id"
+                if tid not in open_calls:
+                    raise _fail(path, f"{tid!r} answers no tool_use of the previous assistant message")
+                if tid in answered:
+                    raise _fail(path, f"{tid!r} is answered by an earlier tool_result of the same message")
+                answered.add(tid)
+        for tid, path in open_calls.items():
+            if tid not in answered:
+                raise _fail(path, f"the tool_use {tid!r} is not answered by a tool_result in the next message (messages[{i}])")
+        open_calls = {b["id"]: f"messages[{i}].content[{j}].id" for j, b in enumerate(blocks) if b["type"] == "tool_use"}
+    if open_calls:  # the conversation ends on an assistant message with tool calls
+        tid, path = next(iter(open_calls.items()))
+        raise _fail(path, f"the tool_use {tid!r} is not answered: the next message must be a user message with its tool_result")
 
 
 def _tools(v: Any) -> list[dict[str, Any]] | None:
@@ -174,6 +206,7 @@ def _tools(v: Any) -> list[dict[str, Any]] | None:
     if len(v) > MAX_TOOLS:
         raise _fail("tools", f"at most {MAX_TOOLS} tools")
     out = []
+    seen: dict[str, int] = {}  # tool name -> its index
     for i, t in enumerate(v):
         path = f"tools[{i}]"
         if not isinstance(t, Mapping):
@@ -186,13 +219,11 @@ def _tools(v: Any) -> list[dict[str, Any]] | None:
         desc = t.get("description")
         if desc is not None:
             _str(desc, f"{path}.description")
-        out.append(
-            {
-                "name": _str(t.get("name"), f"{path}.name", allow_empty=False, max_len=128),
-                "description": desc,
-                "parameters": dict(params),
-            }
-        )
+        name = _str(t.get("name"), f"{path}.name", allow_empty=False, max_len=128)
+        if name in seen:
+            raise _fail(f"{path}.name", f"{name!r} is already the name of tools[{seen[name]}]; tool names must be unique")
+        seen[name] = i
+        out.append({"name": name, "description": desc, "parameters": dict(params)})
     return out
 
 
@@ -208,6 +239,16 @@ def _tool_choice(v: Any) -> Any:
         if isinstance(name, str) and name:
             return {"name": name}
     raise _fail("tool_choice", "must be 'auto', 'none', 'required' or {'name': <tool>}")
+
+
+def _check_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> None:
+    """Both APIs refuse a ``tool_choice`` without tools (any value, ``none`` too) or naming an unknown tool."""
+    if choice is None:
+        return
+    if not tools:
+        raise _fail("tool_choice", "is only allowed together with a non-empty 'tools'; leave it out when no tools are given")
+    if isinstance(choice, dict) and all(t["name"] != choice["name"] for t in tools):
+        raise _fail("tool_choice", f"names the tool {choice['name']!r}, which is not in 'tools'")
 
 
 def _stop(v: Any) -> list[str] | None:
@@ -308,7 +349,7 @@ def parse_chat_request(
             raise _fail("input", "the Responses form (input) is only for OpenAI providers; send 'messages'")
         rb = _responses_body(body, max_messages, max_tokens_cap)
         return ChatRequest(model=model, stream=stream, responses_body=rb, max_tokens=rb.get("max_output_tokens"))
-    return ChatRequest(
+    req = ChatRequest(
         model=model,
         messages=_messages(body.get("messages"), max_messages),
         max_tokens=_max_tokens(body, max_tokens_cap, "max_tokens", "max_new_tokens"),
@@ -321,3 +362,5 @@ def parse_chat_request(
         tool_choice=_tool_choice(body.get("tool_choice")),
         stream=stream,
     )
+    _check_tool_choice(req.tool_choice, req.tools)
+    return req

@@ -260,6 +260,159 @@ def test_a_bad_tool_choice_is_refused(choice):
     refused(base(tool_choice=choice), "tool_choice")
 
 
+@pytest.mark.parametrize("tools", [None, []], ids=["no-tools", "empty-tools"])
+@pytest.mark.parametrize("choice", ["auto", "none", "required", "any", {"name": "f"}])
+def test_tool_choice_without_tools_is_refused(choice, tools):
+    # both APIs answer 400 ("'tool_choice' is only allowed when 'tools' are specified")
+    body = base(tool_choice=choice) if tools is None else base(tools=tools, tool_choice=choice)
+    err = refused(body, "tool_choice")
+    assert "tools" in str(err).split(":", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "choice", [{"name": "nope"}, {"type": "tool", "name": "nope"}, {"type": "function", "function": {"name": "nope"}}],
+    ids=["neutral", "anthropic", "openai"],
+)
+def test_tool_choice_naming_a_tool_not_in_tools_is_refused(choice):
+    err = refused(base(tools=[{"name": "a"}, {"name": "b"}], tool_choice=choice), "tool_choice")
+    assert "'nope'" in str(err)
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        [{"name": "a"}, {"name": "a"}],
+        [{"name": "a"}, {"type": "function", "function": {"name": "a"}}],
+    ],
+    ids=["same-shape", "neutral-and-openai-wrapper"],
+)
+def test_duplicate_tool_names_are_refused(tools):
+    err = refused(base(tools=tools), "tools[1].name")
+    assert "'a'" in str(err) and "tools[0]" in str(err)
+
+
+def test_a_tool_name_that_appears_once_among_others_is_accepted():
+    assert [t["name"] for t in parse(base(tools=[{"name": "a"}, {"name": "b"}, {"name": "A"}])).tools] == ["a", "b", "A"]
+
+
+def test_tool_choice_naming_a_tool_in_tools_is_accepted_in_every_shape():
+    tools = [{"name": "a"}, {"type": "function", "function": {"name": "b"}}]
+    for choice in ({"name": "b"}, {"type": "tool", "name": "a"}, {"type": "function", "function": {"name": "b"}}):
+        assert parse(base(tools=tools, tool_choice=choice)).tool_choice == {"name": choice.get("name") or choice["function"]["name"]}
+
+
+# --- tool_use and tool_result pair up -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "next_message",
+    [
+        {"role": "user", "content": "no result"},
+        {"role": "user", "content": [{"type": "text", "text": "no result"}]},
+        {"role": "assistant", "content": "talking on"},
+    ],
+    ids=["user-string", "user-text-block", "assistant"],
+)
+def test_a_tool_use_not_answered_in_the_next_message_is_refused(next_message):
+    msgs = conversation()
+    msgs[3] = next_message
+    err = refused(base(messages=msgs), "messages[2].content[1].id")
+    assert "'call_1'" in str(err) and "tool_result" in str(err)
+
+
+def test_a_tool_use_in_the_last_message_is_refused():
+    msgs = conversation()[:3]
+    refused(base(messages=msgs), "messages[2].content[1].id")
+
+
+def test_a_parallel_tool_use_left_unanswered_is_refused():
+    msgs = conversation()
+    msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
+    err = refused(base(messages=msgs), "messages[2].content[2].id")
+    assert "'call_2'" in str(err)
+
+
+@pytest.mark.parametrize(
+    "messages, path",
+    [
+        (  # an id no tool_use has
+            conversation()[:3] + [{"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "result": "ok"},
+                {"type": "tool_result", "tool_use_id": "zz", "result": "r"}]}],
+            "messages[3].content[1].tool_use_id",
+        ),
+        (  # no assistant message before it at all
+            [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "zz", "result": "r"}]}],
+            "messages[0].content[0].tool_use_id",
+        ),
+        (  # a tool_use of an older assistant turn
+            conversation() + [
+                {"role": "assistant", "content": "It rains."},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "again"}]}],
+            "messages[5].content[0].tool_use_id",
+        ),
+        (  # a user message in between
+            conversation()[:3] + [
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "ok"}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "twice"}]}],
+            "messages[4].content[0].tool_use_id",
+        ),
+    ],
+    ids=["unknown-id", "no-assistant-before", "older-turn", "answered-already"],
+)
+def test_a_tool_result_answering_no_tool_use_of_the_previous_assistant_message_is_refused(messages, path):
+    err = refused(base(messages=messages), path)
+    assert "tool_use" in str(err).split(":", 1)[1]
+
+
+def test_a_tool_use_answered_twice_in_one_message_is_refused():
+    msgs = conversation()
+    msgs[3]["content"].append({"type": "tool_result", "tool_use_id": "call_1", "result": "again"})
+    err = refused(base(messages=msgs), "messages[3].content[1].tool_use_id")
+    assert "earlier tool_result" in str(err)
+
+
+def test_parallel_tool_uses_answered_by_several_tool_results_are_accepted():
+    msgs = conversation()
+    msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
+    msgs[3]["content"].insert(0, {"type": "tool_result", "tool_use_id": "call_2", "result": "sun"})  # any order
+    req = parse(base(messages=msgs))
+    assert [b["tool_use_id"] for b in req.messages[3]["content"]] == ["call_2", "call_1"]
+
+
+def test_tool_results_followed_by_text_blocks_are_accepted():
+    msgs = conversation()
+    msgs[3]["content"].append({"type": "text", "text": "Also, what should I wear?"})
+    assert [b["type"] for b in parse(base(messages=msgs)).messages[3]["content"]] == ["tool_result", "text"]
+
+
+def test_a_conversation_that_goes_on_after_a_tool_round_is_accepted():
+    msgs = conversation() + [
+        {"role": "assistant", "content": "It rains in Oslo."},
+        {"role": "user", "content": "And Bergen?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Bergen"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "content": "sun"}]},
+    ]
+    assert len(parse(base(messages=msgs)).messages) == 8
+
+
+def test_parallel_tool_results_become_several_openai_tool_messages_after_the_tool_calls():
+    from flask_llm_proxy.providers.openai import _messages as openai_messages
+
+    msgs = conversation()
+    msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
+    msgs[3]["content"].append({"type": "tool_result", "tool_use_id": "call_2", "result": "sun"})
+    out = openai_messages(parse(base(messages=msgs)))
+    assert [c["id"] for c in out[2]["tool_calls"]] == ["call_1", "call_2"]
+    assert [(m["role"], m.get("tool_call_id")) for m in out[3:]] == [("tool", "call_1"), ("tool", "call_2")]
+
+
+def test_an_openai_style_tool_message_is_refused_by_its_role():
+    # the neutral form carries tool results as tool_result blocks of a user message
+    msgs = conversation()[:3] + [{"role": "tool", "tool_call_id": "call_1", "content": "4 degrees, rain"}]
+    refused(base(messages=msgs), "messages[3].role")
+
+
 # --- the Responses form ---------------------------------------------------------------------
 
 
@@ -386,7 +539,7 @@ def test_stop_sequences_is_accepted_as_a_synonym_of_stop():
     ],
 )
 def test_tool_choice_is_normalised(choice, expected):
-    assert parse(base(tool_choice=choice)).tool_choice == expected
+    assert parse(base(tools=[{"name": "f"}], tool_choice=choice)).tool_choice == expected
 
 
 def test_openai_style_tool_wrapper_is_accepted():
