@@ -156,12 +156,12 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
         ex.finalize()
 
 
-def collect(ex: Exchange, items: Items, translator: Translator) -> dict[str, Any]:
+def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, ...] = ()) -> dict[str, Any]:
     """``stream: false``: the same upstream stream, gathered into CONTRACT.md's JSON answer."""
     text: list[str] = []
     calls: list[ToolCall] = []
     try:
-        for batch in items:
+        for batch in chain(first, items):
             if batch:
                 for item in batch:
                     if type(item) is str:

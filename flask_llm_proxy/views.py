@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import _json, signals
 from .auth import JWT_ERRORS, check_model_claim, describe_jwt_error, identify
 from .chat import ChatRequest, parse_chat_request
-from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError
+from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError, UpstreamError
 from .exchange import Exchange
 from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
@@ -230,25 +230,15 @@ def account_unexpected(ex: Exchange) -> None:
 
 
 def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
-    s = st.settings
-    if adapter is None:
-        source = MockSource(provider, req)
-        translator = source.translator
-        items = iter_items(source)
-    else:
-        translator = adapter.translator()
-        try:
-            resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(upstream_body))
-        except ProxyError as err:
-            ex.fail(err, before_stream=True)
-            ex.finalize()
-            raise
-        ex.resp = resp
-        items = upstream_items(ex, resp, translator, s.keepalive, s.read_timeout)
-    ex.translator = translator
+    try:
+        items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
+    except ProxyError as err:
+        ex.fail(err, before_stream=True)
+        ex.finalize()
+        raise
     if not req.stream:
         try:
-            payload = collect(ex, items, translator)
+            payload = collect(ex, items, translator, first)
         except ProxyError as err:
             ex.fail(err, before_stream=True)
             raise
@@ -258,12 +248,6 @@ def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, u
         finally:
             ex.finalize()
         return Response(_json.dumps(payload), status=200, mimetype="application/json")
-    try:
-        first = peek(items)  # an error before the first token is still an HTTP status
-    except ProxyError as err:
-        ex.fail(err, before_stream=True)
-        ex.finalize()
-        raise
     return Response(
         StreamBody(relay(ex, items, translator, first), ex.finalize),
         status=200,
@@ -273,7 +257,45 @@ def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, u
     )
 
 
-def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[str, str], body: bytes, accept: str = "text/event-stream") -> Any:
+def _first_tokens(st: Any, ex: Exchange, provider: Any, req: ChatRequest, adapter: Any, upstream_body: Any) -> tuple[Any, Any, tuple[Any, ...]]:
+    """Open the stream and take its first batch (:func:`peek`): an error before the first token is
+    still an HTTP status. Upstreams answer 200 and then fail in their first event (Anthropic's
+    ``overloaded_error``): nothing reached the client yet, so that is retried like a 5xx or a 429
+    status, within the same ``LLM_PROXY_MAX_RETRIES`` and backoff."""
+    s = st.settings
+    if adapter is None:
+        source = MockSource(provider, req)
+        ex.translator = source.translator
+        items = iter_items(source)
+        return items, source.translator, peek(items)
+    body = _json.dumps(upstream_body)
+    while True:
+        ex.translator = None  # no tokens to count for an attempt the upstream refused
+        ex.resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), body,
+                                max_retries=s.max_retries - ex.retries)  # one budget for both kinds
+        translator = ex.translator = adapter.translator()
+        items = upstream_items(ex, ex.resp, translator, s.keepalive, s.read_timeout)
+        try:
+            return items, translator, peek(items)
+        except UpstreamError as err:
+            if not (getattr(err, "from_stream", False) and (err.status >= 500 or err.status == 429)):
+                raise
+            if ex.retries >= s.max_retries:
+                err.retried = ex.retries > 0  # -> x-should-retry: false, as for a status
+                raise
+            delay = s.retry_backoff * 2**ex.retries
+            log.info("upstream attempt %d failed in its first event (%s); retrying in %.2fs", ex.retries + 1, err.message, delay)
+            _count_retry(ex, err)
+            time.sleep(delay)
+
+
+def _count_retry(ex: Exchange, err: ProxyError) -> None:
+    ex.retries += 1
+    signals.upstream_retry.send(current_app._get_current_object(), request_id=ex.request_id, error=err)  # type: ignore[attr-defined]
+
+
+def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[str, str], body: bytes, accept: str = "text/event-stream",
+                  max_retries: int | None = None) -> Any:
     """URL, path and headers come from configuration only: nothing a client sends steers them."""
     s = st.settings
     headers = {
@@ -286,8 +308,7 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
     }
 
     def on_retry(err: ProxyError) -> None:
-        ex.retries += 1
-        signals.upstream_retry.send(current_app._get_current_object(), request_id=ex.request_id, error=err)  # type: ignore[attr-defined]
+        _count_retry(ex, err)
 
     resp, _ = st.upstream.open(
         provider.base_url + path,
@@ -296,7 +317,7 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
         secrets=upstream_secrets(provider),
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
-        max_retries=s.max_retries,
+        max_retries=s.max_retries if max_retries is None else max_retries,
         backoff=s.retry_backoff,
         retry_after_max=s.retry_after_max,
         on_retry=on_retry,

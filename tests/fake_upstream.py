@@ -91,6 +91,8 @@ ignored, as are malformed values.
 ``hang_after=K``    after K deltas stop sending; wait until the peer closes
 ``error_after=K``   after K deltas send the provider's in-stream error event, then
                     end the body normally (zero chunk; no ``[DONE]``)
+``error_attempts=N`` error_after applies to the first N attempts (per id) only;
+                    later ones stream normally
 ``split=N``         write the SSE body in chunked frames of at most N bytes,
                     each flushed separately with ``await asyncio.sleep(0)`` in
                     between (frame boundaries follow the body offset, so they
@@ -250,7 +252,7 @@ API_PATHS = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": CHAT, "/v1/respo
 _INT_KNOBS = (
     "tokens", "pace_ms", "first_ms", "headers_ms", "drop_after", "hang_after",
     "error_after", "split", "crlf", "cr", "ping", "unknown", "multiline", "tool",
-    "echo_headers", "input_tokens",
+    "echo_headers", "input_tokens", "error_attempts",
 )
 
 
@@ -269,6 +271,7 @@ class Plan:
     hang: str | None = None
     hang_after: int | None = None
     error_after: int | None = None
+    error_attempts: int | None = None
     split: int = 0
     crlf: int = 0
     cr: int = 0
@@ -1313,6 +1316,8 @@ class FakeUpstream:
         attempt = self.attempts.get(counter, 0)
         self.attempts[counter] = attempt + 1
         rec["attempt"] = attempt
+        if plan.error_attempts is not None and attempt >= plan.error_attempts:
+            plan.error_after = None  # the first error_attempts attempts only
         usage = _usage(provider, body, plan)
         rec["usage"] = usage
 

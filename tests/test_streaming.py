@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import API_KEY, chat_body, http, make_jwt, open_raw_stream, sse_events
+from conftest import API_KEY, chat_body, http, make_jwt, open_raw_stream, sse_events, uid
 from fake_upstream import expected_text
 
 ANTHROPIC = ("anthropic", "claude-3-5-sonnet-20241022")
@@ -182,15 +182,29 @@ def test_error_event_inside_the_stream_becomes_an_error_line(proxy: Any, provide
     assert kind == "error" and err["statusCode"] >= 500 and err["message"]
 
 
-@pytest.mark.parametrize("provider,model,status", [(*ANTHROPIC, 503), (*OPENAI, 502)])
-def test_an_error_event_before_the_first_token_is_an_http_status_a_client_can_retry(proxy: Any, provider: str, model: str, status: int) -> None:
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+def test_an_error_event_before_the_first_token_is_retried_like_a_5xx(proxy: Any, upstream: Any, provider: str, model: str) -> None:
     """Upstreams answer 200 and then fail in their first event (Anthropic's overloaded_error):
-    nothing was streamed yet, so the client gets the status and JSON body, not a 200 stream."""
-    with post(proxy, provider, chat_body("tokens=10 error_after=0", model=model)) as r:
+    nothing reached the client yet, so the proxy retries it as it retries a 5xx status."""
+    rid = uid("first-event")
+    with post(proxy, provider, chat_body(f"id={rid} tokens=4 error_after=0 error_attempts=1", model=model)) as r:
+        assert r.status_code == 200
+        events = sse_events(r)
+    assert_contract_stream(events, 4)
+    assert [rec["attempt"] for rec in upstream.requests(id=rid)] == [0, 1]
+
+
+@pytest.mark.parametrize("provider,model,status", [(*ANTHROPIC, 503), (*OPENAI, 502)])
+def test_an_error_event_before_the_first_token_every_time_is_an_http_status(proxy: Any, upstream: Any, provider: str, model: str, status: int) -> None:
+    """Still failing after the retries: the status and JSON body CONTRACT.md asks for before any
+    byte of the stream (not a 200 stream ending in an error line), marked as retried already."""
+    rid = uid("first-event-always")
+    with post(proxy, provider, chat_body(f"id={rid} tokens=10 error_after=0", model=model)) as r:
         assert r.status_code == status and r.headers["Content-Type"].startswith("application/json")
         body = r.json()
     assert body["error"] and body["type"].startswith("upstream_")
-    assert "x-should-retry" not in r.headers  # the proxy did not retry it: the client may
+    assert r.headers["x-should-retry"] == "false"
+    assert len(upstream.requests(id=rid)) == 3  # LLM_PROXY_MAX_RETRIES attempts in all
 
 
 def test_a_keepalive_due_before_the_first_token_starts_the_stream(proxy: Any) -> None:
