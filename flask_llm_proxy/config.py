@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import ipaddress
 import logging
+import math
 import os
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -23,6 +27,7 @@ PROVIDER_TYPES = ("anthropic", "openai", "mock")
 OFFICIAL_BASE_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
 ENV_BASE_URL = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 ENV_API_KEY = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header when a provider sets none
 RESERVED_NAMES = {"health", "models", "metrics", "static", "client.js"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RATE_RE = re.compile(
@@ -76,7 +81,7 @@ class ProviderConfig:
     max_messages: int | None = None
     max_body_bytes: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    anthropic_version: str = "2023-06-01"
+    anthropic_version: str = ANTHROPIC_VERSION
     max_tokens_field: str = "max_tokens"
     mock_tokens: int = 20
     mock_pace_ms: float = 20.0
@@ -122,7 +127,7 @@ class Settings:
     cors_origins: tuple[str, ...]
     cors_credentials: bool
     cors_max_age: int
-    pricing: Mapping[str, Any]
+    pricing: Mapping[str, Mapping[str, float] | None]
     usage_store: str | None
     budgets: Mapping[str, Mapping[str, float]]
     metrics: bool
@@ -133,12 +138,19 @@ class Settings:
 # --- small checkers: each raises ConfigError(key, what is wrong) ---------------------------
 
 
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+
 def _bool(key: str, v: Any) -> bool:
+    """Explicit words only: an empty ``LLM_PROXY_REQUIRE_AUTH=`` must not switch auth off."""
     if isinstance(v, bool):
         return v
-    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    raise ConfigError(key, f"expected a boolean, got {v!r}")
+    if isinstance(v, int) and v in (0, 1):  # JSON from the environment: LLM_PROXY_METRICS=1
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return v.strip().lower() in _TRUE_WORDS
+    raise ConfigError(key, f"expected a boolean (true/false, 1/0, yes/no, on/off), got {v!r}")
 
 
 def _int(key: str, v: Any, *, minimum: int = 0, optional: bool = False) -> int | None:
@@ -160,9 +172,13 @@ def _float(key: str, v: Any, *, minimum: float = 0.0, optional: bool = False) ->
         try:
             v = float(v)
         except ValueError:
-            raise ConfigError(key, f"expected a number of seconds, got {v!r}") from None
+            raise ConfigError(key, f"expected a number, got {v!r}") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(key, f"expected a number, got {v!r}")
+    if not math.isfinite(v):
+        # nan compares False with everything, so it would pass every check below and then
+        # break each request (a timeout) or never trigger (a budget); no setting means inf.
+        raise ConfigError(key, f"must be a finite number, got {v}")
     if v < minimum:
         raise ConfigError(key, f"must be >= {minimum}, got {v}")
     return float(v)
@@ -209,6 +225,45 @@ _PROVIDER_KEYS = {
     "headers", "anthropic_version", "max_tokens_field", "tokens", "pace_ms", "text",
 }
 _FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+# what the proxy sends itself: a configured one would go out next to it (names differ in case)
+_PROXY_HEADERS = {"content-type", "accept", "accept-encoding", "x-request-id"}
+_AUTH_HEADERS = {"anthropic": {"x-api-key": "api_key", "anthropic-version": "anthropic_version"}, "openai": {"authorization": "api_key"}}
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+
+
+def _header_value_problem(v: str) -> str | None:
+    """Why ``v`` cannot be sent as a header value, worded without quoting ``v`` (it may be a secret).
+
+    Headers are written to the socket as latin-1: a CR/LF would split the request and any other
+    character fails every request with a 500, so both are refused here instead.
+    """
+    if any(unicodedata.category(c) == "Cc" for c in v):
+        return "contains a control character (a line break or tab, e.g. from a file or a copy-paste)"
+    try:
+        v.encode("latin-1")
+    except UnicodeEncodeError:
+        return "contains a character that cannot be sent in an HTTP header (e.g. a typographic quote or dash)"
+    return None
+
+
+def _base_url_problem(url: Any) -> str | None:
+    """Why ``url`` cannot be the upstream's base URL; checked once here, not on every request."""
+    if not isinstance(url, str):
+        return "must be an http:// or https:// URL"
+    if not url.isascii() or any(c.isspace() or unicodedata.category(c) == "Cc" for c in url):
+        return "must be an http:// or https:// URL without whitespace or non-ASCII characters (use the punycode host)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port out of 0-65535 or not a number, a broken [IPv6] literal
+        return "must be an http:// or https:// URL with a valid host and a port from 1 to 65535"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host, like https://api.example.com/v1"
+    if port == 0:
+        return "must be an http:// or https:// URL with a port from 1 to 65535"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "must be an http:// or https:// URL without '?query' or '#fragment' (API paths are appended to it)"
+    return None
 
 
 def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConfig:
@@ -232,22 +287,52 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
             + ("" if "type" in entry else " (type defaults to the entry's name)"),
         )
     exact, pattern = compile_models(f"{key}.models", entry.get("models"))
-    base_url = entry.get("base_url") or environ.get(ENV_BASE_URL.get(ptype, ""), "") or OFFICIAL_BASE_URLS.get(ptype, "")
-    api_key = entry.get("api_key") or environ.get(ENV_API_KEY.get(ptype, ""), "")
+    env_url = "" if entry.get("base_url") else environ.get(ENV_BASE_URL.get(ptype, ""), "")
+    base_url = entry.get("base_url") or env_url or OFFICIAL_BASE_URLS.get(ptype, "")
+    env_key = "" if entry.get("api_key") else environ.get(ENV_API_KEY.get(ptype, ""), "")
+    api_key = entry.get("api_key") or env_key
     if ptype != "mock":
-        if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
-            raise ConfigError(f"{key}.base_url", "must be an http:// or https:// URL")
-        if not api_key or not isinstance(api_key, str):
+        problem = _base_url_problem(base_url)
+        if problem:
+            where = f" (read from the environment variable {ENV_BASE_URL[ptype]})" if env_url else ""
+            raise ConfigError(f"{key}.base_url", problem + where)
+        if not api_key:
             raise ConfigError(
                 f"{key}.api_key",
                 f"no API key: set it here or in the environment variable {ENV_API_KEY[ptype]}",
             )
+        if not isinstance(api_key, str):
+            raise ConfigError(f"{key}.api_key", f"must be a string, got {type(api_key).__name__}")
+        # Never quote the key: this message ends up in logs and tracebacks.
+        problem = _header_value_problem(api_key)
+        if problem is None and api_key != api_key.strip():
+            problem = "starts or ends with whitespace"
+        if problem:
+            where = f" (read from the environment variable {ENV_API_KEY[ptype]})" if env_key else ""
+            raise ConfigError(f"{key}.api_key", f"{problem}{where}; the key itself is not shown")
     headers = entry.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise ConfigError(f"{key}.headers", "must be a dict of header name -> string value")
     bad = _FORBIDDEN_HEADERS & {k.lower() for k in headers}
     if bad:
         raise ConfigError(f"{key}.headers", f"may not set {sorted(bad)}")
+    own = _AUTH_HEADERS.get(ptype, {})
+    for hname in headers:
+        if hname.lower() in _PROXY_HEADERS:
+            raise ConfigError(f"{key}.headers", f"{hname!r} is set by the proxy on every upstream request")
+        if hname.lower() in own:
+            raise ConfigError(f"{key}.headers", f"{hname!r} is sent from the provider's {own[hname.lower()]!r}: set that instead")
+    for hname, hvalue in headers.items():
+        if not _HEADER_NAME_RE.match(hname):
+            raise ConfigError(f"{key}.headers", f"{hname!r} is not a valid header name")
+        problem = _header_value_problem(hvalue)
+        if problem:  # the value may be a token: name the header only
+            raise ConfigError(f"{key}.headers", f"the value of {hname!r} {problem}; the value itself is not shown")
+    version = entry.get("anthropic_version")
+    if version is None:  # like every optional provider setting: None means the default
+        version = ANTHROPIC_VERSION
+    elif not isinstance(version, str) or not version or _header_value_problem(version):
+        raise ConfigError(f"{key}.anthropic_version", f"expected a version string like '2023-06-01' or None, got {version!r}")
     mtf = entry.get("max_tokens_field")
     if mtf is None:
         # OpenAI's own API rejects max_tokens for newer models; compatible servers know only max_tokens.
@@ -264,7 +349,7 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         max_messages=_int(f"{key}.max_messages", entry.get("max_messages"), minimum=1, optional=True),
         max_body_bytes=_int(f"{key}.max_body_bytes", entry.get("max_body_bytes"), minimum=1, optional=True),
         headers=dict(headers),
-        anthropic_version=str(entry.get("anthropic_version", "2023-06-01")),
+        anthropic_version=version,
         max_tokens_field=mtf,
         mock_tokens=_int(f"{key}.tokens", entry.get("tokens", 20), minimum=0),  # type: ignore[arg-type]
         mock_pace_ms=_float(f"{key}.pace_ms", entry.get("pace_ms", 20.0)),  # type: ignore[arg-type]
@@ -307,32 +392,104 @@ def _budgets(key: str, v: Any) -> dict[str, dict[str, float]]:
     return out
 
 
-def _pricing(key: str, v: Any) -> dict[str, Any]:
+def _pricing(key: str, v: Any) -> dict[str, dict[str, float] | None]:
+    """The parsed floats are kept, not the given values: pricing.py multiplies them, and a
+    price read from JSON in the environment may well be the string "2.5"."""
     if not v:
         return {}
     if not isinstance(v, Mapping):
         raise ConfigError(key, "expected a dict of model (or pattern) -> {'input': ..., 'output': ...}")
+    out: dict[str, dict[str, float] | None] = {}
     for model, price in v.items():
         if price is None:
+            out[model] = None
             continue
         if not isinstance(price, Mapping) or not {"input", "output"} <= set(price):
             raise ConfigError(f"{key}[{model!r}]", "needs at least 'input' and 'output' in USD per million tokens")
-        for k, p in price.items():
+        for k in price:
             if k not in ("input", "output", "cache_read", "cache_write"):
                 raise ConfigError(f"{key}[{model!r}]", f"unknown price {k!r}")
-            _float(f"{key}[{model!r}].{k}", p)
-    return dict(v)
+        out[model] = {k: _float(f"{key}[{model!r}].{k}", p) for k, p in price.items()}  # type: ignore[misc]
+    return out
+
+
+_REGEX_CHARS = set("\\^$*+{}[]|()")  # '.' and '?' occur in plain URLs too
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _cors_origins(key: str, v: Any) -> tuple[str, ...]:
+    """Exact origins and regular expressions; an origin is ``scheme://host[:port]`` and nothing more.
+
+    A browser's ``Origin`` never has a path, a trailing '/' or a default port: an entry like
+    "https://app.example.com/" would match no request (extension.cors_origin_matchers makes it a
+    pattern), and CORS would silently be off. Entries with regex syntax stay patterns.
+    """
     origins = _str_list(key, v)
     for o in origins:
-        if o != "*" and not o.startswith(("http://", "https://")):
+        if o == "*":
+            continue
+        if _is_ipv6_origin(o):
+            raise ConfigError(key, f"{o!r}: '[' makes this a pattern that never matches; write it as {re.escape(o)!r}")
+        if o.lower().startswith(("http://", "https://")) and not _REGEX_CHARS & set(o):
             try:
-                re.compile(o)
-            except re.error as exc:
-                raise ConfigError(key, f"{o!r} is neither an origin nor a valid regular expression: {exc}") from None
+                parts = urlsplit(o)
+                port = parts.port
+            except ValueError:
+                parts, port = None, None
+            if parts is None or not parts.hostname or port == 0:
+                raise ConfigError(key, f"{o!r} is not an origin: use scheme://host[:port], e.g. 'https://app.example.com'")
+            fixed = f"{parts.scheme}://{parts.hostname}" + ("" if port in (None, _DEFAULT_PORTS[parts.scheme]) else f":{port}")
+            if fixed.lower() != o.lower():  # case is left alone: a pattern matches ignoring case
+                raise ConfigError(
+                    key, f"{o!r} is not an origin (scheme://host[:port]; no path, trailing '/' or default port): use {fixed!r}"
+                )
+        try:
+            re.compile(o)
+        except re.error as exc:
+            raise ConfigError(key, f"{o!r} is neither an origin nor a valid regular expression: {exc}") from None
     return origins
+
+
+def _is_ipv6_origin(o: str) -> bool:
+    """``http://[::1]:8080``: an origin, but its brackets read as a regex character class."""
+    if not o.lower().startswith(("http://[", "https://[")):
+        return False
+    try:
+        host = urlsplit(o).hostname
+        return host is not None and ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def _metrics_allow(key: str, v: Any) -> tuple[str, ...]:
+    """Addresses or CIDR networks, checked now: metrics.address_allowed skips an entry it cannot
+    parse, so a typo like "10.0.0.0/33" would otherwise lock everyone out without a word."""
+    entries = _str_list(key, v)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            hint = " (host names are not resolved: use 127.0.0.1 and ::1)" if entry.strip().lower() == "localhost" else ""
+            raise ConfigError(key, f"{entry!r} is not an IP address or CIDR network{hint}") from None
+    return entries
+
+
+def _usage_store(key: str, v: Any) -> str | None:
+    """Exactly the URIs ledger.open_store understands, so a wrong one names the key at init."""
+    if v in (None, ""):
+        return None
+    if isinstance(v, str):
+        if v == "none" or v.startswith(("redis://", "rediss://", "unix://")):
+            return v
+        if v.startswith("sqlite:///"):
+            if v == "sqlite:///":
+                raise ConfigError(
+                    key, "'sqlite:///' needs a file: 'sqlite:///usage.sqlite3' (in the instance folder) or an absolute path"
+                )
+            return v
+    raise ConfigError(
+        key, f"expected None, 'sqlite:///path', 'redis://...', 'rediss://...', 'unix://...' or 'none', got {v!r}"
+    )
 
 
 def warn_unknown_keys(config: Mapping[str, Any]) -> list[str]:
@@ -361,9 +518,7 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
     claim = c("LLM_PROXY_MODELS_CLAIM")
     if claim is not None and not isinstance(claim, str):
         raise ConfigError("LLM_PROXY_MODELS_CLAIM", "expected a claim name or None")
-    store = c("LLM_PROXY_USAGE_STORE")
-    if store is not None and (not isinstance(store, str) or not store.startswith(("sqlite:///", "redis://", "rediss://", "unix://", "memory://", "none"))):
-        raise ConfigError("LLM_PROXY_USAGE_STORE", f"expected 'sqlite:///path', 'redis://...' or 'none', got {store!r}")
+    store = _usage_store("LLM_PROXY_USAGE_STORE", c("LLM_PROXY_USAGE_STORE"))
     keepalive = _float("LLM_PROXY_KEEPALIVE", c("LLM_PROXY_KEEPALIVE"), optional=True)
     return Settings(
         providers=_providers(c("LLM_PROXY_PROVIDERS"), environ),
@@ -393,6 +548,6 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
         usage_store=store,
         budgets=_budgets("LLM_PROXY_BUDGETS", c("LLM_PROXY_BUDGETS")),
         metrics=_bool("LLM_PROXY_METRICS", c("LLM_PROXY_METRICS")),
-        metrics_allow=_str_list("LLM_PROXY_METRICS_ALLOW", c("LLM_PROXY_METRICS_ALLOW")),
+        metrics_allow=_metrics_allow("LLM_PROXY_METRICS_ALLOW", c("LLM_PROXY_METRICS_ALLOW")),
         log_content=_bool("LLM_PROXY_LOG_CONTENT", c("LLM_PROXY_LOG_CONTENT")),
     )

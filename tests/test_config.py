@@ -14,9 +14,19 @@ from flask import Flask
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.config import DEFAULTS, Settings, load_settings
 from flask_llm_proxy.errors import ConfigError
+from flask_llm_proxy.extension import cors_origin_matchers
+from flask_llm_proxy.ledger import NullStore, SQLiteStore, open_store
+from flask_llm_proxy.pricing import PriceTable
 
 ANTHROPIC = {"api_key": "sk-ant-test", "models": ["claude-*"]}
 OPENAI = {"api_key": "sk-openai-test", "models": ["gpt-*"]}
+SECRET = "Zq8vK2pXw7Rt"  # the part of a key no error message may show, not even in part
+
+
+def assert_no_part_of(secret: str, text: str) -> None:
+    """Not the secret, and not any 4 characters of it in a row."""
+    leaks = {secret[i : i + 4] for i in range(len(secret) - 3)} & {text[i : i + 4] for i in range(len(text) - 3)}
+    assert not leaks, f"{leaks} of the secret in {text!r}"
 
 
 def load(environ: dict[str, str] | None = None, **config: Any) -> Settings:
@@ -182,6 +192,83 @@ def test_bad_extra_headers_are_refused(headers):
     provider_error(".headers", "anthropic", dict(ANTHROPIC, headers=headers))
 
 
+@pytest.mark.parametrize(
+    "api_key",
+    [
+        f"sk-ant-{SECRET}\n", f"sk-ant-{SECRET}\r\n", f"\tsk-ant-{SECRET}", f"sk-ant-{SECRET[:5]}\x00{SECRET[5:]}",
+        f"sk-ant-{SECRET}\u2019", f"sk\u2013ant-{SECRET}", f"sk-ant-{SECRET} ", f" sk-ant-{SECRET}",
+    ],
+)
+def test_an_api_key_that_cannot_be_sent_names_the_provider_but_never_shows_the_key(api_key):
+    # A CR/LF, another control character or a non-latin-1 character would fail (or split) every
+    # upstream request with a 500; the message goes to logs, so it describes the key, never quotes it.
+    err = provider_error(".api_key", "anthropic", dict(ANTHROPIC, api_key=api_key), "not shown")
+    assert_no_part_of(SECRET, str(err))
+    assert_no_part_of(SECRET, repr(err))
+
+
+def test_an_api_key_from_the_environment_is_checked_too_and_names_the_variable():
+    err = provider_error(".api_key", "openai", {"models": ["*"]}, "OPENAI_API_KEY", environ={"OPENAI_API_KEY": f"sk-{SECRET}\n"})
+    assert_no_part_of(SECRET, str(err))
+
+
+def test_an_api_key_may_contain_any_printable_latin_1_character():
+    assert providers(openai=dict(OPENAI, api_key="sk-a b~é")).providers["openai"].api_key == "sk-a b~é"
+
+
+@pytest.mark.parametrize("value", [f"Bearer {SECRET}\r\nX-Evil: 1", f"{SECRET}\n", f"{SECRET}\u2019", f"\x7f{SECRET}"])
+def test_a_header_value_that_cannot_be_sent_names_the_header_but_never_shows_the_value(value):
+    err = provider_error(".headers", "openai", dict(OPENAI, headers={"X-Gateway-Auth": value}), "'X-Gateway-Auth'", "not shown")
+    assert_no_part_of(SECRET, str(err))
+    assert "Evil" not in str(err)
+
+
+@pytest.mark.parametrize("name", ["X A", "X-A:", "", "X-\u00e9", "X-A\r\nX-B"])
+def test_a_header_name_that_is_no_http_token_is_refused(name):
+    provider_error(".headers", "openai", dict(OPENAI, headers={name: "1"}), "header name")
+
+
+def test_good_extra_headers_are_kept():
+    headers = {"OpenAI-Organization": "org-1", "X-Title": "Café demo", "HTTP-Referer": "https://app.test"}
+    assert providers(openai=dict(OPENAI, headers=headers)).providers["openai"].headers == headers
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999/v1", "http://gw.test:0/v1", "http://gw.test:port/v1", "https://api.openai.com/v1 extra",
+        " https://api.openai.com/v1", "https://api.openai.com/v1\n", "ws://gw.test/v1", "file:///etc/passwd", "http://:80",
+        "https://api.openai.com/v1?x=1", "https://gw.test/v1#frag", "https://gw.test/v1?", "https://exämple.test/v1", "http://[::1/v1",
+    ],
+)
+def test_a_base_url_that_cannot_be_used_names_the_provider_and_the_key(url):
+    # each of these used to pass init_app and then fail every request
+    provider_error(".base_url", "openai", dict(OPENAI, base_url=url), "http")
+
+
+def test_a_bad_base_url_from_the_environment_names_the_variable():
+    provider_error(".base_url", "openai", {"models": ["*"]}, "OPENAI_BASE_URL", environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://vllm:99999/v1"})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:11434/v1", "http://[::1]:8080/v1", "https://gw.example.com:65535/", "http://10.0.0.5", "HTTPS://API.example.com/v1"]
+)
+def test_usable_base_urls_are_accepted(url):
+    assert providers(openai=dict(OPENAI, base_url=url)).providers["openai"].base_url == url.rstrip("/")
+
+
+def test_anthropic_version_none_means_the_default_like_other_optional_provider_settings():
+    # None used to be sent upstream as the header value "None"
+    assert providers(anthropic=dict(ANTHROPIC, anthropic_version=None)).providers["anthropic"].anthropic_version == "2023-06-01"
+    assert providers(anthropic=ANTHROPIC).providers["anthropic"].anthropic_version == "2023-06-01"
+    assert providers(anthropic=dict(ANTHROPIC, anthropic_version="2024-01-01")).providers["anthropic"].anthropic_version == "2024-01-01"
+
+
+@pytest.mark.parametrize("version", [2023, "", "2023-06-01\n", ["2023-06-01"]])
+def test_an_anthropic_version_that_is_no_version_string_names_the_key(version):
+    provider_error(".anthropic_version", "anthropic", dict(ANTHROPIC, anthropic_version=version), "'2023-06-01'")
+
+
 @pytest.mark.parametrize("option, value", [("max_tokens", 0), ("max_tokens", "many"), ("max_messages", -1), ("max_body_bytes", 1.5)])
 def test_bad_provider_limits_name_their_key(option, value):
     provider_error(f".{option}", "anthropic", dict(ANTHROPIC, **{option: value}))
@@ -270,6 +357,53 @@ def test_an_origin_that_is_no_valid_regex_is_refused():
     config_error("LLM_PROXY_CORS_ORIGINS", "regular expression", LLM_PROXY_CORS_ORIGINS=["app(.test"])
 
 
+@pytest.mark.parametrize(
+    "origin, fixed",
+    [
+        ("https://app.example.com/", "https://app.example.com"),
+        ("https://app.example.com/chat", "https://app.example.com"),
+        ("http://localhost:5173/", "http://localhost:5173"),
+        ("https://app.example.com:8443/index.html", "https://app.example.com:8443"),
+        ("https://app.example.com:443", "https://app.example.com"),  # browsers leave the default port out
+        ("https://App.Example.com/", "https://app.example.com"),
+        ("https://app.example.com?x", "https://app.example.com"),
+        ("https://user@app.example.com", "https://app.example.com"),
+    ],
+)
+def test_an_origin_with_a_path_or_trailing_slash_names_the_key_and_the_corrected_origin(origin, fixed):
+    # such an entry used to become a pattern that matches no Origin header: CORS silently off
+    config_error("LLM_PROXY_CORS_ORIGINS", repr(origin), f"use {fixed!r}", LLM_PROXY_CORS_ORIGINS=["https://ok.test", origin])
+
+
+@pytest.mark.parametrize("origin", ["https://", "http://app.test:99999", "http://app.test:0"])
+def test_an_origin_without_a_usable_host_or_port_is_refused(origin):
+    config_error("LLM_PROXY_CORS_ORIGINS", repr(origin), "scheme://host[:port]", LLM_PROXY_CORS_ORIGINS=[origin])
+
+
+def test_an_ipv6_origin_must_be_written_as_an_escaped_pattern():
+    config_error("LLM_PROXY_CORS_ORIGINS", repr(r"http://\[::1\]:8080"), LLM_PROXY_CORS_ORIGINS=["http://[::1]:8080"])
+
+
+@pytest.mark.parametrize(
+    "entry, origin",
+    [
+        ("*", "https://any.test"),
+        ("https://app.example.com", "https://app.example.com"),
+        ("http://localhost:5173", "http://localhost:5173"),
+        ("HTTPS://App.Example.com", "https://app.example.com"),
+        (r"https://.*\.example\.org", "https://chat.example.org"),
+        (r"https://[^/]+\.app\.test", "https://a.app.test"),
+        (r"https?://app\.test(:\d+)?", "http://app.test:8080"),
+        (r"http://\[::1\]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_exact_origins_wildcards_and_patterns_are_kept_and_match_their_origin(entry, origin):
+    s = load(LLM_PROXY_CORS_ORIGINS=[entry])
+    assert s.cors_origins == (entry,)
+    (matcher,) = cors_origin_matchers(s.cors_origins)
+    assert matcher in ("*", origin) or matcher.match(origin), (matcher, origin)
+
+
 def test_budgets_with_an_unknown_limit_name_the_identity_and_the_limit():
     config_error("LLM_PROXY_BUDGETS['default']", "daily_dollars", "daily_usd", LLM_PROXY_BUDGETS={"default": {"daily_dollars": 5}})
 
@@ -307,6 +441,33 @@ def test_good_pricing_is_kept():
     assert load(LLM_PROXY_PRICING=pricing).pricing == pricing
 
 
+def test_prices_given_as_strings_are_stored_as_numbers():
+    # JSON from the environment may quote them; pricing.py multiplies what is stored
+    s = load(LLM_PROXY_PRICING={"gpt-4o": {"input": "2.5", "output": "10", "cache_read": "1.25"}, "old-model": None})
+    assert s.pricing == {"gpt-4o": {"input": 2.5, "output": 10.0, "cache_read": 1.25}, "old-model": None}
+    assert all(type(p) is float for p in s.pricing["gpt-4o"].values())
+    assert PriceTable(s.pricing, defaults=False).cost("gpt-4o", 1_000_000, 1_000_000) == 12.5
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("LLM_PROXY_READ_TIMEOUT", "nan"), ("LLM_PROXY_READ_TIMEOUT", float("nan")), ("LLM_PROXY_READ_TIMEOUT", "inf"),
+     ("LLM_PROXY_CONNECT_TIMEOUT", float("inf")), ("LLM_PROXY_RETRY_BACKOFF", "NaN"), ("LLM_PROXY_RETRY_AFTER_MAX", "Infinity"),
+     ("LLM_PROXY_KEEPALIVE", "inf"), ("LLM_PROXY_KEEPALIVE", "-inf")],
+)
+def test_a_number_that_is_not_finite_names_its_key(key, value):
+    # nan passed every ">= minimum" check (all comparisons with nan are False), then broke each
+    # request; no setting gives inf a meaning ("no keep-alive" is None, "no limit" is no entry)
+    config_error(key, "finite", **{key: value})
+
+
+def test_a_budget_price_or_mock_pace_that_is_not_finite_names_its_key():
+    config_error("LLM_PROXY_BUDGETS['default'].daily_tokens", "finite", LLM_PROXY_BUDGETS={"default": {"daily_tokens": "nan"}})
+    config_error("LLM_PROXY_BUDGETS['alice'].monthly_usd", "finite", LLM_PROXY_BUDGETS={"alice": {"monthly_usd": float("inf")}})
+    config_error("LLM_PROXY_PRICING['gpt-4o'].input", "finite", LLM_PROXY_PRICING={"gpt-4o": {"input": "nan", "output": 1}})
+    provider_error(".pace_ms", "mock", {"models": ["*"], "pace_ms": "nan"}, "finite")
+
+
 @pytest.mark.parametrize(
     "key, value",
     [
@@ -324,6 +485,75 @@ def test_a_wrongly_typed_setting_names_its_key(key, value):
 def test_strings_from_the_environment_are_parsed():
     s = load(LLM_PROXY_REQUIRE_AUTH="off", LLM_PROXY_MAX_RETRIES="3", LLM_PROXY_READ_TIMEOUT="2.5", LLM_PROXY_KEEPALIVE="0")
     assert (s.require_auth, s.max_retries, s.read_timeout, s.keepalive) == (False, 3, 2.5, None)
+
+
+BOOLEAN_KEYS = sorted(k for k, v in DEFAULTS.items() if isinstance(v, bool))
+
+
+def test_the_boolean_keys_are_the_six_documented_ones():
+    assert BOOLEAN_KEYS == [
+        "LLM_PROXY_CORS_CREDENTIALS", "LLM_PROXY_FAIL_OPEN", "LLM_PROXY_LOG_CONTENT", "LLM_PROXY_METRICS",
+        "LLM_PROXY_PUBLIC_HEALTH", "LLM_PROXY_REQUIRE_AUTH",
+    ]
+
+
+def test_an_empty_require_auth_does_not_switch_auth_off():
+    # LLM_PROXY_REQUIRE_AUTH= (set but empty in the environment) used to mean False
+    config_error("LLM_PROXY_REQUIRE_AUTH", "''", LLM_PROXY_REQUIRE_AUTH="")
+
+
+@pytest.mark.parametrize("key", BOOLEAN_KEYS)
+@pytest.mark.parametrize("value", ["", " ", "ture", "none", "null", "enabled", None, 2, -1, 1.0, "2"])
+def test_every_boolean_key_refuses_anything_but_an_explicit_word(key, value):
+    config_error(key, repr(value), **{key: value})
+
+
+@pytest.mark.parametrize("key", BOOLEAN_KEYS)
+def test_every_boolean_key_accepts_the_usual_words_in_any_case(key):
+    attr = key[len("LLM_PROXY_"):].lower()
+    for value in (True, 1, "1", "true", "True", " YES ", "on"):
+        assert getattr(load(**{key: value}), attr) is True, value
+    for value in (False, 0, "0", "false", "FALSE", "no", " Off "):
+        assert getattr(load(**{key: value}), attr) is False, value
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "localhost", "10.0.0.300", "metrics.example.com", "::1/129", " 10.0.0.1", "10.0.0.0/8;"])
+def test_a_metrics_allow_entry_that_is_no_address_or_network_names_the_key_and_the_entry(entry):
+    # metrics.address_allowed skips an entry it cannot parse: a typo used to lock everyone out
+    config_error("LLM_PROXY_METRICS_ALLOW", repr(entry), LLM_PROXY_METRICS_ALLOW=["127.0.0.1", entry])
+
+
+def test_localhost_in_metrics_allow_says_which_addresses_to_use():
+    config_error("LLM_PROXY_METRICS_ALLOW", "127.0.0.1", "::1", LLM_PROXY_METRICS_ALLOW=["localhost"])
+
+
+def test_metrics_allow_keeps_addresses_and_networks():
+    s = load(LLM_PROXY_METRICS_ALLOW="127.0.0.1, ::1, 10.0.0.0/8, 10.1.2.3/8, fd00::/8")
+    assert s.metrics_allow == ("127.0.0.1", "::1", "10.0.0.0/8", "10.1.2.3/8", "fd00::/8")
+
+
+@pytest.mark.parametrize("store", ["memory://", "nonesuch", "none-of-that", "None", "NONE", "sqlite://relative.db", "sqlite:///", "postgres://db", 5])
+def test_a_usage_store_that_open_store_cannot_open_names_the_key(store):
+    # these used to pass load_settings and then fail in ledger.open_store without naming the key
+    config_error("LLM_PROXY_USAGE_STORE", **{"LLM_PROXY_USAGE_STORE": store})
+
+
+@pytest.mark.parametrize(
+    "store, expected",
+    [(None, None), ("", None), ("none", "none"), ("sqlite:///usage.sqlite3", "sqlite:///usage.sqlite3"),
+     ("sqlite:////var/lib/llm/usage.sqlite3", "sqlite:////var/lib/llm/usage.sqlite3"), ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+     ("rediss://cache.example.com", "rediss://cache.example.com"), ("unix:///run/redis.sock", "unix:///run/redis.sock")],
+)
+def test_every_usage_store_open_store_understands_is_accepted(store, expected):
+    assert load(LLM_PROXY_USAGE_STORE=store).usage_store == expected
+
+
+def test_an_accepted_local_usage_store_opens(tmp_path):
+    assert isinstance(open_store(load(LLM_PROXY_USAGE_STORE="none").usage_store, str(tmp_path)), NullStore)
+    for store in ("", "sqlite:///usage.sqlite3"):
+        opened = open_store(load(LLM_PROXY_USAGE_STORE=store).usage_store, str(tmp_path))
+        assert isinstance(opened, SQLiteStore)
+        opened.close()
 
 
 # --- misspelt keys --------------------------------------------------------------------------
@@ -439,3 +669,16 @@ def test_two_apps_keep_their_own_settings(no_key_env):
     assert LLMProxy.state(a).settings.providers["mock"].allows("a-1")
     assert not LLMProxy.state(b).settings.providers["mock"].allows("a-1")
     assert LLMProxy.state(b).settings.url_prefix == "/b"
+
+
+@pytest.mark.parametrize("ptype, header, hint", [
+    ("openai", "Authorization", "'api_key'"), ("anthropic", "X-Api-Key", "'api_key'"),
+    ("anthropic", "anthropic-version", "'anthropic_version'"), ("openai", "Content-Type", "set by the proxy"),
+    ("anthropic", "X-Request-ID", "set by the proxy"),
+])
+def test_a_header_the_proxy_sends_itself_cannot_be_configured_twice(ptype: str, header: str, hint: str) -> None:
+    """Header names are case-insensitive: a configured 'Authorization' would go out next to the
+    proxy's own 'authorization', and which one the upstream reads is anyone's guess."""
+    provider = {"type": ptype, "api_key": "k", "base_url": "https://api.example.com", "models": ["*"], "headers": {header: "v"}}
+    err = config_error("LLM_PROXY_PROVIDERS['p'].headers", LLM_PROXY_PROVIDERS={"p": provider})
+    assert header in str(err) and hint in str(err)
