@@ -14,6 +14,12 @@ from .errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant")
 MAX_MODEL_LEN = 256
+
+
+def valid_model_name(model: str) -> bool:
+    """Model ids are visible characters only: a pattern such as ``claude-*`` in the allow-list
+    would otherwise also let ``claude-x\n...`` through to the upstream."""
+    return model.isprintable() and not any(c.isspace() for c in model)
 MAX_STOP = 16
 MAX_TOOLS = 128
 
@@ -339,6 +345,8 @@ def parse_chat_request(
     model = _str(body.get("model"), "model", allow_empty=False, max_len=MAX_MODEL_LEN) if "model" in body else None
     if model is None:
         raise _fail("model", "is required")
+    if not valid_model_name(model):
+        raise _fail("model", "may not contain spaces, line breaks or other invisible characters")
     stream = body.get("stream", True)
     if stream is None:
         stream = True

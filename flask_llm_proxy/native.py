@@ -25,6 +25,7 @@ from .providers.responses import ResponsesAdapter
 from .relay import _MALFORMED, StreamBody, decode_upstream
 from .sse import PING
 from .body import read_error
+from .chat import valid_model_name
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -84,6 +85,8 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > 256:
         raise InvalidRequest("model: is required (a string)", extra={"param": "model"})
+    if not valid_model_name(model):
+        raise InvalidRequest("model: may not contain spaces, line breaks or other invisible characters", extra={"param": "model"})
     items = body.get("input") if api == "responses" else body.get("messages")
     if api == "responses":
         if not isinstance(items, (str, list)) or not items:

@@ -633,3 +633,9 @@ def test_an_assistant_message_may_hold_only_a_tool_use():
 def test_text_for_log_joins_the_text_of_every_message():
     req = parse(base(messages=conversation()))
     assert req.text_for_log() == "Be brief.\nHello\nLet me look."
+
+
+@pytest.mark.parametrize("model", ["claude-x\n", "claude x", "claude-\u200bx", "\tgpt-4o"])
+def test_a_model_name_with_invisible_characters_is_refused(model: str) -> None:
+    """An allow-list pattern like ``claude-*`` matches any tail, line breaks included."""
+    refused({"model": model, "messages": [{"role": "user", "content": "hi"}]}, "model")

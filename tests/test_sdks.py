@@ -106,6 +106,13 @@ def test_disallowed_model_raises_the_sdks_bad_request_error(sdk_proxy: Any, upst
     assert upstream.requests(id="sdk-bad") == []
 
 
+def test_a_model_name_with_a_line_break_is_a_bad_request_before_any_upstream_call(sdk_proxy: Any, upstream: Any) -> None:
+    with pytest.raises(anthropic.BadRequestError) as a:  # "claude-*" would match it
+        claude(sdk_proxy, "e1").messages.create(model="claude-3-5-sonnet\n", max_tokens=5, messages=[{"role": "user", "content": "id=sdk-nl"}])
+    assert "model" in str(a.value)
+    assert upstream.requests(id="sdk-nl") == []
+
+
 def test_rate_limit_raises_the_sdks_rate_limit_error(sdk_proxy: Any) -> None:
     client = gpt(sdk_proxy, "limited-user")
     for _ in range(3):  # LLM_PROXY_RATE_LIMIT = 3/minute in this fixture
