@@ -31,7 +31,7 @@ ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header when a provider
 RESERVED_NAMES = {"health", "models", "metrics", "static", "client.js"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RATE_RE = re.compile(
-    r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$", re.IGNORECASE
+    r"^\s*(\d+)\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$", re.IGNORECASE
 )
 
 #: key -> default. The README's configuration table is written from this dict.
@@ -153,7 +153,7 @@ def _bool(key: str, v: Any) -> bool:
     raise ConfigError(key, f"expected a boolean (true/false, 1/0, yes/no, on/off), got {v!r}")
 
 
-def _int(key: str, v: Any, *, minimum: int = 0, optional: bool = False) -> int | None:
+def _int(key: str, v: Any, *, minimum: int = 0, maximum: int | None = None, optional: bool = False) -> int | None:
     if v is None and optional:
         return None
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
@@ -162,6 +162,8 @@ def _int(key: str, v: Any, *, minimum: int = 0, optional: bool = False) -> int |
         raise ConfigError(key, f"expected an integer, got {v!r}")
     if v < minimum:
         raise ConfigError(key, f"must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(key, f"must be <= {maximum}, got {v}")
     return v
 
 
@@ -190,8 +192,11 @@ def _rate(key: str, v: Any) -> str | None:
     if not isinstance(v, str):
         raise ConfigError(key, f"expected a rate string like '60/minute' or None, got {v!r}")
     for part in re.split(r"[;,]", v):
-        if not _RATE_RE.match(part):
+        m = _RATE_RE.match(part)
+        if not m:
             raise ConfigError(key, f"{part.strip()!r} is not a rate like '60/minute' or '200000 per day'")
+        if int(m.group(1)) == 0 or (m.group(3) and int(m.group(3)) == 0):  # 0/minute blocks all; 10/0 minute none
+            raise ConfigError(key, f"{part.strip()!r}: the amount and the period must be at least 1 (None turns it off)")
     return v
 
 
@@ -527,7 +532,7 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
         max_messages=_int("LLM_PROXY_MAX_MESSAGES", c("LLM_PROXY_MAX_MESSAGES"), minimum=1),  # type: ignore[arg-type]
         default_max_tokens=_int("LLM_PROXY_DEFAULT_MAX_TOKENS", c("LLM_PROXY_DEFAULT_MAX_TOKENS"), minimum=1),  # type: ignore[arg-type]
         max_tokens=_int("LLM_PROXY_MAX_TOKENS", c("LLM_PROXY_MAX_TOKENS"), minimum=1, optional=True),
-        max_retries=_int("LLM_PROXY_MAX_RETRIES", c("LLM_PROXY_MAX_RETRIES")),  # type: ignore[arg-type]
+        max_retries=_int("LLM_PROXY_MAX_RETRIES", c("LLM_PROXY_MAX_RETRIES"), maximum=10),  # type: ignore[arg-type]
         retry_backoff=_float("LLM_PROXY_RETRY_BACKOFF", c("LLM_PROXY_RETRY_BACKOFF")),  # type: ignore[arg-type]
         retry_after_max=_float("LLM_PROXY_RETRY_AFTER_MAX", c("LLM_PROXY_RETRY_AFTER_MAX")),  # type: ignore[arg-type]
         connect_timeout=_float("LLM_PROXY_CONNECT_TIMEOUT", c("LLM_PROXY_CONNECT_TIMEOUT"), minimum=0.001),  # type: ignore[arg-type]

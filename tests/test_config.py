@@ -682,3 +682,15 @@ def test_a_header_the_proxy_sends_itself_cannot_be_configured_twice(ptype: str, 
     provider = {"type": ptype, "api_key": "k", "base_url": "https://api.example.com", "models": ["*"], "headers": {header: "v"}}
     err = config_error("LLM_PROXY_PROVIDERS['p'].headers", LLM_PROXY_PROVIDERS={"p": provider})
     assert header in str(err) and hint in str(err)
+
+
+@pytest.mark.parametrize("key", ["LLM_PROXY_RATE_LIMIT", "LLM_PROXY_TOKEN_QUOTA"])
+@pytest.mark.parametrize("rate", ["0/minute", "10/0 minutes", "60/minute;0 per day"])
+def test_a_rate_of_zero_or_over_no_time_names_the_key(key: str, rate: str) -> None:
+    """0/minute would refuse everyone and 10/0 minutes count nothing: neither is what anyone meant."""
+    config_error(key, "at least 1", **{key: rate})
+
+
+def test_max_retries_has_a_sane_ceiling() -> None:
+    config_error("LLM_PROXY_MAX_RETRIES", "<= 10", LLM_PROXY_MAX_RETRIES=10**9)
+    assert load(LLM_PROXY_MAX_RETRIES=10).max_retries == 10
