@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import _json, signals
 from .auth import JWT_ERRORS, check_model_claim, describe_jwt_error, identify
 from .chat import ChatRequest, parse_chat_request
-from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError, UpstreamError
+from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError, UnsupportedMediaType, UpstreamError
 from .exchange import Exchange
 from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
@@ -113,6 +113,8 @@ def _on_unexpected(exc: Exception) -> Response:
 
 def read_json(limit: int) -> Any:
     """Parse the body; refuse a too-large one from its length header or while reading it."""
+    if not is_json_content_type(request.environ.get("CONTENT_TYPE", "")):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
     raw = _read_body(limit)
     if len(raw) > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
@@ -163,6 +165,17 @@ def _read_body(limit: int) -> bytes:
 
 
 MAX_DEPTH = 64
+
+
+def is_json_content_type(ct: str) -> bool:
+    """``application/json`` (any parameters) or a ``+json`` type. A browser sends a cross-origin
+    POST without asking first (no CORS preflight) only as text/plain, a form, or with no type: such
+    a request is refused before it costs anything, so another site cannot spend the proxy's
+    budget through its visitors' browsers, even with auth off."""
+    if ct.startswith("application/json") and (len(ct) == 16 or ct[16] in "; "):
+        return True
+    mime = ct.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")
 
 
 def too_deep(obj: Any, limit: int) -> bool:

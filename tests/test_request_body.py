@@ -12,6 +12,7 @@ import io
 import json
 from typing import Any
 
+import pytest
 from flask import Flask, g, request
 
 from conftest import mock_host_app
@@ -115,3 +116,19 @@ def test_a_chunked_body_that_also_declares_a_length_is_read_whole() -> None:
     status, data = call(make_app(), io.BytesIO(BODY), 5, HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input_terminated": True})
     assert status.startswith("200"), data
     assert len(tokens(data)) == 3
+
+
+@pytest.mark.parametrize("content_type", ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""])
+def test_a_body_a_browser_may_send_cross_site_without_a_preflight_is_refused(content_type: str) -> None:
+    """text/plain, forms and an untyped body are what another site can make its visitors' browsers
+    POST without a CORS preflight; refused, no page elsewhere can spend this proxy's budget."""
+    status, data = call(make_app(), io.BytesIO(BODY), len(BODY), CONTENT_TYPE=content_type)
+    assert status.startswith("415")
+    err = json.loads(data)
+    assert err["type"] == "unsupported_media_type" and "Content-Type: application/json" in err["error"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"])
+def test_json_content_types_are_accepted(content_type: str) -> None:
+    status, data = call(make_app(), io.BytesIO(BODY), len(BODY), CONTENT_TYPE=content_type)
+    assert status.startswith("200") and len(tokens(data)) == 3
