@@ -95,16 +95,7 @@ _INDEXES = (
 )
 
 
-def _unkey_request_id(conn: sqlite3.Connection) -> None:
-    """Move a ledger made when the request id was the table's key to the current table, rows kept."""
-    conn.execute("ALTER TABLE llm_proxy_usage RENAME TO llm_proxy_usage_old")
-    for index in ("llm_proxy_usage_identity_ts", "llm_proxy_usage_ts"):
-        conn.execute(f"DROP INDEX IF EXISTS {index}")  # they moved with the table; recreated on the new one
-    conn.execute(_TABLE)
-    conn.execute(f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) SELECT {', '.join(FIELDS)} FROM llm_proxy_usage_old")
-    conn.execute("DROP TABLE llm_proxy_usage_old")
-    log.warning("usage ledger: moved %s to the current table layout (request ids are no longer its key)",
-                conn.execute("PRAGMA database_list").fetchone()[2])
+_INSERT = f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 
 
 class SQLiteStore(Store):
@@ -119,13 +110,13 @@ class SQLiteStore(Store):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")  # several workers may open the file at once
-            if any(col[1] == "request_id" and col[5] for col in conn.execute("PRAGMA table_info(llm_proxy_usage)")):
-                _unkey_request_id(conn)
             conn.execute(_TABLE)
-            for index in _INDEXES:
+            # A ledger made by an earlier version has the request id as its key. It is not moved
+            # (on a large file that would hold every worker's start past gunicorn's timeout): a
+            # repeated id is written with a suffix instead (see write).
+            self._keyed = any(col[1] == "request_id" and col[5] for col in conn.execute("PRAGMA table_info(llm_proxy_usage)"))
+            for index in _INDEXES[:2] if self._keyed else _INDEXES:
                 conn.execute(index)
-            conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -147,10 +138,13 @@ class SQLiteStore(Store):
     def write(self, record: UsageRecord) -> None:
         d = record.to_dict()
         values = [d[f] if not isinstance(d[f], bool) else int(d[f]) for f in FIELDS]
-        self._conn().execute(
-            f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
-            values,
-        )
+        try:
+            self._conn().execute(_INSERT, values)
+        except sqlite3.IntegrityError:
+            if not self._keyed:
+                raise
+            values[0] = f"{values[0]}~{os.urandom(4).hex()}"  # an earlier version's layout: ids are unique there
+            self._conn().execute(_INSERT, values)
 
     def spend(self, identity: str, now: float) -> Spend:
         day0, _, month0, _ = period_starts(now)

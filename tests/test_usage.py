@@ -352,9 +352,11 @@ def test_a_repeated_request_id_hides_no_request_from_the_ledger_or_its_budget(tm
     assert statuses[-1] == 429 and sum(r["input_tokens"] + r["output_tokens"] for r in rows) >= 10
 
 
-def test_a_ledger_keyed_by_request_id_is_moved_to_the_current_layout_with_its_rows(tmp_path: Path) -> None:
+def test_a_ledger_keyed_by_request_id_keeps_every_request_and_is_left_in_place(tmp_path: Path) -> None:
+    """An earlier version's ledger (the request id as its key) is not moved at start, which on a
+    large file would hold the workers' boot; a repeated id is stored with a suffix instead."""
     db = tmp_path / "old.sqlite3"
-    with sqlite3.connect(db) as conn:  # the layout of earlier versions
+    with sqlite3.connect(db) as conn:  # the layout of earlier versions, with an operator's own view
         conn.execute(
             "CREATE TABLE llm_proxy_usage (request_id TEXT PRIMARY KEY, timestamp REAL NOT NULL, identity TEXT NOT NULL,"
             " provider TEXT NOT NULL, model TEXT NOT NULL, endpoint TEXT, input_tokens INTEGER NOT NULL,"
@@ -362,13 +364,16 @@ def test_a_ledger_keyed_by_request_id_is_moved_to_the_current_layout_with_its_ro
             " cache_write_tokens INTEGER NOT NULL DEFAULT 0, estimated INTEGER NOT NULL, cost_usd REAL,"
             " status INTEGER NOT NULL, error_type TEXT, ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL,"
             " finish_reason TEXT, cached INTEGER NOT NULL)")
-        conn.execute("CREATE INDEX llm_proxy_usage_ts ON llm_proxy_usage (timestamp)")
+        conn.execute("CREATE VIEW spend_by_model AS SELECT model, SUM(cost_usd) AS usd FROM llm_proxy_usage GROUP BY model")
         conn.execute("INSERT INTO llm_proxy_usage VALUES ('r1', 1.0, 'alice', 'anthropic', 'm', 'chat', 100, 10, 0, 0, 0,"
                      " 0.5, 200, NULL, 5.0, 9.0, 0, 'stop', 0)")
     store = SQLiteStore(str(db))
     store.write(_record(1, "alice", SONNET, 0.0005, time.time()))  # the same request id again
-    assert [r["request_id"] for r in store.records(0.0)] == ["r1", "r1"]
-    assert SQLiteStore(str(db)).spend("alice", time.time())["monthly_tokens"] == 110  # opened again: nothing moves twice
+    ids = [r["request_id"] for r in store.records(0.0)]
+    assert ids[0] == "r1" and re.fullmatch(r"r1~[0-9a-f]{8}", ids[1])
+    assert store.spend("alice", time.time())["monthly_tokens"] == 110
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM spend_by_model").fetchone()[0] == 2
 
 
 def _record(i: int, identity: str, model: str, cost: float | None, ts: float) -> UsageRecord:
