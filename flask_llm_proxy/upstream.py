@@ -172,7 +172,7 @@ class UpstreamClient:
             except requests.exceptions.ReadTimeout:
                 raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
             except requests.exceptions.SSLError as exc:
-                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secrets)}"), False
+                err, retryable = NetworkError(f"TLS error talking to the upstream: {scrub(str(exc), secrets)}"), False
             except requests.exceptions.RequestException as exc:
                 err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True
             except transport.ConnectTimeout:
@@ -180,7 +180,7 @@ class UpstreamClient:
             except transport.ReadTimeout:
                 raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
             except ssl.SSLError as exc:
-                err, retryable = NetworkError(f"TLS error talking to the upstream: {_scrub(str(exc), secrets)}"), False
+                err, retryable = NetworkError(f"TLS error talking to the upstream: {scrub(str(exc), secrets)}"), False
             except (OSError, ConnectionError) as exc:
                 err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True
             except RecursionError:
@@ -211,12 +211,13 @@ def _reason(exc: BaseException, secrets: Sequence[str]) -> str:
     for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset", "Connection aborted", "Remote end closed"):
         if marker in text:
             return marker.lower()
-    return _scrub(text, secrets)[:200]
+    return scrub(text, secrets)[:200]
 
 
-def _scrub(text: str, secrets: Sequence[str]) -> str:
+def scrub(text: str, secrets: Sequence[str]) -> str:
     """Every configured secret out of a message that may echo the request (an upstream error body
-    can quote the headers it got): the API key and the values of the provider's extra headers."""
+    can quote the headers it got). ``secrets`` longest first, so that a value that contains
+    another is replaced whole (views.upstream_secrets)."""
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, "[redacted]")
@@ -259,7 +260,7 @@ def error_from_response(resp: requests.Response, secrets: Sequence[str]) -> Upst
             message = err
     except (ValueError, TypeError):
         message = raw.decode("utf-8", "replace")
-    message = _scrub(message, secrets)[:500] or f"HTTP {status}"  # scrub first: a cut could split the key
+    message = scrub(message, secrets)[:500] or f"HTTP {status}"  # scrub first: a cut could split the key
     headers: dict[str, str] = {}
     if status in (429, 529, 503) and resp.headers.get("retry-after"):
         headers["Retry-After"] = resp.headers["retry-after"]

@@ -26,6 +26,7 @@ from .providers import adapter_for
 from .providers.base import output_cap
 from .providers.mock import MockSource
 from .relay import StreamBody, collect, iter_items, peek, relay, upstream_items
+from .upstream import scrub
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -246,6 +247,7 @@ def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, u
     try:
         items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
     except ProxyError as err:
+        err.retried = err.retried or ex.retries > 0  # -> x-should-retry: false, whichever kind retried
         ex.fail(err, before_stream=True)
         ex.finalize()
         raise
@@ -291,10 +293,10 @@ def _first_tokens(st: Any, ex: Exchange, provider: Any, req: ChatRequest, adapte
         try:
             return items, translator, peek(items)
         except UpstreamError as err:
-            if not (getattr(err, "from_stream", False) and (err.status >= 500 or err.status == 429)):
-                raise
-            if ex.retries >= s.max_retries:
-                err.retried = ex.retries > 0  # -> x-should-retry: false, as for a status
+            if getattr(err, "from_stream", False):
+                ex.translator = None  # answered as an error status: no tokens, as for one the upstream sent
+                err.message = scrub(err.message, upstream_secrets(provider))
+            if not getattr(err, "transient", False) or ex.retries >= s.max_retries:
                 raise
             delay = s.retry_backoff * 2**ex.retries
             log.info("upstream attempt %d failed in its first event (%s); retrying in %.2fs", ex.retries + 1, err.message, delay)
@@ -338,11 +340,23 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
     return resp
 
 
+_SECRET_HEADER = re.compile(r"key|auth|token|secret|signature|password|credential|cookie|session", re.IGNORECASE)
+_SCHEME = re.compile(r"^(?:Bearer|Basic|Token|Key)\s+", re.IGNORECASE)
+
+
 def upstream_secrets(provider: Any) -> tuple[str, ...]:
-    """What never leaves the proxy in an error or a log line: the API key, and every configured
-    extra header value of 8 characters or more (``api-key``, ``Authorization``...; shorter ones
-    are flags and versions)."""
-    return (provider.api_key, *(v for v in provider.headers.values() if len(v) >= 8))
+    """What never leaves the proxy in an error or a log line, longest first: the API key, and the
+    values of configured headers named like credentials (``api-key``, ``Helicone-Auth``,
+    ``x-goog-api-key``...), with and without a ``Bearer``/``Basic`` prefix. Other headers
+    (``anthropic-beta``, ``OpenAI-Organization``) stay readable in the upstream's messages."""
+    if not provider.headers:
+        return (provider.api_key,)
+    found = {provider.api_key}
+    for name, value in provider.headers.items():
+        if _SECRET_HEADER.search(name) and value:
+            found.add(value)
+            found.add(_SCHEME.sub("", value))
+    return tuple(sorted((v for v in found if v), key=len, reverse=True))
 
 
 def not_found(rest: str) -> Response:

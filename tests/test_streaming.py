@@ -207,6 +207,17 @@ def test_an_error_event_before_the_first_token_every_time_is_an_http_status(prox
     assert len(upstream.requests(id=rid)) == 3  # LLM_PROXY_MAX_RETRIES attempts in all
 
 
+def test_a_status_after_in_stream_retries_still_tells_clients_not_to_retry(proxy: Any, upstream: Any) -> None:
+    """Two first-event errors used the retries; the 503 that follows must not invite an SDK to
+    multiply the calls again."""
+    rid = uid("first-event-then-503")
+    with post(proxy, "anthropic", chat_body(f"id={rid} tokens=4 error_after=0 error_attempts=2 status=200,200,503")) as r:
+        assert r.status_code == 503
+        r.raw.read()
+    assert r.headers["x-should-retry"] == "false"
+    assert len(upstream.requests(id=rid)) == 3
+
+
 def test_a_keepalive_due_before_the_first_token_starts_the_stream(proxy: Any) -> None:
     with post(proxy, "anthropic", chat_body("tokens=3 first_ms=1200")) as r:
         assert r.status_code == 200

@@ -421,3 +421,26 @@ def non_utc_local_time() -> Iterator[None]:
 def test_retry_after_as_an_asctime_date_is_read_as_utc(non_utc_local_time):
     value = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(time.time() + 60))
     assert 55 <= parse_retry_after(value) <= 61
+
+
+def test_only_transient_in_stream_errors_are_worth_another_attempt() -> None:
+    from flask_llm_proxy.providers.base import stream_error
+
+    assert [stream_error(502, t, "m").transient for t in ("overloaded_error", "api_error", "rate_limit_exceeded", "server_error")] == [True] * 4
+    assert [stream_error(502, t, "m").transient for t in ("invalid_request_error", "invalid_prompt", "permission_error")] == [False] * 3
+
+
+def test_the_secrets_of_a_provider_are_its_key_and_its_credential_headers_longest_first() -> None:
+    from types import SimpleNamespace
+
+    from flask_llm_proxy.views import upstream_secrets
+
+    provider = SimpleNamespace(api_key="sk-key-1", headers={
+        "Helicone-Auth": "Bearer sk-helicone-2", "api-key": "sk-key-1.sig-3", "anthropic-beta": "prompt-caching-2024-07-31",
+        "OpenAI-Organization": "org-4"})
+    secrets = upstream_secrets(provider)
+    assert set(secrets) == {"sk-key-1", "Bearer sk-helicone-2", "sk-helicone-2", "sk-key-1.sig-3"}
+    assert list(secrets) == sorted(secrets, key=len, reverse=True)
+    from flask_llm_proxy.upstream import scrub
+
+    assert scrub("got sk-key-1.sig-3 and sk-helicone-2", secrets) == "got [redacted] and [redacted]"

@@ -279,6 +279,19 @@ def test_a_cut_answer_without_streaming_is_estimated_from_what_arrived_as_a_stre
     assert [(rec.output_tokens, rec.estimated, rec.error_type) for rec in got] == [(4, True, "network_error")]
 
 
+def test_an_error_event_in_place_of_the_first_token_is_recorded_like_an_error_status(upstream: Any, tmp_path: Path) -> None:
+    """The client got an HTTP error and no token: no tokens on the record, whichever attempt failed last."""
+    app = Flask("first-event", instance_path=str(tmp_path))
+    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
+                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url), LLM_PROXY_MAX_RETRIES=1, LLM_PROXY_RETRY_BACKOFF=0.01)
+    LLMProxy(app)
+    got: list[UsageRecord] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    r = app.test_client().post("/api/anthropic", json=chat_body("tokens=5 error_after=0 input_tokens=50"))
+    assert r.status_code == 503
+    assert [(rec.status, rec.retries, rec.input_tokens, rec.output_tokens) for rec in got] == [(503, 1, 0, 0)]
+
+
 def test_a_cost_function_that_breaks_leaves_the_record_without_a_cost(caplog: pytest.LogCaptureFixture) -> None:
     from flask_llm_proxy.exchange import Exchange
     from flask_llm_proxy.providers.anthropic import AnthropicTranslator

@@ -74,7 +74,12 @@ def stream_error(status: int, type_: str, message: str) -> UpstreamError:
     else:
         err = UpstreamError(f"upstream error: {message}", status=status, type="upstream_error")
     err.from_stream = True  # type: ignore[attr-defined]  # the upstream said it inside its stream
+    err.transient = type_ in TRANSIENT_STREAM_ERRORS  # type: ignore[attr-defined]
     return err
+
+
+#: in-stream error types that another attempt may not meet (a request the upstream refused will)
+TRANSIENT_STREAM_ERRORS = frozenset({"overloaded_error", "overloaded", "rate_limit_error", "rate_limit_exceeded", "api_error", "server_error"})
 
 
 def output_cap(provider: ProviderConfig, settings: Settings) -> int | None:
