@@ -176,29 +176,36 @@ def _messages(v: Any, max_messages: int) -> list[dict[str, Any]]:
 def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
     """Tool calls and results pair up as both upstream APIs demand, or they answer 400.
 
-    Every ``tool_result`` answers a ``tool_use`` of the assistant message just before it, and every
-    ``tool_use`` is answered by a ``tool_result`` in the next message (a user message; further text
-    blocks may follow the results). System messages are skipped: Anthropic takes them out of
-    ``messages`` into its ``system`` field. Paths use the client's own message indices.
+    Consecutive messages of one role are one turn (both APIs take them so: OpenAI's one ``tool``
+    message per call arrives as one user message per ``tool_result``). Every ``tool_result``
+    answers a ``tool_use`` of the assistant turn just before, and every ``tool_use`` is answered in
+    the next turn (further text blocks may follow the results). System messages are skipped:
+    Anthropic takes them out of ``messages`` into ``system``. Paths use the client's indices.
     """
-    open_calls: dict[str, str] = {}  # tool_use id of the previous message -> the path of that id
+    turns: list[tuple[str, int, list[tuple[int, int, dict[str, Any]]]]] = []  # (role, first index, blocks)
     for i, m in enumerate(messages):
         if m["role"] == "system":
             continue
-        blocks = m["content"] if isinstance(m["content"], list) else []
+        blocks = [(i, j, b) for j, b in enumerate(m["content"])] if isinstance(m["content"], list) else []
+        if turns and turns[-1][0] == m["role"]:
+            turns[-1][2].extend(blocks)
+        else:
+            turns.append((m["role"], i, blocks))
+    open_calls: dict[str, str] = {}  # tool_use id of the previous turn -> the path of that id
+    for _, first, blocks in turns:
         answered = set()
-        for j, b in enumerate(blocks):
+        for i, j, b in blocks:
             if b["type"] == "tool_result":
                 tid, path = b["tool_use_id"], f"messages[{i}].content[{j}].tool_use_id"
                 if tid not in open_calls:
                     raise _fail(path, f"{tid!r} answers no tool_use of the previous assistant message")
                 if tid in answered:
-                    raise _fail(path, f"{tid!r} is answered by an earlier tool_result of the same message")
+                    raise _fail(path, f"the tool_use {tid!r} is already answered by an earlier tool_result of this turn")
                 answered.add(tid)
         for tid, path in open_calls.items():
             if tid not in answered:
-                raise _fail(path, f"the tool_use {tid!r} is not answered by a tool_result in the next message (messages[{i}])")
-        open_calls = {b["id"]: f"messages[{i}].content[{j}].id" for j, b in enumerate(blocks) if b["type"] == "tool_use"}
+                raise _fail(path, f"the tool_use {tid!r} is not answered by a tool_result in the next message (messages[{first}])")
+        open_calls = {b["id"]: f"messages[{i}].content[{j}].id" for i, j, b in blocks if b["type"] == "tool_use"}
     if open_calls:  # the conversation ends on an assistant message with tool calls
         tid, path = next(iter(open_calls.items()))
         raise _fail(path, f"the tool_use {tid!r} is not answered: the next message must be a user message with its tool_result")
@@ -247,12 +254,17 @@ def _tool_choice(v: Any) -> Any:
     raise _fail("tool_choice", "must be 'auto', 'none', 'required' or {'name': <tool>}")
 
 
-def _check_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> None:
-    """Both APIs refuse a ``tool_choice`` without tools (any value, ``none`` too) or naming an unknown tool."""
+def _check_tool_choice(req: ChatRequest) -> None:
+    """Both APIs refuse a ``tool_choice`` without tools or naming an unknown tool. Without tools,
+    ``auto`` and ``none`` ask for nothing and are dropped (a client may send them with ``tools: []``)."""
+    choice, tools = req.tool_choice, req.tools
     if choice is None:
         return
     if not tools:
-        raise _fail("tool_choice", "is only allowed together with a non-empty 'tools'; leave it out when no tools are given")
+        if choice in ("auto", "none"):
+            req.tool_choice = None
+            return
+        raise _fail("tool_choice", "needs a non-empty 'tools' to choose from; leave it out when no tools are given")
     if isinstance(choice, dict) and all(t["name"] != choice["name"] for t in tools):
         raise _fail("tool_choice", f"names the tool {choice['name']!r}, which is not in 'tools'")
 
@@ -370,5 +382,5 @@ def parse_chat_request(
         tool_choice=_tool_choice(body.get("tool_choice")),
         stream=stream,
     )
-    _check_tool_choice(req.tool_choice, req.tools)
+    _check_tool_choice(req)
     return req

@@ -261,12 +261,20 @@ def test_a_bad_tool_choice_is_refused(choice):
 
 
 @pytest.mark.parametrize("tools", [None, []], ids=["no-tools", "empty-tools"])
-@pytest.mark.parametrize("choice", ["auto", "none", "required", "any", {"name": "f"}])
-def test_tool_choice_without_tools_is_refused(choice, tools):
+@pytest.mark.parametrize("choice", ["required", "any", {"name": "f"}])
+def test_a_tool_choice_that_needs_tools_without_them_is_refused(choice, tools):
     # both APIs answer 400 ("'tool_choice' is only allowed when 'tools' are specified")
     body = base(tool_choice=choice) if tools is None else base(tools=tools, tool_choice=choice)
     err = refused(body, "tool_choice")
     assert "tools" in str(err).split(":", 1)[1]
+
+
+@pytest.mark.parametrize("tools", [None, []], ids=["no-tools", "empty-tools"])
+@pytest.mark.parametrize("choice", ["auto", "none"])
+def test_auto_or_none_without_tools_asks_for_nothing_and_is_dropped(choice, tools):
+    """A client may send them with ``tools: []``; the upstream would refuse them, so they go."""
+    body = base(tool_choice=choice) if tools is None else base(tools=tools, tool_choice=choice)
+    assert parse(body).tool_choice is None
 
 
 @pytest.mark.parametrize(
@@ -639,3 +647,12 @@ def test_text_for_log_joins_the_text_of_every_message():
 def test_a_model_name_with_invisible_characters_is_refused(model: str) -> None:
     """An allow-list pattern like ``claude-*`` matches any tail, line breaks included."""
     refused({"model": model, "messages": [{"role": "user", "content": "hi"}]}, "model")
+
+
+def test_parallel_tool_results_in_consecutive_user_messages_answer_one_assistant_turn():
+    """OpenAI's one ``tool`` message per call arrives as one user message per tool_result."""
+    msgs = conversation()[:3]
+    msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
+    msgs += [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "result": "sun"}]},
+             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "rain"}]}]
+    assert [m["role"] for m in parse(base(messages=msgs)).messages][-2:] == ["user", "user"]

@@ -734,3 +734,18 @@ def test_responses_without_max_output_tokens_sends_the_cap():
     assert body["max_output_tokens"] == 100
     body = ResponsesAdapter().build(req(messages=None, input="Hi", max_output_tokens=20), CAPPED.providers["openai"], CAPPED)
     assert body["max_output_tokens"] == 20
+
+
+def test_consecutive_messages_of_one_role_become_one_anthropic_turn():
+    """Parallel tool results sent as one user message each (OpenAI's shape) answer one assistant turn."""
+    msgs = tool_conversation()
+    msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
+    msgs += [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "result": "sun"}]},
+             {"role": "user", "content": "and tomorrow?"}]
+    body = anthropic_body(messages=msgs)
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "4 degrees, rain"},
+        {"type": "tool_result", "tool_use_id": "call_2", "content": "sun"},
+        {"type": "text", "text": "and tomorrow?"},
+    ]
