@@ -379,20 +379,20 @@ def _prefix(key: str, v: Any) -> str:
 _BUDGET_KEYS = {"daily_usd", "monthly_usd", "daily_tokens", "monthly_tokens"}
 
 
-def _budgets(key: str, v: Any) -> dict[str, dict[str, float]]:
+def _budgets(key: str, v: Any) -> dict[str, dict[str, float | None]]:
     if not v:
         return {}
     if not isinstance(v, Mapping):
         raise ConfigError(key, "expected a dict of identity (or 'default') -> limits")
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for ident, limits in v.items():
         if not isinstance(limits, Mapping):
             raise ConfigError(f"{key}[{ident!r}]", "expected a dict like {'daily_usd': 5.0}")
         bad = set(limits) - _BUDGET_KEYS
         if bad:
             raise ConfigError(f"{key}[{ident!r}]", f"unknown limit(s) {sorted(bad)}; known: {sorted(_BUDGET_KEYS)}")
-        out[str(ident)] = {
-            k: _float(f"{key}[{ident!r}].{k}", lim) for k, lim in limits.items()  # type: ignore[misc]
+        out[str(ident)] = {  # None: no limit of that kind (an override of the default's)
+            k: _float(f"{key}[{ident!r}].{k}", lim, optional=True) for k, lim in limits.items()  # type: ignore[misc]
         }
     return out
 

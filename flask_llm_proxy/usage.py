@@ -41,7 +41,8 @@ class Accounting:
 
     def check_budget(self, identity: str) -> None:
         budgets = self.settings.budgets
-        limits = budgets.get(identity) or budgets.get("default")
+        # an identity listed with {} is exempt from the default; a limit of None is no limit
+        limits = budgets[identity] if identity in budgets else budgets.get("default")
         if not limits:
             return
         now = time.time()
@@ -55,7 +56,7 @@ class Accounting:
             raise ServiceUnavailable("budgets cannot be checked right now; try again shortly", type="budget_unavailable", headers={"Retry-After": "5"}) from None
         _, next_day, _, next_month = period_starts(now)
         for key, limit in limits.items():
-            if spend[key] >= limit:
+            if limit is not None and spend[key] >= limit:
                 resets = next_day if _BUDGET_PERIOD[key] == "daily" else next_month
                 retry = max(1, math.ceil(resets - now))
                 when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

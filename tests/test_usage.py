@@ -365,6 +365,17 @@ def test_a_repeated_request_id_hides_no_request_from_the_ledger_or_its_budget(tm
     assert statuses[-1] == 429 and sum(r["input_tokens"] + r["output_tokens"] for r in rows) >= 10
 
 
+@pytest.mark.parametrize("override", [{}, {"daily_tokens": None}])
+def test_an_identity_can_be_exempted_from_the_default_budget(tmp_path: Path, override: dict[str, Any]) -> None:
+    db = tmp_path / "ledger.sqlite3"
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    limited = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}", LLM_PROXY_BUDGETS={"default": {"daily_tokens": 1}})
+    assert [limited.test_client().post("/api/mock", json=body).status_code for _ in range(2)] == [200, 429]
+    exempt = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}",
+                       LLM_PROXY_BUDGETS={"default": {"daily_tokens": 1}, "ip:127.0.0.1": override})
+    assert [exempt.test_client().post("/api/mock", json=body).status_code for _ in range(2)] == [200, 200]
+
+
 def test_a_ledger_keyed_by_request_id_keeps_every_request_and_is_left_in_place(tmp_path: Path) -> None:
     """An earlier version's ledger (the request id as its key) is not moved at start, which on a
     large file would hold the workers' boot; a repeated id is stored with a suffix instead."""
