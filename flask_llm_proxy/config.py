@@ -242,7 +242,7 @@ def _header_value_problem(v: str) -> str | None:
     Headers are written to the socket as latin-1: a CR/LF would split the request and any other
     character fails every request with a 500, so both are refused here instead.
     """
-    if any(unicodedata.category(c) == "Cc" for c in v):
+    if any(unicodedata.category(c) == "Cc" and c != "\t" for c in v):  # a tab is legal in a field value
         return "contains a control character (a line break or tab, e.g. from a file or a copy-paste)"
     try:
         v.encode("latin-1")
@@ -434,7 +434,7 @@ def _cors_origins(key: str, v: Any) -> tuple[str, ...]:
         if o == "*":
             continue
         if _is_ipv6_origin(o):
-            raise ConfigError(key, f"{o!r}: '[' makes this a pattern that never matches; write it as {re.escape(o)!r}")
+            continue  # an exact origin with an IPv6 address (extension.cors_origin_matchers escapes it)
         if o.lower().startswith(("http://", "https://")) and not _REGEX_CHARS & set(o):
             try:
                 parts = urlsplit(o)
@@ -456,7 +456,7 @@ def _cors_origins(key: str, v: Any) -> tuple[str, ...]:
 
 
 def _is_ipv6_origin(o: str) -> bool:
-    """``http://[::1]:8080``: an origin, but its brackets read as a regex character class."""
+    """``http://[::1]:8080``: an exact origin, though its brackets look like a regex character class."""
     if not o.lower().startswith(("http://[", "https://[")):
         return False
     try:

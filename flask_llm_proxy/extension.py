@@ -132,12 +132,15 @@ def cors_origin_matchers(origins: tuple[str, ...]) -> list[Any]:
     for origin in origins:
         if origin == "*" or _EXACT_ORIGIN.match(origin):
             out.append(origin)
+        elif _EXACT_IPV6_ORIGIN.match(origin):  # flask-cors would read its brackets as a pattern
+            out.append(re.compile(re.escape(origin) + r"\Z", re.IGNORECASE))
         else:
             out.append(re.compile(rf"(?:{origin})\Z", re.IGNORECASE))
     return out
 
 
 _EXACT_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
+_EXACT_IPV6_ORIGIN = re.compile(r"^https?://\[[0-9A-Fa-f:.]+\](:\d+)?$")
 
 
 def _make_limiter(app: Flask) -> Limiter:

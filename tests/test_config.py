@@ -229,7 +229,7 @@ def test_a_header_name_that_is_no_http_token_is_refused(name):
 
 
 def test_good_extra_headers_are_kept():
-    headers = {"OpenAI-Organization": "org-1", "X-Title": "Café demo", "HTTP-Referer": "https://app.test"}
+    headers = {"OpenAI-Organization": "org-1", "X-Title": "Café demo", "HTTP-Referer": "https://app.test", "X-Tags": "a\tb"}  # a tab is legal
     assert providers(openai=dict(OPENAI, headers=headers)).providers["openai"].headers == headers
 
 
@@ -380,8 +380,9 @@ def test_an_origin_without_a_usable_host_or_port_is_refused(origin):
     config_error("LLM_PROXY_CORS_ORIGINS", repr(origin), "scheme://host[:port]", LLM_PROXY_CORS_ORIGINS=[origin])
 
 
-def test_an_ipv6_origin_must_be_written_as_an_escaped_pattern():
-    config_error("LLM_PROXY_CORS_ORIGINS", repr(r"http://\[::1\]:8080"), LLM_PROXY_CORS_ORIGINS=["http://[::1]:8080"])
+def test_an_ipv6_origin_is_an_exact_origin_not_a_pattern():
+    (matcher,) = cors_origin_matchers(load(LLM_PROXY_CORS_ORIGINS=["http://[::1]:8080"]).cors_origins)
+    assert matcher.match("http://[::1]:8080") and not matcher.match("http://:8080") and not matcher.match("http://[::1]:80800")
 
 
 @pytest.mark.parametrize(
