@@ -6,7 +6,7 @@ started it is one ``error:`` line (CONTRACT.md), since the status is already 200
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from . import _json
 
@@ -148,3 +148,13 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Every configured secret out of a message that may echo the request (an upstream error body
+    can quote the headers it got). ``secrets`` longest first, so that a value that contains
+    another is replaced whole (views.upstream_secrets)."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text

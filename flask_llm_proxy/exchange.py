@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ProxyError
+from .errors import ProxyError, scrub
 
 if TYPE_CHECKING:
     import requests
@@ -60,7 +60,7 @@ class Exchange:
     __slots__ = (
         "request_id", "identity", "provider", "model", "endpoint", "started", "wall_started",
         "ttfb_ms", "retries", "status", "error", "complete", "client_aborted", "tokens_streamed",
-        "translator", "resp", "input_chars", "text_parts", "_finalizers", "_done", "record", "cost_fn",
+        "translator", "resp", "input_chars", "text_parts", "_finalizers", "_done", "record", "cost_fn", "secrets",
     )
 
     def __init__(self, request_id: str, identity: str, provider: str, model: str, started: float, *, input_chars: int = 0, keep_text: bool = False, endpoint: str = "chat") -> None:
@@ -86,8 +86,13 @@ class Exchange:
         self._done = False
         self.record: UsageRecord | None = None
         self.cost_fn: Callable[..., float | None] | None = None
+        self.secrets: tuple[str, ...] = ()  # the provider's key and credential headers (views.upstream_secrets)
 
     def fail(self, err: ProxyError, *, before_stream: bool = False) -> None:
+        """Every failure the client is told of passes here: an upstream's message (an error event in
+        its stream may quote the request) loses the provider's secrets."""
+        if self.secrets:
+            err.message = scrub(err.message, self.secrets)
         self.error = err
         if before_stream:
             self.status = err.status

@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from . import _json, transport
+from .errors import scrub
 from .errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("flask_llm_proxy")
@@ -212,16 +213,6 @@ def _reason(exc: BaseException, secrets: Sequence[str]) -> str:
         if marker in text:
             return marker.lower()
     return scrub(text, secrets)[:200]
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Every configured secret out of a message that may echo the request (an upstream error body
-    can quote the headers it got). ``secrets`` longest first, so that a value that contains
-    another is replaced whole (views.upstream_secrets)."""
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def parse_retry_after(value: str | None) -> float | None:

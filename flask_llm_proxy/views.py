@@ -19,14 +19,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import _json, signals
 from .auth import JWT_ERRORS, check_model_claim, describe_jwt_error, identify
 from .chat import ChatRequest, parse_chat_request
-from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError, UnsupportedMediaType, UpstreamError
+from .errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, ProviderNotFound, ProxyError, UnsupportedMediaType, UpstreamError, scrub
 from .exchange import Exchange
 from .native import APIS, native_error_body, native_view
 from .providers import adapter_for
 from .providers.base import output_cap
 from .providers.mock import MockSource
 from .relay import StreamBody, collect, iter_items, peek, relay, upstream_items
-from .upstream import scrub
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -295,7 +294,7 @@ def _first_tokens(st: Any, ex: Exchange, provider: Any, req: ChatRequest, adapte
         except UpstreamError as err:
             if getattr(err, "from_stream", False):
                 ex.translator = None  # answered as an error status: no tokens, as for one the upstream sent
-                err.message = scrub(err.message, upstream_secrets(provider))
+                err.message = scrub(err.message, ex.secrets)  # before the retry's log line
             if not getattr(err, "transient", False) or ex.retries >= s.max_retries:
                 raise
             delay = s.retry_backoff * 2**ex.retries
@@ -325,11 +324,12 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
     def on_retry(err: ProxyError) -> None:
         _count_retry(ex, err)
 
+    ex.secrets = upstream_secrets(provider)
     resp, _ = st.upstream.open(
         provider.base_url + path,
         headers,
         body,
-        secrets=upstream_secrets(provider),
+        secrets=ex.secrets,
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
         max_retries=s.max_retries if max_retries is None else max_retries,

@@ -441,6 +441,20 @@ def test_the_secrets_of_a_provider_are_its_key_and_its_credential_headers_longes
     secrets = upstream_secrets(provider)
     assert set(secrets) == {"sk-key-1", "Bearer sk-helicone-2", "sk-helicone-2", "sk-key-1.sig-3"}
     assert list(secrets) == sorted(secrets, key=len, reverse=True)
-    from flask_llm_proxy.upstream import scrub
+    from flask_llm_proxy.errors import scrub
 
     assert scrub("got sk-key-1.sig-3 and sk-helicone-2", secrets) == "got [redacted] and [redacted]"
+
+
+def test_every_failure_the_client_is_told_of_loses_the_providers_secrets() -> None:
+    """An error event inside the stream may quote the request; Exchange.fail is on every path."""
+    import time as _time
+
+    from flask_llm_proxy.errors import UpstreamError
+    from flask_llm_proxy.exchange import Exchange
+
+    ex = Exchange("r1", "alice", "openai", "gpt-4o", _time.perf_counter())
+    ex.secrets = ("sk-secret-key-1",)
+    err = UpstreamError("upstream error: the key sk-secret-key-1 is revoked")
+    ex.fail(err)
+    assert b"sk-secret-key-1" not in err.to_sse_line() and b"[redacted]" in err.to_sse_line()
