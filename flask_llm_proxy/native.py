@@ -115,7 +115,7 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
 
 
 def native_view(provider_name: str, api: str) -> Response:
-    from .views import account_unexpected, read_json, state
+    from .views import accounted, read_json, state
 
     st = state()
     s = st.settings
@@ -134,13 +134,7 @@ def native_view(provider_name: str, api: str) -> Response:
     from .chat import ChatRequest
 
     st.attach(ex, ChatRequest(model=model))
-    try:
-        return _call(st, ex, provider, api, body, stream)
-    except ProxyError:
-        raise  # accounted for where it was raised
-    except Exception:
-        account_unexpected(ex)
-        raise
+    return accounted(ex, _call, st, ex, provider, api, body, stream)
 
 
 def _call(st: Any, ex: Exchange, provider: Any, api: str, body: dict[str, Any], stream: bool) -> Response:

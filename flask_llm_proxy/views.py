@@ -11,7 +11,7 @@ import logging
 import random
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -221,15 +221,16 @@ def chat(provider_name: str) -> Response:
         input_chars=req.input_size_hint(), keep_text=s.log_content,
     )
     st.attach(ex, req)
-    return run(st, ex, req, provider, adapter, upstream_body)
+    return accounted(ex, run, st, ex, req, provider, adapter, upstream_body)
 
 
-def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
-    """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
+def accounted(ex: Exchange, call: Callable[..., Response], *args: Any) -> Response:
+    """``call(*args)`` for an exchange the extension is accounting for: a ProxyError is accounted
+    for where it is raised, anything else (a bug, a setting no check foresaw) here."""
     try:
-        return _run(st, ex, req, provider, adapter, upstream_body)
+        return call(*args)
     except ProxyError:
-        raise  # accounted for where it was raised
+        raise
     except Exception:
         account_unexpected(ex)
         raise
@@ -242,7 +243,8 @@ def account_unexpected(ex: Exchange) -> None:
     ex.finalize()
 
 
-def _run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
+def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
+    """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
     try:
         items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
     except ProxyError as err:
