@@ -219,6 +219,17 @@ def _mock_app(tmp_path: Path, **config: Any) -> Flask:
     return app
 
 
+def _upstream_app(tmp_path: Path, upstream: Any, **config: Any) -> tuple[Flask, list[UsageRecord]]:
+    """An in-process app in front of the fake upstream, and the records its requests leave."""
+    app = Flask("usage-upstream", instance_path=str(tmp_path))
+    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
+                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url), **config)
+    LLMProxy(app)
+    got: list[UsageRecord] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    return app, got
+
+
 def test_usage_recorded_signal_is_sent_once_per_request_with_the_record(tmp_path: Path) -> None:
     app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none")
     got: list[UsageRecord] = []
@@ -254,12 +265,7 @@ def test_an_unexpected_error_after_the_checks_is_still_accounted_for_once(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(views, "open_upstream", broken)
-    app = Flask("unexpected", instance_path=str(tmp_path))
-    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
-                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url))
-    LLMProxy(app)
-    got: list[UsageRecord] = []
-    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    app, got = _upstream_app(tmp_path, upstream)
     r = app.test_client().post(path, json=body)
     assert r.status_code == 500 and "a bug" not in r.get_data(as_text=True)
     assert [(rec.status, rec.error_type) for rec in got] == [(500, "internal_error")]
@@ -267,12 +273,7 @@ def test_an_unexpected_error_after_the_checks_is_still_accounted_for_once(
 
 @pytest.mark.parametrize("model", [SONNET, "gpt-4o"])
 def test_a_cut_answer_without_streaming_is_estimated_from_what_arrived_as_a_stream_is(upstream: Any, tmp_path: Path, model: str) -> None:
-    app = Flask("cut", instance_path=str(tmp_path))
-    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
-                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url))
-    LLMProxy(app)
-    got: list[UsageRecord] = []
-    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    app, got = _upstream_app(tmp_path, upstream)
     provider = "openai" if model.startswith("gpt") else "anthropic"
     r = app.test_client().post(f"/api/{provider}", json=chat_body("tokens=20 drop_after=4", model=model, stream=False))
     assert r.status_code == 502
@@ -281,12 +282,7 @@ def test_a_cut_answer_without_streaming_is_estimated_from_what_arrived_as_a_stre
 
 def test_an_error_event_in_place_of_the_first_token_is_recorded_like_an_error_status(upstream: Any, tmp_path: Path) -> None:
     """The client got an HTTP error and no token: no tokens on the record, whichever attempt failed last."""
-    app = Flask("first-event", instance_path=str(tmp_path))
-    app.config.update(LLM_PROXY_REQUIRE_AUTH=False, LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE="none",
-                      LLM_PROXY_PROVIDERS=providers_for(upstream.base_url), LLM_PROXY_MAX_RETRIES=1, LLM_PROXY_RETRY_BACKOFF=0.01)
-    LLMProxy(app)
-    got: list[UsageRecord] = []
-    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    app, got = _upstream_app(tmp_path, upstream, LLM_PROXY_MAX_RETRIES=1, LLM_PROXY_RETRY_BACKOFF=0.01)
     r = app.test_client().post("/api/anthropic", json=chat_body("tokens=5 error_after=0 input_tokens=50"))
     assert r.status_code == 503
     assert [(rec.status, rec.retries, rec.input_tokens, rec.output_tokens) for rec in got] == [(503, 1, 0, 0)]
