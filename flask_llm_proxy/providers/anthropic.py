@@ -52,29 +52,14 @@ class AnthropicAdapter(Adapter):
         if req.temperature is not None and req.temperature > 1.0:
             raise InvalidRequest("temperature: must be between 0 and 1 for Anthropic models", extra={"param": "temperature"})
         system = [_text_of(m["content"]) for m in req.messages if m["role"] == "system"]
-        messages: list[dict[str, Any]] = []
-        asked: set[str] = set()  # tool_use ids of the turn before the current one
-        asking: set[str] = set()  # tool_use ids of the current turn
-        for i, m in enumerate(req.messages):
+        messages: list[dict[str, Any]] = []  # tool_use / tool_result pairing: chat._check_tool_pairs
+        for m in req.messages:
             if m["role"] == "system":
                 continue
-            new_turn = not messages or messages[-1]["role"] != m["role"]
-            if new_turn:
-                asked, asking = asking, set()
-            content = m["content"]
-            if not isinstance(content, str):
-                for j, b in enumerate(content):
-                    if b["type"] == "tool_result" and b["tool_use_id"] not in asked:
-                        raise InvalidRequest(
-                            f"messages[{i}].content[{j}].tool_use_id: {b['tool_use_id']!r} answers no tool_use "
-                            "of the previous assistant message",
-                            extra={"param": f"messages[{i}].content[{j}].tool_use_id"},
-                        )
-                asking.update(b["id"] for b in content if b["type"] == "tool_use")
-            if new_turn:
-                messages.append({"role": m["role"], "content": _blocks(content)})
-            else:  # one turn, one message: parallel tool results may come as one user message each
-                messages[-1]["content"] = _as_list(messages[-1]["content"]) + _as_list(_blocks(content))
+            if messages and messages[-1]["role"] == m["role"]:  # one turn, one message (parallel tool results)
+                messages[-1]["content"] = _as_list(messages[-1]["content"]) + _as_list(_blocks(m["content"]))
+            else:
+                messages.append({"role": m["role"], "content": _blocks(m["content"])})
         if not messages or messages[0]["role"] != "user":
             raise InvalidRequest("messages: the first non-system message must be from the user", extra={"param": "messages"})
         body: dict[str, Any] = {
