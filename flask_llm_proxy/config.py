@@ -88,6 +88,7 @@ class ProviderConfig:
     mock_text: str = ""
     _exact: frozenset[str] = field(default=frozenset(), repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # provider_secrets: scrubbed from every error
 
     def label_for(self, model: str) -> str:
         """A bounded metrics label: the model when listed by name, else the pattern it matched."""
@@ -361,7 +362,26 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         mock_text=str(entry.get("text", "")),
         _exact=exact,
         _pattern=pattern,
+        secrets=provider_secrets(api_key or "", headers),
     )
+
+
+_SECRET_HEADER = re.compile(r"key|auth|token|secret|signature|password|credential|cookie|session", re.IGNORECASE)
+_SCHEME = re.compile(r"^(?:Bearer|Basic|Token|Key)\s+", re.IGNORECASE)
+
+
+def provider_secrets(api_key: str, headers: Mapping[str, str]) -> tuple[str, ...]:
+    """What never leaves the proxy in an error or a log line, longest first (so that a value that
+    contains another is replaced whole): the API key, and the values of configured headers named
+    like credentials (``api-key``, ``Helicone-Auth``, ``x-goog-api-key``...), with and without a
+    ``Bearer``/``Basic`` prefix. Other headers (``anthropic-beta``, ``OpenAI-Organization``) stay
+    readable in the upstream's messages. Computed once per provider, here."""
+    found = {api_key}
+    for name, value in headers.items():
+        if _SECRET_HEADER.search(name) and value:
+            found.add(value)
+            found.add(_SCHEME.sub("", value))
+    return tuple(sorted((v for v in found if v), key=len, reverse=True))
 
 
 def _providers(v: Any, environ: Mapping[str, str]) -> dict[str, ProviderConfig]:

@@ -153,7 +153,7 @@ class ConfigError(ValueError):
 def scrub(text: str, secrets: Sequence[str]) -> str:
     """Every configured secret out of a message that may echo the request (an upstream error body
     can quote the headers it got). ``secrets`` longest first, so that a value that contains
-    another is replaced whole (views.upstream_secrets)."""
+    another is replaced whole (config.provider_secrets)."""
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, "[redacted]")

@@ -86,7 +86,7 @@ class Exchange:
         self._done = False
         self.record: UsageRecord | None = None
         self.cost_fn: Callable[..., float | None] | None = None
-        self.secrets: tuple[str, ...] = ()  # the provider's key and credential headers (views.upstream_secrets)
+        self.secrets: tuple[str, ...] = ()  # the provider's key and credential headers (config.provider_secrets)
 
     def fail(self, err: ProxyError, *, before_stream: bool = False) -> None:
         """Every failure the client is told of passes here: an upstream's message (an error event in

@@ -326,7 +326,7 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
     def on_retry(err: ProxyError) -> None:
         _count_retry(ex, err)
 
-    ex.secrets = upstream_secrets(provider)
+    ex.secrets = provider.secrets
     resp, _ = st.upstream.open(
         provider.base_url + path,
         headers,
@@ -340,25 +340,6 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
         on_retry=on_retry,
     )
     return resp
-
-
-_SECRET_HEADER = re.compile(r"key|auth|token|secret|signature|password|credential|cookie|session", re.IGNORECASE)
-_SCHEME = re.compile(r"^(?:Bearer|Basic|Token|Key)\s+", re.IGNORECASE)
-
-
-def upstream_secrets(provider: Any) -> tuple[str, ...]:
-    """What never leaves the proxy in an error or a log line, longest first: the API key, and the
-    values of configured headers named like credentials (``api-key``, ``Helicone-Auth``,
-    ``x-goog-api-key``...), with and without a ``Bearer``/``Basic`` prefix. Other headers
-    (``anthropic-beta``, ``OpenAI-Organization``) stay readable in the upstream's messages."""
-    if not provider.headers:
-        return (provider.api_key,)
-    found = {provider.api_key}
-    for name, value in provider.headers.items():
-        if _SECRET_HEADER.search(name) and value:
-            found.add(value)
-            found.add(_SCHEME.sub("", value))
-    return tuple(sorted((v for v in found if v), key=len, reverse=True))
 
 
 def not_found(rest: str) -> Response:

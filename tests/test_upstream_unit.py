@@ -431,14 +431,11 @@ def test_only_transient_in_stream_errors_are_worth_another_attempt() -> None:
 
 
 def test_the_secrets_of_a_provider_are_its_key_and_its_credential_headers_longest_first() -> None:
-    from types import SimpleNamespace
+    from flask_llm_proxy.config import provider_secrets
 
-    from flask_llm_proxy.views import upstream_secrets
-
-    provider = SimpleNamespace(api_key="sk-key-1", headers={
+    secrets = provider_secrets("sk-key-1", {
         "Helicone-Auth": "Bearer sk-helicone-2", "api-key": "sk-key-1.sig-3", "anthropic-beta": "prompt-caching-2024-07-31",
         "OpenAI-Organization": "org-4"})
-    secrets = upstream_secrets(provider)
     assert set(secrets) == {"sk-key-1", "Bearer sk-helicone-2", "sk-helicone-2", "sk-key-1.sig-3"}
     assert list(secrets) == sorted(secrets, key=len, reverse=True)
     from flask_llm_proxy.errors import scrub
