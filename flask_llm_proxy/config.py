@@ -453,8 +453,10 @@ def _cors_origins(key: str, v: Any) -> tuple[str, ...]:
     for o in origins:
         if o == "*":
             continue
-        if _is_ipv6_origin(o):
+        if is_ipv6_origin(o):
             continue  # an exact origin with an IPv6 address (extension.cors_origin_matchers escapes it)
+        if _ipv6_host(o):  # an IPv6 URL with a path, a trailing '/' or a bad port: no origin
+            raise ConfigError(key, f"{o!r} is not an origin: use scheme://[address][:port], e.g. 'http://[::1]:3000'")
         if o.lower().startswith(("http://", "https://")) and not _REGEX_CHARS & set(o):
             try:
                 parts = urlsplit(o)
@@ -475,8 +477,8 @@ def _cors_origins(key: str, v: Any) -> tuple[str, ...]:
     return origins
 
 
-def _is_ipv6_origin(o: str) -> bool:
-    """``http://[::1]:8080``: an exact origin, though its brackets look like a regex character class."""
+def _ipv6_host(o: str) -> bool:
+    """An http(s) URL whose host is an IPv6 address (a pattern like ``https://[a-z]+\\.test`` is not)."""
     if not o.lower().startswith(("http://[", "https://[")):
         return False
     try:
@@ -484,6 +486,18 @@ def _is_ipv6_origin(o: str) -> bool:
         return host is not None and ipaddress.ip_address(host).version == 6
     except ValueError:
         return False
+
+
+def is_ipv6_origin(o: str) -> bool:
+    """``http://[::1]:8080``: an exact origin, though its brackets look like a regex character class."""
+    if not _ipv6_host(o):
+        return False
+    parts = urlsplit(o)
+    try:
+        port = parts.port
+    except ValueError:  # no number, or out of range
+        return False
+    return port != 0 and not (parts.path or parts.query or parts.fragment or o.endswith(("?", "#")))
 
 
 def _metrics_allow(key: str, v: Any) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from . import signals
-from .config import DEFAULTS, Settings, load_settings
+from .config import DEFAULTS, Settings, is_ipv6_origin, load_settings
 from .errors import ConfigError
 from .exchange import Exchange, UsageRecord
 from .limits import Limits
@@ -132,7 +132,7 @@ def cors_origin_matchers(origins: tuple[str, ...]) -> list[Any]:
     for origin in origins:
         if origin == "*" or _EXACT_ORIGIN.match(origin):
             out.append(origin)
-        elif _EXACT_IPV6_ORIGIN.match(origin):  # flask-cors would read its brackets as a pattern
+        elif is_ipv6_origin(origin):  # flask-cors would read its brackets as a pattern
             out.append(re.compile(re.escape(origin) + r"\Z", re.IGNORECASE))
         else:
             out.append(re.compile(rf"(?:{origin})\Z", re.IGNORECASE))
@@ -140,7 +140,6 @@ def cors_origin_matchers(origins: tuple[str, ...]) -> list[Any]:
 
 
 _EXACT_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
-_EXACT_IPV6_ORIGIN = re.compile(r"^https?://\[[0-9A-Fa-f:.]+\](:\d+)?$")
 
 
 def _make_limiter(app: Flask) -> Limiter:

@@ -380,6 +380,11 @@ def test_an_origin_without_a_usable_host_or_port_is_refused(origin):
     config_error("LLM_PROXY_CORS_ORIGINS", repr(origin), "scheme://host[:port]", LLM_PROXY_CORS_ORIGINS=[origin])
 
 
+@pytest.mark.parametrize("origin", ["http://[::1]:8080/", "http://[::1]:99999", "https://[2001:db8::1]/app"])
+def test_an_ipv6_url_that_is_no_origin_is_refused(origin):
+    config_error("LLM_PROXY_CORS_ORIGINS", repr(origin), "scheme://[address][:port]", LLM_PROXY_CORS_ORIGINS=[origin])
+
+
 def test_an_ipv6_origin_is_an_exact_origin_not_a_pattern():
     (matcher,) = cors_origin_matchers(load(LLM_PROXY_CORS_ORIGINS=["http://[::1]:8080"]).cors_origins)
     assert matcher.match("http://[::1]:8080") and not matcher.match("http://:8080") and not matcher.match("http://[::1]:80800")
