@@ -282,7 +282,7 @@ def _watched_reads(fp: Any, sock: socket.socket, keepalive: float | None, read_t
     if raw is not None:
         # gevent's own wait on the socket's own read watcher, as its recv() waits: close() wakes it
         wait, read_event = sock._wait, sock._read_event  # type: ignore[attr-defined]
-    tls_read = getattr(sock, "_sslobj", None) if tls else None  # the non-blocking TLS object under gevent's
+    tls_read = getattr(sock, "_sslobj", None) if tls else None  # the non-blocking TLS object under gevent's socket
     empty = 0  # reads that found nothing: from the second on, the stream counts as paced
     paced = False
     first = True  # the first read takes what header parsing left in the file's buffer
