@@ -158,3 +158,13 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
         if secret and secret in text:
             text = text.replace(secret, "[redacted]")
     return text
+
+
+def scrub_bytes(data: bytes, secrets: Sequence[str]) -> bytes:
+    """:func:`scrub` for bytes relayed as the upstream sent them: the native passthrough's copy of
+    an upstream error event. Error path only; the tokens' bytes are never searched."""
+    for secret in secrets:
+        raw = secret.encode()
+        if raw and raw in data:
+            data = data.replace(raw, b"[redacted]")
+    return data

@@ -82,7 +82,8 @@ ignored, as are malformed values.
                     provider's error shape; a 200 entry or attempts past the end
                     of the list answer normally
 ``retry_after=S``   add ``retry-after: S`` to those error responses
-``echo_headers=1``  error responses quote all received request header lines
+``echo_headers=1``  error responses, and the in-stream error event of
+                    ``error_after``, quote all received request header lines
                     verbatim (like an upstream echoing the API key back)
 ``drop_after=K``    after K deltas close the TCP connection (FIN, after the
                     bytes already written are flushed) without the terminating
@@ -521,7 +522,8 @@ class _Builder:
     def closing(self) -> list[str]:
         raise NotImplementedError
 
-    def error_event(self) -> str:
+    def error_event(self, message: str | None = None) -> str:
+        """The in-stream error event; ``message`` replaces the provider's default text."""
         raise NotImplementedError
 
     def full_json(self) -> dict[str, Any]:
@@ -584,8 +586,10 @@ class _Anthropic(_Builder):
         out.append(self.ev("message_stop", '{"type":"message_stop"}'))
         return out
 
-    def error_event(self) -> str:
-        return self.ev("error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
+    def error_event(self, message: str | None = None) -> str:
+        if message is None:
+            return self.ev("error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
+        return self.ev("error", _dumps({"type": "error", "error": {"type": "overloaded_error", "message": message}}))
 
     def full_json(self) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": self.text}]
@@ -648,9 +652,11 @@ class _Chat(_Builder):
         out.append("data: [DONE]\n\n")
         return out
 
-    def error_event(self) -> str:
-        return ('data: {"error":{"message":"The server had an error","type":"server_error",'
-                '"param":null,"code":null}}\n\n')
+    def error_event(self, message: str | None = None) -> str:
+        if message is None:
+            return ('data: {"error":{"message":"The server had an error","type":"server_error",'
+                    '"param":null,"code":null}}\n\n')
+        return "data: " + _dumps({"error": {"message": message, "type": "server_error", "param": None, "code": None}}) + "\n\n"
 
     def full_json(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
@@ -767,8 +773,8 @@ class _Responses(_Builder):
             "response": self.response("completed", self.output(), self.usage_obj())}))
         return out
 
-    def error_event(self) -> str:
-        return self.ev("error", {"type": "error", "code": "server_error", "message": "The server had an error",
+    def error_event(self, message: str | None = None) -> str:
+        return self.ev("error", {"type": "error", "code": "server_error", "message": message or "The server had an error",
                                  "param": None})
 
     def full_json(self) -> dict[str, Any]:
@@ -1420,7 +1426,8 @@ class FakeUpstream:
             return False
         if stop_kind == "error":
             act.finished = True
-            if not await out.events([builder.error_event()], end=True):
+            echo = "Received headers: " + "\r\n".join(req.raw_headers) if plan.echo_headers else None
+            if not await out.events([builder.error_event(echo)], end=True):
                 return False
             rec.update(completed=True, outcome="error_event")
             return True

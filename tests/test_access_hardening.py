@@ -94,6 +94,9 @@ ERROR_PATHS: dict[str, tuple[str, Any, Any]] = {
     "drop-mid-stream": ("anthropic", chat_body("tokens=6 drop_after=2"), 200),
     "openai-drop-mid-stream": ("openai", chat_body("tokens=6 drop_after=2", model="gpt-4o"), 200),
     "error-event-mid-stream": ("anthropic", chat_body("tokens=6 error_after=2"), 200),
+    "error-event-echo-mid-stream": ("anthropic", chat_body("tokens=6 error_after=2 echo_headers=1"), 200),
+    "openai-error-event-echo-mid-stream": ("openai", chat_body("tokens=6 error_after=2 echo_headers=1", model="gpt-4o"), 200),
+    "header-secret-error-event-echo": ("gateway", chat_body("tokens=6 error_after=2 echo_headers=1", model="gpt-4o"), 200),
     "silent-mid-stream": ("openai", chat_body("tokens=6 hang_after=1", model="gpt-4o"), 200),
 }
 
@@ -150,6 +153,30 @@ def test_the_native_sdk_endpoints_leak_no_key_either(server: GunicornServer, nam
     assert_no_key(f"the response headers of {name}", "\n".join(f"{k}: {v}" for k, v in headers.items()))
     time.sleep(0.1)
     assert_no_key("the server log", server.log())
+
+
+NATIVE_STREAM_ERRORS = {
+    # an error event in the middle of a stream the native endpoint relays byte for byte, quoting the headers it got
+    "messages": ("anthropic/v1/messages", {"model": SONNET, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]}),
+    "chat": ("openai/v1/chat/completions", {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]}),
+    "responses": ("openai/v1/responses", {"model": "gpt-4o", "stream": True, "input": "tokens=6 error_after=2 echo_headers=1"}),
+    "chat-gateway-header": ("gateway/v1/chat/completions", {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]}),
+}
+
+
+@pytest.mark.parametrize("name", list(NATIVE_STREAM_ERRORS))
+def test_an_upstream_error_event_relayed_by_a_native_endpoint_loses_the_key(server: GunicornServer, upstream: Any, name: str) -> None:
+    """The native endpoints relay the upstream's bytes unchanged, its error event too; a secret the
+    event quotes is redacted in the relayed copy, the rest of the event is the upstream's."""
+    path, body = NATIVE_STREAM_ERRORS[name]
+    rid = uid(f"native-event-{name}")
+    status, headers, raw = send(server, path, with_id(body, rid))
+    assert status == 200, raw[:300]
+    text = raw.decode("utf-8", "replace")
+    secret = GATEWAY_SECRET if "gateway" in name else API_KEY
+    assert secret in json.dumps(upstream.requests(id=rid)[0]["headers"])  # the upstream got it, and quoted it...
+    assert "Received headers:" in text and "[redacted]" in text, text[-600:]  # ...in the event the client got, redacted
+    assert_no_key(f"the relayed stream of {name}", text)
 
 
 def test_the_echoed_upstream_error_is_kept_but_redacted(server: GunicornServer, upstream: Any) -> None:
