@@ -35,6 +35,8 @@ class Metrics:
         self.cost = Counter("llm_proxy_cost_usd", "Cost in USD of the proxied requests (priced models)", ["provider", "model"])
         self.inflight = Gauge("llm_proxy_inflight_streams", "Streams open right now", ["provider"], multiprocess_mode="livesum")
         self.ledger_errors = Counter("llm_proxy_ledger_errors", "Usage records a sink failed to store", [])
+        self.refused = Counter("llm_proxy_refused", "Requests answered with an error before any upstream call (invalid, "
+                               "unauthenticated, over a limit, quota or budget)", ["provider", "type"])
 
 
 def get_metrics() -> Metrics | None:

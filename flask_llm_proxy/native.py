@@ -134,6 +134,7 @@ def native_view(provider_name: str, api: str) -> Response:
     from .chat import ChatRequest
 
     st.attach(ex, ChatRequest(model=model))
+    g.llm_proxy_exchange = ex
     return accounted(ex, _call, st, ex, provider, api, body, stream)
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger("flask_llm_proxy")
 
 READ_SIZE = 65536
 MAX_ERROR_BODY = 65536
+MAX_ERROR_MESSAGE = 500  # characters of an upstream's error message passed on to the client
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 
 GEVENT_SSL_FIX = (
@@ -153,6 +154,7 @@ class UpstreamClient:
         backoff: float,
         retry_after_max: float,
         on_retry: Any = None,
+        request_id: str = "",
     ) -> tuple[requests.Response, int]:
         """POST with retries; return the open 2xx streaming response and the number of retries.
 
@@ -200,7 +202,7 @@ class UpstreamClient:
             if retry_after is not None:
                 delay = max(delay, retry_after)
             attempt += 1
-            log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, err.message, delay)
+            log.info("request %s: upstream attempt %d failed (%s); retrying in %.2fs", request_id or "-", attempt, err.message, delay)
             if on_retry is not None:
                 on_retry(err)
             time.sleep(delay)
@@ -251,7 +253,7 @@ def error_from_response(resp: requests.Response, secrets: Sequence[str]) -> Upst
             message = err
     except (ValueError, TypeError):
         message = raw.decode("utf-8", "replace")
-    message = scrub(message, secrets)[:500] or f"HTTP {status}"  # scrub first: a cut could split the key
+    message = scrub(message, secrets)[:MAX_ERROR_MESSAGE] or f"HTTP {status}"  # scrub first: a cut could split the key
     headers: dict[str, str] = {}
     if status in (429, 529, 503) and resp.headers.get("retry-after"):
         headers["Retry-After"] = resp.headers["retry-after"]

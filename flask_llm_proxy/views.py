@@ -69,6 +69,9 @@ def _finish(response: Response) -> Response:
 
 
 def error_response(err: ProxyError) -> Response:
+    """The JSON error of every failed request (the neutral or the provider's shape)."""
+    if g.get("llm_proxy_exchange") is None:
+        _count_refusal(err)  # an exchange's errors are counted when it is accounted for
     api = g.get("llm_proxy_native")
     body = err.to_json() if api is None else native_error_body(api, err)
     resp = Response(body, status=err.status, mimetype="application/json")
@@ -77,6 +80,14 @@ def error_response(err: ProxyError) -> Response:
     if err.retried:
         resp.headers["x-should-retry"] = "false"
     return resp
+
+
+def _count_refusal(err: ProxyError) -> None:
+    st = current_app.extensions.get("llm_proxy")
+    metrics = st.accounting.metrics if st is not None else None
+    if metrics is not None:
+        provider = (request.view_args or {}).get("provider_name", "")  # a configured name, or "" off the provider routes
+        metrics.refused.labels(provider, err.type).inc()
 
 
 def _on_proxy_error(err: ProxyError) -> Response:
@@ -107,7 +118,7 @@ def _on_jwt_error(exc: Exception) -> Response:
 def _on_unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _on_http_error(exc)
-    log.exception("unexpected error in %s", request.path)
+    log.exception("request %s: unexpected error in %s", g.get("llm_proxy_request_id", "-"), request.path)
     return error_response(ProxyError("internal error in the proxy", status=500, type="internal_error"))
 
 
@@ -221,6 +232,7 @@ def chat(provider_name: str) -> Response:
         input_chars=req.input_size_hint(), keep_text=s.log_content,
     )
     st.attach(ex, req)
+    gg.llm_proxy_exchange = ex  # its errors are accounted for by the exchange, not counted as refusals
     return accounted(ex, run, st, ex, req, provider, adapter, upstream_body)
 
 
@@ -300,7 +312,7 @@ def _first_tokens(st: Any, ex: Exchange, provider: Any, req: ChatRequest, adapte
             if not getattr(err, "transient", False) or ex.retries >= s.max_retries:
                 raise
             delay = s.retry_backoff * 2**ex.retries
-            log.info("upstream attempt %d failed in its first event (%s); retrying in %.2fs", ex.retries + 1, err.message, delay)
+            log.info("request %s: upstream attempt %d failed in its first event (%s); retrying in %.2fs", ex.request_id, ex.retries + 1, err.message, delay)
             _count_retry(ex, err)
             time.sleep(delay)
 
@@ -338,6 +350,7 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
         backoff=s.retry_backoff,
         retry_after_max=s.retry_after_max,
         on_retry=on_retry,
+        request_id=ex.request_id,
     )
     return resp
 

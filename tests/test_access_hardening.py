@@ -468,3 +468,16 @@ def test_an_unknown_provider_is_a_contract_404(server: GunicornServer, path: str
     r = http().post(f"{server.url}{path}", json=chat_body("hi"), timeout=10)
     assert r.status_code == 404
     assert_contract_error(r.status_code, r.headers, r.content, 404)
+
+
+def test_retry_log_lines_name_the_request(server: GunicornServer) -> None:
+    """An operator follows one request through the log by its X-Request-ID, its retries included."""
+    rid = uid("retry-log")
+    status, headers, _ = send(server, "anthropic", chat_body(f"id={rid} status=500 tokens=2"), headers={"X-Request-ID": rid})
+    assert status == 200 and headers["X-Request-ID"] == rid
+    status, _, _ = send(server, "anthropic", chat_body(f"id={rid}-event tokens=2 error_after=0 error_attempts=1"), headers={"X-Request-ID": rid + "-event"})
+    assert status == 200
+    time.sleep(0.1)
+    log = server.log()
+    assert f"request {rid}: upstream attempt 1 failed" in log
+    assert f"request {rid}-event: upstream attempt 1 failed in its first event" in log

@@ -179,6 +179,10 @@ def test_metrics_count_every_request_across_workers(start_proxy: Any, upstream: 
     for t in threads:
         t.join()
     http().post(f"{server.url}/api/anthropic", json=chat_body("status=400 id=m-err"), timeout=20)
+    # refused before any upstream call: counted as refusals, not as proxied requests
+    assert http().post(f"{server.url}/api/anthropic", json=chat_body("hi", temperature=9), timeout=20).status_code == 400
+    assert http().post(f"{server.url}/api/openai", json=chat_body("hi", model="gpt-2"), timeout=20).status_code == 400
+    assert http().post(f"{server.url}/api/openai", data="hi", headers={"Content-Type": "text/plain"}, timeout=20).status_code == 415
     text = http().get(f"{server.url}/api/metrics", timeout=10).text
 
     def value(name: str, **labels: str) -> float:
@@ -189,8 +193,13 @@ def test_metrics_count_every_request_across_workers(start_proxy: Any, upstream: 
         return total
 
     assert value("llm_proxy_requests_total", provider="anthropic", status="200") == n
-    assert value("llm_proxy_requests_total", provider="anthropic", status="400") == 1
+    assert value("llm_proxy_requests_total", provider="anthropic", status="400") == 1  # the one the upstream refused
+    assert value("llm_proxy_requests_total", provider="openai") == 0
     assert value("llm_proxy_errors_total", type="upstream_invalid_request") == 1
+    assert value("llm_proxy_refused_total", provider="anthropic", type="invalid_request") == 1
+    assert value("llm_proxy_refused_total", provider="openai", type="model_not_allowed") == 1
+    assert value("llm_proxy_refused_total", provider="openai", type="unsupported_media_type") == 1
+    assert value("llm_proxy_refused_total", type="upstream_invalid_request") == 0  # accounted for, not refused
     assert value("llm_proxy_tokens_total", direction="output") == 4 * n
     assert value("llm_proxy_tokens_total", direction="input") == 10 * n
     assert value("llm_proxy_ttfb_seconds_count", provider="anthropic") == n
@@ -205,6 +214,9 @@ def test_metrics_are_off_by_default_and_can_be_restricted(proxy: Any, start_prox
     server = start_proxy(upstream.base_url, LLM_PROXY_METRICS=True, LLM_PROXY_METRICS_ALLOW=["10.0.0.0/8"])
     r = http().get(f"{server.url}/api/metrics", timeout=10)
     assert r.status_code == 403 and r.json()["type"] == "permission_denied"
+    allowed = start_proxy(upstream.base_url, LLM_PROXY_METRICS=True, LLM_PROXY_METRICS_ALLOW=["10.0.0.0/8", "127.0.0.0/8"])
+    r = http().get(f"{allowed.url}/api/metrics", timeout=10)
+    assert r.status_code == 200 and "llm_proxy_ledger_errors_total" in r.text
 
 
 def _mock_app(tmp_path: Path, **config: Any) -> Flask:
