@@ -378,14 +378,22 @@ def test_rate_headers_tell_what_is_left_and_when_it_resets_whatever_the_strategy
     app = mock_host_app(LLM_PROXY_RATE_LIMIT="3/minute", RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STRATEGY=strategy)
     LLMProxy(app)
     client = app.test_client()
-    start = int(time.time())
+    sliding_counter = strategy == "sliding-window-counter"
+    if sliding_counter and 60 - time.time() % 60 < 5:
+        time.sleep(60 - time.time() % 60 + 0.1)  # its windows are the clock's minutes: keep the test inside one
+    first = time.time()
     seen = [rate_headers(client.post("/api/mock", json=mock_body())) for _ in range(3)]
     assert [(status, left) for status, left, _ in seen] == [(200, 2), (200, 1), (200, 0)]
-    for _, _, reset in seen:
-        assert start <= reset <= int(time.time()) + 61
+    # When a slot frees up. Fixed and moving window: one period after the first request. The
+    # sliding window counter (limits) counts per clock minute and weighs the previous minute's
+    # count by how much of it still overlaps the last 60 s: a slot frees when the minute ends.
+    frees_at = (first // 60 + 1) * 60 if sliding_counter else first + 60
+    assert [reset for _, _, reset in seen] == pytest.approx([frees_at] * 3, abs=2), (first, seen)
+    refused_at = time.time()
     r = client.post("/api/mock", json=mock_body())
     assert r.status_code == 429 and r.get_json()["type"] == "rate_limited"
-    assert 1 <= int(r.headers["Retry-After"]) <= 61
+    assert int(r.headers["X-RateLimit-Reset"]) == pytest.approx(frees_at, abs=2)
+    assert int(r.headers["Retry-After"]) == pytest.approx(frees_at - refused_at, abs=2)
 
 
 def test_two_apps_with_different_key_prefixes_keep_separate_counts_on_one_redis(redis_server: Any) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis")  # redis: tests/run.sh installs redis-server
+# every scenario of benchmarks/run.py, which --smoke runs all of (redis and tls need redis-server and
+# openssl, which tests/run.sh installs)
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls")
 
 
 def _number(cell: str) -> bool:
@@ -42,6 +44,7 @@ def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_pa
     text = out.read_text()
     head, body = _results_table(text)
     direct, proxy, cpu = head.index("Direct"), head.index("Proxy"), head.index("Worker CPU ms/req")
+    assert [r[0] for r in body if r[0] not in SCENARIOS] == [], "a scenario this test does not check"
     for name in SCENARIOS:
         rows = [r for r in body if r[0] == name]
         # capacity also searches the gunicorn + gevent floor (benchmarks/floor_app.py) once; latency

@@ -44,7 +44,16 @@ def test_a_keepalive_is_a_comment_never_a_data_line() -> None:
     t = Translator()
     t.done = True
     raw = b"".join(relay(exchange([]), iter([None, ["x"]]), t))
-    assert raw.startswith(b": ping\n\n")
+    blocks = raw.decode().split("\n\n")
+    # the silence is one SSE comment and nothing else: no data line rides along with it
+    assert blocks[0] == ": ping"
+    # so the next block is already the first token, numbered 0 (the ping consumed no tokenId)
+    assert blocks[1].startswith("data: ") and "\n" not in blocks[1], blocks[1]
+    first = json.loads(blocks[1][6:])
+    assert (first.get("tokenId"), first.get("token"), first.get("isFirst")) == (0, "x", True), blocks[:2]
+    # then the last event and [DONE], and nothing else
+    assert blocks[2].startswith("data: ") and json.loads(blocks[2][6:])["isLast"] is True
+    assert blocks[3:] == ["data: [DONE]", ""]
 
 
 def test_a_stream_that_ends_without_its_final_event_is_an_error_not_a_success() -> None:

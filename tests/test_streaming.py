@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import API_KEY, chat_body, http, make_jwt, open_raw_stream, sse_events, uid
-from fake_upstream import expected_text
+from fake_upstream import CHAT, error_body, expected_text
 
 ANTHROPIC = ("anthropic", "claude-3-5-sonnet-20241022")
 OPENAI = ("openai", "gpt-4o")
@@ -106,13 +106,14 @@ def test_tool_calls_arrive_as_tool_call_events(proxy: Any, provider: str, model:
 
 @pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
 def test_stream_false_returns_the_contract_json(proxy: Any, provider: str, model: str) -> None:
-    r = http().post(f"{proxy.url}/api/{provider}", json=chat_body("tokens=6 tool=1", model=model, stream=False), timeout=20)
+    r = http().post(f"{proxy.url}/api/{provider}", json=chat_body("tokens=6 tool=1 input_tokens=17", model=model, stream=False), timeout=20)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
     body = r.json()
     assert body["content"] == expected_text(6)
     assert body["finishReason"] == "tool_calls"
-    assert body["usage"]["completionTokens"] > 0
-    assert body["usage"]["totalTokens"] == body["usage"]["promptTokens"] + body["usage"]["completionTokens"]
+    # the upstream reports 17 input tokens and 6 + 5 (the tool call) output tokens
+    usage = body["usage"]
+    assert (usage["promptTokens"], usage["completionTokens"], usage["totalTokens"]) == (17, 11, 28), usage
     call = body["toolCalls"][0]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Oslo", "unit": "celsius"}
@@ -130,7 +131,9 @@ def test_a_400_is_not_retried_and_keeps_the_providers_message(proxy: Any, upstre
     r = http().post(f"{proxy.url}/api/openai", json=chat_body("id=no-retry-400 status=400", model="gpt-4o"), timeout=20)
     assert r.status_code == 400
     body = r.json()
-    assert body["type"] == "upstream_invalid_request" and body["error"]
+    assert body["type"] == "upstream_invalid_request"
+    providers_message = json.loads(error_body(CHAT, 400))["error"]["message"]  # what the fake's 400 says
+    assert body["error"].endswith(f": {providers_message}"), body
     assert len(upstream.requests(id="no-retry-400")) == 1
 
 
@@ -173,13 +176,21 @@ def test_upstream_drop_mid_stream_ends_with_a_network_error_line(proxy: Any, pro
     assert "[DONE]" not in events
 
 
-@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
-def test_error_event_inside_the_stream_becomes_an_error_line(proxy: Any, provider: str, model: str) -> None:
+# the fake's in-stream errors: Anthropic {"type":"overloaded_error","message":"Overloaded"}, OpenAI
+# {"type":"server_error","message":"The server had an error"}
+@pytest.mark.parametrize("provider,model,status,code,upstream_message", [
+    (*ANTHROPIC, 503, "UPSTREAM_OVERLOADED", "Overloaded"),
+    (*OPENAI, 502, "UPSTREAM_ERROR", "The server had an error"),
+])
+def test_error_event_inside_the_stream_becomes_an_error_line(
+    proxy: Any, provider: str, model: str, status: int, code: str, upstream_message: str
+) -> None:
     with post(proxy, provider, chat_body("tokens=10 error_after=2", model=model)) as r:
         events = sse_events(r)
     assert len([e for e in events if isinstance(e, dict)]) == 2
     kind, err = events[-1]
-    assert kind == "error" and err["statusCode"] >= 500 and err["message"]
+    assert kind == "error" and (err["statusCode"], err["code"]) == (status, code), err
+    assert err["message"].endswith(f": {upstream_message}"), err
 
 
 @pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])

@@ -296,11 +296,17 @@ def test_an_api_key_echoed_in_a_non_json_error_is_redacted(mock):
     assert SECRET not in err.message and "[redacted]" in err.message
 
 
-def test_no_part_of_an_api_key_survives_truncation_of_a_non_json_error(mock):
-    body = "x" * (300 - len(SECRET) + 4) + SECRET + " rejected"  # the cut falls 4 characters before the key's end
-    add(mock, 401, body)
+@pytest.mark.parametrize("kept", [8, len(SECRET) // 2, len(SECRET) - 1])
+def test_no_part_of_an_api_key_survives_truncation_of_a_non_json_error(mock, kept):
+    """The message is cut at MAX_ERROR_MESSAGE characters; placed so that the cut falls inside the
+    key, leaving its first ``kept`` characters, should the cut come before the key is scrubbed."""
+    lead = upstream.MAX_ERROR_MESSAGE - kept
+    add(mock, 401, "x" * lead + SECRET + " rejected")
     err = fail()
-    assert SECRET[:12] not in err.message
+    assert SECRET[:8] not in err.message
+    # scrubbed first, then cut: the placeholder is what the cut shortens
+    scrubbed = ("x" * lead + "[redacted] rejected")[: upstream.MAX_ERROR_MESSAGE]
+    assert f"({scrubbed})" in err.message, err.message  # quoted whole, in parentheses, by the 401's message
 
 
 # --- reading the body ------------------------------------------------------------------------
