@@ -46,7 +46,8 @@ def servers(upstream: Any, redis_server: Any, tmp_path_factory: pytest.TempPathF
     down = {"LLM_PROXY_RATE_LIMIT": "5/minute", "LLM_PROXY_TOKEN_QUOTA": "100000/day", "RATELIMIT_STORAGE_URI": dead_redis}
     specs = {
         # no auth required: identities are client addresses, or the JWT subject when a token is sent
-        "limit5": (1, {"LLM_PROXY_RATE_LIMIT": "5/minute", "RATELIMIT_STORAGE_URI": redis_server.url}),
+        "limit5": (1, {"LLM_PROXY_RATE_LIMIT": "5/minute", "RATELIMIT_STORAGE_URI": redis_server.url,
+                       "LLM_PROXY_CORS_ORIGINS": ["https://app.example.com"]}),
         "fleet_a": (3, fleet),
         "fleet_b": (3, fleet),
         "down_closed": (1, {**down, "LLM_PROXY_FAIL_OPEN": False}),
@@ -151,6 +152,7 @@ def test_preflight_options_requests_are_not_counted(servers: Any) -> None:
     for _ in range(8):
         status, headers, _ = raw_request(server, "OPTIONS", "/api/mock", source_ip=ip, headers=preflight)
         assert status < 400 and "x-ratelimit-limit" not in headers
+        assert headers.get("access-control-allow-origin") == "https://app.example.com"  # a real CORS preflight, answered
     statuses = [raw_request(server, "POST", "/api/mock", source_ip=ip, headers={}, body=mock_body())[0] for _ in range(6)]
     assert statuses == [200] * 5 + [429]
 
