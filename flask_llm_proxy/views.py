@@ -35,7 +35,11 @@ STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # nginx: do not buffer this response
 }
-HTTP_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+HTTP_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+              429: "rate_limited", 500: "internal_error"}
+#: what a request keeps on ``g``, dropped when it ends (:func:`_end`)
+REQUEST_STATE = ("llm_proxy_started", "llm_proxy_native", "llm_proxy_request_id", "llm_proxy_rate_headers", "llm_proxy_exchange",
+                 "llm_proxy_refusal_counted", "_llm_proxy_identity")
 
 
 def state() -> Any:
@@ -68,9 +72,18 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def _end(exc: BaseException | None) -> None:
+    """``g`` lives as long as the app context, which a host (or its tests) may keep around several
+    requests: nothing of this one (its identity, its error shape) may reach the next."""
+    gg = g._get_current_object()  # type: ignore[attr-defined]
+    for name in REQUEST_STATE:
+        gg.pop(name, None)
+
+
 def error_response(err: ProxyError) -> Response:
     """The JSON error of every failed request (the neutral or the provider's shape)."""
-    if g.get("llm_proxy_exchange") is None:
+    if g.get("llm_proxy_exchange") is None and not g.get("llm_proxy_refusal_counted"):
+        g.llm_proxy_refusal_counted = True  # once, even if answering it failed and a 500 follows
         _count_refusal(err)  # an exchange's errors are counted when it is accounted for
     api = g.get("llm_proxy_native")
     body = err.to_json() if api is None else native_error_body(api, err)
@@ -421,6 +434,7 @@ def make_blueprint(settings: Any) -> Blueprint:
         bp.add_url_rule("/metrics", view_func=metrics_view, methods=["GET"])
     bp.before_request(_begin)
     bp.after_request(_finish)
+    bp.teardown_request(_end)
     bp.register_error_handler(ProxyError, _on_proxy_error)
     for exc in JWT_ERRORS:
         bp.register_error_handler(exc, _on_jwt_error)

@@ -504,3 +504,30 @@ def test_required_auth_without_a_jwt_manager_is_a_clear_401_not_a_crash(app_with
         with app_without_jwt.test_request_context("/api/mock", headers=headers):
             with pytest.raises(AuthenticationError, match="JWTManager"):
                 identify(settings)
+
+
+
+def test_requests_in_one_app_context_do_not_share_an_identity_or_an_error_shape() -> None:
+    """A host test suite (or a middleware) may push one app context around several requests; Flask
+    then shares ``g`` between them. Nothing the proxy keeps for a request may reach the next one:
+    not the identity (limits, quotas and the ledger are charged to it), not the native endpoint's
+    error shape."""
+    from conftest import mock_host_app
+    from flask_llm_proxy import usage_recorded
+
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT=None)
+    app.config["LLM_PROXY_PROVIDERS"]["anthropic"] = {"api_key": API_KEY, "base_url": "http://127.0.0.1:9", "models": ["claude-*"]}
+    LLMProxy(app)
+    got: list[Any] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    client = app.test_client()
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with app.app_context():
+        for who in ("alice", "bob"):
+            r = client.post("/api/mock", json=chat, headers={"Authorization": f"Bearer {make_jwt(who)}"})
+            assert r.status_code == 200 and r.get_data()
+        native = client.post("/api/anthropic/v1/messages", json={"model": "claude-x"})  # no max_tokens: refused
+        neutral = client.post("/api/mock", json={"model": "m"})  # no messages: refused
+    assert [rec.identity for rec in got] == ["alice", "bob"]
+    assert native.status_code == 400 and native.get_json()["type"] == "error"  # Anthropic's shape
+    assert neutral.status_code == 400 and neutral.get_json()["type"] == "invalid_request", neutral.get_json()  # the contract's

@@ -453,3 +453,25 @@ def test_cli_is_registered_as_a_flask_command_and_check_reports_providers(upstre
     assert re.search(r"down\s+openai\s+UNREACHABLE", run.stdout)
     assert re.search(r"mock\s+mock\s+ok", run.stdout)
     assert API_KEY not in run.stdout + run.stderr
+
+
+def test_a_refusal_is_counted_once_even_when_answering_it_fails(tmp_path: Path) -> None:
+    """A host ``after_request`` that breaks on the error response turns it into a 500: still one
+    refusal, of the type the client's request earned."""
+    from prometheus_client import REGISTRY
+
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none", LLM_PROXY_METRICS=True)
+
+    @app.after_request
+    def broken(response: Any) -> Any:
+        if response.status_code == 400:
+            raise RuntimeError("a host hook that fails")
+        return response
+
+    def count(kind: str) -> float:
+        return REGISTRY.get_sample_value("llm_proxy_refused_total", {"provider": "mock", "type": kind}) or 0.0
+
+    before = {k: count(k) for k in ("invalid_request", "internal_error", "http_error")}
+    r = app.test_client().post("/api/mock", json={"model": "m"})
+    assert r.status_code == 500
+    assert {k: count(k) - v for k, v in before.items()} == {"invalid_request": 1, "internal_error": 0, "http_error": 0}
