@@ -160,11 +160,10 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def scrub_bytes(data: bytes, secrets: Sequence[str]) -> bytes:
-    """:func:`scrub` for bytes relayed as the upstream sent them: the native passthrough's copy of
-    an upstream error event. Error path only; the tokens' bytes are never searched."""
+def scrub_bytes(data: bytes, secrets: Sequence[bytes]) -> bytes:
+    """:func:`scrub` for bytes relayed as the upstream sent them (the native passthrough's events),
+    with the secrets encoded once per request."""
     for secret in secrets:
-        raw = secret.encode()
-        if raw and raw in data:
-            data = data.replace(raw, b"[redacted]")
+        if secret in data:
+            data = data.replace(secret, b"[redacted]")
     return data

@@ -16,14 +16,14 @@ from flask import Response, g
 
 from . import _json
 from .auth import check_model_claim, identify
-from .errors import InvalidRequest, ModelNotAllowed, ProxyError, UpstreamError
+from .errors import InvalidRequest, ModelNotAllowed, ProxyError, UpstreamError, scrub_bytes
 from .exchange import Exchange
 from .providers.anthropic import AnthropicAdapter
 from .providers.base import Adapter, Translator, output_cap
 from .providers.openai import ChatCompletionsAdapter
 from .providers.responses import ResponsesAdapter
 from .relay import _MALFORMED, StreamBody, decode_upstream
-from .sse import PING
+from .sse import PING, complete_events
 from .body import read_error
 from .chat import valid_model_name
 
@@ -189,15 +189,33 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
 
 
 def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keepalive: float | None, read_timeout: float) -> Iterator[bytes]:
-    """Relay upstream bytes unchanged; the same bytes are read for usage and completeness."""
+    """Relay the upstream's bytes unchanged, whole events at a time; the same bytes are read for
+    usage and completeness.
+
+    The bytes of an event still incomplete wait for the rest of it (the client cannot use half an
+    event anyway): so a keep-alive never lands inside an event, a stream that breaks leaves no half
+    event before the error event, and the provider's secrets are redacted from every event relayed,
+    also from one that arrived in pieces (an upstream's error event may quote the request)."""
     decoded = decode_upstream(ex, resp, translator, keepalive, read_timeout)
+    secrets = [s.encode() for s in ex.secrets]
+    tail = b""  # the start of an event not complete yet
     try:
         for chunk, items in decoded:
             if chunk is None:
-                yield PING
+                if not tail:
+                    yield PING
                 continue
-            yield chunk
+            data = tail + chunk if tail else chunk
+            end = complete_events(data)
+            if end == len(data):
+                tail = b""
+            else:
+                data, tail = data[:end], data[end:]
+            if data:
+                yield scrub_bytes(data, secrets) if secrets else data
             ex.tokens_streamed += len(items)
+        if tail:  # the upstream ended without the blank line after its last event
+            yield scrub_bytes(tail, secrets) if secrets else tail
         if not translator.done:
             raise UpstreamError("the upstream stream ended before its final event", type="network_error")
         ex.complete = True

@@ -12,7 +12,7 @@ from itertools import chain
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _json
-from .errors import NetworkError, ProxyError, UpstreamError, scrub_bytes
+from .errors import NetworkError, ProxyError, UpstreamError
 from .exchange import Exchange
 from .providers.base import ToolCall, Translator
 from .sse import DONE, PING, SSEDecoder, encode_event, encode_token
@@ -43,8 +43,8 @@ def decode_upstream(ex: Exchange, resp: Any, translator: Translator, keepalive: 
                 for event in feed(chunk):
                     items += tfeed(*event)
             except ProxyError:
-                if raw:  # the chunk holds the upstream's error event, relayed as it came but for a key it quotes
-                    yield scrub_bytes(chunk, ex.secrets), items
+                if raw:
+                    yield chunk, items
                 elif items:
                     yield items
                 raise

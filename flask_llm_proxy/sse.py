@@ -78,6 +78,20 @@ class SSEDecoder:
         return bool(self._buf or self._data or self._event)
 
 
+def complete_events(data: bytes) -> int:
+    """How many leading bytes of ``data`` are whole events: up to the end of the blank line that
+    ends the last complete one (``\n\n``, ``\r\r`` or ``\r\n\r\n``), 0 when none ends here.
+    A stream that mixes line ends within one blank line (``\n\r``) is cut at the next boundary."""
+    if data[-2:] == b"\n\n":  # the usual read: it ends where an event ends
+        return len(data)
+    end = 0
+    for sep in (b"\n\n", b"\r\r", b"\n\r\n"):
+        i = data.rfind(sep)
+        if i >= 0 and i + len(sep) > end:
+            end = i + len(sep)
+    return end
+
+
 def iter_events(chunks: Iterator[bytes]) -> Iterator[Event]:
     """Convenience for tests and non-hot paths."""
     decoder = SSEDecoder()

@@ -328,3 +328,15 @@ def test_done_and_ping_are_as_the_contract_says():
     assert DONE == b"data: [DONE]\n\n"
     assert PING == b": ping\n\n"
     assert decode(PING) == []  # a keep-alive is never a data event for the client
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_complete_events_finds_where_the_last_whole_event_ends_for_every_line_end(end: str) -> None:
+    from flask_llm_proxy.sse import complete_events
+
+    one = f"event: a{end}data: 1{end}{end}".encode()
+    two = f"data: 2{end}{end}".encode()
+    assert complete_events(one + two) == len(one + two)
+    for cut in range(len(two)):  # the second event not complete yet: only the first is whole
+        assert complete_events(one + two[:cut]) == len(one), (end, cut)
+    assert complete_events(one[:-1]) == 0
