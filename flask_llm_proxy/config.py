@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -375,12 +376,17 @@ def provider_secrets(api_key: str, headers: Mapping[str, str]) -> tuple[str, ...
     contains another is replaced whole): the API key, and the values of configured headers named
     like credentials (``api-key``, ``Helicone-Auth``, ``x-goog-api-key``...), with and without a
     ``Bearer``/``Basic`` prefix. Other headers (``anthropic-beta``, ``OpenAI-Organization``) stay
-    readable in the upstream's messages. Computed once per provider, here."""
+    readable in the upstream's messages. Each also as a JSON string may write it (``"`` and ``\\``
+    escaped, ``/`` as ``\\/``): the native endpoints relay an upstream's JSON as it came. Computed once
+    per provider, here."""
     found = {api_key}
     for name, value in headers.items():
         if _SECRET_HEADER.search(name) and value:
             found.add(value)
             found.add(_SCHEME.sub("", value))
+    for value in list(found):
+        escaped = json.dumps(value)[1:-1]
+        found.update((escaped, escaped.replace("/", "\\/")))
     return tuple(sorted((v for v in found if v), key=len, reverse=True))
 
 

@@ -449,6 +449,18 @@ def test_the_secrets_of_a_provider_are_its_key_and_its_credential_headers_longes
     assert scrub("got sk-key-1.sig-3 and sk-helicone-2", secrets) == "got [redacted] and [redacted]"
 
 
+def test_a_secret_is_also_found_as_a_json_string_writes_it() -> None:
+    """An upstream echoing a credential inside JSON may escape it (PHP writes "/" as "\\/"); the
+    native endpoints relay that JSON as it came, so those spellings are secrets too."""
+    from flask_llm_proxy.config import provider_secrets
+    from flask_llm_proxy.errors import scrub_bytes
+
+    secrets = [s.encode() for s in provider_secrets("sk-key-1", {"api-key": "gw/Tok+en=="})]
+    for echoed in (b'"gw/Tok+en=="', b'"gw\\/Tok+en=="'):
+        out = scrub_bytes(b'data: {"error":{"message":"api-key: ' + echoed[1:-1] + b'"}}\n\n', secrets)
+        assert b"Tok+en" not in out and b"[redacted]" in out, out
+
+
 def test_every_failure_the_client_is_told_of_loses_the_providers_secrets() -> None:
     """An error event inside the stream may quote the request; Exchange.fail is on every path."""
     import time as _time
