@@ -143,9 +143,13 @@ _EXACT_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
 
 
 def _make_limiter(app: Flask) -> Limiter:
-    """Our own Limiter, configured from flask-limiter's keys (RATELIMIT_STORAGE_URI, ...).
+    """Our own Limiter, configured from flask-limiter's keys (RATELIMIT_STORAGE_URI, ...): the
+    proxy counts with its storage and strategy (:mod:`limits`), never through its request hook.
 
-    It adds no limit of its own to the app; fail fast when Redis is down instead of hanging.
+    It adds no limit of its own to the app: flask-limiter would apply a host's RATELIMIT_DEFAULT or
+    RATELIMIT_APPLICATION to every route through it, keyed by one constant (one bucket shared by
+    every user), so every request is exempt from its checks. Fail fast when Redis is down instead
+    of hanging.
     """
     from flask_limiter import Limiter
 
@@ -154,7 +158,9 @@ def _make_limiter(app: Flask) -> Limiter:
     if uri.startswith(("redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
         options = {"socket_connect_timeout": 2, "socket_timeout": 2}
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
-    return Limiter(key_func=lambda: "llm-proxy", app=app, storage_options=options, default_limits=[])
+    limiter = Limiter(key_func=lambda: "llm-proxy", app=app, storage_options=options, default_limits=[])
+    limiter.request_filter(lambda: True)
+    return limiter
 
 
 __all__ = ["LLMProxy", "ProxyState", "signals"]

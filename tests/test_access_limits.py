@@ -350,6 +350,24 @@ def test_a_host_limiter_passed_to_the_extension_does_the_counting(order: str) ->
     assert [client.get("/host-route").status_code for _ in range(2)] == [200, 429]
 
 
+def test_the_proxy_s_own_limiter_does_not_apply_a_host_default_limit_to_every_route() -> None:
+    """A host's RATELIMIT_DEFAULT / RATELIMIT_APPLICATION belong to the host's limiter. The
+    extension's own limiter only stores the proxy's counts: through it they would become one bucket
+    that every user of every route shares."""
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="50/minute", RATELIMIT_DEFAULT="2/minute", RATELIMIT_APPLICATION="3/minute",
+                        RATELIMIT_STORAGE_URI="memory://")
+    LLMProxy(app)
+
+    @app.get("/host-route")
+    def host_route() -> str:
+        return "ok"
+
+    client = app.test_client()
+    hosts = [client.get("/host-route", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).status_code for i in range(4)]
+    proxied = [client.post("/api/mock", json=mock_body(), environ_base={"REMOTE_ADDR": f"10.0.1.{i}"}).status_code for i in range(4)]
+    assert hosts == [200] * 4 and proxied == [200] * 4
+
+
 def test_a_host_limiter_also_carries_the_token_quota() -> None:
     app = mock_host_app(LLM_PROXY_RATE_LIMIT="", LLM_PROXY_TOKEN_QUOTA="20/day")
     my_limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[])
