@@ -5,6 +5,7 @@ Run it with ``bash example_app/run.sh`` (gunicorn + gevent, see gunicorn.conf.py
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -71,9 +72,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def dev_token() -> Any:
         """DEVELOPMENT ONLY - NOT FOR PRODUCTION: hands a token to anyone who asks.
 
-        Off unless EXAMPLE_DEV_TOKENS=1. A real app issues tokens after its own login.
+        Off unless EXAMPLE_DEV_TOKENS=1, and then only for requests from this machine: anyone else
+        could sign in as any user and spend their limits, quotas and budgets. A real app issues
+        tokens after its own login.
         """
         if os.environ.get("EXAMPLE_DEV_TOKENS") != "1" and not app.config.get("EXAMPLE_DEV_TOKENS"):
+            abort(404)
+        if not ipaddress.ip_address(request.remote_addr or "0.0.0.0").is_loopback:
             abort(404)
         body = request.get_json(silent=True) or {}
         user = str(body.get("user") or "demo-user")[:64]

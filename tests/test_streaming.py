@@ -273,6 +273,19 @@ def test_upstream_connections_are_reused_between_requests(start_proxy: Any, upst
 
 
 
+def test_example_app_dev_tokens_are_only_handed_to_this_machine(tmp_path: Any) -> None:
+    """The demo's sign-in mints a token for any user name: a request from another address (a BIND
+    opened to the network) gets a 404, as if it were off."""
+    from example_app.app import create_app
+
+    app = create_app({"EXAMPLE_DEV_TOKENS": True, "LLM_PROXY_USAGE_STORE": "none", "JWT_SECRET_KEY": "k" * 32})
+    client = app.test_client()
+    local = client.post("/dev/token", json={"user": "alice"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert local.status_code == 200 and local.get_json()["user"] == "alice"
+    for addr in ("203.0.113.5", "10.0.0.7"):
+        assert client.post("/dev/token", json={"user": "alice"}, environ_base={"REMOTE_ADDR": addr}).status_code == 404
+
+
 def test_example_app_dev_tokens_work_on_every_worker_without_a_configured_secret(start_proxy: Any, upstream: Any) -> None:
     # gunicorn.conf.py makes one development key in the master, so every worker accepts the token
     server = start_proxy(upstream.base_url, workers=3, JWT_SECRET_KEY="", EXAMPLE_DEV_TOKENS="1", LLM_PROXY_REQUIRE_AUTH=True)
