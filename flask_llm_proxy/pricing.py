@@ -2,8 +2,9 @@
 
 The shipped table holds the public list prices of Anthropic and OpenAI models as published on
 their pricing pages, checked on :data:`PRICES_CHECKED`. ``LLM_PROXY_PRICING`` overrides or adds
-entries (exact names or fnmatch patterns; ``None`` removes one). A model without a price costs
-``None`` (and a warning is logged once per model), never a guess.
+entries (exact names or fnmatch patterns; ``None``: no price): its entries are looked up before the
+shipped ones, so ``"claude-sonnet-4-5*"`` there also prices ``claude-sonnet-4-5``. A model without a
+price costs ``None`` (and a warning is logged once per model), never a guess.
 """
 from __future__ import annotations
 
@@ -52,30 +53,42 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     **_family(["gpt-4.1-mini"], 0.40, 1.60, 0.10),
     **_family(["gpt-4.1-nano"], 0.10, 0.40, 0.025),
     **_family(["gpt-4o"], 2.50, 10.0, 1.25),
+    "gpt-4o-2024-05-13": {"input": 5.0, "output": 15.0},  # the first snapshot kept its launch price, no cache rate
     **_family(["gpt-4o-mini"], 0.15, 0.60, 0.075),
     **_family(["o3"], 2.0, 8.0, 0.50),
     **_family(["o4-mini"], 1.10, 4.40, 0.275),
 }
 
 
+class _Layer:
+    """One table: exact names are a dict lookup; patterns are tried most specific (longest) first."""
+
+    def __init__(self, table: Mapping[str, Any]) -> None:
+        self.exact = {k: v for k, v in table.items() if not _is_pattern(k)}
+        self.patterns = sorted(
+            ((k, re.compile(fnmatch.translate(k)), v) for k, v in table.items() if _is_pattern(k)),
+            key=lambda t: -len(t[0]),
+        )
+
+    def find(self, model: str) -> tuple[bool, Mapping[str, float] | None]:
+        """(found, price); a price of ``None`` found is a model declared unpriced."""
+        if model in self.exact:
+            return True, self.exact[model]
+        for _, rx, price in self.patterns:
+            if rx.fullmatch(model):
+                return True, price
+        return False, None
+
+
 class PriceTable:
-    """Exact names are a dict lookup; patterns are tried most specific (longest) first.
+    """The host's entries, then the shipped ones: the first that names or matches a model prices it.
 
     Lookups are cached per model name, so pricing costs one dict lookup per request.
     """
 
     def __init__(self, overrides: Mapping[str, Any] | None = None, *, defaults: bool = True) -> None:
-        table: dict[str, Any] = dict(DEFAULT_PRICES) if defaults else {}
-        for model, price in (overrides or {}).items():
-            if price is None:
-                table.pop(model, None)
-            else:
-                table[model] = dict(price)
-        self._exact = {k: v for k, v in table.items() if not _is_pattern(k)}
-        self._patterns = sorted(
-            ((k, re.compile(fnmatch.translate(k)), v) for k, v in table.items() if _is_pattern(k)),
-            key=lambda t: -len(t[0]),
-        )
+        own = {model: (None if price is None else dict(price)) for model, price in (overrides or {}).items()}
+        self._layers = [_Layer(own)] + ([_Layer(DEFAULT_PRICES)] if defaults else [])
         self._cache: dict[str, Mapping[str, float] | None] = {}
         self._warned: set[str] = set()
 
@@ -84,9 +97,11 @@ class PriceTable:
             return self._cache[model]
         except KeyError:
             pass
-        price = self._exact.get(model)
-        if price is None:
-            price = next((p for _, rx, p in self._patterns if rx.fullmatch(model)), None)
+        price = None
+        for layer in self._layers:
+            found, price = layer.find(model)
+            if found:
+                break
         if len(self._cache) < 10000:  # model names are allow-listed, but stay bounded anyway
             self._cache[model] = price
         return price

@@ -133,6 +133,19 @@ def test_cost_is_computed_to_the_micro_dollar_and_unknown_models_cost_null(caplo
     custom = PriceTable({"my-*": {"input": 1.0, "output": 2.0}, "gpt-4o": None})
     assert custom.cost("my-finetune-v3", 1_000_000, 1_000_000) == 3.0
     assert custom.cost("gpt-4o", 10, 10) is None
+    assert custom.cost("gpt-4o-2024-08-06", 1000, 0) == 0.0025  # None names one model: its snapshots keep theirs
+    # the first snapshot kept its launch price
+    assert prices.cost("gpt-4o-2024-05-13", 1_000_000, 1_000_000) == 20.0
+
+
+def test_a_host_s_price_pattern_wins_over_the_shipped_names_it_covers() -> None:
+    """A negotiated price for a family, given as a pattern, applies to the family's own name and its
+    snapshots too, although the shipped table names them exactly; None unprices a whole family."""
+    custom = PriceTable({"claude-sonnet-4-5*": {"input": 2.0, "output": 10.0}, "gpt-4o*": None})
+    for model in ("claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "claude-sonnet-4-5-latest"):
+        assert custom.cost(model, 1_000_000, 1_000_000) == 12.0, model
+    assert custom.cost("claude-sonnet-4-6", 1_000_000, 0) == 3.0  # the rest of the shipped table stays
+    assert [custom.cost(m, 10, 10) for m in ("gpt-4o", "gpt-4o-2024-08-06", "gpt-4o-mini", "gpt-4o-latest")] == [None] * 4
 
 
 def test_the_last_stream_event_carries_the_cost_when_the_model_has_a_price(proxy: Any) -> None:
