@@ -23,19 +23,27 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_since(value: str) -> float:
-    """``30m``, ``12h``, ``1d``, ``2w`` ago, or an ISO date/time (UTC)."""
-    m = _SINCE_RE.match(value.strip())
-    if m:
-        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
-    from datetime import datetime, timezone
+    """``30m``, ``12h``, ``1d``, ``2w`` ago, or an ISO date/time (UTC), as epoch seconds.
 
+    A start before 1970 is 1970 (no record is older; a negative start is a Redis error); an
+    amount that reaches past any date, or anything else, is a usage error, never a traceback."""
+    from datetime import datetime, timedelta, timezone
+
+    hint = "use e.g. 30m, 12h, 1d, 2w or 2026-11-01"
+    m = _SINCE_RE.match(value.strip())
     try:
-        dt = datetime.fromisoformat(value)
+        if m:
+            dt = datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        else:
+            dt = datetime.fromisoformat(value)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+        start = dt.timestamp()
+    except OverflowError:  # timedelta or date arithmetic beyond the year 1 (or 9999)
+        raise click.BadParameter(f"{value!r} goes back past the year 1; {hint}", param_hint="'--since'") from None
     except ValueError:
-        raise click.BadParameter(f"{value!r}: use e.g. 30m, 12h, 1d, 2w or 2026-11-01") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        raise click.BadParameter(f"{value!r}: {hint}", param_hint="'--since'") from None
+    return max(0.0, start)
 
 
 def _state() -> Any:

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "LLM_PROXY_CORS_MAX_AGE": 600,
     "LLM_PROXY_PRICING": {},
     "LLM_PROXY_USAGE_STORE": None,
+    "LLM_PROXY_USAGE_STREAM_MAXLEN": 1_000_000,
     "LLM_PROXY_BUDGETS": {},
     "LLM_PROXY_METRICS": False,
     "LLM_PROXY_METRICS_ALLOW": [],
@@ -131,6 +132,7 @@ class Settings:
     cors_max_age: int
     pricing: Mapping[str, Mapping[str, float] | None]
     usage_store: str | None
+    usage_stream_maxlen: int | None
     budgets: Mapping[str, Mapping[str, float]]
     metrics: bool
     metrics_allow: tuple[str, ...]
@@ -591,6 +593,8 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
         cors_max_age=_int("LLM_PROXY_CORS_MAX_AGE", c("LLM_PROXY_CORS_MAX_AGE")),  # type: ignore[arg-type]
         pricing=_pricing("LLM_PROXY_PRICING", c("LLM_PROXY_PRICING")),
         usage_store=store,
+        # the Redis store's stream llm_proxy:usage, trimmed with XADD MAXLEN ~ n; None: never trimmed
+        usage_stream_maxlen=_int("LLM_PROXY_USAGE_STREAM_MAXLEN", c("LLM_PROXY_USAGE_STREAM_MAXLEN"), minimum=1, optional=True),
         budgets=_budgets("LLM_PROXY_BUDGETS", c("LLM_PROXY_BUDGETS")),
         metrics=_bool("LLM_PROXY_METRICS", c("LLM_PROXY_METRICS")),
         metrics_allow=_metrics_allow("LLM_PROXY_METRICS_ALLOW", c("LLM_PROXY_METRICS_ALLOW")),

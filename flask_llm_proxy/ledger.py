@@ -8,6 +8,7 @@ Redis calls go through gevent-patched sockets.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -170,7 +171,11 @@ class SQLiteStore(Store):
 
 class RedisStore(Store):
     """For fleets: per-identity and per-model daily counters, monthly per-identity counters for
-    budgets, and an append-only stream of every record (``XADD``), all in one round trip."""
+    budgets, and an append-only stream of every record (``XADD``), all in one round trip.
+
+    The stream is trimmed as it is written (``XADD ... MAXLEN ~ stream_maxlen``: Redis drops whole
+    stream nodes, so it keeps somewhat more than that); ``None`` never trims it. Budgets read the
+    counters, never the stream, so trimming it changes only what the CLI can list."""
 
     PREFIX = "llm_proxy"
 
@@ -222,7 +227,7 @@ class RedisStore(Store):
         )
 
     def records(self, since: float) -> Iterator[dict[str, Any]]:
-        start = f"{int(since * 1000)}-0"
+        start = _stream_start(since)
         while True:
             batch = self._redis.xrange(self.stream, min=start, max="+", count=1000)
             if not batch:
@@ -235,6 +240,18 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self._redis.close()
+
+
+_MAX_STREAM_MS = 2**64 - 1
+
+
+def _stream_start(since: float) -> str:
+    """The first stream id at or after ``since``: a start before 1970 is ``0-0`` (a negative id
+    is a Redis error), one past the largest id is the largest id."""
+    ms = since * 1000
+    if not ms > 0:  # also nan
+        return "0-0"
+    return f"{min(int(ms), _MAX_STREAM_MS) if math.isfinite(ms) else _MAX_STREAM_MS}-0"
 
 
 _INT_FIELDS = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "status", "retries"}
@@ -258,8 +275,9 @@ def _decode_stream_fields(fields: dict[bytes, bytes]) -> dict[str, Any]:
     return rec
 
 
-def open_store(uri: str | None, instance_path: str) -> Store:
-    """``None`` -> SQLite in the instance folder; ``sqlite:///path``; ``redis://...``; ``none``."""
+def open_store(uri: str | None, instance_path: str, stream_maxlen: int | None = None) -> Store:
+    """``None`` -> SQLite in the instance folder; ``sqlite:///path``; ``redis://...``; ``none``.
+    ``stream_maxlen`` (``LLM_PROXY_USAGE_STREAM_MAXLEN``) bounds the Redis store's stream."""
     if uri in (None, ""):
         return SQLiteStore(os.path.join(instance_path, "llm_proxy_usage.sqlite3"))
     if uri == "none":
@@ -270,7 +288,7 @@ def open_store(uri: str | None, instance_path: str) -> Store:
             path = os.path.join(instance_path, path)
         return SQLiteStore(path)
     if uri.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(uri)
+        return RedisStore(uri, stream_maxlen=stream_maxlen)
     raise ValueError(f"unsupported usage store {uri!r}")
 
 

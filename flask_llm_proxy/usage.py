@@ -34,7 +34,7 @@ class Accounting:
         self.app = app
         self.settings = settings
         self.prices = PriceTable(settings.pricing)
-        self.store: Store = open_store(settings.usage_store, app.instance_path)
+        self.store: Store = open_store(settings.usage_store, app.instance_path, settings.usage_stream_maxlen)
         self.metrics = get_metrics() if settings.metrics else None
 
     # --- before the upstream call ------------------------------------------------------------
@@ -55,17 +55,21 @@ class Accounting:
             log.error("usage store unavailable for the budget of %s (%s); refusing", identity, type(exc).__name__)
             raise ServiceUnavailable("budgets cannot be checked right now; try again shortly", type="budget_unavailable", headers={"Retry-After": "5"}) from None
         _, next_day, _, next_month = period_starts(now)
-        for key, limit in limits.items():
-            if limit is not None and spend[key] >= limit:
-                resets = next_day if _BUDGET_PERIOD[key] == "daily" else next_month
-                retry = max(1, math.ceil(resets - now))
-                when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                unit = "USD" if key.endswith("usd") else "tokens"
-                raise BudgetExceeded(
-                    f"{_BUDGET_PERIOD[key]} budget of {limit:g} {unit} is spent; it resets at {when}",
-                    headers={"Retry-After": str(retry)},
-                    extra={"retryAfter": retry, "resetsAt": when, "budget": key, "limit": limit},
-                )
+        # Every spent limit blocks until its own period ends: the refusal names the one that
+        # blocks longest, so a client retrying after Retry-After is not refused again.
+        spent = [(next_day if _BUDGET_PERIOD[k] == "daily" else next_month, k, lim)
+                 for k, lim in limits.items() if lim is not None and spend[k] >= lim]
+        if not spent:
+            return
+        resets, key, limit = max(spent, key=lambda s: s[0])  # the first listed among equals
+        retry = max(1, math.ceil(resets - now))
+        when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        unit = "USD" if key.endswith("usd") else "tokens"
+        raise BudgetExceeded(
+            f"{_BUDGET_PERIOD[key]} budget of {limit:g} {unit} is spent; it resets at {when}",
+            headers={"Retry-After": str(retry)},
+            extra={"retryAfter": retry, "resetsAt": when, "budget": key, "limit": limit},
+        )
 
     # --- around the request ------------------------------------------------------------------
 

@@ -488,3 +488,103 @@ def test_a_refusal_is_counted_once_even_when_answering_it_fails(tmp_path: Path) 
     r = app.test_client().post("/api/mock", json={"model": "m"})
     assert r.status_code == 500
     assert {k: count(k) - v for k, v in before.items()} == {"invalid_request": 1, "internal_error": 0, "http_error": 0}
+
+
+def test_the_redis_usage_stream_is_trimmed_to_its_configured_length(tmp_path: Path, redis_server: Any) -> None:
+    """The stream used to grow forever: no MAXLEN was ever passed to XADD."""
+    import redis
+
+    from flask_llm_proxy.config import DEFAULTS
+
+    assert DEFAULTS["LLM_PROXY_USAGE_STREAM_MAXLEN"] == 1_000_000
+    redis_server.flush()
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=redis_server.url, LLM_PROXY_USAGE_STREAM_MAXLEN=10)
+    store = app.extensions["llm_proxy"].accounting.store
+    now = time.time()
+    for i in range(250):
+        store.write(_record(i, "alice", SONNET, 0.0005, now))
+    r = redis.Redis.from_url(redis_server.url)
+    length = r.xlen("llm_proxy:usage")
+    assert 10 <= length < 200  # "~": whole stream nodes are dropped, so somewhat more than 10 stay
+    newest = r.xrevrange("llm_proxy:usage", count=1)[0][1]
+    assert newest[b"request_id"] == b"r249"
+    # the budget counters are separate keys: trimming the stream does not touch spend
+    assert store.spend("alice", now)["daily_tokens"] == 250 * 110
+
+
+@pytest.mark.parametrize("value", [0, -5, "ten", 2.5, True])
+def test_a_wrong_usage_stream_maxlen_names_the_key(tmp_path: Path, value: Any) -> None:
+    from flask_llm_proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="LLM_PROXY_USAGE_STREAM_MAXLEN"):
+        _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none", LLM_PROXY_USAGE_STREAM_MAXLEN=value)
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("25", 25), (1, 1)])
+def test_the_usage_stream_maxlen_reaches_the_redis_store(tmp_path: Path, redis_server: Any, value: Any, expected: Any) -> None:
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=redis_server.url, LLM_PROXY_USAGE_STREAM_MAXLEN=value)
+    assert app.extensions["llm_proxy"].accounting.store.stream_maxlen == expected
+    default = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=redis_server.url)
+    assert default.extensions["llm_proxy"].accounting.store.stream_maxlen == 1_000_000
+
+
+@pytest.mark.parametrize("since", ["10000w", "1969-12-31", "1900-01-01T00:00:00+00:00"])
+def test_cli_usage_since_before_1970_lists_everything_from_redis(tmp_path: Path, redis_server: Any, since: str) -> None:
+    """A start before the epoch was a negative stream id: a redis ResponseError and a traceback."""
+    redis_server.flush()
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=redis_server.url)
+    store = app.extensions["llm_proxy"].accounting.store
+    store.write(_record(1, "alice", SONNET, 0.0005, time.time() - 60))
+    from flask_llm_proxy.cli import cli
+
+    result = app.test_cli_runner().invoke(cli, ["usage", "--since", since])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert re.search(r"^alice\s+1\s+100\s+10\s", result.output, re.MULTILINE)
+    assert [r["request_id"] for r in store.records(-1e12)] == ["r1"]  # the store clamps too
+
+
+@pytest.mark.parametrize("since", ["99999999999999999999d", "1" * 400 + "s", "yesterday", "2026-13-01", ""])
+def test_cli_usage_with_an_impossible_since_is_a_usage_error(tmp_path: Path, since: str) -> None:
+    """An amount beyond any date raised OverflowError (a traceback) on an empty ledger, and listed
+    the whole ledger on a full one, instead of a usage error."""
+    db = tmp_path / "cli.sqlite3"
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}")
+    from flask_llm_proxy.cli import cli
+
+    for ledger in ("empty", "with a record"):
+        result = app.test_cli_runner().invoke(cli, ["usage", "--since", since])
+        assert result.exit_code == 2, (ledger, result.output, result.exception)
+        assert "Invalid value for '--since'" in result.output and "Traceback" not in result.output
+        if ledger == "empty":
+            app.extensions["llm_proxy"].accounting.store.write(_record(1, "alice", SONNET, 0.0005, time.time()))
+    ok = app.test_cli_runner().invoke(cli, ["usage", "--since", "1969-12-31"])
+    assert ok.exit_code == 0 and re.search(r"^alice\s+1\s", ok.output, re.MULTILINE)
+
+
+def test_a_budget_refusal_reports_the_latest_reset_of_every_exceeded_limit(tmp_path: Path) -> None:
+    """With the daily and the monthly limit both spent, the request is refused until the month
+    ends: a 429 saying "next midnight" would have a client that honours Retry-After refused again."""
+    from flask_llm_proxy.ledger import period_starts
+
+    db = tmp_path / "ledger.sqlite3"
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}",
+                    LLM_PROXY_BUDGETS={"default": {"daily_tokens": 1, "monthly_tokens": 1}})
+    client = app.test_client()
+    assert client.post("/api/mock", json=body).status_code == 200
+    before = time.time()
+    r = client.post("/api/mock", json=body)
+    after = time.time()
+    assert r.status_code == 429
+    got = r.get_json()
+    _, next_day, _, next_month = period_starts(before)
+    expected = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_month))
+    assert got["resetsAt"] == expected, got
+    assert got["budget"] in (("monthly_tokens", "daily_tokens") if next_day == next_month else ("monthly_tokens",))
+    assert "monthly budget" in got["error"] or next_day == next_month
+    assert next_month - after - 1 <= int(r.headers["Retry-After"]) <= next_month - before + 1
+    assert got["retryAfter"] == int(r.headers["Retry-After"])
+    # the order of the limits does not matter
+    app2 = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}",
+                     LLM_PROXY_BUDGETS={"default": {"monthly_tokens": 1, "daily_tokens": 1}})
+    assert app2.test_client().post("/api/mock", json=body).get_json()["resetsAt"] == expected
