@@ -278,7 +278,7 @@ def test_example_app_dev_tokens_are_only_handed_to_this_machine(tmp_path: Any) -
     opened to the network) gets a 404, as if it were off."""
     from example_app.app import create_app
 
-    app = create_app({"EXAMPLE_DEV_TOKENS": True, "LLM_PROXY_USAGE_STORE": "none", "JWT_SECRET_KEY": "k" * 32})
+    app = create_app({"EXAMPLE_DEV_TOKENS": True, "LLM_PROXY_USAGE_STORE": "none", "LLM_PROXY_RATE_LIMIT": None, "JWT_SECRET_KEY": "k" * 32})
     client = app.test_client()
     local = client.post("/dev/token", json={"user": "alice"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert local.status_code == 200 and local.get_json()["user"] == "alice"
