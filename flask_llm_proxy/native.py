@@ -143,12 +143,8 @@ def _call(st: Any, ex: Exchange, provider: Any, api: str, body: dict[str, Any], 
 
     s = st.settings
     adapter = APIS[api][0]
-    try:
-        resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body), accept="text/event-stream" if stream else "application/json")
-    except ProxyError as err:
-        ex.fail(err, before_stream=True)
-        ex.finalize()
-        raise
+    resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body),
+                         accept="text/event-stream" if stream else "application/json")  # an error: accounted() records it
     translator = adapter.translator()
     ex.translator = translator
     if not stream:
@@ -165,10 +161,7 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
     try:
         raw = resp.content
     except Exception as exc:  # noqa: BLE001 - a dropped or stalled body, like any other
-        err = read_error(exc)
-        ex.fail(err, before_stream=True)
-        ex.finalize()
-        raise err from None
+        raise read_error(exc) from None
     finally:
         resp.close()
     try:

@@ -250,22 +250,19 @@ def chat(provider_name: str) -> Response:
 
 
 def accounted(ex: Exchange, call: Callable[..., Response], *args: Any) -> Response:
-    """``call(*args)`` for an exchange the extension is accounting for: a ProxyError is accounted
-    for where it is raised, anything else (a bug, a setting no check foresaw) here."""
+    """``call(*args)`` for an exchange the extension is accounting for. An error that escapes it
+    (before the response streams) is the answer's status: recorded here, once; a bug or a setting
+    no check foresaw as the 500 the client gets."""
     try:
         return call(*args)
-    except ProxyError:
+    except ProxyError as err:
+        ex.fail(err, before_stream=True)
+        ex.finalize()
         raise
     except Exception:
-        account_unexpected(ex)
+        ex.fail(ProxyError("internal error in the proxy", status=500, type="internal_error"), before_stream=True)
+        ex.finalize()
         raise
-
-
-def account_unexpected(ex: Exchange) -> None:
-    """A bug or a broken setting after the exchange began (not a :class:`ProxyError`): the
-    request is still accounted for, once, as the 500 the client gets."""
-    ex.fail(ProxyError("internal error in the proxy", status=500, type="internal_error"), before_stream=True)
-    ex.finalize()
 
 
 def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, upstream_body: Any) -> Response:
@@ -274,20 +271,10 @@ def run(st: Any, ex: Exchange, req: ChatRequest, provider: Any, adapter: Any, up
         items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
     except ProxyError as err:
         err.retried = err.retried or ex.retries > 0  # -> x-should-retry: false, whichever kind retried
-        ex.fail(err, before_stream=True)
-        ex.finalize()
         raise
     if not req.stream:
-        try:
-            payload = collect(ex, items, translator, first)
-        except ProxyError as err:
-            ex.fail(err, before_stream=True)
-            raise
-        except Exception:
-            account_unexpected(ex)
-            raise
-        finally:
-            ex.finalize()
+        payload = collect(ex, items, translator, first)  # an error propagates to accounted()
+        ex.finalize()
         return Response(_json.dumps(payload), status=200, mimetype="application/json")
     return Response(
         StreamBody(relay(ex, items, translator, first), ex.finalize),
