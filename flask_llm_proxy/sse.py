@@ -82,7 +82,7 @@ def complete_events(data: bytes) -> int:
     """How many leading bytes of ``data`` are whole events: up to the end of the blank line that
     ends the last complete one (``\n\n``, ``\r\r`` or ``\r\n\r\n``), 0 when none ends here.
     A stream that mixes line ends within one blank line (``\n\r``) is cut at the next boundary."""
-    if data[-2:] == b"\n\n":  # the usual read: it ends where an event ends
+    if data.endswith((b"\n\n", b"\r\r", b"\n\r\n")):  # the usual read: it ends where an event ends
         return len(data)
     end = 0
     for sep in (b"\n\n", b"\r\r", b"\n\r\n"):
