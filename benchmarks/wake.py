@@ -4,7 +4,7 @@ after the client was busy for a while between requests.
 
 A proxy makes the chain longer: while the proxy works on a request the fake upstream (and the load
 generator) sit idle, and on a VM an idle virtual CPU takes longer to wake. This measures that
-effect alone, with no proxy: a gevent client (the proxy's own upstream transport) sends the
+effect alone, with no proxy: a gevent client (the proxy's own upstream client) sends the
 latency scenario's request to the fake upstream, reads the head, and between requests spins for
 0, 1.5 and 3 ms, about what the proxy's request path costs. A flat result means the machine wakes
 idle processes at no cost; a rising one is part of what the latency scenario's "added" shows.
@@ -26,8 +26,10 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT)]
 
-from flask_llm_proxy.body import read_chunks  # noqa: E402
-from flask_llm_proxy.transport import Pool, post  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from flask_llm_proxy.body import UpstreamBody  # noqa: E402
+from flask_llm_proxy.upstream import UpstreamClient  # noqa: E402
 from run import direct_target, prompt  # noqa: E402
 from servers import start_upstream  # noqa: E402
 
@@ -35,19 +37,19 @@ from servers import start_upstream  # noqa: E402
 def head_latency_us(port: int, requests: int, busy_us: float) -> float:
     """Median microseconds from sending the request to having the upstream's head."""
     target = direct_target("anthropic", port, prompt(20, 0))
-    headers = {**target.headers, "content-type": "application/json", "accept": "text/event-stream"}
-    pool = Pool(100, True)
+    provider = SimpleNamespace(name="wake", base_url=f"http://127.0.0.1:{port}", headers={}, verify=True, cert=None)
+    client = UpstreamClient(100)
+    prepared = client.target(provider, target.path, target.headers, "text/event-stream")
     times = []
     for i in range(requests + 50):  # the first 50 warm up
         spin_until = time.perf_counter() + busy_us / 1e6
         while time.perf_counter() < spin_until:
             pass
         t0 = time.perf_counter()
-        resp = post(pool, f"http://127.0.0.1:{port}{target.path}", headers, target.body, 5.0, 5.0)
+        resp = client.send(prepared, target.body, "wake", (5.0, 5.0))
         t1 = time.perf_counter()
-        for _ in read_chunks(resp, None):
+        for _ in UpstreamBody(resp, None):
             pass
-        resp.finish()
         if i >= 50:
             times.append((t1 - t0) * 1e6)
     return statistics.median(times)

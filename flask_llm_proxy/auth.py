@@ -59,26 +59,19 @@ def client_address(trusted_proxies: int) -> str:
     return request.remote_addr or "unknown"
 
 
-def _claims_from_alt_header() -> dict[str, Any] | None:
-    """SDK compatibility: ``x-api-key: <JWT>`` (the Anthropic SDK's ``api_key=``)."""
-    token = request.headers.get("x-api-key")
-    if not token or request.headers.get("Authorization"):
-        return None
-    from flask_jwt_extended import decode_token, get_unverified_jwt_headers
-    from flask_jwt_extended.internal_utils import (
-        custom_verification_for_token,
-        verify_token_not_blocklisted,
-        verify_token_type,
-    )
-
-    # The same checks verify_jwt_in_request applies to the Authorization header: signature and
-    # times (decode_token), an access token only, the host's blocklist and custom claim checks.
-    claims = decode_token(token)
-    header = get_unverified_jwt_headers(token)
-    verify_token_type(claims, refresh=False)
-    verify_token_not_blocklisted(header, claims)
-    custom_verification_for_token(header, claims)
-    return claims
+def _read_alt_header_as_authorization() -> None:
+    """SDK compatibility: the Anthropic SDK sends its ``api_key`` as ``x-api-key``. A JWT there is
+    put where flask-jwt-extended reads tokens (``JWT_HEADER_NAME``, with ``JWT_HEADER_TYPE``), so
+    ``verify_jwt_in_request`` applies every check it applies to the Authorization header: signature
+    and times, an access token only, the host's blocklist and claims checks."""
+    environ = request.environ
+    token = environ.get("HTTP_X_API_KEY")
+    config = current_app.config
+    header = "HTTP_" + str(config.get("JWT_HEADER_NAME", "Authorization")).upper().replace("-", "_")
+    if not token or header in environ:
+        return
+    kind = config.get("JWT_HEADER_TYPE", "Bearer")
+    environ[header] = f"{kind} {token}" if kind else token
 
 
 def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict[str, Any]]:
@@ -97,14 +90,12 @@ def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict
             raise AuthenticationError("this proxy requires a JWT but the server has no JWT setup (no JWTManager)")
     elif settings.require_auth or "HTTP_AUTHORIZATION" in environ or (alt_header and "HTTP_X_API_KEY" in environ):
         try:
-            alt = _claims_from_alt_header() if alt_header else None
-            if alt is not None:
-                claims = alt
-            else:
-                from flask_jwt_extended import get_jwt, verify_jwt_in_request
+            if alt_header:
+                _read_alt_header_as_authorization()
+            from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
-                found = verify_jwt_in_request(optional=not settings.require_auth)
-                claims = get_jwt() if found else {}
+            found = verify_jwt_in_request(optional=not settings.require_auth)
+            claims = get_jwt() if found else {}
         except JWT_ERRORS as exc:
             raise describe_jwt_error(exc) from None
         if claims:

@@ -274,8 +274,8 @@ def _stop(v: Any) -> list[str] | None:
         return None
     if isinstance(v, str):
         v = [v]
-    if not isinstance(v, list) or not all(isinstance(s, str) and s.strip() for s in v):
-        raise _fail("stop", "must be a non-blank string or a list of them")
+    if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
+        raise _fail("stop", "must be a non-empty string or a list of them")
     if len(v) > MAX_STOP:
         raise _fail("stop", f"at most {MAX_STOP} stop sequences")
     return list(v)

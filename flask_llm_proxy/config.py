@@ -85,6 +85,8 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     anthropic_version: str = ANTHROPIC_VERSION
     max_tokens_field: str = "max_tokens"
+    verify: bool | str = True
+    cert: str | tuple[str, str] | None = None
     mock_tokens: int = 20
     mock_pace_ms: float = 20.0
     mock_text: str = ""
@@ -231,7 +233,7 @@ def compile_models(key: str, models: Any) -> tuple[frozenset[str], re.Pattern[st
 
 _PROVIDER_KEYS = {
     "type", "base_url", "api_key", "models", "max_tokens", "max_messages", "max_body_bytes",
-    "headers", "anthropic_version", "max_tokens_field", "tokens", "pace_ms", "text",
+    "headers", "anthropic_version", "max_tokens_field", "verify", "cert", "tokens", "pace_ms", "text",
 }
 _FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 # what the proxy sends itself: a configured one would go out next to it (names differ in case)
@@ -348,6 +350,7 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         mtf = "max_completion_tokens" if base_url.rstrip("/") == OFFICIAL_BASE_URLS["openai"] else "max_tokens"
     if mtf not in ("max_tokens", "max_completion_tokens"):
         raise ConfigError(f"{key}.max_tokens_field", "must be 'max_tokens' or 'max_completion_tokens'")
+    verify, cert = _tls_options(key, entry, base_url)
     return ProviderConfig(
         name=name,
         type=ptype,
@@ -360,6 +363,8 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         headers=dict(headers),
         anthropic_version=version,
         max_tokens_field=mtf,
+        verify=verify,
+        cert=cert,
         mock_tokens=_int(f"{key}.tokens", entry.get("tokens", 20), minimum=0),  # type: ignore[arg-type]
         mock_pace_ms=_float(f"{key}.pace_ms", entry.get("pace_ms", 20.0)),  # type: ignore[arg-type]
         mock_text=str(entry.get("text", "")),
@@ -367,6 +372,36 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         _pattern=pattern,
         secrets=provider_secrets(api_key or "", headers),
     )
+
+
+def _tls_options(key: str, entry: Mapping[str, Any], base_url: str) -> tuple[bool | str, str | tuple[str, str] | None]:
+    """``verify``: True (the system's CAs, or REQUESTS_CA_BUNDLE), a CA bundle file or directory, or
+    False (no verification: a local server with a self-signed certificate, never the internet);
+    ``cert``: a client certificate for mutual TLS, one PEM file or a [certificate, key] pair."""
+    verify = entry.get("verify", True)
+    if verify is None:
+        verify = True
+    if isinstance(verify, str):
+        if not os.path.exists(verify):
+            raise ConfigError(f"{key}.verify", f"no CA bundle at {verify!r} (a file or directory of PEM certificates)")
+    elif not isinstance(verify, bool):
+        raise ConfigError(f"{key}.verify", f"expected True, False or the path of a CA bundle, got {verify!r}")
+    elif verify is False and base_url.startswith("https://"):
+        msg = (f"{key}.verify is False: TLS certificates of {base_url} are NOT checked, so anyone on the network "
+               "path can read the API key and the conversations. Use it only for a local server with a self-signed "
+               "certificate; give its CA bundle's path instead where you can.")
+        warnings.warn(msg, stacklevel=4)
+        log.warning(msg)
+    cert = entry.get("cert")
+    if cert is None:
+        return verify, None
+    files = [cert] if isinstance(cert, str) else list(cert) if isinstance(cert, (list, tuple)) else None
+    if not files or len(files) > 2 or not all(isinstance(f, str) and f for f in files):
+        raise ConfigError(f"{key}.cert", "expected the path of a PEM file with certificate and key, or [certificate path, key path]")
+    for f in files:
+        if not os.path.isfile(f):
+            raise ConfigError(f"{key}.cert", f"no such file: {f!r}")
+    return verify, (files[0] if len(files) == 1 else (files[0], files[1]))
 
 
 _SECRET_HEADER = re.compile(r"key|auth|token|secret|signature|password|credential|cookie|session", re.IGNORECASE)

@@ -16,6 +16,7 @@ from .errors import ProxyError, scrub
 if TYPE_CHECKING:
     import requests
 
+    from .body import UpstreamBody
     from .providers.base import Translator
 
 log = logging.getLogger("flask_llm_proxy")
@@ -79,7 +80,7 @@ class Exchange:
         self.client_aborted = False
         self.tokens_streamed = 0
         self.translator: Translator | None = None
-        self.resp: requests.Response | None = None
+        self.resp: requests.Response | UpstreamBody | None = None  # open upstream answer; closed at finalize
         self.input_chars = input_chars
         self.text_parts: list[str] | None = [] if keep_text else None
         self._finalizers: list[Callable[[UsageRecord], None]] = []
@@ -148,10 +149,8 @@ class Exchange:
         if self._done:
             return
         self._done = True
-        if self.resp is not None:  # never iterated: drop the upstream connection now
-            from .upstream import abort
-
-            abort(self.resp)
+        if self.resp is not None:  # never read to its end: drop the upstream connection now
+            self.resp.close()
             self.resp = None
         if not self.complete and self.error is None:
             self.client_aborted = True

@@ -22,9 +22,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from limits import parse_many
-from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from ._compat import limiter_key_prefix, redis_incr_and_get
 from .errors import QuotaExceeded, RateLimited, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Limits:
         self._window_storage: Any = None  # the storage those ends were read from
 
     def _ids(self, namespace: str, identity: str) -> tuple[str, ...]:
-        prefix = getattr(self.limiter, "_key_prefix", "")  # RATELIMIT_KEY_PREFIX, as flask-limiter applies it
+        prefix = limiter_key_prefix(self.limiter)  # RATELIMIT_KEY_PREFIX, as flask-limiter applies it
         return (prefix, namespace, identity) if prefix else (namespace, identity)
 
     def _quota(self) -> FixedWindowRateLimiter:
@@ -103,26 +103,15 @@ class Limits:
         return _headers(worst[2], worst[0], worst[1]), spent
 
     def _one_round_trip(self, storage: Any, ids: tuple[str, ...], identity: str) -> tuple[int, list[int]] | None:
-        """On a plain Redis (or Valkey) with one rate limit and a token quota: the rate count
-        (``incr``, as ``limits`` does it) and the quota readings (in ``quota_items`` order) in one
-        pipeline; ``None`` (the caller counts one by one) anywhere else. Several rate limits are counted one by one, so that a request refused by
-        one is not counted in the next (as flask-limiter does)."""
-        if not self.quota_items or len(self.rate_items) != 1 or type(storage) is not RedisStorage:
-            return None
-        no_script = getattr(getattr(storage.dependency, "exceptions", None), "NoScriptError", None)  # redis-py's or valkey's
-        if no_script is None:
+        """On a plain Redis (or Valkey) with one rate limit and a token quota: the rate count and
+        the quota readings (in ``quota_items`` order) in one round trip; ``None`` (the caller
+        counts one by one) anywhere else. Several rate limits are counted one by one, so that a
+        request refused by one is not counted in the next (as flask-limiter does)."""
+        if not self.quota_items or len(self.rate_items) != 1:
             return None
         (item,) = self.rate_items
-        pipe = storage.get_connection().pipeline(transaction=False)
-        pipe.evalsha(storage.lua_incr_expire.sha, 1, storage.prefixed_key(item.key_for(*ids)), item.get_expiry(), 1)
         quota_ids = self._ids(QUOTA_NS, identity)
-        for quota in self.quota_items:
-            pipe.get(storage.prefixed_key(quota.key_for(*quota_ids)))
-        try:
-            count, *readings = pipe.execute()
-        except no_script:  # the script is not loaded yet (a new or flushed server): nothing was counted
-            return None  # the one-by-one count loads it
-        return int(count), [int(v or 0) for v in readings]
+        return redis_incr_and_get(storage, item.key_for(*ids), item.get_expiry(), [q.key_for(*quota_ids) for q in self.quota_items])
 
     def _hit_fixed(self, storage: Any, item: Any, ids: tuple[str, ...], count: int | None = None) -> tuple[bool, int, float]:
         """What ``FixedWindowRateLimiter.hit`` + ``get_window_stats`` tell, in one round trip

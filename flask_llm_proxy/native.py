@@ -22,10 +22,10 @@ from .providers.anthropic import AnthropicAdapter
 from .providers.base import Adapter, Translator, output_cap
 from .providers.openai import ChatCompletionsAdapter
 from .providers.responses import ResponsesAdapter
-from .relay import _MALFORMED, StreamBody, decode_upstream
-from .sse import PING, complete_events
-from .body import read_error
+from .body import UpstreamBody, whole_body
 from .chat import valid_model_name
+from .relay import MALFORMED, StreamBody
+from .sse import PING
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -143,27 +143,25 @@ def _call(st: Any, ex: Exchange, provider: Any, api: str, body: dict[str, Any], 
 
     s = st.settings
     adapter = APIS[api][0]
-    resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), _json.dumps(body),
+    resp = open_upstream(st, ex, provider, adapter, _json.dumps(body),
                          accept="text/event-stream" if stream else "application/json")  # an error: accounted() records it
     translator = adapter.translator()
     ex.translator = translator
     if not stream:
+        ex.resp = resp
         return _whole(ex, resp, api, translator)
-    ex.resp = resp
+    upstream = UpstreamBody(resp, s.keepalive, raw=True)
+    ex.resp = upstream
     content_type = resp.headers.get("content-type", "text/event-stream")
-    return Response(StreamBody(_passthrough(ex, resp, api, translator, s.keepalive, s.read_timeout), ex.finalize), status=200,
+    return Response(StreamBody(_passthrough(ex, upstream, api, translator), ex.finalize), status=200,
                     content_type=content_type, headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
                     direct_passthrough=True)
 
 
 def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Response:
     """Non-streaming: the upstream's JSON, unchanged; its usage goes to the ledger."""
-    try:
-        raw = resp.content
-    except Exception as exc:  # noqa: BLE001 - a dropped or stalled body, like any other
-        raise read_error(exc) from None
-    finally:
-        resp.close()
+    raw = whole_body(resp)
+    ex.resp = None
     try:
         obj = _json.loads(raw)
         usage = obj.get("usage") or {}
@@ -173,7 +171,7 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
             translator.finish_reason = ((obj.get("choices") or [{}])[0] or {}).get("finish_reason")
         else:
             translator.finish_reason = obj.get("stop_reason") or obj.get("status")
-    except _MALFORMED:
+    except MALFORMED:
         log.warning("request %s: the upstream's JSON answer had no readable usage", ex.request_id)
     translator.done = True
     ex.complete = True
@@ -181,37 +179,38 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
     return Response(raw, status=resp.status_code, content_type=resp.headers.get("content-type", "application/json"))
 
 
-def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keepalive: float | None, read_timeout: float) -> Iterator[bytes]:
-    """Relay the upstream's bytes unchanged, whole events at a time; the same bytes are read for
-    usage and completeness.
-
-    The bytes of an event still incomplete wait for the rest of it (the client cannot use half an
-    event anyway): so a keep-alive never lands inside an event, a stream that breaks leaves no half
-    event before the error event, and the provider's secrets are redacted from every event relayed,
-    also from one that arrived in pieces (an upstream's error event may quote the request)."""
-    decoded = decode_upstream(ex, resp, translator, keepalive, read_timeout)
+def _passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Translator) -> Iterator[bytes]:
+    """Relay the upstream's events as they came (each whole, with its own lines), while the same
+    events are read for usage and completeness. A keep-alive never lands inside an event, a stream
+    that breaks leaves no half event before the error event, and the provider's secrets are
+    redacted from every event relayed (an upstream's error event may quote the request)."""
     secrets = [s.encode() for s in ex.secrets]
-    tail = b""  # the start of an event not complete yet
+    feed = translator.feed
     try:
-        for chunk, items in decoded:
-            if chunk is None:
-                if not tail:
-                    yield PING
+        for batch in upstream:
+            if batch is None:
+                yield PING
                 continue
-            data = tail + chunk if tail else chunk
-            end = complete_events(data)
-            if end == len(data):
-                tail = b""
-            else:
-                data, tail = data[:end], data[end:]
-            if data:
-                yield scrub_bytes(data, secrets) if secrets else data
-            ex.tokens_streamed += len(items)
-        if tail:  # the upstream ended without the blank line after its last event
-            yield scrub_bytes(tail, secrets) if secrets else tail
+            out = []
+            failed: BaseException | None = None
+            try:
+                for event, data, raw in batch:
+                    out.append(raw)  # an error event is relayed as the upstream sent it, then raised
+                    ex.tokens_streamed += len(feed(event, data))
+            except (ProxyError, *MALFORMED) as exc:
+                failed = exc
+            if out:
+                data_out = b"".join(out)
+                yield scrub_bytes(data_out, secrets) if secrets else data_out
+            if failed is not None:
+                raise failed
         if not translator.done:
             raise UpstreamError("the upstream stream ended before its final event", type="network_error")
         ex.complete = True
+    except MALFORMED as exc:
+        err = UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})")
+        ex.fail(err)
+        yield native_error_event(api, err)
     except ProxyError as err:
         ex.fail(err)
         if not getattr(err, "from_stream", False):  # the upstream's own error event was relayed already
@@ -220,5 +219,6 @@ def _passthrough(ex: Exchange, resp: Any, api: str, translator: Translator, keep
         ex.client_aborted = True
         raise
     finally:
-        decoded.close()
+        upstream.close()
+        ex.resp = None
         ex.finalize()  # before the response ends, as relay() does

@@ -1,6 +1,6 @@
-"""The per-token path: upstream chunks -> SSE events -> provider items -> contract bytes.
+"""The per-token path: upstream events -> provider items -> contract bytes.
 
-Read it top to bottom: :func:`upstream_items` decodes and translates, :func:`relay` numbers the
+Read it top to bottom: :func:`upstream_items` translates the events of :class:`body.UpstreamBody`, :func:`relay` numbers the
 tokens and writes them, :class:`StreamBody` guarantees the request is accounted for exactly once,
 whether the stream completed, failed, or the browser went away (even before the first byte).
 """
@@ -12,61 +12,49 @@ from itertools import chain
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _json
+from .body import UpstreamBody
 from .errors import NetworkError, ProxyError, UpstreamError
 from .exchange import Exchange
 from .providers.base import ToolCall, Translator
-from .sse import DONE, PING, SSEDecoder, encode_event, encode_token
-from .body import read_chunks
-from .upstream import abort, finish
+from .sse import DONE, PING, encode_event, encode_token
 
 log = logging.getLogger("flask_llm_proxy")
 
 Items = Iterator["list[Any] | None"]  # lists of str / ToolCall, or None for "silence: ping"
-_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def decode_upstream(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None,
-                    *, raw: bool = True) -> Iterator[Any]:
-    """``(chunk, items)`` per network chunk and ``(None, [])`` per silence (``raw``, for the native
-    passthrough, which relays the bytes); otherwise the neutral endpoint's :data:`Items`: each
-    non-empty item list, ``None`` per silence. Releases or aborts the upstream connection at the
-    end. The items before an in-stream error are still handed on."""
-    feed, tfeed = SSEDecoder().feed, translator.feed
-    complete = False
+def upstream_items(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None) -> Items:
+    """The neutral endpoint's view of an upstream response: each non-empty list of items its
+    events gave, ``None`` per silence. The items before an in-stream error are still handed on.
+    ``close()`` (a browser that left) closes the upstream connection at once."""
+    body = UpstreamBody(resp, keepalive)
+    ex.resp = body  # closed by Exchange.finalize, should nothing ever iterate it
+    return _translated(ex, body, translator)
+
+
+def _translated(ex: Exchange, body: UpstreamBody, translator: Translator) -> Items:
+    feed = translator.feed
     try:
-        for chunk in read_chunks(resp, keepalive, read_timeout):
-            if chunk is None:
-                yield (None, []) if raw else None
+        for batch in body:
+            if batch is None:
+                yield None
                 continue
             items: list[Any] = []
             try:
-                for event in feed(chunk):
-                    items += tfeed(*event)
+                for event, data in batch:
+                    items += feed(event, data)
             except ProxyError:
-                if raw:
-                    yield chunk, items
-                elif items:
+                if items:
                     yield items
                 raise
-            if raw:
-                yield chunk, items
-            elif items:
+            if items:
                 yield items
-        complete = True
-    except _MALFORMED as exc:
+    except MALFORMED as exc:
         raise UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})") from None
     finally:
+        body.close()
         ex.resp = None
-        if complete:
-            finish(resp)
-        else:
-            abort(resp)
-
-
-def upstream_items(ex: Exchange, resp: Any, translator: Translator, keepalive: float | None, read_timeout: float | None = None) -> Items:
-    """The neutral endpoint's view of an upstream response (no generator of its own: one less
-    frame to resume per token). ``close()`` aborts the upstream connection of a browser that left."""
-    return decode_upstream(ex, resp, translator, keepalive, read_timeout, raw=False)
 
 
 def _first_event(item: Any, ex: Exchange) -> bytes:

@@ -1,13 +1,13 @@
-"""Server-Sent Events: an incremental decoder for upstream bytes and the contract's encoder.
+"""Server-Sent Events (https://html.spec.whatwg.org/multipage/server-sent-events.html): the
+decoder of an upstream's lines and the encoder of the contract's events.
 
-The decoder works on bytes and decodes UTF-8 only for complete lines: a line break is ASCII, so
-a complete line never ends inside a multi-byte character, whatever way the network split it.
-It accepts ``\\n``, ``\\r\\n`` and bare ``\\r`` line ends (also a ``\\r\\n`` split across two
-chunks), multi-line ``data:``, comments and any event type; it never holds back a complete line.
+The decoder takes complete lines (``body.body_lines``: requests' ``iter_lines``), so UTF-8 is
+decoded only for whole lines and a character split by the network is never cut; it accepts
+multi-line ``data:``, comments and any event type, and never holds back a complete event.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from . import _json
 
@@ -15,88 +15,61 @@ Event = tuple[str, str]
 """An SSE event as ``(event type, data)``; the type is ``"message"`` when the event has none."""
 
 
-class SSEDecoder:
-    """Feed network chunks, get complete events. One instance per upstream response."""
-
-    __slots__ = ("_buf", "_data", "_event", "_skip_lf")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._data: list[bytes] = []
-        self._event = b""
-        self._skip_lf = False  # the previous chunk ended in "\r": a leading "\n" belongs to it
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        if not chunk:
-            return []
-        if self._skip_lf:
-            self._skip_lf = False
-            if chunk[:1] == b"\n":
-                chunk = chunk[1:]
-        if b"\r" in chunk:
-            if chunk[-1:] == b"\r":
-                self._skip_lf = True
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\n" not in buf:
-            self._buf = buf
-            return []
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
-        events: list[Event] = []
-        data = self._data
-        for line in lines:
-            if line[:6] == b"data: ":  # the usual spellings first, without partition()
-                data.append(line[6:])
-            elif line[:7] == b"event: ":
-                self._event = line[7:]
-            elif not line:
-                if data:
-                    events.append(
-                        (
-                            self._event.decode("utf-8", "replace") or "message",
-                            (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"),
-                        )
-                    )
-                    data.clear()
-                self._event = b""
-            elif line[0] == 58:  # b":" - a comment, e.g. a keep-alive
-                continue
-            else:
-                name, sep, value = line.partition(b":")
-                if sep and value[:1] == b" ":
-                    value = value[1:]
-                if name == b"data":
-                    data.append(value)
-                elif name == b"event":
-                    self._event = value
-                # "id", "retry" and unknown fields mean nothing to a proxy
-        return events
-
-    def pending(self) -> bool:
-        """True when bytes of an unfinished event are held (a stream cut in the middle)."""
-        return bool(self._buf or self._data or self._event)
+_TYPES: dict[bytes, str] = {}  # event type names seen, decoded once per process
 
 
-def complete_events(data: bytes) -> int:
-    """How many leading bytes of ``data`` are whole events: up to the end of the blank line that
-    ends the last complete one (``\n\n``, ``\r\r`` or ``\r\n\r\n``), 0 when none ends here.
-    A stream that mixes line ends within one blank line (``\n\r``) is cut at the next boundary."""
-    if data.endswith((b"\n\n", b"\r\r", b"\n\r\n")):  # the usual read: it ends where an event ends
-        return len(data)
-    end = 0
-    for sep in (b"\n\n", b"\r\r", b"\n\r\n"):
-        i = data.rfind(sep)
-        if i >= 0 and i + len(sep) > end:
-            end = i + len(sep)
-    return end
+def events(lines: Iterable[bytes], raw: bool = False) -> Iterator[Any]:
+    """The events of a stream of lines (line ends removed), as ``(type, data)``; with ``raw``, as
+    ``(type, data, bytes)`` where the bytes are the event's own lines, re-joined with ``\\n``.
+
+    An event ends at an empty line and is dispatched only if it has data; several ``data:``
+    lines are joined with ``\\n``; a comment (``:``) or an unknown field is skipped. A line is
+    decoded only once it is complete, so a character split by the network is whole here.
+    """
+    data: list[bytes] = []
+    etype = b""
+    kept: list[bytes] | None = [] if raw else None
+    types = _TYPES
+    for line in lines:
+        if line[:6] == b"data: ":  # the usual spellings first, without partition()
+            data.append(line[6:])
+        elif line[:7] == b"event: ":
+            etype = line[7:]
+        elif not line:
+            if data:
+                name = types.get(etype)
+                if name is None:
+                    name = etype.decode("utf-8", "replace") or "message"
+                    if len(types) < 256:
+                        types[etype] = name
+                text = (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace")
+                if kept is None:
+                    yield name, text
+                else:
+                    yield name, text, b"\n".join(kept) + b"\n\n"
+                data.clear()
+            if kept:
+                kept.clear()  # a block without data dispatches nothing: its lines go with it
+            etype = b""
+            continue
+        elif line[0] == 58:  # b":" - a comment, e.g. a keep-alive
+            continue
+        else:
+            field, sep, value = line.partition(b":")
+            if sep and value[:1] == b" ":
+                value = value[1:]
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                etype = value
+            # "id", "retry" and unknown fields mean nothing to a proxy (a raw event keeps them)
+        if kept is not None:
+            kept.append(line)
 
 
-def iter_events(chunks: Iterator[bytes]) -> Iterator[Event]:
-    """Convenience for tests and non-hot paths."""
-    decoder = SSEDecoder()
-    for chunk in chunks:
-        yield from decoder.feed(chunk)
+def parse(body: bytes) -> list[Event]:
+    """Every complete event of a whole body (tests, tools): not for the per-token path."""
+    return list(events(body.splitlines()))
 
 
 # --- the contract's side: what the browser receives ---------------------------------------

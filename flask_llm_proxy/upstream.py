@@ -1,97 +1,68 @@
-"""The upstream HTTP side: one pooled session per process, retries before the first byte,
-timeouts, error mapping, and a body reader that notices silence.
+"""The upstream HTTP side: one ``requests.Session`` per process, retries before the first byte,
+timeouts and error mapping.
 
-Only this module talks to the network. Its errors are :mod:`errors` classes whose messages never
-contain the API key (upstream messages are scrubbed before they are kept).
+Only this module (and :mod:`body`, which reads what it opened) talks to the network. Each
+provider's request is prepared once and copied per request, and sent with ``HTTPAdapter.send``:
+``Session.request`` would re-read the environment and merge settings on every call. Its errors are
+:mod:`errors` classes whose messages never contain the API key (upstream messages are scrubbed
+before they are kept).
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
-import socket
-import ssl
 import threading
 import time
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 
-from . import _json, transport
-from .errors import scrub
-from .errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamError, UpstreamTimeout
+from . import _json
+from ._compat import GEVENT_SSL_FIX, ssl_patch_problem
+from .errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamError, UpstreamTimeout, scrub
 
 log = logging.getLogger("flask_llm_proxy")
 
-READ_SIZE = 65536
 MAX_ERROR_BODY = 65536
 MAX_ERROR_MESSAGE = 500  # characters of an upstream's error message passed on to the client
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-
-GEVENT_SSL_FIX = (
-    "gevent patched 'ssl' after urllib3 imported it (gunicorn --preload, or an import before the "
-    "gevent worker started): HTTPS calls to the upstream fail with RecursionError. Fix: put "
-    "'from gevent import monkey; monkey.patch_all()' on the first line of gunicorn.conf.py "
-    "(example_app/gunicorn.conf.py does), or run without --preload."
-)
+#: OpenSSL's words for a peer that does not speak TLS (a plain HTTP port behind an https:// URL)
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "UNEXPECTED_RECORD", "packet length too long")
 
 
-def ssl_patch_problem() -> str | None:
-    """Detect the gevent + preload trap before it turns every request into a RecursionError.
+class Target:
+    """One upstream endpoint of one provider: its request prepared once (URL and every header but
+    the request id), and what ``HTTPAdapter.send`` needs besides (TLS settings, proxies)."""
 
-    urllib3 keeps a reference to the ``SSLContext`` class it imported; when gevent patched
-    ``ssl`` later, that reference is the unpatched class. Re-pointing urllib3 at the patched
-    class repairs this process; the log line still names the proper fix. Returns the problem
-    text when it could not be repaired.
-    """
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover
-        return None
-    if not monkey.is_module_patched("ssl"):
-        return None
-    import ssl
+    __slots__ = ("template", "verify", "cert", "proxies")
 
-    import urllib3.util as u3util
-    import urllib3.util.ssl_ as u3ssl
-
-    if getattr(u3ssl, "SSLContext", ssl.SSLContext) is ssl.SSLContext:
-        return None
-    for module in (u3ssl, u3util):
-        if hasattr(module, "SSLContext"):
-            module.SSLContext = ssl.SSLContext  # type: ignore[attr-defined]
-    try:
-        ctx = u3ssl.create_urllib3_context()
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    except RecursionError:
-        return GEVENT_SSL_FIX
-    log.warning("%s (Repaired for this process by re-pointing urllib3 at gevent's SSLContext.)", GEVENT_SSL_FIX)
-    return None
+    def __init__(self, template: requests.PreparedRequest, verify: Any, cert: Any, proxies: dict[str, str]) -> None:
+        self.template = template
+        self.verify = verify
+        self.cert = cert
+        self.proxies = proxies
 
 
 class UpstreamClient:
-    """Holds the ``requests.Session`` of this process.
+    """The ``requests.Session`` of this process and the prepared targets.
 
     Made lazily and re-made after a fork (the pid changes), so no socket or SSL object is created
-    before gunicorn forks its workers. The pool is sized to the worker's concurrency: the default
-    of 10 would discard and re-open connections under load.
+    before gunicorn forks its workers. The adapter's pool is sized to the worker's concurrency: the
+    default of 10 would discard and re-open connections under load.
     """
 
-    def __init__(self, pool_maxsize: int, *, fast: bool = True) -> None:
+    def __init__(self, pool_maxsize: int) -> None:
         self.pool_maxsize = pool_maxsize
-        self.fast = fast  # the lean transport; False: requests all the way (unit tests mock it)
-        self._pool: transport.Pool | None = None
-        self._pool_pid = -1
         self._pid = -1
         self._session: requests.Session | None = None
+        self._adapter: HTTPAdapter | None = None
+        self._targets: dict[tuple[str, str, str], Target] = {}
         self._lock = threading.Lock()
         self._ssl_problem: str | None = None
-        self._adapter: HTTPAdapter | None = None
-        self._verify: str | bool = True
-        self._proxies: dict[str, dict[str, str]] = {}
 
     def session(self) -> requests.Session:
         if self._pid != os.getpid() or self._session is None:
@@ -100,51 +71,54 @@ class UpstreamClient:
                     self._ssl_problem = ssl_patch_problem()
                     if self._ssl_problem:
                         log.error("%s HTTPS upstream calls are refused until then.", self._ssl_problem)
-                    s = requests.Session()
+                    session = requests.Session()
                     adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_maxsize, max_retries=0)
-                    s.mount("https://", adapter)
-                    s.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    session.mount("http://", adapter)
                     self._adapter = adapter
-                    # The environment (REQUESTS_CA_BUNDLE, HTTPS_PROXY, NO_PROXY) is read once per
-                    # process and URL here, not on every request as Session.request does.
-                    self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-                    self._proxies = {}
-                    self._session = s
+                    self._targets = {}
+                    self._session = session
                     self._pid = os.getpid()
-        return self._session
+        return self._session  # type: ignore[return-value]
 
-    def _send(self, url: str, headers: Mapping[str, str], body: bytes, timeout: tuple[float, float]) -> Any:
-        """The lean transport, unless the host is reached through an HTTP(S) proxy."""
-        proxies = self._proxies.get(url)
-        if proxies is None:
-            base = url.split("/", 3)
-            proxies = self._proxies[url] = requests.utils.get_environ_proxies("/".join(base[:3]))
-        if self.fast and not proxies:
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = transport.Pool(self.pool_maxsize, self._verify)
-                self._pool_pid = os.getpid()
-            return transport.post(self._pool, url, dict(headers), body, timeout[0], timeout[1])
-        return self._send_requests(url, headers, body, timeout, proxies)
+    def target(self, provider: Any, path: str, auth: Mapping[str, str], accept: str) -> Target:
+        """The prepared request for ``provider`` + ``path``, made on first use in this process.
 
-    def _send_requests(self, url: str, headers: Mapping[str, str], body: bytes, timeout: tuple[float, float], proxies: dict[str, str]) -> requests.Response:
-        """``HTTPAdapter.send`` with a request prepared by hand.
-
-        ``Session.request`` re-reads the environment, merges settings and re-parses the URL on
-        every call (about 1 ms of CPU per request); the URL and headers here come from config
-        and need none of it. The adapter still does pooling, TLS, timeouts and the response.
+        URL and headers come from configuration only: nothing a client sends steers them. The
+        environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) is read here, once, as
+        ``Session.request`` would read it; a provider's own ``verify`` and ``cert`` win over it.
         """
-        req = requests.PreparedRequest()
-        req.method = "POST"
-        req.url = url
-        req.headers = CaseInsensitiveDict(headers)
-        req.headers["Content-Length"] = str(len(body))
-        req.body = body
-        return self._adapter.send(req, stream=True, timeout=timeout, verify=self._verify, cert=None, proxies=proxies)
+        session = self.session()
+        key = (provider.name, path, accept)
+        found = self._targets.get(key)
+        if found is not None:
+            return found
+        url = provider.base_url + path
+        headers = {
+            **provider.headers,
+            **auth,
+            "content-type": "application/json",
+            "accept": accept,
+            "accept-encoding": "identity",  # compressed SSE would be held back by the decompressor
+        }
+        template = requests.Request("POST", url, headers=headers).prepare()
+        env = session.merge_environment_settings(url, {}, True, None, None)
+        verify = env["verify"] if provider.verify is True else provider.verify
+        target = Target(template, verify, provider.cert, env["proxies"])
+        self._targets[key] = target
+        return target
+
+    def send(self, target: Target, body: bytes, request_id: str, timeout: tuple[float, float]) -> requests.Response:
+        prepared = target.template.copy()
+        prepared.body = body
+        prepared.headers["Content-Length"] = str(len(body))
+        prepared.headers["x-request-id"] = request_id
+        assert self._adapter is not None
+        return self._adapter.send(prepared, stream=True, timeout=timeout, verify=target.verify, cert=target.cert, proxies=target.proxies)
 
     def open(
         self,
-        url: str,
-        headers: Mapping[str, str],
+        target: Target,
         body: bytes,
         *,
         secrets: Sequence[str],
@@ -153,45 +127,48 @@ class UpstreamClient:
         max_retries: int,
         backoff: float,
         retry_after_max: float,
-        on_retry: Any = None,
+        on_retry: Callable[[ProxyError], None] | None = None,
         request_id: str = "",
-    ) -> tuple[requests.Response, int]:
-        """POST with retries; return the open 2xx streaming response and the number of retries.
+    ) -> requests.Response:
+        """POST with retries; return the open 2xx streaming response.
 
         Retried: connection failures, 5xx, 429 and 529, with exponential backoff that honours
-        ``retry-after`` up to ``retry_after_max``. Never retried: other 4xx and read timeouts.
+        ``retry-after`` up to ``retry_after_max``. Never retried: other 4xx, read timeouts, TLS
+        and protocol errors. A connection the upstream closed without answering (an idle pooled
+        one it had just dropped) is sent again at once, once, before any of that.
         """
         self.session()
-        if self._ssl_problem and url.startswith("https://"):
+        if self._ssl_problem and target.template.url.startswith("https://"):  # type: ignore[union-attr]
             raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log")
         attempt = 0
+        resent = False
         while True:
             retry_after: float | None = None
             try:
-                resp = self._send(url, headers, body, (connect_timeout, read_timeout))
+                resp = self.send(target, body, request_id, (connect_timeout, read_timeout))
             except requests.exceptions.ConnectTimeout:
                 err: ProxyError = UpstreamTimeout("timed out connecting to the upstream")
                 retryable = True
             except requests.exceptions.ReadTimeout:
                 raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
             except requests.exceptions.SSLError as exc:
-                err, retryable = NetworkError(f"TLS error talking to the upstream: {scrub(str(exc), secrets)}"), False
+                err, retryable = tls_error(exc, secrets), False
+            except requests.exceptions.ProxyError as exc:
+                err, retryable = NetworkError(f"could not reach the upstream through the HTTP proxy: {_reason(exc, secrets)}"), True
+            except requests.exceptions.ConnectionError as exc:
+                if not resent and _find(exc, http.client.RemoteDisconnected) is not None:
+                    resent = True
+                    continue
+                bad = protocol_error(exc)
+                err, retryable = (bad, False) if bad else (NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True)
             except requests.exceptions.RequestException as exc:
-                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True
-            except transport.ConnectTimeout:
-                err, retryable = UpstreamTimeout("timed out connecting to the upstream"), True
-            except transport.ReadTimeout:
-                raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
-            except ssl.SSLError as exc:
-                err, retryable = NetworkError(f"TLS error talking to the upstream: {scrub(str(exc), secrets)}"), False
-            except (OSError, ConnectionError) as exc:
-                err, retryable = NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True
+                err, retryable = NetworkError(f"the upstream request failed: {_reason(exc, secrets)}"), False
             except RecursionError:
                 log.error(GEVENT_SSL_FIX)
                 raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log") from None
             else:
                 if resp.status_code < 300:
-                    return resp, attempt
+                    return resp
                 err = error_from_response(resp, secrets)
                 retryable = resp.status_code in RETRY_STATUSES
                 retry_after = parse_retry_after(resp.headers.get("retry-after"))
@@ -206,6 +183,47 @@ class UpstreamClient:
             if on_retry is not None:
                 on_retry(err)
             time.sleep(delay)
+
+
+def _find(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first ``kind`` among ``exc`` and the exceptions it wraps: requests and urllib3 pass the
+    cause on in ``args`` (``ConnectionError(ProtocolError("Connection aborted.", BadStatusLine))``)."""
+    todo, seen = [exc], 0
+    while todo and seen < 16:
+        e = todo.pop(0)
+        seen += 1
+        if isinstance(e, kind):
+            return e
+        todo.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
+        for linked in (e.__cause__, e.__context__, getattr(e, "reason", None)):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+    return None
+
+
+def protocol_error(exc: BaseException) -> UpstreamError | None:
+    """An answer that is not HTTP (a garbage status line, an over-long or endless head): 502
+    ``upstream_protocol_error``, not retried; ``None`` for any other failure."""
+    found = _find(exc, http.client.HTTPException)
+    if found is None or isinstance(found, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
+        return None
+    if isinstance(found, http.client.BadStatusLine):
+        what = "the upstream did not answer with HTTP (its status line was not HTTP/1.x); check base_url"
+    elif isinstance(found, http.client.LineTooLong):
+        what = "the upstream sent a header line longer than HTTP clients accept"
+    else:
+        what = f"the upstream's answer is not valid HTTP ({type(found).__name__})"
+    return UpstreamError(what, status=502, type="upstream_protocol_error")
+
+
+def tls_error(exc: BaseException, secrets: Sequence[str]) -> UpstreamError:
+    text = str(exc)
+    if any(marker in text for marker in _NOT_TLS):
+        return UpstreamError(
+            "the upstream did not answer with TLS: is the port a plain HTTP one (base_url http:// instead of https://)?",
+            status=502, type="upstream_protocol_error",
+        )
+    return NetworkError(f"TLS error talking to the upstream: {scrub(text, secrets)[:300]}")
 
 
 def _reason(exc: BaseException, secrets: Sequence[str]) -> str:
@@ -273,39 +291,3 @@ def error_from_response(resp: requests.Response, secrets: Sequence[str]) -> Upst
     if status == 504:
         return UpstreamTimeout(f"upstream timeout: {message}", extra=extra)
     return UpstreamError(f"upstream error: {message}", status=502, type="upstream_error", extra=extra)
-
-
-# --- reading the body -----------------------------------------------------------------------
-
-
-def _socket_of(resp: requests.Response) -> socket.socket | None:
-    conn = getattr(resp.raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def abort(resp: Any) -> None:
-    """Close an unfinished upstream response now: the upstream sees its connection closed.
-
-    ``shutdown`` first, because a reader blocked in ``recv`` on another thread is not woken by
-    ``close`` alone; the connection is dropped, never returned to the pool mid-stream.
-    """
-    if isinstance(resp, transport.LeanResponse):
-        resp.abort()
-        return
-    sock = _socket_of(resp)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    resp.close()
-
-
-def finish(resp: Any) -> None:
-    """The body was read to its end: hand the connection back to the pool for reuse."""
-    if isinstance(resp, transport.LeanResponse):
-        resp.finish()
-        return
-    resp._content_consumed = True  # type: ignore[attr-defined]  # else requests closes the socket
-    resp.close()

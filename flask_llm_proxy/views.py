@@ -299,10 +299,9 @@ def _first_tokens(st: Any, ex: Exchange, provider: Any, req: ChatRequest, adapte
     body = _json.dumps(upstream_body)
     while True:
         ex.translator = None  # no tokens to count for an attempt the upstream refused
-        ex.resp = open_upstream(st, ex, provider, adapter.path, adapter.auth_headers(provider), body,
-                                max_retries=s.max_retries - ex.retries)  # one budget for both kinds
+        resp = open_upstream(st, ex, provider, adapter, body, max_retries=s.max_retries - ex.retries)  # one budget for both kinds
         translator = ex.translator = adapter.translator()
-        items = upstream_items(ex, ex.resp, translator, s.keepalive, s.read_timeout)
+        items = upstream_items(ex, resp, translator, s.keepalive)
         try:
             return items, translator, peek(items)
         except UpstreamError as err:
@@ -322,26 +321,20 @@ def _count_retry(ex: Exchange, err: ProxyError) -> None:
     signals.upstream_retry.send(current_app._get_current_object(), request_id=ex.request_id, error=err)  # type: ignore[attr-defined]
 
 
-def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[str, str], body: bytes, accept: str = "text/event-stream",
+def open_upstream(st: Any, ex: Exchange, provider: Any, adapter: Any, body: bytes, accept: str = "text/event-stream",
                   max_retries: int | None = None) -> Any:
-    """URL, path and headers come from configuration only: nothing a client sends steers them."""
+    """Send ``body`` to the provider's API (retrying before the first byte) and return the open
+    2xx answer; URL and headers come from configuration, nothing a client sends steers them."""
     s = st.settings
-    headers = {
-        **provider.headers,
-        **auth,
-        "content-type": "application/json",
-        "accept": accept,
-        "accept-encoding": "identity",  # compressed SSE would be buffered by the decompressor
-        "x-request-id": ex.request_id,
-    }
+    client = st.upstream
+    target = client.target(provider, adapter.path, adapter.auth_headers(provider), accept)
 
     def on_retry(err: ProxyError) -> None:
         _count_retry(ex, err)
 
     ex.secrets = provider.secrets
-    resp, _ = st.upstream.open(
-        provider.base_url + path,
-        headers,
+    return client.open(
+        target,
         body,
         secrets=ex.secrets,
         connect_timeout=s.connect_timeout,
@@ -352,7 +345,6 @@ def open_upstream(st: Any, ex: Exchange, provider: Any, path: str, auth: dict[st
         on_retry=on_retry,
         request_id=ex.request_id,
     )
-    return resp
 
 
 def not_found(rest: str) -> Response:

@@ -189,10 +189,10 @@ def redis_server() -> Iterator[RedisProcess]:
 
 def sse_events(resp: requests.Response) -> list[Any]:
     """Parse a proxy stream into a list of JSON events, '[DONE]', and ('error', {...}) tuples."""
-    from flask_llm_proxy.sse import SSEDecoder
+    from flask_llm_proxy.sse import parse
 
     raw = resp.raw.read()
-    out: list[Any] = ["[DONE]" if data == "[DONE]" else json.loads(data) for _, data in SSEDecoder().feed(raw)]
+    out: list[Any] = ["[DONE]" if data == "[DONE]" else json.loads(data) for _, data in parse(raw)]
     # the contract's error line is always the last thing in a stream
     out += [("error", json.loads(line[7:])) for line in raw.split(b"\n") if line.startswith(b"error: ")]
     return out

@@ -29,7 +29,7 @@ Anything else is ``404`` (JSON); a non-POST on an API path is ``405``.
 
 Running it
 ----------
-``python tests/fake_upstream.py --port 0 [--host 127.0.0.1] [--certfile F --keyfile F]
+``python tests/fake_upstream.py --port 0 [--host 127.0.0.1] [--certfile F --keyfile F [--client-ca F]]
 [--key SECRET] [--backlog 4096] [--max-records 100000] [--anthropic-bearer]``
 
 prints exactly one line ``PORT <n>`` to stdout once listening and runs until
@@ -113,6 +113,15 @@ ignored, as are malformed values.
                     ``{"city": "Oslo", "unit": "celsius"}`` in 4 fragments (ids:
                     ``toolu_01`` / ``call_1`` / Responses item ``fc_1`` with
                     call_id ``call_1``); stop reason ``tool_use`` / ``tool_calls``
+``framing=F``       ``length``: the stream's body has a ``Content-Length`` and no chunking;
+                    ``close``: neither, the body ends when the connection closes (as some
+                    OpenAI-compatible servers send it). Pacing applies; the interruption
+                    knobs (drop/hang/error_after), split and the ticker do not
+``gzip=1``          the stream's body is gzip-compressed (``content-encoding: gzip``), each
+                    event flushed (Z_SYNC_FLUSH) into its own chunk, so it can be read as it
+                    arrives
+``garbage=1``       answer with a line that is not HTTP (an SSH banner), then close
+``head=truncated``  answer with the status line and half a header line, then close
 ``input_tokens=N``  reported input tokens (default :func:`count_input_tokens`)
 ``stop_reason=S``   Anthropic stop_reason / chat finish_reason (default
                     ``end_turn`` / ``stop``, or ``tool_use`` / ``tool_calls``)
@@ -253,7 +262,7 @@ API_PATHS = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": CHAT, "/v1/respo
 _INT_KNOBS = (
     "tokens", "pace_ms", "first_ms", "headers_ms", "drop_after", "hang_after",
     "error_after", "split", "crlf", "cr", "ping", "unknown", "multiline", "tool",
-    "echo_headers", "input_tokens", "error_attempts",
+    "echo_headers", "input_tokens", "error_attempts", "gzip", "garbage",
 )
 
 
@@ -283,6 +292,10 @@ class Plan:
     echo_headers: int = 0
     input_tokens: int | None = None
     stop_reason: str | None = None
+    framing: str | None = None
+    gzip: int = 0
+    garbage: int = 0
+    head: str | None = None
 
 
 def parse_directives(text: str) -> Plan:
@@ -313,6 +326,10 @@ def parse_directives(text: str) -> Plan:
             plan.hang = value
         elif name == "stop_reason":
             plan.stop_reason = value
+        elif name == "framing" and value in ("length", "close"):
+            plan.framing = value
+        elif name == "head":
+            plan.head = value
     return plan
 
 
@@ -927,6 +944,8 @@ class _Conn(asyncio.Protocol):
         while True:
             while self.buf[:2] == b"\r\n":  # tolerate stray CRLFs between requests
                 del self.buf[:2]
+            if self.buf[:1] and not self.buf[:1].isalpha():  # a TLS hello on the plain port, or junk
+                raise _BadRequest(400, "not an HTTP request")  # as real servers do: at once, in plain text
             idx = self.buf.find(b"\r\n\r\n")
             if idx >= 0:
                 head = bytes(self.buf[:idx])
@@ -1327,6 +1346,14 @@ class FakeUpstream:
         usage = _usage(provider, body, plan)
         rec["usage"] = usage
 
+        if plan.garbage or plan.head == "truncated":
+            rec["outcome"] = "dropped"
+            act.finished = True
+            await conn.write(b"SSH-2.0-OpenSSH_9.2p1\r\n" if plan.garbage
+                             else b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-enc")
+            conn.active = None
+            conn.close()
+            return False
         if plan.hang is not None:
             rec["outcome"] = "hung"
             await conn.wait_closed()
@@ -1356,7 +1383,57 @@ class FakeUpstream:
             if ok:
                 rec.update(completed=True, outcome="complete", usage_sent=True)
             return ok
+        if plan.framing or plan.gzip:
+            return await self._stream_encoded(conn, req, rec, act, plan, builder, rid)
         return await self._stream(conn, req, rec, act, plan, builder, rid)
+
+    async def _stream_encoded(self, conn: _Conn, req: _Request, rec: dict[str, Any], act: _Active, plan: Plan,
+                              builder: _Builder, rid: tuple[str, str]) -> bool:
+        """A stream framed without chunking (``framing=``) or gzip-compressed (``gzip=1``)."""
+        nl = "\r\n" if plan.crlf else ("\r" if plan.cr else "\n")
+        pieces: list[tuple[int, str]] = [(0, "".join(builder.preamble()))]
+        for i in range(plan.tokens):
+            events = [builder.delta(i)] if i == 0 else [*builder.between(), builder.delta(i)]
+            pieces.append((plan.first_ms if i == 0 else plan.pace_ms, "".join(events)))
+        pieces.append((0, "".join(builder.closing())))
+        data = [p.replace("\n", nl).encode() for _, p in pieces]
+        if plan.gzip:
+            import zlib
+
+            z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            data = [z.compress(d) + z.flush(zlib.Z_SYNC_FLUSH) for d in data]
+            data[-1] += z.flush(zlib.Z_FINISH)
+        headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"), rid]
+        if plan.gzip:
+            headers.append(("content-encoding", "gzip"))
+        chunked = plan.framing is None
+        if chunked:
+            headers.append(("transfer-encoding", "chunked"))
+        elif plan.framing == "length":
+            headers.append(("content-length", str(sum(len(d) for d in data))))
+        keep_alive = req.keep_alive and plan.framing != "close"
+        headers.append(("connection", "keep-alive" if keep_alive else "close"))
+        rec["status"] = 200
+        if not await conn.write(_head(200, headers)):
+            return False
+        for n, ((delay, _), piece) in enumerate(zip(pieces, data)):
+            if delay:
+                await asyncio.sleep(delay / 1000)
+                if conn.eof:
+                    return False
+            if not await conn.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece):
+                return False
+            if 0 < n <= plan.tokens:
+                rec["tokens_sent"] = n
+        if chunked and not await conn.write(b"0\r\n\r\n"):
+            return False
+        act.finished = True
+        rec.update(completed=True, outcome="complete", usage_sent=builder.reports_usage)
+        if not keep_alive:
+            conn.active = None
+            conn.close()
+            return False
+        return True
 
     async def _stream(self, conn: _Conn, req: _Request, rec: dict[str, Any], act: _Active, plan: Plan,
                       builder: _Builder, rid: tuple[str, str]) -> bool:
@@ -1473,6 +1550,9 @@ async def _amain(args: argparse.Namespace) -> None:
     if args.certfile:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.certfile, args.keyfile)
+        if args.client_ca:  # mutual TLS: a client must show a certificate this file vouches for
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(args.client_ca)
     server, state = await start_server(args.host, args.port, key=args.key, ssl_context=ctx,
                                        backlog=args.backlog, max_records=args.max_records,
                                        anthropic_bearer=args.anthropic_bearer)
@@ -1498,6 +1578,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
+    parser.add_argument("--client-ca", help="with --certfile: require client certificates signed by (or equal to) this PEM")
     parser.add_argument("--key", default="test-key", help="the API key expected (default test-key)")
     parser.add_argument("--backlog", type=int, default=4096)
     parser.add_argument("--max-records", type=int, default=100_000)
@@ -1526,11 +1607,14 @@ class FakeUpstreamProcess:
 
     ``tls=(certfile, keyfile)`` serves HTTPS; control calls then verify with
     ``cafile`` (default: ``certfile``, fine for a self-signed certificate).
+    ``client_cert=(certfile, keyfile)`` (a self-signed one) makes it require that client
+    certificate (mutual TLS).
     """
 
     def __init__(self, tls: tuple[str, str] | None = None, key: str = "test-key",
                  cafile: str | None = None, host: str = "127.0.0.1",
-                 extra_args: Iterable[str] = (), start_timeout: float = 10.0) -> None:
+                 extra_args: Iterable[str] = (), start_timeout: float = 10.0,
+                 client_cert: tuple[str, str] | None = None) -> None:
         self.tls = tls
         self.key = key
         self.host = host
@@ -1540,8 +1624,12 @@ class FakeUpstreamProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int = 0
         handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        self.client_cert = client_cert  # mutual TLS: clients (the control calls too) must show it
         if tls:
-            handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=self.cafile)))
+            ctx = ssl.create_default_context(cafile=self.cafile)
+            if client_cert:
+                ctx.load_cert_chain(*client_cert)
+            handlers.append(urllib.request.HTTPSHandler(context=ctx))
         self._opener = urllib.request.build_opener(*handlers)
 
     @property
@@ -1552,6 +1640,8 @@ class FakeUpstreamProcess:
         cmd = [sys.executable, os.path.abspath(__file__), "--port", "0", "--host", self.host, "--key", self.key]
         if self.tls:
             cmd += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
+            if self.client_cert:
+                cmd += ["--client-ca", self.client_cert[0]]
         cmd += self.extra_args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
         assert self.proc.stdout is not None

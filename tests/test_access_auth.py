@@ -385,7 +385,6 @@ def blocklist_app() -> Iterator[tuple[Any, set[str], Any]]:
         return payload["jti"] in revoked
 
     LLMProxy(app)
-    app.extensions["llm_proxy"].upstream.fast = False  # `responses` mocks requests' transport
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add(responses.POST, "http://127.0.0.1:9/v1/messages", body=ANTHROPIC_SSE, content_type="text/event-stream")
         yield app.test_client(), revoked, mock

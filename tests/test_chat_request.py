@@ -127,7 +127,7 @@ def test_max_tokens_and_max_new_tokens_that_agree_are_accepted():
     assert parse(base(max_tokens=100, max_new_tokens=100)).max_tokens == 100
 
 
-@pytest.mark.parametrize("stop", [5, [""], ["  "], ["ok", 3], {"a": "b"}, ["s"] * 17], ids=["int", "empty", "blank", "mixed", "dict", "too-many"])
+@pytest.mark.parametrize("stop", [5, [""], "", ["ok", 3], {"a": "b"}, ["s"] * 17], ids=["int", "empty", "empty-string", "mixed", "dict", "too-many"])
 def test_bad_stop_sequences_are_refused(stop):
     refused(base(stop=stop), "stop")
 
@@ -528,6 +528,12 @@ def test_max_tokens_is_none_when_not_sent():
 
 def test_max_tokens_equal_to_the_cap_is_accepted():
     assert parse(base(max_tokens=CAP)).max_tokens == CAP
+
+
+def test_whitespace_stop_sequences_are_valid_in_the_neutral_request():
+    """OpenAI takes them, and "\\n\\n" is one of its most common uses; Anthropic's adapter refuses
+    them (tests/test_translation.py)."""
+    assert parse(base(stop=["\n\n", " "])).stop == ["\n\n", " "]
 
 
 def test_a_stop_string_becomes_a_list():

@@ -113,9 +113,6 @@ def client(upstream_calls: list[str]) -> Any:
     )
     JWTManager(app)
     LLMProxy(app)
-    # `responses` mocks requests' transport: route the upstream call through requests, not the
-    # lean client (whose own tests run against real sockets)
-    app.extensions["llm_proxy"].upstream.fast = False
     return app.test_client()
 
 

@@ -81,30 +81,32 @@ def test_a_body_closed_before_its_first_byte_is_accounted_once_as_client_closed(
     assert records[0].error_type == "client_closed" and records[0].status == 200
 
 
-def test_the_native_passthrough_relays_whole_events_and_redacts_a_key_however_the_reads_split(monkeypatch: Any) -> None:
-    """The native endpoints relay the upstream's bytes as they are, event by event: an error event
+def test_the_native_passthrough_relays_whole_events_and_redacts_a_key_however_the_reads_split() -> None:
+    """The native endpoints relay the upstream's events as they are, event by event: an error event
     quoting the key has it redacted even when the key arrives in two reads, a keep-alive due in
-    the middle of an event waits for its end, and the bytes come out in their order."""
+    the middle of an event waits for its end, and the events come out in their order."""
+    import threading
+
     from flask_llm_proxy import native
-    from flask_llm_proxy.errors import UpstreamError
+    from flask_llm_proxy.body import UpstreamBody
+    from flask_llm_proxy.providers.anthropic import AnthropicTranslator
     from flask_llm_proxy.sse import PING
+    from wire import response_of
 
     secret = "sk-ant-api03-secret-0123456789abcdef"
     ok = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
     bad = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"x-api-key: ' + secret.encode() + b'"}}\n\n'
     stream = ok + bad
     for cut in range(1, len(stream)):
-        def decode(ex: Any, resp: Any, translator: Any, keepalive: Any, read_timeout: Any, cut: int = cut) -> Any:
-            yield stream[:cut], []
-            yield None, []  # a silence long enough for a keep-alive
-            yield stream[cut:], []
-            err = UpstreamError("upstream overloaded: x-api-key: [redacted]", status=503)
-            err.from_stream = True  # type: ignore[attr-defined]
-            raise err
-
-        monkeypatch.setattr(native, "decode_upstream", decode)
+        gate = threading.Event()
         ex = exchange([])
         ex.secrets = (secret,)
-        out = b"".join(native._passthrough(ex, None, "messages", Translator(), 1.0, 10.0))
-        between = PING if cut == len(ok) else b""  # only a keep-alive due between two events is sent
-        assert out == ok + between + bad.replace(secret.encode(), b"[redacted]"), cut
+        body = UpstreamBody(response_of([stream[:cut], gate, stream[cut:]], "length"), 0.02, raw=True)
+        out = []
+        for part in native._passthrough(ex, body, "messages", AnthropicTranslator()):
+            out.append(part)
+            gate.set()  # the second read arrives once the first was relayed (or a keep-alive was due)
+        text = b"".join(p for p in out if p != PING)
+        assert text == ok + bad.replace(secret.encode(), b"[redacted]"), cut
+        assert PING not in text, cut  # never inside an event
+        assert ex.error is not None and ex.error.type == "upstream_overloaded", cut

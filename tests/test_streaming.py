@@ -295,3 +295,72 @@ def test_example_app_dev_tokens_work_on_every_worker_without_a_configured_secret
         r = http().post(f"{server.url}/api/mock", json=chat_body("hi", model="m", stream=False), headers={"Authorization": f"Bearer {token}"}, timeout=10)
         statuses.add(r.status_code)
     assert statuses == {200}
+
+
+# --- what an upstream may send besides the usual chunked stream ---------------------------------
+
+
+@pytest.mark.parametrize("provider,model", [ANTHROPIC, OPENAI])
+@pytest.mark.parametrize("knobs", ["framing=length", "framing=close", "gzip=1", "framing=close gzip=1 crlf=1"])
+def test_a_body_without_chunking_or_compressed_streams_token_by_token(proxy: Any, provider: str, model: str, knobs: str) -> None:
+    """Some OpenAI-compatible servers send a stream with a Content-Length or end it by closing the
+    connection, and a server may compress it: each token still reaches the client as it is
+    produced, not when the body ends."""
+    start = time.monotonic()
+    with post(proxy, provider, chat_body(f"tokens=6 pace_ms=300 {knobs}", model=model)) as r:
+        assert r.status_code == 200
+        first = None
+        body = b""
+        for chunk in r.iter_content(chunk_size=None):
+            body += chunk
+            if first is None and b'"tokenId":0' in body:
+                first = time.monotonic() - start
+        total = time.monotonic() - start
+    assert_contract_stream([e for e in sse_events_of(body)], 6)
+    assert total >= 1.5 and first is not None and first < total - 1.0, (first, total)
+
+
+def sse_events_of(raw: bytes) -> list[Any]:
+    from flask_llm_proxy.sse import parse
+
+    return ["[DONE]" if d == "[DONE]" else json.loads(d) for _, d in parse(raw)]
+
+
+@pytest.mark.parametrize("knob", ["garbage=1", "head=truncated"])
+def test_an_answer_that_is_not_http_is_a_502_protocol_error_not_retried(proxy: Any, upstream: Any, knob: str) -> None:
+    rid = uid("not-http")
+    r = http().post(f"{proxy.url}/api/anthropic", json=chat_body(f"id={rid} {knob}"), timeout=20)
+    assert r.status_code == 502, r.text
+    assert r.json()["type"] == "upstream_protocol_error", r.json()
+    assert API_KEY not in r.text
+    assert len(upstream.requests(id=rid)) == 1  # the same garbage would come back: not retried
+
+
+def test_tls_to_a_plain_http_port_is_a_502_protocol_error_that_names_the_scheme(start_proxy: Any, upstream: Any) -> None:
+    server = start_proxy(upstream.base_url.replace("http://", "https://"))
+    r = http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
+    assert r.status_code == 502 and r.json()["type"] == "upstream_protocol_error", r.text
+    assert "http://" in r.json()["error"]
+
+
+def test_a_connection_cut_by_a_client_that_left_is_never_reused(start_proxy: Any, upstream: Any) -> None:
+    """The upstream connection of a stream the browser left is closed, not returned to the pool
+    half-read: the next request goes out on a new connection and gets a whole answer."""
+    server = start_proxy(upstream.base_url, workers=1)
+    with post(server, "anthropic", chat_body(f"id={uid('warm')} tokens=2")) as r:
+        assert sse_events(r)[-1] == "[DONE]"
+    rid = uid("left")
+    sock, _ = open_raw_stream(server.url, "/api/anthropic", chat_body(f"id={rid} tokens=400 pace_ms=20"), until=b'"tokenId":2')
+    sock.close()
+    left = upstream.wait_for_request(rid, lambda rec: rec["client_closed"], timeout=5)
+    after = uid("after")
+    with post(server, "anthropic", chat_body(f"id={after} tokens=3")) as r:
+        assert_contract_stream(sse_events(r), 3)
+    assert upstream.requests(id=after)[0]["conn"] != left["conn"]
+
+
+def test_without_keepalives_the_stream_is_the_same(start_proxy: Any, upstream: Any) -> None:
+    server = start_proxy(upstream.base_url, LLM_PROXY_KEEPALIVE=None)
+    for provider, model in (ANTHROPIC, OPENAI):
+        with post(server, provider, chat_body("tokens=9 split=5 pace_ms=5", model=model)) as r:
+            assert_contract_stream(sse_events(r), 9)

@@ -71,7 +71,7 @@ def tls_proxy(tls_upstream: Any, tls_cert: Any, tmp_path_factory: pytest.TempPat
 
 
 def test_a_paced_stream_over_tls_arrives_whole(tls_proxy: Any) -> None:
-    """Paced TLS reads wait for the next record before reading (body._watched_reads)."""
+    """A paced stream over TLS: each record read as it arrives."""
     with http().post(f"{tls_proxy.url}/api/anthropic", json=chat_body("tokens=12 pace_ms=30"), stream=True, timeout=20) as r:
         events = sse_events(r)
     assert "".join(e["token"] for e in events if isinstance(e, dict)) == expected_text(12)
@@ -86,9 +86,9 @@ def test_a_paced_tls_stream_that_goes_silent_gets_keepalives_then_a_timeout(tls_
 
 
 def test_a_burst_over_tls_is_written_in_a_few_writes_not_one_per_record(tls_proxy: Any) -> None:
-    """A TLS read returns one record, one event each: the records already queued behind it are
-    taken in the same read (body._queued_records), so a burst costs a few writes, as over plain
-    HTTP, instead of one decode pass and one write per token."""
+    """A TLS read returns one record, one event each: the events read while the reader did not
+    have to wait are handed over as one batch (body.UpstreamBody), so a burst costs a few writes,
+    as over plain HTTP, instead of one write per token."""
     tokens = 300
     with http().post(f"{tls_proxy.url}/api/anthropic", json=chat_body(f"tokens={tokens}"), stream=True, timeout=20) as r:
         frames = list(r.raw.read_chunked(decode_content=False))
@@ -96,3 +96,42 @@ def test_a_burst_over_tls_is_written_in_a_few_writes_not_one_per_record(tls_prox
     events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) == tokens + 2  # every token, the final event, [DONE]
     assert len(frames) <= tokens // 2, f"{len(frames)} writes for {tokens} tokens"  # one per record: 301
+
+
+# --- a provider's own TLS settings: verify and cert ---------------------------------------------
+
+
+def _provider_env(base_url: str, **tls: Any) -> dict[str, Any]:
+    return {"anthropic": {"api_key": API_KEY, "base_url": base_url, "models": ["claude-*"], **tls},
+            "openai": {"api_key": API_KEY, "base_url": base_url + "/v1", "models": ["gpt-4o"], **tls}}
+
+
+def test_a_providers_own_ca_bundle_is_trusted_without_the_environment(start_proxy: Any, tls_upstream: Any, tls_cert: Any) -> None:
+    server = start_proxy(tls_upstream.base_url, LLM_PROXY_PROVIDERS=_provider_env(tls_upstream.base_url, verify=tls_cert[0]))
+    _stream_ok(server)
+
+
+def test_verify_false_works_for_a_self_signed_server_and_says_so_loudly(start_proxy: Any, tls_upstream: Any) -> None:
+    server = start_proxy(tls_upstream.base_url, LLM_PROXY_PROVIDERS=_provider_env(tls_upstream.base_url, verify=False))
+    _stream_ok(server)
+    assert "verify is False" in server.log() and "NOT checked" in server.log()
+
+
+@pytest.fixture(scope="module")
+def client_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import subprocess
+
+    d = tmp_path_factory.mktemp("mtls")
+    cert, key = d / "client.pem", d / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=llm-proxy-client"], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_a_client_certificate_opens_a_mutual_tls_upstream(start_proxy: Any, tls_cert: Any, client_cert: Any) -> None:
+    with FakeUpstreamProcess(key=API_KEY, tls=tls_cert, client_cert=client_cert) as mtls:
+        without = start_proxy(mtls.base_url, LLM_PROXY_PROVIDERS=_provider_env(mtls.base_url, verify=tls_cert[0]))
+        r = http().post(f"{without.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
+        assert r.status_code == 502 and API_KEY not in r.text  # no certificate: the handshake fails
+        server = start_proxy(mtls.base_url, LLM_PROXY_PROVIDERS=_provider_env(mtls.base_url, verify=tls_cert[0], cert=list(client_cert)))
+        _stream_ok(server)

@@ -121,6 +121,18 @@ def test_anthropic_tool_result_error_flag_is_kept():
     assert block["is_error"] is True
 
 
+def test_anthropic_refuses_a_whitespace_only_stop_sequence_naming_it():
+    with pytest.raises(InvalidRequest) as info:
+        anthropic_body(stop=["END", "\n\n"])
+    assert info.value.message.startswith("stop[1]: ") and "whitespace" in info.value.message
+
+
+@pytest.mark.parametrize("provider", ["openai", "local"])
+def test_openai_takes_whitespace_stop_sequences_as_they_are(provider):
+    body = chat_body(SETTINGS.providers[provider], stop=["\n\n", " "])
+    assert body["stop"] == ["\n\n", " "]
+
+
 def test_anthropic_stop_becomes_stop_sequences():
     body = anthropic_body(stop="END")
     assert body["stop_sequences"] == ["END"]

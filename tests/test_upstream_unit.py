@@ -1,5 +1,6 @@
-"""UpstreamClient.open, error mapping and read_chunks (flask_llm_proxy/upstream.py), against the
-``responses`` mock of requests' transport: no sockets, no timing (FIELD-NOTES, "responses").
+"""UpstreamClient.open and its error mapping (flask_llm_proxy/upstream.py) against the ``responses``
+mock of requests' transport (no sockets, no timing), and UpstreamBody (flask_llm_proxy/body.py)
+reading answers built by tests/wire.py.
 
 Retries happen only before the first byte: 5xx, 429 and 529 and connection failures are retried
 with backoff, other 4xx never; every error the client sees is mapped to a status it can act on and
@@ -14,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -23,11 +25,13 @@ from responses.registries import OrderedRegistry
 
 from flask_llm_proxy import upstream
 from flask_llm_proxy.errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
-from flask_llm_proxy.body import read_chunks
+from flask_llm_proxy.body import UpstreamBody
 from flask_llm_proxy.upstream import UpstreamClient, parse_retry_after
+from wire import FRAMINGS, response_of
 
 URL = "https://upstream.test/v1/messages"
 SECRET = "sk-ant-api03-Zx9SECRETSECRETSECRET"
+PROVIDER = SimpleNamespace(name="p", base_url="https://upstream.test", headers={}, verify=True, cert=None)
 
 
 @pytest.fixture
@@ -46,10 +50,14 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def call(max_retries: int = 2, **kw: Any) -> tuple[requests.Response, int]:
+    """The open answer and how many retries it took (``on_retry`` calls)."""
+    seen: list[ProxyError] = []
     options: dict[str, Any] = {"secrets": (SECRET,), "connect_timeout": 1.0, "read_timeout": 1.0, "max_retries": max_retries,
-                               "backoff": 0.0, "retry_after_max": 5.0}
+                               "backoff": 0.0, "retry_after_max": 5.0, "on_retry": seen.append}
     options.update(kw)
-    return UpstreamClient(pool_maxsize=4, fast=False).open(URL, {"x-api-key": SECRET}, b'{"model":"m"}', **options)
+    client = UpstreamClient(pool_maxsize=4)
+    target = client.target(PROVIDER, "/v1/messages", {"x-api-key": SECRET}, "text/event-stream")
+    return client.open(target, b'{"model":"m"}', **options), len(seen)
 
 
 def fail(max_retries: int = 2, **kw: Any) -> UpstreamError:
@@ -311,75 +319,95 @@ def test_no_part_of_an_api_key_survives_truncation_of_a_non_json_error(mock, kep
 
 # --- reading the body ------------------------------------------------------------------------
 
-
-class ChunkedRaw(io.RawIOBase):
-    """A fake socket: hands out the given chunks one read at a time, then raises ``error`` (if any)."""
-
-    def __init__(self, chunks: list[Any], error: BaseException | None = None) -> None:
-        self.chunks = list(chunks)
-        self.error = error
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        if not self.chunks:
-            if self.error is not None:
-                raise self.error
-            return 0
-        chunk = self.chunks.pop(0)
-        if isinstance(chunk, threading.Event):  # wait until the test releases the next chunk
-            assert chunk.wait(5), "the test never released the stream"
-            chunk = self.chunks.pop(0)
-        buf[: len(chunk)] = chunk
-        return len(chunk)
+EVENTS = [b"event: message_start\ndata: {\"a\":1}\n\n", "data: wörld 👋\n\n".encode(), b"data: 3\n\n"]
 
 
-def stream_of(mock: responses.RequestsMock, chunks: list[Any], error: BaseException | None = None) -> requests.Response:
-    mock.add(responses.POST, URL, body=io.BufferedReader(ChunkedRaw(chunks, error)), content_type="text/event-stream")
-    return call()[0]
+def read(body: UpstreamBody) -> list[Any]:
+    """Everything the consumer gets: batches of events flattened, and None for each keep-alive."""
+    out: list[Any] = []
+    for batch in body:
+        out.extend([None] if batch is None else batch)
+    return out
 
 
-CHUNKS = [b"event: message_start\ndata: {\"a\"", b":1}\n\n", "data: wörld 👋\n\n".encode()[:12], "data: wörld 👋\n\n".encode()[12:]]
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("keepalive", [None, 5.0])
+def test_every_event_is_handed_over_in_order(framing, keepalive):
+    body = UpstreamBody(response_of(EVENTS, framing), keepalive)
+    assert read(body) == [("message_start", '{"a":1}'), ("message", "wörld 👋"), ("message", "3")]
+    assert body.complete
 
 
-@pytest.mark.parametrize("keepalive", [None, 5.0], ids=["direct", "reader-thread"])
-def test_read_chunks_yields_each_chunk_as_it_arrives(mock, keepalive):
-    resp = stream_of(mock, CHUNKS)
-    assert list(read_chunks(resp, keepalive)) == CHUNKS
-
-
-@pytest.mark.parametrize("keepalive", [None, 5.0], ids=["direct", "reader-thread"])
-def test_a_mid_stream_failure_raises_network_error_after_the_chunks_received(mock, keepalive):
-    resp = stream_of(mock, CHUNKS[:2], ConnectionResetError(104, "Connection reset by peer"))
-    got: list[bytes | None] = []
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_mid_stream_failure_raises_network_error_after_the_events_received(framing):
+    body = UpstreamBody(response_of(EVENTS[:2], framing, error=ConnectionResetError(104, "Connection reset by peer")), None)
+    got: list[Any] = []
     with pytest.raises(NetworkError) as info:
-        for chunk in read_chunks(resp, keepalive):
-            got.append(chunk)
-    assert got == CHUNKS[:2]
+        for batch in body:
+            got.extend(batch)
+    assert [e[0] for e in got] == ["message_start", "message"]
     assert (info.value.status, info.value.type) == (502, "network_error")
 
 
-@pytest.mark.parametrize("keepalive", [None, 5.0], ids=["direct", "reader-thread"])
-def test_a_silent_upstream_past_the_read_timeout_raises_a_timeout(mock, keepalive):
-    resp = stream_of(mock, CHUNKS[:1], socket.timeout("timed out"))
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_silent_upstream_past_the_read_timeout_raises_a_timeout(framing):
+    body = UpstreamBody(response_of(EVENTS[:1], framing, error=socket.timeout("timed out")), 5.0)
     with pytest.raises(UpstreamTimeout):
-        list(read_chunks(resp, keepalive))
+        read(body)
 
 
-def test_silence_longer_than_the_keepalive_yields_none(mock):
+def test_a_chunked_body_cut_before_its_end_is_a_network_error_not_a_clean_end():
+    body = UpstreamBody(response_of([EVENTS[0], EVENTS[1][:5]], "chunked", error=ConnectionResetError(104, "reset")), None)
+    with pytest.raises(NetworkError):
+        read(body)
+
+
+def test_silence_longer_than_the_keepalive_yields_none():
     release = threading.Event()
-    resp = stream_of(mock, [b"data: 1\n\n", release, b"data: 2\n\n"])
-    chunks = read_chunks(resp, 0.01)
-    assert next(chunks) == b"data: 1\n\n"
-    assert next(chunks) is None  # the upstream is silent: time for a ": ping"
+    body = iter(UpstreamBody(response_of([b"data: 1\n\n", release, b"data: 2\n\n"]), 0.01))
+    assert next(body) == [("message", "1")]
+    assert next(body) is None  # the upstream is silent: time for a ": ping"
     release.set()
-    rest = list(chunks)
-    assert b"data: 2\n\n" in rest and set(rest) <= {None, b"data: 2\n\n"}
+    rest = [x for x in body if x is not None]
+    assert rest == [[("message", "2")]]
 
 
-def test_an_empty_body_ends_at_once(mock):
-    assert list(read_chunks(stream_of(mock, []), None)) == []
+def test_events_that_arrived_together_come_in_one_batch():
+    """One wake-up, one batch: the relay writes them to the browser in one write."""
+    gate = threading.Event()
+    body = iter(UpstreamBody(response_of([gate, b"data: 1\n\ndata: 2\n\ndata: 3\n\n"], "length"), 5.0))
+    gate.set()
+    assert next(body) == [("message", "1"), ("message", "2"), ("message", "3")]
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>Sign in to the proxy</html>\n"], ids=["empty", "html"])
+def test_a_200_without_a_single_event_is_a_protocol_error(body):
+    resp = response_of([body] if body else [], "close", headers={"content-type": "text/html"})
+    with pytest.raises(UpstreamError) as info:
+        read(UpstreamBody(resp, None))
+    assert (info.value.status, info.value.type) == (502, "upstream_protocol_error")
+
+
+def test_close_while_the_reader_waits_stops_it_and_closes_the_response():
+    """The browser left while the upstream is silent: close() returns at once; the reader, blocked
+    in a read, is woken and closes the connection itself (never returned to the pool)."""
+    gate = threading.Event()
+    resp = response_of([b"data: 1\n\n", gate, b"data: 2\n\n"])
+    body = UpstreamBody(resp, 5.0)
+    batches = iter(body)
+    assert next(batches) == [("message", "1")]
+    body.close()
+    gate.set()  # no socket to shut down here: the fake read returns, and the reader ends
+    deadline = time.monotonic() + 5
+    while resp.raw.closed is False and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert resp.raw.closed
+
+
+def test_a_body_never_read_is_closed_by_close():
+    resp = response_of([b"data: 1\n\n"])
+    UpstreamBody(resp, None).close()
+    assert resp.raw.closed
 
 
 # --- Retry-After ----------------------------------------------------------------------------

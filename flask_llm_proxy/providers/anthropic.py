@@ -77,6 +77,12 @@ class AnthropicAdapter(Adapter):
         if req.top_k is not None:
             body["top_k"] = req.top_k
         if req.stop:
+            blank = next((i for i, seq in enumerate(req.stop) if not seq.strip()), None)
+            if blank is not None:  # OpenAI takes "\n\n"; Anthropic answers 400: say so before calling it
+                raise InvalidRequest(
+                    f"stop[{blank}]: Anthropic does not accept stop sequences made only of whitespace",
+                    extra={"param": f"stop[{blank}]"},
+                )
             body["stop_sequences"] = req.stop
         if req.tools:
             body["tools"] = [

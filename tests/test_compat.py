@@ -1,0 +1,74 @@
+"""What the proxy assumes of its libraries beyond their documented API (flask_llm_proxy/_compat.py
+and the reading of bodies in flask_llm_proxy/body.py). Each test names the assumption: when an
+upgrade breaks one, it fails here, loudly, before a user sees it in production.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import requests
+
+from flask_llm_proxy import _compat
+
+
+def test_requests_iter_lines_reads_the_body_through_raw_stream_with_decoding() -> None:
+    """body.PromptRaw works because iter_content reads ``raw.stream(chunk_size, decode_content=True)``."""
+    calls: list[tuple[Any, Any]] = []
+
+    class Raw:
+        def stream(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
+            calls.append((amt, decode_content))
+            yield b"data: 1\r"
+            yield b"\n\r\n"
+
+    resp = requests.Response()
+    resp.raw = Raw()
+    assert list(resp.iter_lines(chunk_size=None)) == [b"data: 1", b"", b""]  # the CRLF trap, as documented
+    assert calls == [(None, True)]
+
+
+def test_urllib3_responses_read_as_they_arrive_and_can_be_shut_down_from_another_thread() -> None:
+    import urllib3
+
+    assert callable(getattr(urllib3.HTTPResponse, "read1", None))  # urllib3 >= 2.0
+    assert callable(getattr(urllib3.HTTPResponse, "shutdown", None))  # urllib3 >= 2.3
+
+
+def test_urllib3_keeps_the_sslcontext_class_it_imported_where_ssl_patch_problem_repoints_it() -> None:
+    import ssl
+
+    import urllib3.util.ssl_ as u3ssl
+
+    assert isinstance(u3ssl.SSLContext, type) and issubclass(u3ssl.SSLContext, ssl.SSLContext)
+    assert callable(u3ssl.create_urllib3_context)
+    assert _compat.ssl_patch_problem() is None  # not patched in this process: nothing to do
+
+
+def test_limiter_key_prefix_is_the_limiters_own() -> None:
+    from flask import Flask
+    from flask_limiter import Limiter
+
+    assert _compat.limiter_key_prefix(Limiter(key_func=lambda: "k", key_prefix="acme", storage_uri="memory://")) == "acme"
+    app = Flask("compat")
+    app.config.update(RATELIMIT_KEY_PREFIX="from-config", RATELIMIT_STORAGE_URI="memory://")
+    limiter = Limiter(key_func=lambda: "k", app=app)
+    assert _compat.limiter_key_prefix(limiter) == "from-config"
+
+
+def test_redis_incr_and_get_counts_and_reads_in_one_round_trip(redis_server: Any) -> None:
+    from limits.storage import MemoryStorage, RedisStorage
+
+    storage = RedisStorage(redis_server.url)
+    storage.incr("compat-warm", 60)  # loads the Lua script, as the first public count does
+    storage.incr("compat-quota", 60, amount=42)
+    assert _compat.redis_incr_and_get(storage, "compat-rate", 60, ["compat-quota", "compat-none"]) == (1, [42, 0])
+    assert _compat.redis_incr_and_get(storage, "compat-rate", 60, []) == (2, [])
+    assert storage.get("compat-rate") == 2 and 0 < storage.get_expiry("compat-rate")  # limits sees our count
+    storage.get_connection().script_flush()
+    assert _compat.redis_incr_and_get(storage, "compat-rate", 60, []) is None  # not loaded: the caller counts publicly
+    assert storage.get("compat-rate") == 2
+    assert _compat.redis_incr_and_get(MemoryStorage(), "x", 60, []) is None
+
+
+def test_this_test_process_is_not_gevent_patched_so_unit_tests_read_bodies_on_threads() -> None:
+    assert _compat.gevent_active() is False
