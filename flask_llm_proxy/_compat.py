@@ -30,11 +30,12 @@ def make_event() -> Any:
 
 
 def spawn_reader(fn: Callable[[], None]) -> None:
-    """Run ``fn`` beside the current request: a greenlet under gevent, else a daemon thread."""
+    """Run ``fn`` beside the current request: a raw greenlet under gevent (``fn`` handles its own
+    errors; no Greenlet object, links or exception reporting to pay for), else a daemon thread."""
     if gevent_active():
         import gevent
 
-        gevent.spawn(fn)
+        gevent.spawn_raw(fn)
     else:
         threading.Thread(target=fn, daemon=True, name="llm-proxy-reader").start()
 

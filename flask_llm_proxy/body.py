@@ -11,12 +11,14 @@ are handled below it, in what ``iter_content`` reads (``resp.raw``, see :class:`
 
 While the upstream is silent the stream gets a keep-alive (``None``) every ``keepalive`` seconds: the
 body is read by a reader greenlet (a thread without gevent) and handed over in batches, one per
-wake-up, so a burst of events is written to the browser at once. The read timeout is the socket's
-own (``timeout=(connect, read)``).
+wake-up, so a burst of events is written to the browser at once; one :class:`KeepaliveClock` per
+process wakes the silent ones. The read timeout is the socket's own (``timeout=(connect, read)``).
 """
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections import deque
 from typing import Any, Iterator
 
@@ -164,9 +166,14 @@ class UpstreamBody:
         while True:
             if not box:
                 wake.clear()
-                if not box and not wake.wait(keepalive):
-                    yield None  # silence: time for a keep-alive
-                    continue
+                if not box:
+                    if keepalive:
+                        CLOCK.wait(self, wake, keepalive)
+                    else:
+                        wake.wait()
+                    if not box:
+                        yield None  # silence: time for a keep-alive
+                        continue
             batch: Batch = []
             while box:
                 item = box.popleft()
@@ -209,6 +216,44 @@ def not_a_stream(resp: requests.Response) -> UpstreamError:
         f"the upstream answered 200 without an event stream (Content-Type: {kind[:100]})",
         status=502, type="upstream_protocol_error",
     )
+
+
+class KeepaliveClock:
+    """Wakes the streams whose upstream has been silent for their keep-alive interval: one loop
+    per process (a greenlet under gevent, else a thread) instead of a timer armed and cancelled
+    for every wait, which would cost a paced token a timer object each. A keep-alive is late by at
+    most one tick (a quarter of the shortest interval asked for)."""
+
+    def __init__(self) -> None:
+        self.due: dict[Any, float] = {}
+        self.tick = 1.0
+        self._pid = -1
+
+    def wait(self, body: UpstreamBody, wake: Any, seconds: float) -> None:
+        """Block until ``wake`` is set by the reader, or ``seconds`` have passed."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self.tick = max(0.01, seconds / 4)
+            spawn_reader(self._run)
+        elif seconds / 4 < self.tick:
+            self.tick = max(0.01, seconds / 4)
+        self.due[body] = time.monotonic() + seconds
+        try:
+            wake.wait()
+        finally:
+            self.due.pop(body, None)
+
+    def _run(self) -> None:
+        due = self.due
+        while True:
+            time.sleep(self.tick)  # gevent's sleep in a patched process
+            now = time.monotonic()
+            for body, when in list(due.items()):
+                if now >= when:
+                    body._wake.set()
+
+
+CLOCK = KeepaliveClock()
 
 
 class _Failed:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from . import _json
 from ._compat import GEVENT_SSL_FIX, ssl_patch_problem
@@ -34,14 +35,63 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "UNEXPECTED_RECORD", "packet length too long")
 
 
+class ProxyAdapter(HTTPAdapter):
+    """requests' ``HTTPAdapter`` with what never changes for a configured upstream done once.
+
+    ``HTTPAdapter.send`` looks up the connection pool, checks the CA bundle on disk, works out the
+    request's path and fills a cookie jar on every request; through its subclassing hooks this does
+    the first three once per URL and skips the jar (an API's cookies are never sent back). Sending,
+    pooling, TLS, proxies and timeouts stay requests' and urllib3's own.
+    """
+
+    def __init__(self, pool_maxsize: int) -> None:
+        # enough pools that urllib3 never evicts one this adapter keeps (one per upstream URL)
+        super().__init__(pool_connections=256, pool_maxsize=pool_maxsize, max_retries=0)
+        self._pools: dict[Any, Any] = {}
+        self._verified: set[Any] = set()
+        self._paths: dict[Any, str] = {}
+
+    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None, cert: Any = None) -> Any:
+        key = (request.url, verify, cert, tuple(sorted(proxies.items())) if proxies else ())
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        return pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        key = (id(conn), url, verify, cert)
+        if key not in self._verified:
+            super().cert_verify(conn, url, verify, cert)
+            self._verified.add(key)
+
+    def request_url(self, request: Any, proxies: Any) -> str:
+        key = (request.url, tuple(sorted(proxies.items())) if proxies else ())
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = super().request_url(request, proxies)
+        return path
+
+    def build_response(self, req: Any, resp: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url
+        response.request = req
+        response.connection = self
+        return response
+
+
 class Target:
     """One upstream endpoint of one provider: its request prepared once (URL and every header but
     the request id), and what ``HTTPAdapter.send`` needs besides (TLS settings, proxies)."""
 
-    __slots__ = ("template", "verify", "cert", "proxies")
+    __slots__ = ("url", "headers", "verify", "cert", "proxies")
 
-    def __init__(self, template: requests.PreparedRequest, verify: Any, cert: Any, proxies: dict[str, str]) -> None:
-        self.template = template
+    def __init__(self, url: str, headers: dict[str, str], verify: Any, cert: Any, proxies: dict[str, str]) -> None:
+        self.url = url
+        self.headers = headers
         self.verify = verify
         self.cert = cert
         self.proxies = proxies
@@ -59,7 +109,7 @@ class UpstreamClient:
         self.pool_maxsize = pool_maxsize
         self._pid = -1
         self._session: requests.Session | None = None
-        self._adapter: HTTPAdapter | None = None
+        self._adapter: ProxyAdapter | None = None
         self._targets: dict[tuple[str, str, str], Target] = {}
         self._lock = threading.Lock()
         self._ssl_problem: str | None = None
@@ -72,7 +122,7 @@ class UpstreamClient:
                     if self._ssl_problem:
                         log.error("%s HTTPS upstream calls are refused until then.", self._ssl_problem)
                     session = requests.Session()
-                    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_maxsize, max_retries=0)
+                    adapter = ProxyAdapter(self.pool_maxsize)
                     session.mount("https://", adapter)
                     session.mount("http://", adapter)
                     self._adapter = adapter
@@ -101,18 +151,19 @@ class UpstreamClient:
             "accept": accept,
             "accept-encoding": "identity",  # compressed SSE would be held back by the decompressor
         }
-        template = requests.Request("POST", url, headers=headers).prepare()
+        prepared = requests.Request("POST", url, headers=headers).prepare()  # requests' checks of URL and headers, once
         env = session.merge_environment_settings(url, {}, True, None, None)
         verify = env["verify"] if provider.verify is True else provider.verify
-        target = Target(template, verify, provider.cert, env["proxies"])
+        target = Target(prepared.url or url, dict(prepared.headers), verify, provider.cert, env["proxies"])
         self._targets[key] = target
         return target
 
     def send(self, target: Target, body: bytes, request_id: str, timeout: tuple[float, float]) -> requests.Response:
-        prepared = target.template.copy()
+        prepared = requests.PreparedRequest()  # filled from the target: no URL or header parsing per request
+        prepared.method = "POST"
+        prepared.url = target.url
+        prepared.headers = {**target.headers, "Content-Length": str(len(body)), "x-request-id": request_id}  # type: ignore[assignment]
         prepared.body = body
-        prepared.headers["Content-Length"] = str(len(body))
-        prepared.headers["x-request-id"] = request_id
         assert self._adapter is not None
         return self._adapter.send(prepared, stream=True, timeout=timeout, verify=target.verify, cert=target.cert, proxies=target.proxies)
 
@@ -138,7 +189,7 @@ class UpstreamClient:
         one it had just dropped) is sent again at once, once, before any of that.
         """
         self.session()
-        if self._ssl_problem and target.template.url.startswith("https://"):  # type: ignore[union-attr]
+        if self._ssl_problem and target.url.startswith("https://"):
             raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log")
         attempt = 0
         resent = False

@@ -501,3 +501,39 @@ def test_every_failure_the_client_is_told_of_loses_the_providers_secrets() -> No
     err = UpstreamError("upstream error: the key sk-secret-key-1 is revoked")
     ex.fail(err)
     assert b"sk-secret-key-1" not in err.to_sse_line() and b"[redacted]" in err.to_sse_line()
+
+
+# --- the adapter: requests' own, with the per-request lookups done once ---------------------------
+
+
+def test_the_adapter_finds_a_urls_pool_once_per_tls_setting() -> None:
+    from flask_llm_proxy.upstream import ProxyAdapter
+
+    adapter = ProxyAdapter(4)
+    req = requests.Request("POST", URL).prepare()
+    first = adapter.get_connection_with_tls_context(req, True)
+    assert adapter.get_connection_with_tls_context(req, True) is first
+    assert adapter.get_connection_with_tls_context(req, False) is not first  # another TLS setting, another pool
+    assert adapter.request_url(req, {}) == "/v1/messages"
+
+
+def test_the_adapter_builds_a_response_without_a_cookie_jar_to_fill() -> None:
+    """An upstream's Set-Cookie is never sent back: the jar stays empty (requests would fill it)."""
+    from flask_llm_proxy.upstream import ProxyAdapter
+
+    resp = response_of([b"data: 1\n\n"], headers={"set-cookie": "session=abc; Path=/"})
+    built = ProxyAdapter(4).build_response(requests.Request("POST", URL).prepare(), resp.raw)
+    assert built.status_code == 200 and built.headers["content-type"] == "text/event-stream"
+    assert len(built.cookies) == 0
+
+
+def test_keepalives_come_about_every_interval_from_the_shared_clock() -> None:
+    release = threading.Event()
+    body = iter(UpstreamBody(response_of([b"data: 1\n\n", release, b"data: 2\n\n"]), 0.2))
+    assert next(body) == [("message", "1")]
+    started = time.monotonic()
+    assert next(body) is None and next(body) is None
+    elapsed = time.monotonic() - started
+    release.set()
+    assert [x for x in body if x is not None] == [[("message", "2")]]
+    assert 0.4 <= elapsed < 2.0, elapsed  # two intervals, each late by at most a tick (and a loaded machine)
