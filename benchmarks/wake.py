@@ -28,8 +28,8 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT)]
 
 from types import SimpleNamespace  # noqa: E402
 
-from flask_llm_proxy.body import UpstreamBody  # noqa: E402
-from flask_llm_proxy.upstream import UpstreamClient  # noqa: E402
+from flask_llm_proxy.upstream.body import UpstreamBody  # noqa: E402
+from flask_llm_proxy.upstream.client import UpstreamClient  # noqa: E402
 from run import direct_target, prompt  # noqa: E402
 from servers import start_upstream  # noqa: E402
 

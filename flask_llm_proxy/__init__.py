@@ -2,12 +2,13 @@
 keeping API keys on the server."""
 from __future__ import annotations
 
+from .accounting.exchange import UsageRecord
 from .errors import ConfigError, ProxyError
-from .exchange import UsageRecord
-from .extension import LLMProxy, ProxyState
+from .extension import LLMProxy
 from .signals import upstream_retry, usage_recorded
+from .state import ProxyState
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfigError",

@@ -56,8 +56,30 @@ class ProxyError(Exception):
         payload = {"message": self.message, "statusCode": self.status, "code": self.code}
         return b"error: " + _json.dumps(payload) + b"\n\n"
 
+    def to_native_json(self, api: str) -> bytes:
+        """The error in a provider's own shape (``api``: ``messages``, ``chat`` or ``responses``),
+        so the official SDKs raise their usual exception classes."""
+        if api == "messages":
+            etype = _ANTHROPIC_ERROR_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+            return _json.dumps({"type": "error", "error": {"type": etype, "message": self.message}})
+        return _json.dumps({"error": {"message": self.message, "type": self.type, "param": self.extra.get("param"), "code": self.code.lower()}})
+
+    def to_native_event(self, api: str) -> bytes:
+        """An error inside an already started native stream, in the provider's own event form."""
+        if api == "messages":
+            return b"event: error\ndata: " + self.to_native_json(api) + b"\n\n"
+        if api == "responses":
+            body = {"type": "error", "code": self.code.lower(), "message": self.message, "param": None}
+            return b"event: error\ndata: " + _json.dumps(body) + b"\n\n"
+        return b"data: " + self.to_native_json(api) + b"\n\n"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.type!r}, {self.message!r})"
+
+
+#: the Anthropic error type of each status (https://docs.anthropic.com/en/api/errors)
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
 
 
 class InvalidRequest(ProxyError):

@@ -189,7 +189,7 @@ def redis_server() -> Iterator[RedisProcess]:
 
 def sse_events(resp: requests.Response) -> list[Any]:
     """Parse a proxy stream into a list of JSON events, '[DONE]', and ('error', {...}) tuples."""
-    from flask_llm_proxy.sse import parse
+    from flask_llm_proxy.upstream.sse import parse
 
     raw = resp.raw.read()
     out: list[Any] = ["[DONE]" if data == "[DONE]" else json.loads(data) for _, data in parse(raw)]

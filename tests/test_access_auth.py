@@ -482,7 +482,7 @@ def test_without_a_jwt_manager_and_auth_off_the_openai_native_endpoint_ignores_t
 
 
 def test_without_a_jwt_manager_the_identity_is_the_client_address_even_with_credential_headers(app_without_jwt: Any) -> None:
-    from flask_llm_proxy.auth import identify
+    from flask_llm_proxy.access.auth import identify
 
     settings = app_without_jwt.extensions["llm_proxy"].settings
     headers = {"Authorization": "Bearer whatever", "x-api-key": "whatever"}
@@ -495,7 +495,7 @@ def test_required_auth_without_a_jwt_manager_is_a_clear_401_not_a_crash(app_with
     request fails closed with a message naming the missing JWT setup."""
     import dataclasses
 
-    from flask_llm_proxy.auth import identify
+    from flask_llm_proxy.access.auth import identify
     from flask_llm_proxy.errors import AuthenticationError
 
     settings = dataclasses.replace(app_without_jwt.extensions["llm_proxy"].settings, require_auth=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flask_llm_proxy.chat import ChatRequest, parse_chat_request
+from flask_llm_proxy.contract.request import ChatRequest, parse_chat_request
 from flask_llm_proxy.errors import InvalidRequest
 
 CAP = 4096

@@ -14,9 +14,9 @@ from flask import Flask
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.config import DEFAULTS, Settings, load_settings
 from flask_llm_proxy.errors import ConfigError
-from flask_llm_proxy.extension import cors_origin_matchers
-from flask_llm_proxy.ledger import NullStore, SQLiteStore, open_store
-from flask_llm_proxy.pricing import PriceTable
+from flask_llm_proxy.access.cors import cors_origin_matchers
+from flask_llm_proxy.accounting.ledger import NullStore, SQLiteStore, open_store
+from flask_llm_proxy.accounting.pricing import PriceTable
 
 ANTHROPIC = {"api_key": "sk-ant-test", "models": ["claude-*"]}
 OPENAI = {"api_key": "sk-openai-test", "models": ["gpt-*"]}

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from conftest import API_KEY, JWT_SECRET
 from flask_llm_proxy import LLMProxy
-from flask_llm_proxy.views import MAX_DEPTH
+from flask_llm_proxy.web.json_body import MAX_DEPTH
 
 UPSTREAM = "http://127.0.0.1:9"  # the discard port: nothing listens; `responses` answers instead
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])

@@ -5,13 +5,13 @@ import json
 import time
 from typing import Any
 
-from flask_llm_proxy.exchange import Exchange, UsageRecord
+from flask_llm_proxy.accounting.exchange import Exchange, RequestInfo, UsageRecord
 from flask_llm_proxy.providers.base import ToolCall, Translator
-from flask_llm_proxy.relay import StreamBody, relay
+from flask_llm_proxy.stream.relay import StreamBody, relay
 
 
 def exchange(records: list[UsageRecord]) -> Exchange:
-    ex = Exchange("rid-1", "alice", "anthropic", "claude-x", time.perf_counter(), input_chars=400)
+    ex = Exchange(RequestInfo("rid-1", "alice", "anthropic", "claude-x", time.perf_counter(), input_chars=400))
     ex.on_finalize(records.append)
     return ex
 
@@ -31,7 +31,7 @@ def test_events_are_numbered_without_gaps_and_end_with_one_last_event_and_done()
     ex, t = exchange(records), Translator()
     t.done, t.finish_reason = True, "stop"
     t.usage.input_tokens, t.usage.output_tokens, t.usage.reported = 9, 3, True
-    ex.translator = t
+    ex.call.translator = t
     out = events(b"".join(relay(ex, iter([["Hel", "lo"], None, [ToolCall("c1", "f", {"a": 1})]]), t)))
     assert [e["tokenId"] for e in out[:-1]] == [0, 1, 2, 3]
     assert out[0]["isFirst"] is True and "ttfbMs" in out[0] and "isFirst" not in out[1]
@@ -59,7 +59,7 @@ def test_a_keepalive_is_a_comment_never_a_data_line() -> None:
 def test_a_stream_that_ends_without_its_final_event_is_an_error_not_a_success() -> None:
     records: list[UsageRecord] = []
     ex, t = exchange(records), Translator()
-    ex.translator = t
+    ex.call.translator = t
     body = StreamBody(relay(ex, iter([["a"], ["b"]]), t), ex.finalize)
     out = events(b"".join(body))
     body.close()
@@ -72,7 +72,7 @@ def test_a_stream_that_ends_without_its_final_event_is_an_error_not_a_success() 
 def test_a_body_closed_before_its_first_byte_is_accounted_once_as_client_closed() -> None:
     records: list[UsageRecord] = []
     ex, t = exchange(records), Translator()
-    ex.translator = t
+    ex.call.translator = t
     body = StreamBody(relay(ex, iter([["never sent"]]), t), ex.finalize)
     body.close()  # the browser left before the server iterated the body
     body.close()
@@ -87,10 +87,10 @@ def test_the_native_passthrough_relays_whole_events_and_redacts_a_key_however_th
     the middle of an event waits for its end, and the events come out in their order."""
     import threading
 
-    from flask_llm_proxy import native
-    from flask_llm_proxy.body import UpstreamBody
+    from flask_llm_proxy.stream.passthrough import passthrough
+    from flask_llm_proxy.upstream.body import UpstreamBody
     from flask_llm_proxy.providers.anthropic import AnthropicTranslator
-    from flask_llm_proxy.sse import PING
+    from flask_llm_proxy.stream.contract import PING
     from wire import response_of
 
     secret = "sk-ant-api03-secret-0123456789abcdef"
@@ -100,13 +100,13 @@ def test_the_native_passthrough_relays_whole_events_and_redacts_a_key_however_th
     for cut in range(1, len(stream)):
         gate = threading.Event()
         ex = exchange([])
-        ex.secrets = (secret,)
+        ex.call.secrets = (secret,)
         body = UpstreamBody(response_of([stream[:cut], gate, stream[cut:]], "length"), 0.02, raw=True)
         out = []
-        for part in native._passthrough(ex, body, "messages", AnthropicTranslator()):
+        for part in passthrough(ex, body, "messages", AnthropicTranslator()):
             out.append(part)
             gate.set()  # the second read arrives once the first was relayed (or a keep-alive was due)
         text = b"".join(p for p in out if p != PING)
         assert text == ok + bad.replace(secret.encode(), b"[redacted]"), cut
         assert PING not in text, cut  # never inside an event
-        assert ex.error is not None and ex.error.type == "upstream_overloaded", cut
+        assert ex.call.error is not None and ex.call.error.type == "upstream_overloaded", cut

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_llm_proxy.body import body_lines
-from flask_llm_proxy.sse import DONE, PING, encode_event, encode_token, events, parse
+from flask_llm_proxy.upstream.body import body_lines
+from flask_llm_proxy.stream.contract import DONE, PING, encode_event, encode_token
+from flask_llm_proxy.upstream.sse import events, parse
 from wire import FRAMINGS, response_of
 
 # --- realistic upstream streams (as in CONTRACT.md), with multi-byte text and JSON escapes ----

@@ -321,7 +321,7 @@ def test_a_body_without_chunking_or_compressed_streams_token_by_token(proxy: Any
 
 
 def sse_events_of(raw: bytes) -> list[Any]:
-    from flask_llm_proxy.sse import parse
+    from flask_llm_proxy.upstream.sse import parse
 
     return ["[DONE]" if d == "[DONE]" else json.loads(d) for _, d in parse(raw)]
 

@@ -9,7 +9,6 @@ never contains the API key.
 from __future__ import annotations
 
 import email.utils
-import io
 import json
 import os
 import socket
@@ -23,10 +22,11 @@ import requests
 import responses
 from responses.registries import OrderedRegistry
 
-from flask_llm_proxy import upstream
+from flask_llm_proxy.upstream import client as upstream, errors as upstream_errors
 from flask_llm_proxy.errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
-from flask_llm_proxy.body import UpstreamBody
-from flask_llm_proxy.upstream import UpstreamClient, parse_retry_after
+from flask_llm_proxy.upstream.body import UpstreamBody
+from flask_llm_proxy.upstream.client import UpstreamClient
+from flask_llm_proxy.upstream.errors import parse_retry_after
 from wire import FRAMINGS, response_of
 
 URL = "https://upstream.test/v1/messages"
@@ -308,12 +308,12 @@ def test_an_api_key_echoed_in_a_non_json_error_is_redacted(mock):
 def test_no_part_of_an_api_key_survives_truncation_of_a_non_json_error(mock, kept):
     """The message is cut at MAX_ERROR_MESSAGE characters; placed so that the cut falls inside the
     key, leaving its first ``kept`` characters, should the cut come before the key is scrubbed."""
-    lead = upstream.MAX_ERROR_MESSAGE - kept
+    lead = upstream_errors.MAX_ERROR_MESSAGE - kept
     add(mock, 401, "x" * lead + SECRET + " rejected")
     err = fail()
     assert SECRET[:8] not in err.message
     # scrubbed first, then cut: the placeholder is what the cut shortens
-    scrubbed = ("x" * lead + "[redacted] rejected")[: upstream.MAX_ERROR_MESSAGE]
+    scrubbed = ("x" * lead + "[redacted] rejected")[: upstream_errors.MAX_ERROR_MESSAGE]
     assert f"({scrubbed})" in err.message, err.message  # quoted whole, in parentheses, by the 401's message
 
 
@@ -494,12 +494,12 @@ def test_every_failure_the_client_is_told_of_loses_the_providers_secrets() -> No
     import time as _time
 
     from flask_llm_proxy.errors import UpstreamError
-    from flask_llm_proxy.exchange import Exchange
+    from flask_llm_proxy.accounting.exchange import Exchange, RequestInfo
 
-    ex = Exchange("r1", "alice", "openai", "gpt-4o", _time.perf_counter())
-    ex.secrets = ("sk-secret-key-1",)
+    ex = Exchange(RequestInfo("r1", "alice", "openai", "gpt-4o", _time.perf_counter()))
+    ex.call.secrets = ("sk-secret-key-1",)
     err = UpstreamError("upstream error: the key sk-secret-key-1 is revoked")
-    ex.fail(err)
+    ex.call.fail(err)
     assert b"sk-secret-key-1" not in err.to_sse_line() and b"[redacted]" in err.to_sse_line()
 
 
@@ -507,7 +507,7 @@ def test_every_failure_the_client_is_told_of_loses_the_providers_secrets() -> No
 
 
 def test_the_adapter_finds_a_urls_pool_once_per_tls_setting() -> None:
-    from flask_llm_proxy.upstream import ProxyAdapter
+    from flask_llm_proxy.upstream.client import ProxyAdapter
 
     adapter = ProxyAdapter(4)
     req = requests.Request("POST", URL).prepare()
@@ -519,7 +519,7 @@ def test_the_adapter_finds_a_urls_pool_once_per_tls_setting() -> None:
 
 def test_the_adapter_builds_a_response_without_a_cookie_jar_to_fill() -> None:
     """An upstream's Set-Cookie is never sent back: the jar stays empty (requests would fill it)."""
-    from flask_llm_proxy.upstream import ProxyAdapter
+    from flask_llm_proxy.upstream.client import ProxyAdapter
 
     resp = response_of([b"data: 1\n\n"], headers={"set-cookie": "session=abc; Path=/"})
     built = ProxyAdapter(4).build_response(requests.Request("POST", URL).prepare(), resp.raw)

@@ -22,9 +22,9 @@ from flask import Flask
 
 from conftest import API_KEY, ROOT, chat_body, http, open_raw_stream, providers_for, sse_events
 from flask_llm_proxy import LLMProxy, usage_recorded
-from flask_llm_proxy.exchange import UsageRecord
-from flask_llm_proxy.ledger import RedisStore, SQLiteStore
-from flask_llm_proxy.pricing import PriceTable
+from flask_llm_proxy.accounting.exchange import UsageRecord
+from flask_llm_proxy.accounting.ledger import RedisStore, SQLiteStore
+from flask_llm_proxy.accounting.pricing import PriceTable
 
 SONNET = "claude-3-5-sonnet-20241022"
 
@@ -284,12 +284,13 @@ def test_an_unexpected_error_after_the_checks_is_still_accounted_for_once(
         upstream: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, body: Any) -> None:
     """Not every failure is a ProxyError (a bug, a setting no check foresaw): the client gets a
     500 and the request one record, as any other that passed validation."""
-    import flask_llm_proxy.views as views
+    from flask_llm_proxy.web import chat, native
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(views, "open_upstream", broken)
+    monkeypatch.setattr(chat, "open_upstream", broken)
+    monkeypatch.setattr(native, "open_upstream", broken)
     app, got = _upstream_app(tmp_path, upstream)
     r = app.test_client().post(path, json=body)
     assert r.status_code == 500 and "a bug" not in r.get_data(as_text=True)
@@ -314,14 +315,14 @@ def test_an_error_event_in_place_of_the_first_token_is_recorded_like_an_error_st
 
 
 def test_a_cost_function_that_breaks_leaves_the_record_without_a_cost(caplog: pytest.LogCaptureFixture) -> None:
-    from flask_llm_proxy.exchange import Exchange
+    from flask_llm_proxy.accounting.exchange import Exchange, RequestInfo
     from flask_llm_proxy.providers.anthropic import AnthropicTranslator
 
     def broken(*args: Any) -> float:
         raise TypeError("a price that is no number")
 
-    ex = Exchange("r1", "alice", "anthropic", SONNET, time.perf_counter())
-    ex.translator, ex.cost_fn = AnthropicTranslator(), broken
+    ex = Exchange(RequestInfo("r1", "alice", "anthropic", SONNET, time.perf_counter()))
+    ex.call.translator, ex.cost_fn = AnthropicTranslator(), broken
     got: list[UsageRecord] = []
     ex.on_finalize(got.append)
     ex.finalize()
@@ -564,7 +565,7 @@ def test_cli_usage_with_an_impossible_since_is_a_usage_error(tmp_path: Path, sin
 def test_a_budget_refusal_reports_the_latest_reset_of_every_exceeded_limit(tmp_path: Path) -> None:
     """With the daily and the monthly limit both spent, the request is refused until the month
     ends: a 429 saying "next midnight" would have a client that honours Retry-After refused again."""
-    from flask_llm_proxy.ledger import period_starts
+    from flask_llm_proxy.accounting.ledger import period_starts
 
     db = tmp_path / "ledger.sqlite3"
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}

@@ -1,7 +1,7 @@
 """One module per upstream API; :func:`adapter_for` picks the one a request needs."""
 from __future__ import annotations
 
-from ..chat import ChatRequest
+from ..contract.request import ChatRequest
 from ..config import ProviderConfig
 from .anthropic import AnthropicAdapter
 from .base import Adapter, ToolCall, Translator, Usage

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _json
-from ..chat import ChatRequest
+from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
 from ..errors import InvalidRequest
 from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error

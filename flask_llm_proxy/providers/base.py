@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..chat import ChatRequest
+from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
 from ..errors import UpstreamError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-from ..chat import ChatRequest
+from ..contract.request import ChatRequest
 from ..config import ProviderConfig
 from .base import Translator
 

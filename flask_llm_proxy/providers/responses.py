@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _json
-from ..chat import ChatRequest
+from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
 from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
 from .openai import ChatCompletionsAdapter

@@ -1,31 +1,36 @@
-"""Native-format endpoints for the official SDKs, after the same gatekeeping as the neutral one.
+"""Native-format endpoints for the official SDKs, after the same gatekeeping as the contract one.
 
 ``POST <prefix>/<name>/v1/messages`` (Anthropic) and ``<prefix>/<name>/v1/chat/completions`` /
 ``/v1/responses`` (OpenAI) take and return the provider's own format, so ``anthropic.Anthropic(
 base_url=".../api/anthropic", api_key=<JWT>)`` and ``openai.OpenAI(base_url=".../api/openai/v1",
-api_key=<JWT>)`` work unchanged. The body is filtered to the API's known fields; the upstream
-bytes are relayed as they come while the same translators read the usage for accounting. Errors
-use the provider's error shape so the SDKs raise their usual exception classes.
+api_key=<JWT>)`` work unchanged. The body is filtered to the API's known fields; the upstream's
+events are relayed as they come (:mod:`~flask_llm_proxy.stream.passthrough`) while the same
+translators read the usage for accounting. Errors use the provider's error shape so the SDKs raise
+their usual exception classes.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from flask import Response, g
 
-from . import _json
-from .auth import check_model_claim, identify
-from .errors import InvalidRequest, ModelNotAllowed, ProxyError, UpstreamError, scrub_bytes
-from .exchange import Exchange
-from .providers.anthropic import AnthropicAdapter
-from .providers.base import Adapter, Translator, output_cap
-from .providers.openai import ChatCompletionsAdapter
-from .providers.responses import ResponsesAdapter
-from .body import UpstreamBody, whole_body
-from .chat import valid_model_name
-from .relay import MALFORMED, StreamBody
-from .sse import PING
+from .. import _json
+from ..access.auth import check_model_claim, identify
+from ..accounting.exchange import Exchange, RequestInfo
+from ..config import ProviderConfig
+from ..contract.request import valid_model_name
+from ..errors import InvalidRequest, ModelNotAllowed
+from ..providers.anthropic import AnthropicAdapter
+from ..providers.base import Adapter, Translator, output_cap
+from ..providers.openai import ChatCompletionsAdapter
+from ..providers.responses import ResponsesAdapter
+from ..state import ProxyState
+from ..stream.passthrough import passthrough
+from ..stream.relay import MALFORMED, StreamBody
+from ..upstream.body import UpstreamBody, whole_body
+from .flow import STREAM_HEADERS, accounted, open_upstream, state
+from .json_body import read_json
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -52,30 +57,6 @@ APIS: dict[str, tuple[Adapter, frozenset[str], tuple[str, ...]]] = {
         ("max_output_tokens",),
     ),
 }
-
-_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
-
-
-def native_api() -> str | None:
-    """Which native API the current request is for (``None`` for the neutral endpoint)."""
-    return g.get("llm_proxy_native")
-
-
-def native_error_body(api: str, err: ProxyError) -> bytes:
-    if api == "messages":
-        etype = _ANTHROPIC_ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
-        return _json.dumps({"type": "error", "error": {"type": etype, "message": err.message}})
-    return _json.dumps({"error": {"message": err.message, "type": err.type, "param": err.extra.get("param"), "code": err.code.lower()}})
-
-
-def native_error_event(api: str, err: ProxyError) -> bytes:
-    """An error inside an already started stream, in the provider's own event form."""
-    if api == "messages":
-        return b"event: error\ndata: " + native_error_body(api, err) + b"\n\n"
-    if api == "responses":
-        return b"event: error\ndata: " + _json.dumps({"type": "error", "code": err.code.lower(), "message": err.message, "param": None}) + b"\n\n"
-    return b"data: " + native_error_body(api, err) + b"\n\n"
 
 
 def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, Any]:
@@ -115,8 +96,6 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
 
 
 def native_view(provider_name: str, api: str) -> Response:
-    from .views import accounted, read_json, state
-
     st = state()
     s = st.settings
     provider = s.providers[provider_name]
@@ -129,39 +108,36 @@ def native_view(provider_name: str, api: str) -> Response:
     check_model_claim(s, claims, model)
     st.check_allowance(identity, quota_spent)
     stream = bool(body.get("stream"))
-    ex = Exchange(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
-                  input_chars=len(_json.dumps(body.get("messages") or body.get("input") or "")), endpoint=f"native:{api}")
-    from .chat import ChatRequest
-
-    st.attach(ex, ChatRequest(model=model))
+    prompt = body.get("messages") or body.get("input") or ""
+    info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
+                       endpoint=f"native:{api}", input_chars=len(_json.dumps(prompt)))
+    ex = Exchange(info)
+    st.attach(ex, lambda: _json.dumps_str(prompt))
     g.llm_proxy_exchange = ex
     return accounted(ex, _call, st, ex, provider, api, body, stream)
 
 
-def _call(st: Any, ex: Exchange, provider: Any, api: str, body: dict[str, Any], stream: bool) -> Response:
-    from .views import open_upstream
-
+def _call(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body: dict[str, Any], stream: bool) -> Response:
     s = st.settings
     adapter = APIS[api][0]
     resp = open_upstream(st, ex, provider, adapter, _json.dumps(body),
                          accept="text/event-stream" if stream else "application/json")  # an error: accounted() records it
     translator = adapter.translator()
-    ex.translator = translator
+    ex.call.translator = translator
     if not stream:
-        ex.resp = resp
+        ex.call.resp = resp
         return _whole(ex, resp, api, translator)
     upstream = UpstreamBody(resp, s.keepalive, raw=True)
-    ex.resp = upstream
+    ex.call.resp = upstream
     content_type = resp.headers.get("content-type", "text/event-stream")
-    return Response(StreamBody(_passthrough(ex, upstream, api, translator), ex.finalize), status=200,
-                    content_type=content_type, headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
-                    direct_passthrough=True)
+    return Response(StreamBody(passthrough(ex, upstream, api, translator), ex.finalize), status=200,
+                    content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True)
 
 
 def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Response:
     """Non-streaming: the upstream's JSON, unchanged; its usage goes to the ledger."""
     raw = whole_body(resp)
-    ex.resp = None
+    ex.call.resp = None
     try:
         obj = _json.loads(raw)
         usage = obj.get("usage") or {}
@@ -172,53 +148,8 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
         else:
             translator.finish_reason = obj.get("stop_reason") or obj.get("status")
     except MALFORMED:
-        log.warning("request %s: the upstream's JSON answer had no readable usage", ex.request_id)
+        log.warning("request %s: the upstream's JSON answer had no readable usage", ex.request.request_id)
     translator.done = True
-    ex.complete = True
+    ex.call.complete = True
     ex.finalize()
     return Response(raw, status=resp.status_code, content_type=resp.headers.get("content-type", "application/json"))
-
-
-def _passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Translator) -> Iterator[bytes]:
-    """Relay the upstream's events as they came (each whole, with its own lines), while the same
-    events are read for usage and completeness. A keep-alive never lands inside an event, a stream
-    that breaks leaves no half event before the error event, and the provider's secrets are
-    redacted from every event relayed (an upstream's error event may quote the request)."""
-    secrets = [s.encode() for s in ex.secrets]
-    feed = translator.feed
-    try:
-        for batch in upstream:
-            if batch is None:
-                yield PING
-                continue
-            out = []
-            failed: BaseException | None = None
-            try:
-                for event, data, raw in batch:
-                    out.append(raw)  # an error event is relayed as the upstream sent it, then raised
-                    ex.tokens_streamed += len(feed(event, data))
-            except (ProxyError, *MALFORMED) as exc:
-                failed = exc
-            if out:
-                data_out = b"".join(out)
-                yield scrub_bytes(data_out, secrets) if secrets else data_out
-            if failed is not None:
-                raise failed
-        if not translator.done:
-            raise UpstreamError("the upstream stream ended before its final event", type="network_error")
-        ex.complete = True
-    except MALFORMED as exc:
-        err = UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})")
-        ex.fail(err)
-        yield native_error_event(api, err)
-    except ProxyError as err:
-        ex.fail(err)
-        if not getattr(err, "from_stream", False):  # the upstream's own error event was relayed already
-            yield native_error_event(api, err)
-    except GeneratorExit:
-        ex.client_aborted = True
-        raise
-    finally:
-        upstream.close()
-        ex.resp = None
-        ex.finalize()  # before the response ends, as relay() does

@@ -1,11 +1,9 @@
-"""The upstream HTTP side: one ``requests.Session`` per process, retries before the first byte,
-timeouts and error mapping.
+"""The upstream call: one ``requests.Session`` per process, a request prepared once per provider,
+retries before the first byte and timeouts (what failures mean: :mod:`.errors`).
 
-Only this module (and :mod:`body`, which reads what it opened) talks to the network. Each
-provider's request is prepared once and copied per request, and sent with ``HTTPAdapter.send``:
-``Session.request`` would re-read the environment and merge settings on every call. Its errors are
-:mod:`errors` classes whose messages never contain the API key (upstream messages are scrubbed
-before they are kept).
+Only this package talks to the network (:mod:`.body` reads what this opened). Requests are sent
+with ``HTTPAdapter.send``: ``Session.request`` would re-read the environment and merge settings on
+every call.
 """
 from __future__ import annotations
 
@@ -14,25 +12,18 @@ import logging
 import os
 import threading
 import time
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from . import _json
-from ._compat import GEVENT_SSL_FIX, ssl_patch_problem
-from .errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamError, UpstreamTimeout, scrub
+from .._compat import GEVENT_SSL_FIX, ssl_patch_problem
+from ..config import ProviderConfig
+from ..errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamTimeout
+from .errors import RETRY_STATUSES, error_from_response, find_cause, parse_retry_after, protocol_error, reason, tls_error
 
 log = logging.getLogger("flask_llm_proxy")
-
-MAX_ERROR_BODY = 65536
-MAX_ERROR_MESSAGE = 500  # characters of an upstream's error message passed on to the client
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-#: OpenSSL's words for a peer that does not speak TLS (a plain HTTP port behind an https:// URL)
-_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "UNEXPECTED_RECORD", "packet length too long")
 
 
 class ProxyAdapter(HTTPAdapter):
@@ -131,7 +122,7 @@ class UpstreamClient:
                     self._pid = os.getpid()
         return self._session  # type: ignore[return-value]
 
-    def target(self, provider: Any, path: str, auth: Mapping[str, str], accept: str) -> Target:
+    def target(self, provider: ProviderConfig, path: str, auth: Mapping[str, str], accept: str) -> Target:
         """The prepared request for ``provider`` + ``path``, made on first use in this process.
 
         URL and headers come from configuration only: nothing a client sends steers them. The
@@ -205,15 +196,15 @@ class UpstreamClient:
             except requests.exceptions.SSLError as exc:
                 err, retryable = tls_error(exc, secrets), False
             except requests.exceptions.ProxyError as exc:
-                err, retryable = NetworkError(f"could not reach the upstream through the HTTP proxy: {_reason(exc, secrets)}"), True
+                err, retryable = NetworkError(f"could not reach the upstream through the HTTP proxy: {reason(exc, secrets)}"), True
             except requests.exceptions.ConnectionError as exc:
-                if not resent and _find(exc, http.client.RemoteDisconnected) is not None:
+                if not resent and find_cause(exc, http.client.RemoteDisconnected) is not None:
                     resent = True
                     continue
                 bad = protocol_error(exc)
-                err, retryable = (bad, False) if bad else (NetworkError(f"could not reach the upstream: {_reason(exc, secrets)}"), True)
+                err, retryable = (bad, False) if bad else (NetworkError(f"could not reach the upstream: {reason(exc, secrets)}"), True)
             except requests.exceptions.RequestException as exc:
-                err, retryable = NetworkError(f"the upstream request failed: {_reason(exc, secrets)}"), False
+                err, retryable = NetworkError(f"the upstream request failed: {reason(exc, secrets)}"), False
             except RecursionError:
                 log.error(GEVENT_SSL_FIX)
                 raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log") from None
@@ -235,110 +226,3 @@ class UpstreamClient:
                 on_retry(err)
             time.sleep(delay)
 
-
-def _find(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first ``kind`` among ``exc`` and the exceptions it wraps: requests and urllib3 pass the
-    cause on in ``args`` (``ConnectionError(ProtocolError("Connection aborted.", BadStatusLine))``)."""
-    todo, seen = [exc], 0
-    while todo and seen < 16:
-        e = todo.pop(0)
-        seen += 1
-        if isinstance(e, kind):
-            return e
-        todo.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
-        for linked in (e.__cause__, e.__context__, getattr(e, "reason", None)):
-            if isinstance(linked, BaseException):
-                todo.append(linked)
-    return None
-
-
-def protocol_error(exc: BaseException) -> UpstreamError | None:
-    """An answer that is not HTTP (a garbage status line, an over-long or endless head): 502
-    ``upstream_protocol_error``, not retried; ``None`` for any other failure."""
-    found = _find(exc, http.client.HTTPException)
-    if found is None or isinstance(found, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
-        return None
-    if isinstance(found, http.client.BadStatusLine):
-        what = "the upstream did not answer with HTTP (its status line was not HTTP/1.x); check base_url"
-    elif isinstance(found, http.client.LineTooLong):
-        what = "the upstream sent a header line longer than HTTP clients accept"
-    else:
-        what = f"the upstream's answer is not valid HTTP ({type(found).__name__})"
-    return UpstreamError(what, status=502, type="upstream_protocol_error")
-
-
-def tls_error(exc: BaseException, secrets: Sequence[str]) -> UpstreamError:
-    text = str(exc)
-    if any(marker in text for marker in _NOT_TLS):
-        return UpstreamError(
-            "the upstream did not answer with TLS: is the port a plain HTTP one (base_url http:// instead of https://)?",
-            status=502, type="upstream_protocol_error",
-        )
-    return NetworkError(f"TLS error talking to the upstream: {scrub(text, secrets)[:300]}")
-
-
-def _reason(exc: BaseException, secrets: Sequence[str]) -> str:
-    """A short cause without the URL noise of urllib3's messages."""
-    text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset", "Connection aborted", "Remote end closed"):
-        if marker in text:
-            return marker.lower()
-    return scrub(text, secrets)[:200]
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-            if when.tzinfo is None:  # asctime form: HTTP dates are always GMT
-                when = when.replace(tzinfo=timezone.utc)
-            return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError, IndexError):
-            return None
-
-
-def error_from_response(resp: requests.Response, secrets: Sequence[str]) -> UpstreamError:
-    """Map an upstream HTTP error to what the client can act on; read a bounded body, close."""
-    status = resp.status_code
-    try:
-        raw = resp.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
-    except Exception:  # noqa: BLE001 - a broken error body must not hide the status
-        raw = b""
-    finally:
-        resp.close()
-    message = ""
-    utype = ""
-    try:
-        obj = _json.loads(raw)
-        err = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(err, dict):
-            message = str(err.get("message") or "")
-            utype = str(err.get("type") or err.get("code") or "")
-        elif isinstance(err, str):
-            message = err
-    except (ValueError, TypeError):
-        message = raw.decode("utf-8", "replace")
-    message = scrub(message, secrets)[:MAX_ERROR_MESSAGE] or f"HTTP {status}"  # scrub first: a cut could split the key
-    headers: dict[str, str] = {}
-    if status in (429, 529, 503) and resp.headers.get("retry-after"):
-        headers["Retry-After"] = resp.headers["retry-after"]
-    extra = {"upstream_status": status}
-    if status in (401, 403):
-        return UpstreamError(f"the upstream rejected the proxy's credentials ({message})", status=502, type="upstream_auth_error", extra=extra)
-    if status == 429:
-        return UpstreamError(f"upstream rate limit: {message}", status=429, type="upstream_rate_limited", headers=headers, extra=extra)
-    if status in (529, 503) or utype == "overloaded_error":
-        return UpstreamError(f"upstream overloaded: {message}", status=503, type="upstream_overloaded", headers=headers, extra=extra)
-    if status == 413:
-        return UpstreamError(f"upstream: {message}", status=413, type="payload_too_large", extra=extra)
-    if status == 404:
-        return UpstreamError(f"upstream: {message}", status=404, type="upstream_not_found", extra=extra)
-    if 400 <= status < 500:
-        return UpstreamError(f"upstream rejected the request: {message}", status=400, type="upstream_invalid_request", extra=extra)
-    if status == 504:
-        return UpstreamTimeout(f"upstream timeout: {message}", extra=extra)
-    return UpstreamError(f"upstream error: {message}", status=502, type="upstream_error", extra=extra)

@@ -11,12 +11,12 @@ import time
 from itertools import chain
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _json
-from .body import UpstreamBody
-from .errors import NetworkError, ProxyError, UpstreamError
-from .exchange import Exchange
-from .providers.base import ToolCall, Translator
-from .sse import DONE, PING, encode_event, encode_token
+from .. import _json
+from ..accounting.exchange import Exchange
+from ..errors import NetworkError, ProxyError, UpstreamError
+from ..providers.base import ToolCall, Translator
+from ..upstream.body import UpstreamBody
+from .contract import DONE, PING, encode_event, encode_token
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -29,7 +29,7 @@ def upstream_items(ex: Exchange, resp: Any, translator: Translator, keepalive: f
     events gave, ``None`` per silence. The items before an in-stream error are still handed on.
     ``close()`` (a browser that left) closes the upstream connection at once."""
     body = UpstreamBody(resp, keepalive)
-    ex.resp = body  # closed by Exchange.finalize, should nothing ever iterate it
+    ex.call.resp = body  # closed by Exchange.finalize, should nothing ever iterate it
     return _translated(ex, body, translator)
 
 
@@ -54,12 +54,12 @@ def _translated(ex: Exchange, body: UpstreamBody, translator: Translator) -> Ite
         raise UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})") from None
     finally:
         body.close()
-        ex.resp = None
+        ex.call.resp = None
 
 
 def _first_event(item: Any, ex: Exchange) -> bytes:
-    ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
-    payload: dict[str, Any] = {"token": item if isinstance(item, str) else "", "tokenId": 0, "isFirst": True, "ttfbMs": int(ex.ttfb_ms)}
+    ttfb = ex.call.ttfb_ms = round((time.perf_counter() - ex.request.started) * 1000.0, 1)
+    payload: dict[str, Any] = {"token": item if isinstance(item, str) else "", "tokenId": 0, "isFirst": True, "ttfbMs": int(ttfb)}
     if isinstance(item, ToolCall):
         payload["toolCall"] = item.to_contract()
     return encode_event(payload)
@@ -75,13 +75,13 @@ def _final_event(ex: Exchange, translator: Translator, token_id: int) -> bytes:
         "usage": {"inputTokens": u.input_tokens, "outputTokens": u.output_tokens},
     }
     if ex.cost_fn is not None:
-        cost = ex.cost_fn(ex.model, u.input_tokens, u.output_tokens, u.cache_read, u.cache_write)
+        cost = ex.cost_fn(ex.request.model, u.input_tokens, u.output_tokens, u.cache_read, u.cache_write)
         if cost is not None:
             payload["usage"]["costUsd"] = cost
     if token_id == 0:
-        ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
+        ttfb = ex.call.ttfb_ms = round((time.perf_counter() - ex.request.started) * 1000.0, 1)
         payload["isFirst"] = True
-        payload["ttfbMs"] = int(ex.ttfb_ms)
+        payload["ttfbMs"] = int(ttfb)
     return encode_event(payload) + DONE
 
 
@@ -99,7 +99,8 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
     """Write each item as one contract event the moment it is in hand; never hold one back.
     ``first``: what :func:`peek` took from ``items`` already."""
     token_id = 0
-    text_parts = ex.text_parts
+    call = ex.call
+    text_parts = call.text_parts
     try:
         for batch in chain(first, items) if first else items:
             if batch is None:
@@ -116,23 +117,23 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
                 if text_parts is not None and type(item) is str:
                     text_parts.append(item)
                 token_id += 1
-            ex.tokens_streamed = token_id
+            call.tokens_streamed = token_id
             yield out[0] if len(out) == 1 else b"".join(out)
         if not translator.done:
             raise NetworkError("the upstream stream ended before its final event")
-        ex.complete = True
+        call.complete = True
         yield _final_event(ex, translator, token_id)
     except ProxyError as err:
-        ex.fail(err)
-        log.warning("stream %s failed after %d tokens: %s", ex.request_id, token_id, err.message)
+        call.fail(err)
+        log.warning("stream %s failed after %d tokens: %s", ex.request.request_id, token_id, err.message)
         yield err.to_sse_line()
     except GeneratorExit:
-        ex.client_aborted = True
+        call.client_aborted = True
         raise
     except Exception as exc:  # noqa: BLE001 - the stream must end with an error line, not silence
-        log.exception("stream %s: unexpected error", ex.request_id)
+        log.exception("stream %s: unexpected error", ex.request.request_id)
         err = UpstreamError(f"proxy error: {type(exc).__name__}")
-        ex.fail(err)
+        call.fail(err)
         yield err.to_sse_line()
     finally:
         close = getattr(items, "close", None)
@@ -159,14 +160,14 @@ def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any
         if not translator.done:
             raise NetworkError("the upstream stream ended before its final event")
     finally:
-        ex.tokens_streamed = len(text) + len(calls)  # a cut answer is estimated from these, as a stream's
+        ex.call.tokens_streamed = len(text) + len(calls)  # a cut answer is estimated from these, as a stream's
         close = getattr(items, "close", None)
         if close is not None:
             close()
-    ex.ttfb_ms = round((time.perf_counter() - ex.started) * 1000.0, 1)
-    ex.complete = True
-    if ex.text_parts is not None:
-        ex.text_parts.extend(text)
+    ex.call.ttfb_ms = round((time.perf_counter() - ex.request.started) * 1000.0, 1)
+    ex.call.complete = True
+    if ex.call.text_parts is not None:
+        ex.call.text_parts.extend(text)
     u = translator.usage
     body: dict[str, Any] = {
         "content": "".join(text),

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant")
 MAX_MODEL_LEN = 256
@@ -123,7 +123,7 @@ def _block(b: Any, path: str, role: str) -> dict[str, Any]:
         result = b.get("result", b.get("content", ""))
         if not isinstance(result, str):
             if isinstance(result, (list, dict, int, float, bool)) or result is None:
-                from . import _json
+                from .. import _json
 
                 result = _json.dumps_str(result)
             else:  # pragma: no cover - JSON has no other types

@@ -1,15 +1,14 @@
-"""Server-Sent Events (https://html.spec.whatwg.org/multipage/server-sent-events.html): the
-decoder of an upstream's lines and the encoder of the contract's events.
+"""An upstream's Server-Sent Events, decoded from its lines as the SSE specification says
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
 
-The decoder takes complete lines (``body.body_lines``: requests' ``iter_lines``), so UTF-8 is
-decoded only for whole lines and a character split by the network is never cut; it accepts
-multi-line ``data:``, comments and any event type, and never holds back a complete event.
+It takes complete lines (:func:`.body.body_lines`: requests' ``iter_lines``), so UTF-8 is decoded
+only for whole lines and a character split by the network is never cut; it accepts multi-line
+``data:``, comments and any event type, and never holds back a complete event.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from . import _json
 
 Event = tuple[str, str]
 """An SSE event as ``(event type, data)``; the type is ``"message"`` when the event has none."""
@@ -70,18 +69,3 @@ def events(lines: Iterable[bytes], raw: bool = False) -> Iterator[Any]:
 def parse(body: bytes) -> list[Event]:
     """Every complete event of a whole body (tests, tools): not for the per-token path."""
     return list(events(body.splitlines()))
-
-
-# --- the contract's side: what the browser receives ---------------------------------------
-
-DONE = b"data: [DONE]\n\n"
-PING = b": ping\n\n"
-
-
-def encode_token(text: str, token_id: int) -> bytes:
-    """The hot path: one text delta as one ``data:`` event, built without a dict."""
-    return b'data: {"token":' + _json.dumps(text) + b',"tokenId":' + str(token_id).encode() + b"}\n\n"
-
-
-def encode_event(payload: dict) -> bytes:
-    return b"data: " + _json.dumps(payload) + b"\n\n"

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 import requests
 
-from ._compat import make_event, spawn_reader
-from .errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
+from .._compat import make_event, spawn_reader
+from ..errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
 from .sse import Event, events
 
 log = logging.getLogger("flask_llm_proxy")

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 from flask import current_app, g, request
 
-from .config import Settings
-from .errors import AuthenticationError, PermissionDenied
+from ..config import Settings
+from ..errors import AuthenticationError, PermissionDenied
 
 try:
     from jwt.exceptions import ExpiredSignatureError, InvalidAlgorithmError, InvalidSignatureError, PyJWTError

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from limits import parse_many
 from limits.strategies import FixedWindowRateLimiter
 
-from ._compat import limiter_key_prefix, redis_incr_and_get
-from .errors import QuotaExceeded, RateLimited, ServiceUnavailable
+from .._compat import limiter_key_prefix, redis_incr_and_get
+from ..errors import QuotaExceeded, RateLimited, ServiceUnavailable
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter

@@ -14,11 +14,11 @@ from typing import Any
 
 from flask import Flask
 
-from . import _json, signals
-from .config import Settings
-from .errors import BudgetExceeded, ServiceUnavailable
+from .. import _json, signals
+from .._compat import run_blocking, run_later, spawn
+from ..config import Settings
+from ..errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
-from ._compat import run_blocking, run_later, spawn
 from .ledger import NullStore, Store, open_store, period_starts
 from .metrics import get_metrics, observe
 from .pricing import PriceTable
@@ -76,7 +76,7 @@ class Accounting:
     def started(self, ex: Exchange) -> None:
         ex.cost_fn = self.prices.cost
         if self.metrics is not None:
-            self.metrics.inflight.labels(ex.provider).inc()
+            self.metrics.inflight.labels(ex.request.provider).inc()
 
     def record(self, record: UsageRecord) -> UsageRecord:
         m = self.metrics

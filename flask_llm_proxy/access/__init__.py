@@ -1,0 +1,1 @@
+"""Who may ask, and how much: JWT identity, rate limits and token quotas, CORS."""

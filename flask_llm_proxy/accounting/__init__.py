@@ -1,0 +1,1 @@
+"""Every request accounted for once: the exchange and its record, pricing, the ledger stores, metrics."""

@@ -1,0 +1,191 @@
+"""One proxied request from validation to its last byte, and the record it leaves behind.
+
+An :class:`Exchange` is created once a request passed validation; whatever happens after (a
+complete stream, an upstream error, a timeout, a browser that left) it is finalized exactly
+once, which is what makes the usage ledger, quotas, budgets and metrics add up.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from ..errors import ProxyError, scrub
+
+if TYPE_CHECKING:
+    from ..providers.base import Translator
+
+log = logging.getLogger("flask_llm_proxy")
+
+#: documented estimate for the part of a cut stream the upstream never counted
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """What the ledger stores and ``usage_recorded`` sends; attribute access to every field."""
+
+    request_id: str
+    identity: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    estimated: bool
+    cost_usd: float | None
+    status: int
+    error_type: str | None
+    ttfb_ms: float | None
+    duration_ms: float
+    retries: int
+    finish_reason: str | None
+    cached: bool
+    timestamp: float = 0.0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    endpoint: str = "chat"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """Who asked for what: fixed by the web layer once the request passed every check."""
+
+    request_id: str
+    identity: str
+    provider: str  #: the configured provider name
+    model: str
+    started: float  #: ``time.perf_counter()`` when the request arrived
+    endpoint: str = "chat"  #: ``chat`` (the contract) or ``native:<api>``
+    input_chars: int = 0  #: prompt size, the base of the estimate for a cut stream
+    wall_started: float = field(default_factory=time.time)
+
+
+class UpstreamCall:
+    """The upstream call as it goes: written by the upstream and stream layers, read at the end."""
+
+    __slots__ = ("translator", "resp", "secrets", "retries", "status", "error", "complete", "client_aborted",
+                 "tokens_streamed", "ttfb_ms", "text_parts")
+
+    def __init__(self, *, keep_text: bool = False) -> None:
+        self.translator: Translator | None = None  #: reads the answer's usage and finish reason
+        self.resp: Closeable | None = None  #: the open upstream answer; closed at the end if still open
+        self.secrets: tuple[str, ...] = ()  #: the provider's key and credential headers (config.provider_secrets)
+        self.retries = 0
+        self.status = 200  #: the HTTP status the client got
+        self.error: ProxyError | None = None
+        self.complete = False  #: the upstream's answer ended with its final event
+        self.client_aborted = False
+        self.tokens_streamed = 0
+        self.ttfb_ms: float | None = None
+        self.text_parts: list[str] | None = [] if keep_text else None  #: the answer's text (LLM_PROXY_LOG_CONTENT)
+
+    def fail(self, err: ProxyError, *, before_stream: bool = False) -> None:
+        """Every failure the client is told of passes here: an upstream's message (an error event in
+        its stream may quote the request) loses the provider's secrets."""
+        if self.secrets:
+            err.message = scrub(err.message, self.secrets)
+        self.error = err
+        if before_stream:
+            self.status = err.status
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class Exchange:
+    """One proxied request from validation to its last byte, accounted for exactly once.
+
+    ``request`` is what was asked (the web layer's), ``call`` how the upstream call went (the
+    upstream and stream layers'); :meth:`finalize` turns both into the :class:`UsageRecord` the
+    finalizers (quota, ledger, metrics, the log line) receive, whatever way the request ended.
+    """
+
+    __slots__ = ("request", "call", "cost_fn", "record", "_finalizers", "_done")
+
+    def __init__(self, request: RequestInfo, *, keep_text: bool = False) -> None:
+        self.request = request
+        self.call = UpstreamCall(keep_text=keep_text)
+        self.cost_fn: Callable[..., float | None] | None = None
+        self.record: UsageRecord | None = None
+        self._finalizers: list[Callable[[UsageRecord], UsageRecord | None]] = []
+        self._done = False
+
+    def on_finalize(self, fn: Callable[[UsageRecord], UsageRecord | None]) -> None:
+        self._finalizers.append(fn)
+
+    def build_record(self) -> UsageRecord:
+        req, call = self.request, self.call
+        t = call.translator
+        input_tokens = output_tokens = cache_read = cache_write = 0
+        reported = False
+        finish = None
+        if t is not None:
+            u = t.usage
+            input_tokens, output_tokens = u.input_tokens, u.output_tokens
+            cache_read, cache_write = u.cache_read, u.cache_write
+            reported = u.reported
+            finish = t.finish_reason
+        estimated = t is not None and not reported
+        if estimated:
+            # Cut before the upstream's final counts (documented): input from the prompt size when
+            # the upstream never said it, output as the larger of what the upstream said and the
+            # number of deltas relayed.
+            if not input_tokens:
+                input_tokens = max(1, req.input_chars // CHARS_PER_TOKEN)
+            output_tokens = max(output_tokens, call.tokens_streamed)
+        cost = self.cost_fn(req.model, input_tokens, output_tokens, cache_read, cache_write) if self.cost_fn and t is not None else None
+        error_type = call.error.type if call.error is not None else ("client_closed" if call.client_aborted else None)
+        return UsageRecord(
+            request_id=req.request_id,
+            identity=req.identity,
+            provider=req.provider,
+            model=req.model,
+            input_tokens=int(input_tokens),
+            output_tokens=int(output_tokens),
+            estimated=estimated,
+            cost_usd=cost,
+            status=call.status,
+            error_type=error_type,
+            ttfb_ms=call.ttfb_ms,
+            duration_ms=round((time.perf_counter() - req.started) * 1000.0, 1),
+            retries=call.retries,
+            finish_reason=finish if call.complete else None,
+            cached=cache_read > 0,
+            timestamp=req.wall_started,
+            cache_read_tokens=int(cache_read),
+            cache_write_tokens=int(cache_write),
+            endpoint=req.endpoint,
+        )
+
+    def finalize(self) -> None:
+        """Idempotent: the first call records, later calls do nothing."""
+        if self._done:
+            return
+        self._done = True
+        call = self.call
+        if call.resp is not None:  # never read to its end: drop the upstream connection now
+            call.resp.close()
+            call.resp = None
+        if not call.complete and call.error is None:
+            call.client_aborted = True
+        try:
+            record = self.build_record()
+        except Exception:  # noqa: BLE001 - a cost function that broke: the record without a cost
+            log.exception("usage record for %s: the cost could not be computed", self.request.request_id)
+            self.cost_fn = None
+            record = self.build_record()
+        for fn in self._finalizers:
+            try:
+                record = fn(record) or record
+            except Exception:  # noqa: BLE001 - accounting must never break the response
+                log.exception("usage finalizer %r failed for %s", fn, self.request.request_id)
+        self.record = record

@@ -1,0 +1,121 @@
+"""Every ``LLM_PROXY_*`` key: its default, the type a user writes, what it means, and its check.
+
+One :class:`Key` per setting, in the order the documentation lists them: ``init_app`` applies the
+defaults and the checks from :data:`KEYS`, and ``docs/configuration.rst`` is generated from it,
+so the code and the reference cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from . import checks
+from .origins import cors_origins
+
+PREFIX = "LLM_PROXY_"
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: Any
+    type: str  #: what a user writes, for the docs
+    doc: str  #: what it means (reStructuredText), for the docs
+    check: Callable[[str, Any], Any]  #: (key, value) -> parsed value, or ConfigError
+    group: str = "general"
+
+    @property
+    def attr(self) -> str:
+        """The :class:`~flask_llm_proxy.config.Settings` attribute holding the parsed value."""
+        return self.name[len(PREFIX):].lower()
+
+
+def _positive(name: str, v: Any) -> int:
+    return checks.integer(name, v, minimum=1)  # type: ignore[return-value]
+
+
+def _optional_positive(name: str, v: Any) -> int | None:
+    return checks.integer(name, v, minimum=1, optional=True)
+
+
+def _seconds(minimum: float = 0.0) -> Callable[[str, Any], float]:
+    return lambda name, v: checks.number(name, v, minimum=minimum)  # type: ignore[return-value]
+
+
+def _optional_seconds(name: str, v: Any) -> float | None:
+    return checks.number(name, v, optional=True) or None  # 0 turns it off, as None does
+
+
+def _claim(name: str, v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise ConfigError(name, "expected a claim name or None")
+    return v or None
+
+
+def _providers_later(name: str, v: Any) -> Any:
+    return v  # needs the environment: parsed by load_settings (config/providers.py)
+
+
+KEYS: tuple[Key, ...] = (
+    # --- providers and requests
+    Key("LLM_PROXY_PROVIDERS", {}, "dict", "The providers: ``{name: options}``; each becomes ``POST <prefix>/<name>``. "
+        "See :ref:`providers` for the options of an entry.", _providers_later, "providers"),
+    Key("LLM_PROXY_URL_PREFIX", "/api", "str", "Where the blueprint is mounted (``/`` for the root).", checks.url_prefix, "providers"),
+    Key("LLM_PROXY_MAX_BODY_BYTES", 8 * 1024 * 1024, "int", "Largest request body accepted; larger ones get 413 "
+        "(also chunked ones, without reading them whole).", _positive, "requests"),
+    Key("LLM_PROXY_MAX_MESSAGES", 500, "int", "Messages (or Responses ``input`` items) per request.", _positive, "requests"),
+    Key("LLM_PROXY_DEFAULT_MAX_TOKENS", 1024, "int", "``max_tokens`` sent to Anthropic when the client sends none "
+        "(Anthropic requires one), limited by the caps below.", _positive, "requests"),
+    Key("LLM_PROXY_MAX_TOKENS", None, "int or None", "Cap on requested output tokens; a request above it gets 400. "
+        "A provider's own ``max_tokens`` is applied when stricter.", _optional_positive, "requests"),
+    # --- the upstream call
+    Key("LLM_PROXY_MAX_RETRIES", 2, "int", "Retries before the first byte (3 attempts in all); ``0`` disables, at most ``10``.",
+        lambda n, v: checks.integer(n, v, maximum=10), "upstream"),
+    Key("LLM_PROXY_RETRY_BACKOFF", 1.0, "float (s)", "Seconds before the first retry, doubling each time.", _seconds(), "upstream"),
+    Key("LLM_PROXY_RETRY_AFTER_MAX", 20.0, "float (s)", "Longest upstream ``retry-after`` honoured; a longer one is passed "
+        "to the client instead.", _seconds(), "upstream"),
+    Key("LLM_PROXY_CONNECT_TIMEOUT", 10.0, "float (s)", "Seconds to connect to the upstream.", _seconds(0.001), "upstream"),
+    Key("LLM_PROXY_READ_TIMEOUT", 60.0, "float (s)", "Seconds of upstream silence (before its headers or between two "
+        "reads) that end a request with ``timeout``.", _seconds(0.001), "upstream"),
+    Key("LLM_PROXY_KEEPALIVE", 15.0, "float (s) or None", "Send ``: ping`` after this many seconds of upstream silence, so "
+        "load balancers keep the connection and a browser that left is noticed; ``None`` disables.", _optional_seconds, "upstream"),
+    Key("LLM_PROXY_POOL_MAXSIZE", 10000, "int", "Idle upstream connections kept per host per process; at least gunicorn's "
+        "``worker_connections``, or connections are closed and reopened under load.", _positive, "upstream"),
+    # --- access
+    Key("LLM_PROXY_REQUIRE_AUTH", True, "bool", "Require a JWT (the host's ``JWTManager``). ``False``: a valid JWT still names "
+        "the identity; without one the identity is the client address.", checks.boolean, "access"),
+    Key("LLM_PROXY_PUBLIC_HEALTH", False, "bool", "Serve ``<prefix>/health`` without auth.", checks.boolean, "access"),
+    Key("LLM_PROXY_MODELS_CLAIM", "llm_models", "str or None", "JWT claim listing the models (names or patterns) a user may "
+        "call; ``None`` disables.", _claim, "access"),
+    Key("LLM_PROXY_TRUSTED_PROXIES", 0, "int", "Reverse-proxy hops whose ``X-Forwarded-For`` is trusted for the client address.",
+        checks.integer, "access"),
+    Key("LLM_PROXY_RATE_LIMIT", "60/minute", "str or None", "Requests per identity (flask-limiter syntax, ``;`` between several "
+        "limits); ``None`` disables.", checks.rate, "access"),
+    Key("LLM_PROXY_TOKEN_QUOTA", None, "str or None", "Input + output tokens per identity, e.g. ``\"200000/day\"``.", checks.rate, "access"),
+    Key("LLM_PROXY_FAIL_OPEN", False, "bool", "When the limits' storage (Redis) is down: ``False`` answers 503, ``True`` serves "
+        "unmetered (logged).", checks.boolean, "access"),
+    Key("LLM_PROXY_CORS_ORIGINS", [], "list of str", "Exact origins (``scheme://host[:port]``) or regular expressions allowed "
+        "cross-origin; empty: no CORS headers.", cors_origins, "access"),
+    Key("LLM_PROXY_CORS_CREDENTIALS", False, "bool", "``Access-Control-Allow-Credentials``; refused together with ``*``.",
+        checks.boolean, "access"),
+    Key("LLM_PROXY_CORS_MAX_AGE", 600, "int (s)", "Seconds a browser may cache a preflight.", checks.integer, "access"),
+    # --- accounting
+    Key("LLM_PROXY_PRICING", {}, "dict", "Prices in USD per million tokens (exact names or patterns), looked up before the "
+        "shipped table; ``None`` marks a model unpriced.", checks.pricing, "accounting"),
+    Key("LLM_PROXY_USAGE_STORE", None, "str or None", "The usage ledger: ``None`` = ``sqlite:///<instance>/llm_proxy_usage.sqlite3``, "
+        "``sqlite:///path``, ``redis://...``, or ``none``.", checks.usage_store, "accounting"),
+    Key("LLM_PROXY_USAGE_STREAM_MAXLEN", 1_000_000, "int or None", "Records kept in the Redis store's stream "
+        "``llm_proxy:usage`` (trimmed approximately); ``None`` never trims. Budgets do not read the stream.",
+        _optional_positive, "accounting"),
+    Key("LLM_PROXY_BUDGETS", {}, "dict", "Spend limits per identity, e.g. ``{\"default\": {\"daily_usd\": 5.0}}``; keys "
+        "``daily_usd``, ``monthly_usd``, ``daily_tokens``, ``monthly_tokens``.", checks.budgets, "accounting"),
+    Key("LLM_PROXY_METRICS", False, "bool", "Serve Prometheus metrics at ``<prefix>/metrics``.", checks.boolean, "accounting"),
+    Key("LLM_PROXY_METRICS_ALLOW", [], "list of str", "Client addresses or CIDR networks allowed to read ``/metrics``; empty: "
+        "anyone (protect it yourself).", checks.addresses, "accounting"),
+    Key("LLM_PROXY_LOG_CONTENT", False, "bool", "Include prompt and completion text in the request log line.", checks.boolean, "accounting"),
+)
+
+BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
+#: key -> default, as ``init_app`` applies them with ``app.config.setdefault``
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in KEYS}

@@ -1,0 +1,57 @@
+"""The native endpoints' stream: the upstream's own events relayed as they came, each whole,
+while the provider's translator reads them for usage and completeness (accounting)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..accounting.exchange import Exchange
+from ..errors import ProxyError, UpstreamError, scrub_bytes
+from ..providers.base import Translator
+from ..upstream.body import UpstreamBody
+from .contract import PING
+from .relay import MALFORMED
+
+
+def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Translator) -> Iterator[bytes]:
+    """Relay each event with its own lines; a keep-alive never lands inside an event, a stream that
+    breaks leaves no half event before the error event, and the provider's secrets are redacted
+    from every event relayed (an upstream's error event may quote the request)."""
+    call = ex.call
+    secrets = [s.encode() for s in call.secrets]
+    feed = translator.feed
+    try:
+        for batch in upstream:
+            if batch is None:
+                yield PING
+                continue
+            out = []
+            failed: BaseException | None = None
+            try:
+                for event, data, raw in batch:
+                    out.append(raw)  # an error event is relayed as the upstream sent it, then raised
+                    call.tokens_streamed += len(feed(event, data))
+            except (ProxyError, *MALFORMED) as exc:
+                failed = exc
+            if out:
+                data_out = b"".join(out)
+                yield scrub_bytes(data_out, secrets) if secrets else data_out
+            if failed is not None:
+                raise failed
+        if not translator.done:
+            raise UpstreamError("the upstream stream ended before its final event", type="network_error")
+        call.complete = True
+    except MALFORMED as exc:
+        err = UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})")
+        call.fail(err)
+        yield err.to_native_event(api)
+    except ProxyError as err:
+        call.fail(err)
+        if not getattr(err, "from_stream", False):  # the upstream's own error event was relayed already
+            yield err.to_native_event(api)
+    except GeneratorExit:
+        call.client_aborted = True
+        raise
+    finally:
+        upstream.close()
+        call.resp = None
+        ex.finalize()  # before the response ends, as relay() does
