@@ -14,7 +14,7 @@ import requests
 from flask import current_app
 from flask.cli import AppGroup
 
-from .accounting.ledger import summarize
+from .accounting.store import summarize
 
 cli = AppGroup("llm-proxy", help="flask-llm-proxy: usage reports and configuration checks.")
 

@@ -16,6 +16,7 @@ from flask import Flask
 from .access.cors import apply_cors
 from .config import KEYS, load_settings
 from .errors import ConfigError
+from .hooks import Callback, Hooks
 from .state import ProxyState
 from .web.blueprint import make_blueprint
 
@@ -30,8 +31,15 @@ class LLMProxy:
 
     def __init__(self, app: Flask | None = None, *, limiter: Limiter | None = None) -> None:
         self._limiter = limiter
+        self.hooks = Hooks()
         if app is not None:
             self.init_app(app)
+
+    def admin_required(self, fn: Callback) -> Callback:
+        """Decorator: ``fn(identity, claims) -> bool`` decides who may open the operator page
+        (``LLM_PROXY_ADMIN``), instead of the ``LLM_PROXY_ADMIN_CLAIM`` JWT claim."""
+        self.hooks.admin_required = fn
+        return fn
 
     def init_app(self, app: Flask, *, limiter: Limiter | None = None) -> None:
         for key in KEYS:
@@ -48,7 +56,7 @@ class LLMProxy:
         limiter = limiter or self._limiter
         if limiter is None and (settings.rate_limit or settings.token_quota):
             limiter = _make_limiter(app)
-        state = ProxyState(app, settings, limiter)
+        state = ProxyState(app, settings, limiter, self.hooks)
         bp = make_blueprint(settings)
         apply_cors(bp, settings)
         app.register_blueprint(bp)

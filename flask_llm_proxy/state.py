@@ -10,6 +10,7 @@ from .access.limits import Limits
 from .accounting.exchange import Exchange, UsageRecord
 from .accounting.usage import Accounting
 from .config import Settings
+from .hooks import Hooks
 from .upstream.client import UpstreamClient
 
 if TYPE_CHECKING:
@@ -19,9 +20,10 @@ if TYPE_CHECKING:
 class ProxyState:
     """The settings, the upstream client, the limits and the accounting of one app."""
 
-    def __init__(self, app: Flask, settings: Settings, limiter: Limiter | None) -> None:
+    def __init__(self, app: Flask, settings: Settings, limiter: Limiter | None, hooks: Hooks | None = None) -> None:
         self.app = app  # the sender of signals sent after the request context is gone
         self.settings = settings
+        self.hooks = hooks if hooks is not None else Hooks()  # the extension's: callbacks added later apply
         self.upstream = UpstreamClient(settings.pool_maxsize)
         self.limiter = limiter
         self.limits = (

@@ -15,7 +15,8 @@ from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.config import DEFAULTS, Settings, load_settings
 from flask_llm_proxy.errors import ConfigError
 from flask_llm_proxy.access.cors import cors_origin_matchers
-from flask_llm_proxy.accounting.ledger import NullStore, SQLiteStore, open_store
+from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
+from flask_llm_proxy.accounting.store import NullStore, open_store
 from flask_llm_proxy.accounting.pricing import PriceTable
 
 ANTHROPIC = {"api_key": "sk-ant-test", "models": ["claude-*"]}

@@ -23,7 +23,8 @@ from flask import Flask
 from conftest import API_KEY, ROOT, chat_body, http, open_raw_stream, providers_for, sse_events
 from flask_llm_proxy import LLMProxy, usage_recorded
 from flask_llm_proxy.accounting.exchange import UsageRecord
-from flask_llm_proxy.accounting.ledger import RedisStore, SQLiteStore
+from flask_llm_proxy.accounting.redis_store import RedisStore
+from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 from flask_llm_proxy.accounting.pricing import PriceTable
 
 SONNET = "claude-3-5-sonnet-20241022"
@@ -565,7 +566,7 @@ def test_cli_usage_with_an_impossible_since_is_a_usage_error(tmp_path: Path, sin
 def test_a_budget_refusal_reports_the_latest_reset_of_every_exceeded_limit(tmp_path: Path) -> None:
     """With the daily and the monthly limit both spent, the request is refused until the month
     ends: a 429 saying "next midnight" would have a client that honours Retry-After refused again."""
-    from flask_llm_proxy.accounting.ledger import period_starts
+    from flask_llm_proxy.accounting.store import period_starts
 
     db = tmp_path / "ledger.sqlite3"
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}

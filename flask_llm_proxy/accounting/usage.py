@@ -19,7 +19,7 @@ from .._compat import run_blocking, run_later, spawn
 from ..config import Settings
 from ..errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
-from .ledger import NullStore, Store, open_store, period_starts
+from .store import NullStore, Store, open_store, period_starts
 from .metrics import get_metrics, observe
 from .pricing import PriceTable
 

@@ -1,0 +1,119 @@
+"""Where usage records go: the interface every store answers, and the choice of store.
+
+Both stores answer the questions the proxy asks: "what did this identity spend in the current day
+and month" (budgets, before the upstream call) and "list the records since T" (the CLI). SQLite
+(:mod:`.sqlite_store`) is for one host, Redis (:mod:`.redis_store`) for a fleet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from .exchange import UsageRecord
+
+log = logging.getLogger("flask_llm_proxy")
+
+FIELDS = (
+    "request_id", "timestamp", "identity", "provider", "model", "endpoint", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "estimated", "cost_usd", "status", "error_type", "ttfb_ms",
+    "duration_ms", "retries", "finish_reason", "cached",
+)
+
+
+def day_key(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+
+
+def month_key(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m")
+
+
+def period_starts(ts: float) -> tuple[float, float, float, float]:
+    """(day start, next day start, month start, next month start) in UTC epoch seconds."""
+    now = datetime.fromtimestamp(ts, timezone.utc)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    next_month = month.replace(year=month.year + 1, month=1) if month.month == 12 else month.replace(month=month.month + 1)
+    return day.timestamp(), day.timestamp() + 86400, month.timestamp(), next_month.timestamp()
+
+
+class Spend(dict):  # {"daily_usd", "daily_tokens", "monthly_usd", "monthly_tokens"}
+    pass
+
+
+class Store:
+    """Interface of a usage store."""
+
+    blocking = False
+
+    def write(self, record: UsageRecord) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def spend(self, identity: str, now: float) -> Spend:  # pragma: no cover
+        raise NotImplementedError
+
+    def records(self, since: float) -> Iterator[dict[str, Any]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class NullStore(Store):
+    def write(self, record: UsageRecord) -> None:
+        pass
+
+    def spend(self, identity: str, now: float) -> Spend:
+        return Spend(daily_usd=0.0, daily_tokens=0, monthly_usd=0.0, monthly_tokens=0)
+
+    def records(self, since: float) -> Iterator[dict[str, Any]]:
+        return iter(())
+
+
+# One row per upstream request. The request id is the client's X-Request-ID when it sent a valid
+
+
+def open_store(uri: str | None, instance_path: str, stream_maxlen: int | None = None) -> Store:
+    """``None`` -> SQLite in the instance folder; ``sqlite:///path``; ``redis://...``; ``none``.
+    ``stream_maxlen`` (``LLM_PROXY_USAGE_STREAM_MAXLEN``) bounds the Redis store's stream."""
+    if uri in (None, ""):
+        from .sqlite_store import SQLiteStore
+
+        return SQLiteStore(os.path.join(instance_path, "llm_proxy_usage.sqlite3"))
+    if uri == "none":
+        return NullStore()
+    if uri.startswith("sqlite:///"):
+        from .sqlite_store import SQLiteStore
+
+        path = uri[len("sqlite:///"):]
+        if not os.path.isabs(path):
+            path = os.path.join(instance_path, path)
+        return SQLiteStore(path)
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+
+        return RedisStore(uri, stream_maxlen=stream_maxlen)
+    raise ValueError(f"unsupported usage store {uri!r}")
+
+
+def summarize(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Group records for the CLI: requests, tokens, cost (None when any cost is unknown)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in records:
+        g = groups.setdefault(str(r.get(by)), {by: str(r.get(by)), "requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "unpriced": 0, "estimated": 0, "errors": 0})
+        g["requests"] += 1
+        g["input_tokens"] += r.get("input_tokens") or 0
+        g["output_tokens"] += r.get("output_tokens") or 0
+        if r.get("cost_usd") is None:
+            g["unpriced"] += 1
+        else:
+            g["cost_usd"] += r["cost_usd"]
+        g["estimated"] += 1 if r.get("estimated") else 0
+        g["errors"] += 1 if r.get("error_type") else 0
+    rows = sorted(groups.values(), key=lambda g: (-g["cost_usd"], -g["requests"], g[by]))
+    for g in rows:
+        g["cost_usd"] = round(g["cost_usd"], 6)
+    return rows
+
