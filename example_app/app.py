@@ -42,6 +42,14 @@ def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if environ.get("OPENAI_API_KEY"):
             providers["openai"] = {"models": ["gpt-4o", "gpt-4o-mini", "gpt-4.1*", "gpt-5*"]}
         cfg["LLM_PROXY_PROVIDERS"] = providers
+    if "LLM_PROXY_PROFILES" not in cfg and "mock" in cfg["LLM_PROXY_PROVIDERS"]:
+        # Two purposes for the demo: one pinned by the server (its system prompt, no client system
+        # prompt, a small output cap), one free (the client may add its own system prompt).
+        cfg["LLM_PROXY_PROFILES"] = {
+            "support": {"provider": "mock", "model": "mock-1", "system": "You answer questions about the flask-llm-proxy demo.",
+                        "client_system": "forbid", "max_tokens": 200},
+            "free": {"provider": "mock", "model": "mock-1", "client_system": "allow", "tools": "*"},
+        }
     return cfg
 
 

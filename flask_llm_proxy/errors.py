@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
 from . import _json
 
 
-class ProxyError(Exception):
-    """Base class: an HTTP status, a machine-readable ``type`` and a human message."""
+class ProxyError(HTTPException):
+    """Base class: an HTTP status, a machine-readable ``type`` and a human message.
+
+    A Werkzeug ``HTTPException`` (``code`` is the status), as Flask-Limiter's errors are, so a host's
+    ``@app.errorhandler(ProxyError)`` (or a subclass) can render them its own way, and one raised
+    outside the proxy's views still answers with the proxy's JSON (:meth:`get_response`).
+    """
 
     status: int = 500
     type: str = "proxy_error"
@@ -29,10 +37,11 @@ class ProxyError(Exception):
         retried: bool = False,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(description=message)
         self.message = message
         if status is not None:
             self.status = status
+        self.code = self.status  # type: ignore[assignment]  # werkzeug's name for the status
         if type is not None:
             self.type = type
         self.headers = dict(headers or {})
@@ -40,11 +49,22 @@ class ProxyError(Exception):
         self.extra = extra or {}
 
     @property
-    def code(self) -> str:
+    def error_code(self) -> str:
+        """The type in the upper-case form agentary-js's errors carry (``code``)."""
         return self.type.upper()
 
+    def __str__(self) -> str:
+        return self.message
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # type: ignore[override]
+        """The contract's JSON error (werkzeug would render HTML)."""
+        resp = Response(self.to_json(), status=self.status, mimetype="application/json")
+        for k, v in self.headers.items():
+            resp.headers[k] = v
+        return resp
+
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.message, "type": self.type, "code": self.code}
+        body: dict[str, Any] = {"error": self.message, "type": self.type, "code": self.error_code}
         body.update(self.extra)
         return body
 
@@ -53,7 +73,7 @@ class ProxyError(Exception):
 
     def to_sse_line(self) -> bytes:
         """The in-stream rendering: ``error: {...}`` then a blank line, and nothing after."""
-        payload = {"message": self.message, "statusCode": self.status, "code": self.code}
+        payload = {"message": self.message, "statusCode": self.status, "code": self.error_code}
         return b"error: " + _json.dumps(payload) + b"\n\n"
 
     def to_native_json(self, api: str) -> bytes:
@@ -62,14 +82,14 @@ class ProxyError(Exception):
         if api == "messages":
             etype = _ANTHROPIC_ERROR_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
             return _json.dumps({"type": "error", "error": {"type": etype, "message": self.message}})
-        return _json.dumps({"error": {"message": self.message, "type": self.type, "param": self.extra.get("param"), "code": self.code.lower()}})
+        return _json.dumps({"error": {"message": self.message, "type": self.type, "param": self.extra.get("param"), "code": self.error_code.lower()}})
 
     def to_native_event(self, api: str) -> bytes:
         """An error inside an already started native stream, in the provider's own event form."""
         if api == "messages":
             return b"event: error\ndata: " + self.to_native_json(api) + b"\n\n"
         if api == "responses":
-            body = {"type": "error", "code": self.code.lower(), "message": self.message, "param": None}
+            body = {"type": "error", "code": self.error_code.lower(), "message": self.message, "param": None}
             return b"event: error\ndata: " + _json.dumps(body) + b"\n\n"
         return b"data: " + self.to_native_json(api) + b"\n\n"
 

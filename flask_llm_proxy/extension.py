@@ -35,6 +35,21 @@ class LLMProxy:
         if app is not None:
             self.init_app(app)
 
+    def identity_loader(self, fn: Callback) -> Callback:
+        """Decorator: ``fn() -> str | None`` names who is asking when the host does not use JWTs
+        (a Flask-Login session, an API-key header); ``None`` is a 401. Limits, quotas, budgets and
+        the ledger use it. Register it before ``init_app`` when the app has no ``JWTManager``."""
+        self.hooks.identity_loader = fn
+        return fn
+
+    def before_upstream(self, fn: Callback) -> Callback:
+        """Decorator: ``fn(request, identity)`` runs after every check (profiles included), before
+        quotas are reserved and the upstream is called. It may change ``request`` (mask PII, add
+        context) or refuse it by raising a ``ProxyError`` (or ``werkzeug.exceptions.abort``): the
+        client gets the proxy's error shape with the host's status and message."""
+        self.hooks.before_upstream = fn
+        return fn
+
     def admin_required(self, fn: Callback) -> Callback:
         """Decorator: ``fn(identity, claims) -> bool`` decides who may open the operator page
         (``LLM_PROXY_ADMIN``), instead of the ``LLM_PROXY_ADMIN_CLAIM`` JWT claim."""
@@ -45,11 +60,12 @@ class LLMProxy:
         for key in KEYS:
             app.config.setdefault(key.name, copy.deepcopy(key.default))
         settings = load_settings(app.config)
-        if settings.require_auth and "flask-jwt-extended" not in app.extensions:
+        if settings.require_auth and "flask-jwt-extended" not in app.extensions and self.hooks.identity_loader is None:
             raise ConfigError(
                 "LLM_PROXY_REQUIRE_AUTH",
-                "is on but the app has no JWTManager: call JWTManager(app) before LLMProxy(app), "
-                "or set LLM_PROXY_REQUIRE_AUTH = False for an open (development) proxy",
+                "is on but the app has no JWTManager: call JWTManager(app) before LLMProxy(app), register an "
+                "@proxy.identity_loader before init_app, or set LLM_PROXY_REQUIRE_AUTH = False for an open "
+                "(development) proxy",
             )
         if not settings.providers:
             log.warning("LLM_PROXY_PROVIDERS is empty: the proxy serves no provider endpoints")

@@ -15,7 +15,9 @@ class Hooks:
     def __init__(self) -> None:
         #: ``fn() -> str | None``: who is asking, when the host does not use JWT; None means 401
         self.identity_loader: Callback | None = None
-        #: ``fn(request, identity) -> None``: may change the validated request or refuse it
+        #: ``fn(request, identity) -> None``: may change the validated request (a ``ChatRequest`` on
+        #: the contract endpoints, the provider body ``dict`` on the native ones) or refuse it by
+        #: raising a :class:`~flask_llm_proxy.errors.ProxyError` or a werkzeug ``HTTPException``
         self.before_upstream: Callback | None = None
         #: ``fn(identity, claims) -> bool``: may this user open the operator page
         self.admin_required: Callback | None = None

@@ -40,6 +40,11 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 MODEL = "claude-3-5-sonnet-20241022"
+PINNED = "You answer questions about ACME's products."
+DEMO_PROFILES = {  # the example app's two kinds: one pinned by the server, one free
+    "support": {"provider": "anthropic", "model": MODEL, "system": PINNED, "client_system": "forbid"},
+    "free": {"provider": "anthropic", "model": MODEL, "client_system": "allow"},
+}
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -66,6 +71,7 @@ def _start_servers(upstream_url: str, tmp_page: Path, tmp_proxy: Path) -> Server
                 LLM_PROXY_REQUIRE_AUTH=True,
                 LLM_PROXY_CORS_ORIGINS=[page.url],
                 LLM_PROXY_RATE_LIMIT="3/minute",
+                LLM_PROXY_PROFILES=DEMO_PROFILES,
                 EXAMPLE_DEV_TOKENS="0",
             ),
             workers=1, name="cors-proxy",
@@ -539,3 +545,29 @@ def test_disallowed_origin_cannot_read_the_stream(servers: Servers, page: Any, u
     assert text_of(page, "#output") == "" and text_of(page, "#tokens") == "0"
     assert upstream.requests(id=scenario) == []  # the preflight failed: the POST never left the browser
     assert any("CORS policy" in m for m in page.console_messages_seen), page.console_messages_seen
+
+
+def test_a_pinned_profile_keeps_its_system_prompt_and_a_free_one_takes_the_pages(servers: Servers, page: Any, upstream: FakeUpstreamProcess) -> None:
+    open_demo(page, servers.page_url(provider="profiles/support"))
+    sign_in(page, unique("profiles"))
+    wait_models_loaded(page)
+    assert page.input_value("#provider") == "profiles/support"
+    assert "profile: free (anthropic)" in text_of(page, "#provider")
+    rid = unique("pinned")
+    send(page, f"tokens=3 id={rid}")
+    assert wait_finished(page) == "done", error_shown(page)
+    assert upstream.requests(id=rid)[0]["body"]["system"] == PINNED
+
+    page.click("#system-box summary")
+    page.fill("#system", "Write poems instead.")
+    refused = unique("refused")
+    send(page, f"tokens=3 id={refused}")
+    assert wait_finished(page) == "error"
+    assert "may not set a system prompt" in error_shown(page)[1]
+    assert upstream.requests(id=refused) == []
+
+    page.select_option("#provider", "profiles/free")
+    rid = unique("free")
+    send(page, f"tokens=3 id={rid}")
+    assert wait_finished(page) == "done", error_shown(page)
+    assert upstream.requests(id=rid)[0]["body"]["system"] == "Write poems instead."

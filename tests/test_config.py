@@ -12,12 +12,13 @@ import pytest
 from flask import Flask
 
 from flask_llm_proxy import LLMProxy
+from flask_llm_proxy.access.cors import cors_origin_matchers
+from flask_llm_proxy.accounting.ledger import open_store
+from flask_llm_proxy.accounting.pricing import PriceTable
+from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
+from flask_llm_proxy.accounting.store import NullStore
 from flask_llm_proxy.config import DEFAULTS, Settings, load_settings
 from flask_llm_proxy.errors import ConfigError
-from flask_llm_proxy.access.cors import cors_origin_matchers
-from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
-from flask_llm_proxy.accounting.store import NullStore, open_store
-from flask_llm_proxy.accounting.pricing import PriceTable
 
 ANTHROPIC = {"api_key": "sk-ant-test", "models": ["claude-*"]}
 OPENAI = {"api_key": "sk-openai-test", "models": ["gpt-*"]}
@@ -497,11 +498,13 @@ def test_strings_from_the_environment_are_parsed():
 BOOLEAN_KEYS = sorted(k for k, v in DEFAULTS.items() if isinstance(v, bool))
 
 
-def test_the_boolean_keys_are_the_six_documented_ones():
-    assert BOOLEAN_KEYS == [
-        "LLM_PROXY_CORS_CREDENTIALS", "LLM_PROXY_FAIL_OPEN", "LLM_PROXY_LOG_CONTENT", "LLM_PROXY_METRICS",
-        "LLM_PROXY_PUBLIC_HEALTH", "LLM_PROXY_REQUIRE_AUTH",
-    ]
+def test_every_boolean_key_takes_the_same_explicit_words():
+    """An empty or odd value (``LLM_PROXY_REQUIRE_AUTH=``) must never switch a boolean off."""
+    from flask_llm_proxy.config import KEYS
+    from flask_llm_proxy.config import checks
+
+    assert "LLM_PROXY_REQUIRE_AUTH" in BOOLEAN_KEYS
+    assert all(k.check is checks.boolean for k in KEYS if isinstance(k.default, bool))
 
 
 def test_an_empty_require_auth_does_not_switch_auth_off():

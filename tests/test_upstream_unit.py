@@ -21,13 +21,19 @@ import pytest
 import requests
 import responses
 from responses.registries import OrderedRegistry
+from wire import FRAMINGS, response_of
 
-from flask_llm_proxy.upstream import client as upstream, errors as upstream_errors
-from flask_llm_proxy.errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
+from flask_llm_proxy.errors import (
+    NetworkError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from flask_llm_proxy.upstream import client as upstream
+from flask_llm_proxy.upstream import errors as upstream_errors
 from flask_llm_proxy.upstream.body import UpstreamBody
 from flask_llm_proxy.upstream.client import UpstreamClient
 from flask_llm_proxy.upstream.errors import parse_retry_after
-from wire import FRAMINGS, response_of
 
 URL = "https://upstream.test/v1/messages"
 SECRET = "sk-ant-api03-Zx9SECRETSECRETSECRET"
@@ -191,7 +197,7 @@ def test_a_connection_error_becomes_a_retried_network_error(mock):
         mock.add(responses.POST, URL, body=requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
     err = fail(max_retries=2)
     assert isinstance(err, NetworkError)
-    assert (err.status, err.type, err.code) == (502, "network_error", "NETWORK_ERROR")
+    assert (err.status, err.code, err.type, err.error_code) == (502, 502, "network_error", "NETWORK_ERROR")
     assert err.message == "could not reach the upstream: connection refused"
     assert len(mock.calls) == 3 and err.retried is True
 
@@ -493,8 +499,8 @@ def test_every_failure_the_client_is_told_of_loses_the_providers_secrets() -> No
     """An error event inside the stream may quote the request; Exchange.fail is on every path."""
     import time as _time
 
-    from flask_llm_proxy.errors import UpstreamError
     from flask_llm_proxy.accounting.exchange import Exchange, RequestInfo
+    from flask_llm_proxy.errors import UpstreamError
 
     ex = Exchange(RequestInfo("r1", "alice", "openai", "gpt-4o", _time.perf_counter()))
     ex.call.secrets = ("sk-secret-key-1",)

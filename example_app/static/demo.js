@@ -13,13 +13,13 @@ const $ = (id) => document.getElementById(id);
 const el = {
   apiUrl: $('api-url'), signinForm: $('signin-form'), user: $('user'), signout: $('signout'), whoami: $('whoami'),
   chatForm: $('chat-form'), provider: $('provider'), model: $('model'), modelOptions: $('model-options'),
-  modelHint: $('model-hint'), maxTokens: $('max-tokens'), prompt: $('prompt'), send: $('send'), stop: $('stop'),
+  modelHint: $('model-hint'), maxTokens: $('max-tokens'), prompt: $('prompt'), system: $('system'), send: $('send'), stop: $('stop'),
   status: $('status'), error: $('error'), output: $('output'), ttfb: $('ttfb'), tokens: $('tokens'),
   usage: $('usage'), cost: $('cost'),
 };
 
 let session = loadSession(); // {token, user} or null
-let providers = {}; // name -> {type, models, endpoint}
+let providers = {}; // name (or "profiles/<name>") -> {type, models, endpoint}
 let modelsLoad = 0; // sequence number: only the latest load may fill the form
 let running = null; // the AbortController of the request in flight
 
@@ -128,7 +128,10 @@ async function loadModels({ quiet401 = false } = {}) {
   try {
     const body = await client(null).models();
     if (seq !== modelsLoad) return;
-    providers = body.providers || {};
+    providers = { ...(body.providers || {}) };
+    for (const [name, p] of Object.entries(body.profiles || {})) {
+      providers[`profiles/${name}`] = { type: 'profile', provider: p.provider, models: p.models, endpoint: p.endpoint };
+    }
     fillProviders();
   } catch (err) {
     if (seq !== modelsLoad) return;
@@ -150,6 +153,7 @@ function fillProviders() {
   if (!names.length && preset) names.push(preset); // models unavailable: keep the preset usable
   el.provider.replaceChildren(...names.map((name) => {
     const p = providers[name];
+    if (p && p.type === 'profile') return new Option(`profile: ${name.slice('profiles/'.length)} (${p.provider})`, name);
     return new Option(p && p.type !== name ? `${name} (${p.type})` : name, name);
   }));
   if (names.includes(previous)) el.provider.value = previous;
@@ -206,9 +210,10 @@ async function send(event) {
   const started = performance.now();
   let count = 0;
   try {
+    const system = el.system.value.trim();
     const body = {
       model,
-      messages: [{ role: 'user', content: prompt }],
+      messages: [...(system ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }],
       max_tokens: Number(el.maxTokens.value) || 256,
     };
     for await (const chunk of client(provider).stream(body, { signal: controller.signal })) {

@@ -10,7 +10,7 @@ ignored (the SDKs always send one): there is nothing to verify a token with.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from flask import current_app, g, request
 
@@ -18,7 +18,12 @@ from ..config import Settings
 from ..errors import AuthenticationError, PermissionDenied
 
 try:
-    from jwt.exceptions import ExpiredSignatureError, InvalidAlgorithmError, InvalidSignatureError, PyJWTError
+    from jwt.exceptions import (
+        ExpiredSignatureError,
+        InvalidAlgorithmError,
+        InvalidSignatureError,
+        PyJWTError,
+    )
 except ImportError:  # pragma: no cover - PyJWT comes with flask-jwt-extended
     PyJWTError = ExpiredSignatureError = InvalidSignatureError = InvalidAlgorithmError = Exception  # type: ignore[misc,assignment]
 
@@ -74,14 +79,24 @@ def _read_alt_header_as_authorization() -> None:
     environ[header] = f"{kind} {token}" if kind else token
 
 
-def identify(settings: Settings, *, alt_header: bool = False) -> tuple[str, dict[str, Any]]:
-    """Resolve (identity, claims) once per request; raise :class:`AuthenticationError`."""
+def identify(settings: Settings, *, alt_header: bool = False, loader: Callable[[], Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Resolve (identity, claims) once per request; raise :class:`AuthenticationError`.
+
+    ``loader``: the host's ``@proxy.identity_loader`` (a Flask-Login session, an API-key header...),
+    used instead of JWTs when registered: its ``None`` is a 401."""
     cached = g.get("_llm_proxy_identity")
     if cached is not None:
         return cached
     claims: dict[str, Any] = {}
     identity: str | None = None
     environ = request.environ
+    if loader is not None:
+        found = loader()
+        if found is None or found == "":
+            raise AuthenticationError("not signed in", headers={"WWW-Authenticate": 'Bearer realm="llm-proxy"'})
+        result = (str(found), claims)
+        g._llm_proxy_identity = result
+        return result
     if JWT_EXTENSION_KEY not in current_app.extensions:
         # No JWTManager: flask-jwt-extended has no config to read (KeyError 'JWT_TOKEN_LOCATION').
         # init_app refuses require_auth in this state; should it get here anyway, fail closed.

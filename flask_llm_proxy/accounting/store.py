@@ -2,12 +2,12 @@
 
 Both stores answer the questions the proxy asks: "what did this identity spend in the current day
 and month" (budgets, before the upstream call) and "list the records since T" (the CLI). SQLite
-(:mod:`.sqlite_store`) is for one host, Redis (:mod:`.redis_store`) for a fleet.
+(:mod:`.sqlite_store`) is for one host, Redis (:mod:`.redis_store`) for a fleet; :mod:`.ledger`
+opens the one a URI names.
 """
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -73,29 +73,6 @@ class NullStore(Store):
 
 
 # One row per upstream request. The request id is the client's X-Request-ID when it sent a valid
-
-
-def open_store(uri: str | None, instance_path: str, stream_maxlen: int | None = None) -> Store:
-    """``None`` -> SQLite in the instance folder; ``sqlite:///path``; ``redis://...``; ``none``.
-    ``stream_maxlen`` (``LLM_PROXY_USAGE_STREAM_MAXLEN``) bounds the Redis store's stream."""
-    if uri in (None, ""):
-        from .sqlite_store import SQLiteStore
-
-        return SQLiteStore(os.path.join(instance_path, "llm_proxy_usage.sqlite3"))
-    if uri == "none":
-        return NullStore()
-    if uri.startswith("sqlite:///"):
-        from .sqlite_store import SQLiteStore
-
-        path = uri[len("sqlite:///"):]
-        if not os.path.isabs(path):
-            path = os.path.join(instance_path, path)
-        return SQLiteStore(path)
-    if uri.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisStore
-
-        return RedisStore(uri, stream_maxlen=stream_maxlen)
-    raise ValueError(f"unsupported usage store {uri!r}")
 
 
 def summarize(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:

@@ -19,9 +19,10 @@ from .._compat import run_blocking, run_later, spawn
 from ..config import Settings
 from ..errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
-from .store import NullStore, Store, open_store, period_starts
+from .ledger import open_store
 from .metrics import get_metrics, observe
 from .pricing import PriceTable
+from .store import NullStore, Store, period_starts
 
 log = logging.getLogger("flask_llm_proxy")
 request_log = logging.getLogger("flask_llm_proxy.requests")

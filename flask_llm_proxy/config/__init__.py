@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .keys import BY_NAME, DEFAULTS, KEYS, PREFIX, Key
 from .origins import is_ipv6_origin
+from .profiles import ProfileConfig, parse_profiles
 from .providers import ProviderConfig, parse_providers, provider_secrets
 
 log = logging.getLogger("flask_llm_proxy")
@@ -42,6 +43,9 @@ class Settings:
     rate_limit: str | None
     token_quota: str | None
     fail_open: bool
+    profiles: Mapping[str, ProfileConfig]
+    require_profile: bool
+    profiles_claim: str | None
     cors_origins: tuple[str, ...]
     cors_credentials: bool
     cors_max_age: int
@@ -72,6 +76,7 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
     warn_unknown_keys(config)
     values = {key.attr: key.check(key.name, config.get(key.name, key.default)) for key in KEYS}
     values["providers"] = parse_providers(values["providers"], environ)
+    values["profiles"] = parse_profiles("LLM_PROXY_PROFILES", values["profiles"], values["providers"])
     if values["cors_credentials"] and any(o in ("*", ".*") for o in values["cors_origins"]):
         raise ConfigError(
             "LLM_PROXY_CORS_ORIGINS",
@@ -80,5 +85,5 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
     return Settings(**values)
 
 
-__all__ = ["BY_NAME", "ConfigError", "DEFAULTS", "KEYS", "Key", "PREFIX", "ProviderConfig", "Settings", "is_ipv6_origin",
+__all__ = ["BY_NAME", "ConfigError", "DEFAULTS", "KEYS", "Key", "PREFIX", "ProfileConfig", "ProviderConfig", "Settings", "is_ipv6_origin",
            "load_settings", "provider_secrets", "warn_unknown_keys"]

@@ -95,6 +95,13 @@ KEYS: tuple[Key, ...] = (
     Key("LLM_PROXY_TOKEN_QUOTA", None, "str or None", "Input + output tokens per identity, e.g. ``\"200000/day\"``.", checks.rate, "access"),
     Key("LLM_PROXY_FAIL_OPEN", False, "bool", "When the limits' storage (Redis) is down: ``False`` answers 503, ``True`` serves "
         "unmetered (logged).", checks.boolean, "access"),
+    Key("LLM_PROXY_PROFILES", {}, "dict", "Server-side presets a request names with ``POST <prefix>/profiles/<name>``: "
+        "the provider and models, the system prompt, the tools and caps the browser may use. See :ref:`profiles`.",
+        _providers_later, "access"),
+    Key("LLM_PROXY_REQUIRE_PROFILE", False, "bool", "Refuse requests that name no profile (``403 profile_required``): the "
+        "browser can only use the purposes the host defined.", checks.boolean, "access"),
+    Key("LLM_PROXY_PROFILES_CLAIM", "llm_profiles", "str or None", "JWT claim listing the profiles (names or patterns) a user "
+        "may use; a token without it may use every profile. ``None`` disables.", _claim, "access"),
     Key("LLM_PROXY_CORS_ORIGINS", [], "list of str", "Exact origins (``scheme://host[:port]``) or regular expressions allowed "
         "cross-origin; empty: no CORS headers.", cors_origins, "access"),
     Key("LLM_PROXY_CORS_CREDENTIALS", False, "bool", "``Access-Control-Allow-Credentials``; refused together with ``*``.",

@@ -22,7 +22,7 @@ OFFICIAL_BASE_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https
 ENV_BASE_URL = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 ENV_API_KEY = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header when a provider sets none
-RESERVED_NAMES = {"health", "models", "metrics", "static", "client.js"}
+RESERVED_NAMES = {"health", "models", "metrics", "static", "client.js", "profiles", "admin"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

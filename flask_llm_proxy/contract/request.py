@@ -211,7 +211,7 @@ def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
         raise _fail(path, f"the tool_use {tid!r} is not answered: the next message must be a user message with its tool_result")
 
 
-def _tools(v: Any) -> list[dict[str, Any]] | None:
+def parse_tools(v: Any) -> list[dict[str, Any]] | None:
     if v is None:
         return None
     if not isinstance(v, list):
@@ -378,7 +378,7 @@ def parse_chat_request(
         top_k=_integer(body, "top_k", 1, 1000),
         stop=_stop(body.get("stop", body.get("stop_sequences"))),
         seed=_integer(body, "seed", -(2**63), 2**63 - 1),
-        tools=_tools(body.get("tools")),
+        tools=parse_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
         stream=stream,
     )

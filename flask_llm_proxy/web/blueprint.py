@@ -11,12 +11,14 @@ import os
 import random
 import re
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import _json
 from ..access.auth import JWT_ERRORS, client_address, describe_jwt_error, identify
+from ..access.profiles import check_profile_claim
 from ..accounting.metrics import address_allowed, render
 from ..config import Settings
 from ..errors import PayloadTooLarge, ProviderNotFound, ProxyError
@@ -70,6 +72,9 @@ def error_response(err: ProxyError) -> Response:
     if g.get("llm_proxy_exchange") is None and not g.get("llm_proxy_refusal_counted"):
         g.llm_proxy_refusal_counted = True  # once, even if answering it failed and a 500 follows
         _count_refusal(err)  # an exchange's errors are counted when it is accounted for
+    host = _host_handler(err)
+    if host is not None:  # the host renders the proxy's errors its own way
+        return current_app.make_response(host(err))
     api = g.get("llm_proxy_native")
     body = err.to_json() if api is None else err.to_native_json(api)
     resp = Response(body, status=err.status, mimetype="application/json")
@@ -78,6 +83,22 @@ def error_response(err: ProxyError) -> Response:
     if err.retried:
         resp.headers["x-should-retry"] = "false"
     return resp
+
+
+def _host_handler(err: ProxyError) -> Any:
+    """A host's ``@app.errorhandler(ProxyError)`` (or one of its subclasses). Flask tries a
+    blueprint's handlers before the app's, so the proxy's own would always win: this lets the
+    host's win for the proxy's errors. Handlers for ``Exception``, ``HTTPException`` or a status
+    code are left out: a host's HTML 429 page is not what a browser's ``fetch`` expects."""
+    handlers = current_app.error_handler_spec.get(None, {}).get(None, {})
+    if not handlers:
+        return None
+    for cls in type(err).__mro__:
+        if cls in handlers:
+            return handlers[cls]
+        if cls is ProxyError:
+            return None
+    return None
 
 
 def _count_refusal(err: ProxyError) -> None:
@@ -134,20 +155,29 @@ def not_found(rest: str) -> Response:
 def health() -> Response:
     st = state()
     if not st.settings.public_health:
-        identify(st.settings)
+        identify(st.settings, loader=st.hooks.identity_loader)
     body = {"status": "ok", "providers": sorted(st.settings.providers)}
     return Response(_json.dumps(body), mimetype="application/json")
 
 
 def models() -> Response:
+    """What this user may call: the providers (unless only profiles are served) and the profiles
+    their token allows."""
     st = state()
-    identify(st.settings)
-    body = {
-        "providers": {
-            name: {"type": p.type, "models": list(p.models), "endpoint": f"{st.settings.url_prefix}/{name}"}
-            for name, p in st.settings.providers.items()
-        }
-    }
+    s = st.settings
+    _, claims = identify(s, loader=st.hooks.identity_loader)
+    body: dict[str, Any] = {"providers": {} if s.require_profile else {
+        name: {"type": p.type, "models": list(p.models), "endpoint": f"{s.url_prefix}/{name}"}
+        for name, p in s.providers.items()
+    }}
+    profiles = {}
+    for name, prof in s.profiles.items():
+        try:
+            check_profile_claim(s, claims, name)
+        except ProxyError:
+            continue
+        profiles[name] = {"provider": prof.provider, "models": list(prof.models), "endpoint": f"{s.url_prefix}/profiles/{name}"}
+    body["profiles"] = profiles
     return Response(_json.dumps(body), mimetype="application/json")
 
 
@@ -162,18 +192,29 @@ def metrics_view() -> Response:
     return Response(body, mimetype=None, content_type=content_type)
 
 
+def _native_paths(provider_type: str) -> list[tuple[str, str]]:
+    """(api, path) of the SDK endpoints of a provider type: where the official SDKs send requests."""
+    apis = {"anthropic": ("messages",), "openai": ("chat", "responses")}.get(provider_type, ())
+    return [(api, APIS[api][0].path if api == "messages" else "/v1" + APIS[api][0].path) for api in apis]
+
+
 def make_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("llm_proxy", __name__, url_prefix=settings.url_prefix or None, static_folder=STATIC, static_url_path="/static")
     for name in settings.providers:
         bp.add_url_rule(f"/{name}", endpoint="chat_" + name.replace(".", "_"), view_func=chat, methods=["POST"], defaults={"provider_name": name})
     for name, p in settings.providers.items():
-        apis = {"anthropic": ("messages",), "openai": ("chat", "responses")}.get(p.type, ())
-        for api in apis:
-            path = APIS[api][0].path if api == "messages" else "/v1" + APIS[api][0].path
+        for api, path in _native_paths(p.type):
             bp.add_url_rule(
                 f"/{name}{path}", endpoint=f"native_{api}__{name.replace('.', '_')}", view_func=native_view,
                 methods=["POST"], defaults={"provider_name": name, "api": api},
             )
+    for pname, prof in settings.profiles.items():
+        route, ep = f"/profiles/{pname}", pname.replace(".", "_")
+        bp.add_url_rule(route, endpoint=f"profile_{ep}", view_func=chat, methods=["POST"],
+                        defaults={"provider_name": prof.provider, "profile_name": pname})
+        for api, path in _native_paths(settings.providers[prof.provider].type):
+            bp.add_url_rule(f"{route}{path}", endpoint=f"native_{api}__profile__{ep}", view_func=native_view, methods=["POST"],
+                            defaults={"provider_name": prof.provider, "api": api, "profile_name": pname})
     bp.add_url_rule("/health", view_func=health, methods=["GET"])
     bp.add_url_rule("/<path:rest>", view_func=not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     bp.add_url_rule("/models", view_func=models, methods=["GET"])

@@ -15,6 +15,7 @@ from flask import Response, g
 
 from .. import _json
 from ..access.auth import check_model_claim, identify
+from ..access.profiles import apply_to_chat, check_profile_claim
 from ..accounting.exchange import Exchange, RequestInfo
 from ..config import ProviderConfig
 from ..contract.request import ChatRequest, parse_chat_request
@@ -23,27 +24,54 @@ from ..providers import adapter_for
 from ..providers.base import Adapter, Translator, output_cap
 from ..providers.mock import MockSource
 from ..state import ProxyState
-from ..stream.relay import Items, StreamBody, collect, iter_items, peek, relay, upstream_items
-from .flow import SSE_CONTENT_TYPE, STREAM_HEADERS, accounted, count_retry, open_upstream, state
+from ..stream.relay import (
+    Items,
+    StreamBody,
+    collect,
+    iter_items,
+    peek,
+    relay,
+    upstream_items,
+)
+from .flow import (
+    SSE_CONTENT_TYPE,
+    STREAM_HEADERS,
+    accounted,
+    before_upstream,
+    count_retry,
+    open_upstream,
+    require_profile,
+    state,
+)
 from .json_body import read_json
 
 log = logging.getLogger("flask_llm_proxy")
 
 
-def chat(provider_name: str) -> Response:
+def chat(provider_name: str, profile_name: str | None = None) -> Response:
+    """``POST <prefix>/<provider>``, or ``POST <prefix>/profiles/<name>`` (``profile_name``)."""
     st = state()
     s = st.settings
     provider = s.providers[provider_name]
-    identity, claims = identify(s)
+    profile = s.profiles[profile_name] if profile_name else None
+    identity, claims = identify(s, loader=st.hooks.identity_loader)
+    require_profile(s, profile)
     g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
     body = read_json(provider.max_body_bytes or s.max_body_bytes)
+    if profile is not None:
+        check_profile_claim(s, claims, profile.name)
+        if isinstance(body, dict) and body.get("model") is None and profile.default_model:
+            body["model"] = profile.default_model  # a profile with one model: the client may leave it out
     cap = output_cap(provider, s) or 2**31 - 1
     req = parse_chat_request(
         body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai"
     )
+    if profile is not None:
+        apply_to_chat(profile, req)
     if not provider.allows(req.model):
         raise ModelNotAllowed(f"model {req.model!r} is not allowed on '{provider_name}'; GET {s.url_prefix}/models lists the allowed ones")
     check_model_claim(s, claims, req.model)
+    before_upstream(st, req, identity)
     if provider.type == "mock":
         adapter = upstream_body = None
     else:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from flask import Response, current_app
+from werkzeug.exceptions import HTTPException
 
 from .. import signals
 from ..accounting.exchange import Exchange
-from ..errors import ProxyError
+from ..config import ProfileConfig, Settings
+from ..errors import PermissionDenied, ProxyError
 from ..providers.base import Adapter
 from ..state import ProxyState
 
@@ -21,6 +23,29 @@ STREAM_HEADERS = {
 
 def state() -> ProxyState:
     return current_app.extensions["llm_proxy"]  # type: ignore[no-any-return]
+
+
+def require_profile(settings: Settings, profile: ProfileConfig | None) -> None:
+    """``LLM_PROXY_REQUIRE_PROFILE``: a request to a provider's own endpoint is refused."""
+    if profile is None and settings.require_profile:
+        raise PermissionDenied(
+            f"this proxy serves only its profiles: POST {settings.url_prefix}/profiles/<name> "
+            f"(GET {settings.url_prefix}/models lists the ones you may use)", type="profile_required",
+        )
+
+
+def before_upstream(st: ProxyState, request: Any, identity: str) -> None:
+    """The host's ``@proxy.before_upstream``, if any: a refusal keeps the host's status and message
+    and takes the proxy's error shape."""
+    fn = st.hooks.before_upstream
+    if fn is None:
+        return
+    try:
+        fn(request, identity)
+    except ProxyError:
+        raise
+    except HTTPException as exc:
+        raise ProxyError(exc.description or exc.name, status=exc.code or 403, type="refused") from None
 
 
 def accounted(ex: Exchange, call: Callable[..., Response], *args: Any) -> Response:

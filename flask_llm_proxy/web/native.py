@@ -17,6 +17,7 @@ from flask import Response, g
 
 from .. import _json
 from ..access.auth import check_model_claim, identify
+from ..access.profiles import apply_to_native, check_profile_claim
 from ..accounting.exchange import Exchange, RequestInfo
 from ..config import ProviderConfig
 from ..contract.request import valid_model_name
@@ -29,7 +30,14 @@ from ..state import ProxyState
 from ..stream.passthrough import passthrough
 from ..stream.relay import MALFORMED, StreamBody
 from ..upstream.body import UpstreamBody, whole_body
-from .flow import STREAM_HEADERS, accounted, open_upstream, state
+from .flow import (
+    STREAM_HEADERS,
+    accounted,
+    before_upstream,
+    open_upstream,
+    require_profile,
+    state,
+)
 from .json_body import read_json
 
 log = logging.getLogger("flask_llm_proxy")
@@ -95,17 +103,23 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
     return out
 
 
-def native_view(provider_name: str, api: str) -> Response:
+def native_view(provider_name: str, api: str, profile_name: str | None = None) -> Response:
     st = state()
     s = st.settings
     provider = s.providers[provider_name]
-    identity, claims = identify(s, alt_header=True)
+    profile = s.profiles[profile_name] if profile_name else None
+    identity, claims = identify(s, alt_header=True, loader=st.hooks.identity_loader)
+    require_profile(s, profile)
     g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
     body = _check_body(api, read_json(provider.max_body_bytes or s.max_body_bytes), provider, s)
+    if profile is not None:
+        check_profile_claim(s, claims, profile.name)
+        apply_to_native(profile, api, body)
     model = body["model"]
     if not provider.allows(model):
         raise ModelNotAllowed(f"model {model!r} is not allowed on '{provider_name}'")
     check_model_claim(s, claims, model)
+    before_upstream(st, body, identity)
     st.check_allowance(identity, quota_spent)
     stream = bool(body.get("stream"))
     prompt = body.get("messages") or body.get("input") or ""
