@@ -36,7 +36,10 @@ sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402
 from loadgen import Target  # noqa: E402
 from servers import (  # noqa: E402
+    DEFAULTS,
     KEY,
+    STRIPPED,
+    bench_token,
     FakeUpstreamProcess,
     ROOT,
     FloorServer,
@@ -52,7 +55,10 @@ from servers import (  # noqa: E402
 )
 from redis_process import RedisProcess, redis_executable  # noqa: E402 - in tests/, which servers puts on the path
 
-SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls")
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls", "defaults", "ab")
+TOKEN = bench_token()
+#: the commit before the token path moved onto requests' iter_lines (its own HTTP client and body reader)
+AB_BASE = "705fd50"
 APIS = ("anthropic", "openai")
 MODELS = {"anthropic": "claude-3-5-sonnet-20241022", "openai": "gpt-4o"}
 NAN = math.nan
@@ -85,6 +91,11 @@ FULL: dict[str, Sizes] = {
     "tls: latency": Sizes(concurrency=1, requests=200, tokens=20, repeat=3),
     "tls: throughput": Sizes(concurrency=50, requests=500, tokens=200, warmup=100, repeat=3),
     "tls: paced": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3, warmup=500),
+    "defaults": Sizes(concurrency=1, requests=200, tokens=20, repeat=7),
+    "ab: latency": Sizes(concurrency=1, requests=200, tokens=20, repeat=9),
+    "ab: 200-token requests": Sizes(concurrency=10, requests=300, tokens=200, warmup=20, repeat=5),
+    "ab: paced": Sizes(concurrency=300, requests=300, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3, warmup=300),
+    "ab: 500 slow streams": Sizes(concurrency=500, requests=500, tokens=50, pace_ms=100, ramp_s=1.0, repeat=3, warmup=500),
 }
 SMOKE: dict[str, Sizes] = {
     "latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2, repeat=2),
@@ -96,6 +107,11 @@ SMOKE: dict[str, Sizes] = {
     "tls: latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
     "tls: throughput": Sizes(concurrency=2, requests=5, tokens=5, warmup=2),
     "tls: paced": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
+    "defaults": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
+    "ab: latency": Sizes(concurrency=1, requests=5, tokens=5, warmup=2),
+    "ab: 200-token requests": Sizes(concurrency=2, requests=4, tokens=20, warmup=2),
+    "ab: paced": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
+    "ab: 500 slow streams": Sizes(concurrency=2, requests=2, tokens=5, pace_ms=20, ramp_s=0.05, warmup=2),
 }
 # targets from the issue, for one worker
 TARGET_TTFB_ADDED_P50_MS = 1.0
@@ -138,9 +154,11 @@ def direct_target(api: str, port: int, text: str) -> Target:
                   {"Authorization": f"Bearer {KEY}"})
 
 
-def proxy_target(api: str, port: int, text: str) -> Target:
+def proxy_target(api: str, port: int, text: str, auth: bool = False) -> Target:
+    """The proxy's neutral request; with ``auth``, with the bearer token a signed-in browser sends."""
     body = {"model": MODELS[api], "messages": [{"role": "user", "content": text}], "max_tokens": 1000}
-    return Target("127.0.0.1", port, f"/api/{api}", json.dumps(body).encode(), "proxy")
+    headers = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
+    return Target("127.0.0.1", port, f"/api/{api}", json.dumps(body).encode(), "proxy", headers)
 
 
 def floor_target(port: int, tokens: int, pace_ms: int) -> Target:
@@ -364,7 +382,7 @@ class Bench:
         log(f"fake upstream at {self.upstream.base_url}")
         try:
             for name in self.args.scenarios:
-                if name in ("scale-out", "redis", "tls"):
+                if name in ("scale-out", "redis", "tls", "defaults", "ab"):
                     getattr(self, "scenario_" + name.replace("-", "_"))(self.args.apis)  # servers serve both APIs
                     continue
                 for api in self.args.apis:
@@ -402,8 +420,8 @@ class Bench:
 
     @staticmethod
     def proxy_side(api: str, sz: Sizes, server: ProxyServer, name: str = "proxy") -> Side:
-        return Side(name, api, proxy_target(api, server.port, prompt(sz.tokens, sz.pace_ms)),
-                    proxy_target(api, server.port, prompt(5, 0)), server.worker_pids())
+        return Side(name, api, proxy_target(api, server.port, prompt(sz.tokens, sz.pace_ms), server.auth),
+                    proxy_target(api, server.port, prompt(5, 0), server.auth), server.worker_pids())
 
     def pair(self, scenario: str, api: str, sz: Sizes, *, requests: int, concurrency: int, workers: int = 1,
              label: str = "", direct: bool = True, fresh: bool = False, profile: bool = False,
@@ -675,6 +693,108 @@ class Bench:
                 f"over plain HTTP); at one token per {pace} ms per stream one core is used up near "
                 f"{1e6 / us * pace / 1000.0:,.0f} streams, before the gaps stretch")
 
+    def scenario_defaults(self, apis: list[str]) -> None:
+        """What each default of the example app costs at concurrency 1, against the stripped
+        configuration earlier runs measured: every configuration up at once, rounds interleaved."""
+        sz = self.sizes["defaults"]
+        self.stop_proxy()
+        ledger = {k: v for k, v in STRIPPED.items() if k != "LLM_PROXY_USAGE_STORE"}  # the server's own SQLite file
+        configs: dict[str, dict[str, str]] = {
+            "stripped": STRIPPED,
+            "+ JWT auth": {**STRIPPED, "LLM_PROXY_REQUIRE_AUTH": "true", "JWT_SECRET_KEY": DEFAULTS["JWT_SECRET_KEY"]},
+            "+ rate limit (memory)": {**STRIPPED, "LLM_PROXY_RATE_LIMIT": DEFAULTS["LLM_PROXY_RATE_LIMIT"],
+                                      "RATELIMIT_STORAGE_URI": "memory://"},
+            "+ SQLite ledger": ledger,
+            "+ request log line (INFO)": {**STRIPPED, "LOG_LEVEL": "INFO"},
+            "+ metrics": {**STRIPPED, "LLM_PROXY_METRICS": "true"},
+            "+ gunicorn access log": {**STRIPPED, "ACCESS_LOG": "-"},
+            "defaults (example app)": DEFAULTS,
+        }
+        servers: dict[str, ProxyServer] = {}
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        try:
+            for label, config in configs.items():
+                servers[label] = ProxyServer(self.upstream.base_url, workers=1, config=config).start()
+            for api in apis:
+                sides = [self.proxy_side(api, sz, server, name=label) for label, server in servers.items()]
+                for label, rs in self.interleave("defaults", sides, sz, requests=sz.requests, concurrency=sz.concurrency,
+                                                 rotate=True).items():
+                    results[(label, api)] = merge_runs(rs)
+        finally:
+            for label, server in servers.items():
+                server.stop()
+                self.server_logs[f"defaults: {label}"] = server.log()
+        for api in apis:
+            base = results[("stripped", api)]
+            for label in list(configs)[1:]:
+                p = results[(label, api)]
+                added = paired(base, p, "ttfb_p50_ms", "-")
+                is_all = label.startswith("defaults")
+                self.row("defaults", api, f"TTFB p50 ms, {label} (Direct = stripped)", base["ttfb_p50_ms"], p["ttfb_p50_ms"],
+                         added=added, target="<= +0.30 ms" if is_all else "", met=added <= 0.30 if is_all else None,
+                         src=p, errors=self.errs(base, p))
+                self.scenario_notes.append(
+                    f"defaults/{api}: {label}: TTFB p50 {added:+.2f} ms, worker CPU {paired(base, p, 'cpu_ms_per_req', '-'):+.3f} ms "
+                    f"per request against the stripped configuration ({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.3f} ms)")
+
+    def scenario_ab(self, apis: list[str]) -> None:
+        """The token path before (``--ab-base``: its own HTTP client and body reader) and now
+        (requests' ``iter_lines``), both with the example app's defaults, side by side."""
+        self.stop_proxy()
+        base = self.args.ab_base
+        tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", base], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        old = ProxyServer(self.upstream.base_url, workers=1, root=tmp).start()
+        new = ProxyServer(self.upstream.base_url, workers=1).start()
+        self.ab_notes: list[str] = []
+        try:
+            for api in apis:
+                self._ab_loads(api, base, old, new)
+        finally:
+            old.stop()
+            new.stop()
+            self.server_logs[f"ab: {base}"] = old.log()
+            self.server_logs["ab: this code"] = new.log()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _ab_loads(self, api: str, base: str, old: ProxyServer, new: ProxyServer) -> None:
+        def sides(sz: Sizes, direct: bool) -> list[Side]:
+            out = [self.direct_side(api, sz)] if direct else []
+            return out + [self.proxy_side(api, sz, old, name=f"old ({base})"), self.proxy_side(api, sz, new, name="new")]
+
+        oldname = f"old ({base})"
+        label = f"(Direct = {base})"
+        sz = self.sizes["ab: latency"]
+        runs = self.interleave("ab", sides(sz, True), sz, requests=sz.requests, concurrency=sz.concurrency, label="latency", rotate=True)
+        d, o, n = merge_runs(runs["direct"]), merge_runs(runs[oldname]), merge_runs(runs["new"])
+        a_old, a_new = paired(d, o, "ttfb_p50_ms", "-"), paired(d, n, "ttfb_p50_ms", "-")
+        self.row("ab", api, f"added TTFB p50 ms at concurrency 1 {label}", a_old, a_new, added=a_new - a_old, src=n, errors=self.errs(o, n))
+        sz = self.sizes["ab: 200-token requests"]
+        runs = self.interleave("ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="200 tokens", rotate=True)
+        o, n = merge_runs(runs[oldname]), merge_runs(runs["new"])
+        delta = paired(o, n, "cpu_ms_per_req", "-")
+        self.row("ab", api, f"worker CPU ms per 200-token request {label}", o["cpu_ms_per_req"], n["cpu_ms_per_req"], added=delta,
+                 target="<= +0.40 ms", met=delta <= 0.40, src=n, errors=self.errs(o, n))
+        sz = self.sizes["ab: paced"]
+        runs = self.interleave("ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="paced", rotate=True)
+        o, n = merge_runs(runs[oldname]), merge_runs(runs["new"])
+        delta = paired(o, n, "cpu_us_per_token", "-")
+        self.row("ab", api, f"worker CPU us per paced token {label}", o["cpu_us_per_token"], n["cpu_us_per_token"], added=delta,
+                 target="<= +3 us", met=delta <= 3.0, src=n, errors=self.errs(o, n))
+        self.row("ab", api, f"gap p99 ms, paced {label}", o["gap_p99_ms"], n["gap_p99_ms"], added=paired(o, n, "gap_p99_ms", "-"),
+                 src=n, errors=self.errs(o, n))
+        sz = self.sizes["ab: 500 slow streams"]
+        runs = self.interleave("ab", sides(sz, True), sz, requests=sz.requests, concurrency=sz.concurrency, label="500 streams", rotate=True)
+        d, o, n = merge_runs(runs["direct"]), merge_runs(runs[oldname]), merge_runs(runs["new"])
+        r_old, r_new = paired(d, o, "tokens_per_s", "/"), paired(d, n, "tokens_per_s", "/")
+        self.row("ab", api, f"500 slow streams, tokens/s vs direct {label}", r_old, r_new, ratio=r_new / r_old if r_old else NAN,
+                 src=n, errors=self.errs(o, n))
+        self.row("ab", api, f"500 slow streams, TTFB p99 ms {label}", o["ttfb_p99_ms"], n["ttfb_p99_ms"],
+                 added=paired(o, n, "ttfb_p99_ms", "-"), src=n, errors=self.errs(o, n))
+        self.row("ab", api, f"500 slow streams, peak RSS MB {label}", o["peak_rss_mb"], n["peak_rss_mb"],
+                 added=n["peak_rss_mb"] - o["peak_rss_mb"], src=n, errors=self.errs(o, n))
+
     # output
     def table(self) -> str:
         head = ["Scenario", "API", "Metric", "Direct", "Proxy", "Proxy/direct", "Added ms", "Target", "Met",
@@ -875,7 +995,9 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
         f"{bench.speed[-1]:.1f} us at the end of the run (a shared VM drifts: compare runs with this in mind)",
         f"- Code measured: {code_fingerprint()}",
         "- Proxy: `example_app` under `gunicorn -c example_app/gunicorn.conf.py --workers 1` (gevent, "
-        "worker_connections 10000), no auth, no rate limit, usage store none, LOG_LEVEL=WARNING; "
+        "worker_connections 10000) with the example app's defaults: JWT auth (the load generator sends a bearer "
+        "token), a rate limit per user (memory storage, set high enough never to refuse), the SQLite ledger, the "
+        "request log line at INFO (the `defaults` scenario measures each against a stripped configuration); "
         "the fake upstream is `tests/fake_upstream.py` (one asyncio process); the load generator is "
         "`benchmarks/loadgen.py` (one asyncio process). All three share the machine's cores.",
         "",
@@ -927,6 +1049,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    metavar="N,N,...", help="concurrent streams the capacity scenario tries (default 1000,2000,5000)")
     p.add_argument("--out", default=None, help="where to write the Markdown results (default benchmarks/RESULTS.md; "
                                                 "with --smoke a temporary file)")
+    p.add_argument("--ab-base", default=AB_BASE, metavar="REF",
+                   help=f"the commit the ab scenario compares this code with (default {AB_BASE}: the token path before requests)")
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="record the worker with py-spy during the throughput runs, into DIR; summary in the results")
     a = p.parse_args(argv)

@@ -23,6 +23,26 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fake_upstream import FakeUpstreamProcess  # noqa: E402
 
 KEY = "bench-key"
+JWT_SECRET = "bench-jwt-secret-that-is-long-enough-32b"
+#: the example app's defaults, as a user who changed nothing runs it: JWT auth, a rate limit counted
+#: per user (set high enough never to refuse a benchmark request), the SQLite ledger, the request log
+#: line at INFO. The example app's metrics and gunicorn's access log are off by default.
+DEFAULTS = {"LLM_PROXY_REQUIRE_AUTH": "true", "JWT_SECRET_KEY": JWT_SECRET, "LLM_PROXY_RATE_LIMIT": "1000000/minute",
+            "RATELIMIT_STORAGE_URI": "memory://", "LOG_LEVEL": "INFO"}
+#: what earlier runs measured: no auth, no limits, no ledger, warnings only
+STRIPPED = {"LLM_PROXY_REQUIRE_AUTH": "false", "LLM_PROXY_RATE_LIMIT": "", "LLM_PROXY_USAGE_STORE": "none", "LOG_LEVEL": "WARNING"}
+
+
+def bench_token() -> str:
+    """A long-lived access token as flask-jwt-extended issues them, for the DEFAULTS servers."""
+    import time
+    import uuid
+
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "bench-user", "iat": now, "nbf": now, "exp": now + 86400, "jti": uuid.uuid4().hex, "type": "access", "fresh": False}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -61,23 +81,27 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class ProxyServer:
     """``example_app`` under gunicorn with gevent workers, configured for benchmarking."""
 
-    def __init__(self, upstream_base: str, *, workers: int = 1, usage_store: str = "none",
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, upstream_base: str, *, workers: int = 1, config: dict[str, str] | None = None,
+                 extra_env: dict[str, str] | None = None, root: Path = ROOT) -> None:
+        """``config``: :data:`DEFAULTS` (the default) or :data:`STRIPPED`; ``root``: the checkout whose
+        package and example app run (another commit's, for an A/B)."""
         self.upstream_base = upstream_base
         self.workers = workers
         self.port = free_port()
+        self.root = root
+        self.ledger_dir = tempfile.mkdtemp(prefix="bench-ledger-")
         self.env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
         self.env.update({
             "LLM_PROXY_PROVIDERS": providers_env(upstream_base),
-            "LLM_PROXY_REQUIRE_AUTH": "false",
-            "LLM_PROXY_RATE_LIMIT": "",
-            "LLM_PROXY_USAGE_STORE": usage_store,
+            "LLM_PROXY_USAGE_STORE": f"sqlite:///{self.ledger_dir}/usage.sqlite3",  # the default store, in a file of its own
             "WORKER_CONNECTIONS": "10000",
-            "LOG_LEVEL": "WARNING",
             "GRACEFUL_TIMEOUT": "5",  # for stop(): nothing is in flight by then
-            "PYTHONPATH": str(ROOT),
+            "LLM_PROXY_PUBLIC_HEALTH": "true",  # the readiness poll carries no token
+            "PYTHONPATH": str(root),
+            **(DEFAULTS if config is None else config),
         })
         self.env.update(extra_env or {})
+        self.auth = self.env.get("LLM_PROXY_REQUIRE_AUTH") == "true"
         self.cmd = [
             sys.executable, "-m", "gunicorn", "-c", "example_app/gunicorn.conf.py",
             "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "example_app.wsgi:app",
@@ -95,7 +119,7 @@ class ProxyServer:
 
     def start(self, timeout: float = 30.0) -> "ProxyServer":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:

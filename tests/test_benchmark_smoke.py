@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # every scenario of benchmarks/run.py, which --smoke runs all of (redis and tls need redis-server and
 # openssl, which tests/run.sh installs)
-SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls")
+SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls", "defaults", "ab")
 
 
 def _number(cell: str) -> bool:
@@ -32,12 +32,12 @@ def _results_table(markdown: str) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[2:]  # header, (separator), body
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    proc = subprocess.run(  # the A/B against this very commit: any clone has it
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--ab-base", "HEAD", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
