@@ -15,7 +15,6 @@ except ImportError:  # pragma: no cover
 
 if _orjson is not None:
     loads = _orjson.loads
-    JSONDecodeError: type[Exception] = _orjson.JSONDecodeError
 
     def dumps(obj: Any) -> bytes:
         """Compact UTF-8 JSON bytes."""
@@ -23,7 +22,6 @@ if _orjson is not None:
 
 else:
     loads = _std.loads  # type: ignore[assignment]
-    JSONDecodeError = _std.JSONDecodeError
     _encode = _std.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     def dumps(obj: Any) -> bytes:
@@ -34,4 +32,3 @@ else:
 def dumps_str(obj: Any) -> str:
     return dumps(obj).decode("utf-8")
 
-BACKEND = "orjson" if _orjson is not None else "json"
