@@ -24,7 +24,6 @@ version = ".".join(release.split(".")[:2]) + ".x"
 default_role = "code"
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinxcontrib.log_cabinet",
     "pallets_sphinx_themes",
     "llm_proxy_config",
 ]
