@@ -31,7 +31,6 @@ exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True
-autodoc_default_options = {"show-inheritance": False}
 
 # -- HTML ---------------------------------------------------------------------------------------
 
