@@ -92,5 +92,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         user = str(body.get("user") or "demo-user")[:64]
         return jsonify(token=create_access_token(identity=user), user=user)
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s")
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")  # info or INFO
     return app

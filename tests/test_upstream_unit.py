@@ -51,7 +51,7 @@ def mock() -> Iterator[responses.RequestsMock]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays open() asked for, without waiting for them."""
     delays: list[float] = []
-    monkeypatch.setattr(upstream.time, "sleep", delays.append)
+    monkeypatch.setattr(upstream, "backoff_sleep", delays.append)
     return delays
 
 

@@ -26,6 +26,11 @@ from .errors import RETRY_STATUSES, error_from_response, find_cause, parse_retry
 log = logging.getLogger("flask_llm_proxy")
 
 
+def backoff_sleep(seconds: float) -> None:
+    """The wait between two attempts (gevent's sleep in a patched worker); one name for tests to stub."""
+    time.sleep(seconds)
+
+
 class ProxyAdapter(HTTPAdapter):
     """requests' ``HTTPAdapter`` with what never changes for a configured upstream done once.
 
@@ -224,5 +229,5 @@ class UpstreamClient:
             log.info("request %s: upstream attempt %d failed (%s); retrying in %.2fs", request_id or "-", attempt, err.message, delay)
             if on_retry is not None:
                 on_retry(err)
-            time.sleep(delay)
+            backoff_sleep(delay)
 
