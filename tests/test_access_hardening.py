@@ -211,10 +211,13 @@ def test_url_fields_in_the_body_do_not_redirect_the_upstream_call(server: Gunico
             endpoint=target, host=target, provider="evil", path="/../../evil",
         )
         status, _, raw = send(server, provider, body)
+        assert status == 400 and json.loads(raw)["error"].startswith("base_url: "), raw[:300]  # refused by name
+        assert upstream.requests(id=rid) == []
+        for field in ("base_url", "url", "baseURL", "api_base", "endpoint", "host", "provider", "path"):
+            del body[field]
+        status, _, raw = send(server, provider, body)  # and without them, to the configured upstream
         assert status == 200 and raw.rstrip().endswith(b"data: [DONE]")
-        recs = upstream.requests(id=rid)
-        assert [r["path"] for r in recs] == [path]
-        assert not {"base_url", "url", "baseURL", "api_base", "endpoint", "host", "provider", "path"} & set(recs[0]["body"])
+        assert [r["path"] for r in upstream.requests(id=rid)] == [path]
     assert evil.requests() == []
 
 
@@ -291,51 +294,67 @@ def test_a_model_name_shaped_like_a_path_stays_in_the_body(server: GunicornServe
 
 
 # --- only known fields and the proxy's own headers reach the upstream ------------------------
+# A field the proxy does not know is refused with a 400 naming it (never dropped silently, never
+# forwarded); what each provider does with the known ones is tests/test_request_fields.py.
+
+SMUGGLED_ANTHROPIC = {"metadata": {"user_id": "spoofed"}, "api_key": "client-key", "betas": ["evil-beta"],
+                      "extra_headers": {"x-api-key": "client-key"}, "service_tier": "priority", "n": 8,
+                      "anthropic_version": "1999-01-01", "container": "c", "mcp_servers": [{"url": "http://evil"}]}
+SMUGGLED_OPENAI = {"n": 8, "logit_bias": {"50256": 100}, "user": "spoofed", "service_tier": "priority",
+                   "stream_options": {"include_usage": False}, "max_completion_tokens": 99999, "store": True,
+                   "metadata": {"a": "b"}, "functions": [{"name": "f"}], "api_key": "client-key", "logprobs": True,
+                   "top_logprobs": 20, "prediction": {"type": "content"}}
 
 
-def test_unknown_body_fields_are_not_forwarded_to_anthropic(server: GunicornServer, upstream: Any) -> None:
+@pytest.mark.parametrize("provider, field, value", [("anthropic", k, v) for k, v in SMUGGLED_ANTHROPIC.items()]
+                         + [("openai", k, v) for k, v in SMUGGLED_OPENAI.items()])
+def test_an_unknown_body_field_is_refused_by_name_without_an_upstream_call(server: GunicornServer, upstream: Any,
+                                                                           provider: str, field: str, value: Any) -> None:
+    rid = uid(f"fields-{provider}")
+    model = "gpt-4o" if provider == "openai" else "claude-3-5-sonnet-20241022"
+    status, _, raw = send(server, provider, chat_body(f"id={rid} tokens=1", model=model, **{field: value}))
+    assert status == 400, raw[:300]
+    assert json.loads(raw)["error"].startswith(f"{field}: ")
+    assert upstream.requests(id=rid) == []
+
+
+@pytest.mark.parametrize("key", ["cache_control", "name", "id", "tool_calls"])
+def test_unknown_keys_of_a_message_are_refused_not_forwarded(server: GunicornServer, upstream: Any, key: str) -> None:
+    rid = uid("fields-message")
+    body = chat_body(f"id={rid} tokens=1")
+    body["messages"][0][key] = {"type": "ephemeral"} if key == "cache_control" else "x"
+    status, _, raw = send(server, "anthropic", body)
+    assert status == 400 and json.loads(raw)["error"].startswith(f"messages[0].{key}: "), raw[:300]
+    assert upstream.requests(id=rid) == []
+
+
+def test_known_fields_reach_anthropic_and_nothing_else(server: GunicornServer, upstream: Any) -> None:
     rid = uid("fields-anthropic")
-    body = chat_body(
-        f"id={rid} tokens=1", metadata={"user_id": "spoofed"}, api_key="client-key", betas=["evil-beta"],
-        extra_headers={"x-api-key": "client-key"}, service_tier="priority", thinking={"type": "enabled", "budget_tokens": 99999},
-        n=8, anthropic_version="1999-01-01", container="c", mcp_servers=[{"url": "http://evil"}],
-    )
-    body["messages"][0].update(cache_control={"type": "ephemeral"}, name="x", id="m1")
-    status, _, _ = send(server, "anthropic", body)
+    status, _, _ = send(server, "anthropic", chat_body(f"id={rid} tokens=1"))
     assert status == 200
     sent = upstream.requests(id=rid)[0]["body"]
-    allowed = {"model", "messages", "max_tokens", "stream", "system", "temperature", "top_p", "top_k", "stop_sequences", "tools", "tool_choice"}
-    assert set(sent) <= allowed, set(sent) - allowed
-    assert set(sent["messages"][0]) == {"role", "content"}
-    assert sent["max_tokens"] == 100
+    assert set(sent) == {"model", "messages", "max_tokens", "stream"}
+    assert set(sent["messages"][0]) == {"role", "content"} and sent["max_tokens"] == 100
 
 
-def test_unknown_body_fields_are_not_forwarded_to_openai(server: GunicornServer, upstream: Any) -> None:
+def test_known_fields_reach_openai_with_the_proxys_own_stream_options(server: GunicornServer, upstream: Any) -> None:
     rid = uid("fields-openai")
-    body = chat_body(
-        f"id={rid} tokens=1", model="gpt-4o", n=8, logit_bias={"50256": 100}, user="spoofed", service_tier="priority",
-        stream_options={"include_usage": False}, max_completion_tokens=99999, store=True, metadata={"a": "b"},
-        functions=[{"name": "f"}], api_key="client-key", logprobs=True, top_logprobs=20, prediction={"type": "content"},
-    )
-    body["messages"][0].update(name="x", tool_calls=[{"id": "c"}])
-    status, _, _ = send(server, "openai", body)
+    status, _, _ = send(server, "openai", chat_body(f"id={rid} tokens=1", model="gpt-4o"))
     assert status == 200
     sent = upstream.requests(id=rid)[0]["body"]
-    allowed = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "tools", "tool_choice"}
-    assert set(sent) <= allowed, set(sent) - allowed
-    assert sent["stream_options"] == {"include_usage": True}
-    assert "max_completion_tokens" not in sent and sent["max_tokens"] == 100
-    assert set(sent["messages"][0]) == {"role", "content"}
+    assert set(sent) == {"model", "messages", "stream", "stream_options", "max_tokens"}
+    assert sent["stream_options"] == {"include_usage": True} and sent["max_tokens"] == 100
 
 
-def test_unknown_fields_of_the_responses_form_are_not_forwarded(server: GunicornServer, upstream: Any) -> None:
+@pytest.mark.parametrize("field, value", [("previous_response_id", "resp_victim"), ("background", True),
+                                          ("include", ["file_search_call.results"]), ("user", "spoofed"),
+                                          ("service_tier", "priority"), ("api_key", "k")])
+def test_unknown_fields_of_the_responses_form_are_refused_by_name(server: GunicornServer, upstream: Any, field: str, value: Any) -> None:
     rid = uid("fields-responses")
-    body = {"model": "gpt-4o", "input": f"id={rid} tokens=1", "max_output_tokens": 40, "previous_response_id": "resp_victim",
-            "background": True, "include": ["file_search_call.results"], "user": "spoofed", "service_tier": "priority", "api_key": "k"}
-    status, _, _ = send(server, "openai", body)
-    assert status == 200
-    sent = upstream.requests(id=rid)[0]["body"]
-    assert not {"previous_response_id", "background", "include", "user", "service_tier", "api_key"} & set(sent), sent
+    body = {"model": "gpt-4o", "input": f"id={rid} tokens=1", "max_output_tokens": 40, field: value}
+    status, _, raw = send(server, "openai", body)
+    assert status == 400 and json.loads(raw)["error"].startswith(f"{field}: "), raw[:300]
+    assert upstream.requests(id=rid) == []
 
 
 def test_client_credentials_and_headers_are_not_forwarded(server: GunicornServer, upstream: Any) -> None:

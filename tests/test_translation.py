@@ -218,11 +218,12 @@ def test_anthropic_body_always_streams():
     assert body["model"] == "claude-3-5-sonnet-20241022"
 
 
-def test_anthropic_body_has_no_fields_it_does_not_know():
-    body = anthropic_body(seed=3, messages=tool_conversation(), tools=[{"name": "get_weather"}])
-    assert set(body) <= {"model", "messages", "max_tokens", "stream", "system", "temperature", "top_p", "top_k",
-                         "stop_sequences", "tools", "tool_choice"}
-    assert "seed" not in body
+@pytest.mark.parametrize("field, value", [("seed", 3), ("presence_penalty", 0.5), ("frequency_penalty", 0.5),
+                                          ("repetition_penalty", 1.1), ("reasoning_effort", "low")])
+def test_anthropic_refuses_by_name_the_fields_its_api_does_not_take(field, value):
+    with pytest.raises(InvalidRequest) as info:
+        anthropic_body(**{field: value})
+    assert str(info.value).startswith(f"{field}: ")
 
 
 def test_anthropic_auth_headers_carry_the_key_and_the_version():
@@ -305,10 +306,18 @@ def test_chat_max_tokens_is_left_out_when_not_requested():
     assert "max_tokens" not in body and "max_completion_tokens" not in body
 
 
-def test_chat_top_k_is_dropped_and_the_rest_forwarded():
-    body = chat_body(temperature=1.5, top_p=0.5, top_k=40, seed=7, stop="END")
-    assert "top_k" not in body
+def test_chat_sampling_fields_are_forwarded():
+    body = chat_body(temperature=1.5, top_p=0.5, seed=7, stop="END", presence_penalty=0.5, frequency_penalty=-1)
     assert (body["temperature"], body["top_p"], body["seed"], body["stop"]) == (1.5, 0.5, 7, ["END"])
+    assert (body["presence_penalty"], body["frequency_penalty"]) == (0.5, -1.0)
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 40), ("repetition_penalty", 1.1)])
+def test_top_k_and_repetition_penalty_reach_a_compatible_server_and_are_refused_by_openai(field, value):
+    assert chat_body(LOCAL, **{field: value})[field] == value
+    with pytest.raises(InvalidRequest) as info:
+        chat_body(OPENAI, **{field: value})
+    assert str(info.value).startswith(f"{field}: ") and "vLLM" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -330,9 +339,9 @@ def test_chat_auth_header_is_a_bearer_token():
 # ============================================================================================
 
 
-def test_responses_body_forwards_only_whitelisted_fields_plus_model_and_stream():
+def test_responses_body_forwards_its_fields_plus_model_and_stream():
     r = req(messages=None, model="gpt-4o", input="Hi", instructions="Be brief.", max_new_tokens=20, stream=False,
-            previous_response_id="resp_0", user="u", metadata={"a": 1}, include=["x"])
+            include_reasoning=True, enable_thinking=False)
     body = ResponsesAdapter().build(r, OPENAI, SETTINGS)
     assert body == {"input": "Hi", "instructions": "Be brief.", "max_output_tokens": 20, "model": "gpt-4o", "stream": True}
 

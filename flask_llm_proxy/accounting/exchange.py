@@ -45,6 +45,8 @@ class UsageRecord:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     endpoint: str = "chat"
+    #: of output_tokens, the reasoning (thinking) tokens, when the upstream reports them apart
+    reasoning_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,23 +127,25 @@ class Exchange:
     def build_record(self) -> UsageRecord:
         req, call = self.request, self.call
         t = call.translator
-        input_tokens = output_tokens = cache_read = cache_write = 0
+        input_tokens = output_tokens = cache_read = cache_write = reasoning = hidden = 0
         reported = False
         finish = None
         if t is not None:
             u = t.usage
             input_tokens, output_tokens = u.input_tokens, u.output_tokens
             cache_read, cache_write = u.cache_read, u.cache_write
+            reasoning, hidden = u.reasoning_tokens, u.hidden_deltas
             reported = u.reported
             finish = t.finish_reason
         estimated = t is not None and not reported
         if estimated:
             # Cut before the upstream's final counts (documented): input from the prompt size when
             # the upstream never said it, output as the larger of what the upstream said and the
-            # number of deltas relayed.
+            # number of deltas received (relayed, and reasoning deltas the client did not ask for:
+            # thinking is billed as output).
             if not input_tokens:
                 input_tokens = max(1, req.input_chars // CHARS_PER_TOKEN)
-            output_tokens = max(output_tokens, call.tokens_streamed)
+            output_tokens = max(output_tokens, call.tokens_streamed + hidden)
         cost = self.cost_fn(req.model, input_tokens, output_tokens, cache_read, cache_write) if self.cost_fn and t is not None else None
         error_type = call.error.type if call.error is not None else ("client_closed" if call.client_aborted else None)
         return UsageRecord(
@@ -164,6 +168,7 @@ class Exchange:
             cache_read_tokens=int(cache_read),
             cache_write_tokens=int(cache_write),
             endpoint=req.endpoint,
+            reasoning_tokens=int(reasoning),
         )
 
     def finalize(self) -> None:

@@ -19,8 +19,12 @@ CREATE TABLE IF NOT EXISTS llm_proxy_usage (
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
     estimated INTEGER NOT NULL, cost_usd REAL, status INTEGER NOT NULL, error_type TEXT,
-    ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL
+    ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0
 )"""
+#: columns added after the first release, with their definitions: a ledger made earlier gains them
+#: at start (ALTER TABLE ... ADD COLUMN with a default is instant in SQLite, whatever the size)
+_ADDED_COLUMNS = (("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),)
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS llm_proxy_usage_identity_ts ON llm_proxy_usage (identity, timestamp)",
     "CREATE INDEX IF NOT EXISTS llm_proxy_usage_ts ON llm_proxy_usage (timestamp)",
@@ -29,6 +33,17 @@ _INDEXES = (
 
 
 _INSERT = f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
+
+
+def _add_columns(conn: sqlite3.Connection, present: set[str]) -> None:
+    for name, definition in _ADDED_COLUMNS:
+        if name in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE llm_proxy_usage ADD COLUMN {name} {definition}")
+        except sqlite3.OperationalError as exc:  # another worker starting at the same time added it
+            if "duplicate column" not in str(exc):
+                raise
 
 
 class SQLiteStore(Store):
@@ -47,7 +62,9 @@ class SQLiteStore(Store):
             # A ledger made by an earlier version has the request id as its key. It is not moved
             # (on a large file that would hold every worker's start past gunicorn's timeout): a
             # repeated id is written with a suffix instead (see write).
-            self._keyed = any(col[1] == "request_id" and col[5] for col in conn.execute("PRAGMA table_info(llm_proxy_usage)"))
+            columns = list(conn.execute("PRAGMA table_info(llm_proxy_usage)"))
+            self._keyed = any(col[1] == "request_id" and col[5] for col in columns)
+            _add_columns(conn, {col[1] for col in columns})
             for index in _INDEXES[:2] if self._keyed else _INDEXES:
                 conn.execute(index)
         finally:

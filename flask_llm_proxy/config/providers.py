@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from ..contract.blocks import ATTACHMENT_KINDS
 from ..errors import ConfigError
 from .checks import compile_models, integer, number
 
@@ -46,6 +47,10 @@ class ProviderConfig:
     mock_tokens: int = 20
     mock_pace_ms: float = 20.0
     mock_text: str = ""
+    #: the attachment kinds (``image``, ``document``) the host allows on this provider
+    attachments: frozenset[str] = ATTACHMENT_KINDS
+    #: the largest attachment, in decoded bytes; None: the upstream API's own limits
+    max_attachment_bytes: int | None = None
     _exact: frozenset[str] = field(default=frozenset(), repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)  # provider_secrets: scrubbed from every error
@@ -55,6 +60,12 @@ class ProviderConfig:
         if model in self._exact:
             return model
         return next((m for m in self.models if fnmatch.fnmatchcase(model, m)), "other")
+
+    @property
+    def official(self) -> bool:
+        """The provider's own API (not an OpenAI-compatible server): decides which of the fields
+        only compatible servers take (``top_k``, ``repetition_penalty``) may be sent."""
+        return self.base_url == OFFICIAL_BASE_URLS.get(self.type)
 
     def allows(self, model: str) -> bool:
         """Exact names are a set lookup; all patterns are one precompiled regex."""
@@ -67,6 +78,7 @@ class ProviderConfig:
 _PROVIDER_KEYS = {
     "type", "base_url", "api_key", "models", "max_tokens", "max_messages", "max_body_bytes",
     "headers", "anthropic_version", "max_tokens_field", "verify", "cert", "tokens", "pace_ms", "text",
+    "attachments", "max_attachment_bytes",
 }
 _FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 # what the proxy sends itself: a configured one would go out next to it (names differ in case)
@@ -201,10 +213,23 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         mock_tokens=integer(f"{key}.tokens", entry.get("tokens", 20), minimum=0),  # type: ignore[arg-type]
         mock_pace_ms=number(f"{key}.pace_ms", entry.get("pace_ms", 20.0)),  # type: ignore[arg-type]
         mock_text=str(entry.get("text", "")),
+        attachments=_attachments(f"{key}.attachments", entry.get("attachments")),
+        max_attachment_bytes=integer(f"{key}.max_attachment_bytes", entry.get("max_attachment_bytes"), minimum=1, optional=True),
         _exact=exact,
         _pattern=pattern,
         secrets=provider_secrets(api_key or "", headers),
     )
+
+
+def _attachments(key: str, v: Any) -> frozenset[str]:
+    """``True`` or ``None``: every kind; ``False`` or ``[]``: none; or a list of kinds."""
+    if v is None or v is True:
+        return ATTACHMENT_KINDS
+    if v is False:
+        return frozenset()
+    if not isinstance(v, (list, tuple)) or not all(isinstance(k, str) and k in ATTACHMENT_KINDS for k in v):
+        raise ConfigError(key, f"expected True, False or a list of {sorted(ATTACHMENT_KINDS)}, got {v!r}")
+    return frozenset(v)
 
 
 def _tls_options(key: str, entry: Mapping[str, Any], base_url: str) -> tuple[bool | str, str | tuple[str, str] | None]:

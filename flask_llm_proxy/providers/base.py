@@ -1,8 +1,10 @@
 """What every upstream API module provides: a request builder and a stream translator.
 
 A translator turns one upstream SSE event into zero or more *items*: a ``str`` is a text delta,
-a :class:`ToolCall` a completed tool call. It also keeps the upstream's own usage counts, the
-finish reason and whether the final event was seen (a stream without it was cut).
+a :class:`ToolCall` a completed tool call, a :class:`Reasoning` a piece of the model's reasoning
+(only when the client asked for it: otherwise a reasoning delta gives no item at all, so the
+client's stream is the one it got before reasoning existed). It also keeps the upstream's own
+usage counts, the finish reason and whether the final event was seen (a stream without it was cut).
 """
 from __future__ import annotations
 
@@ -22,26 +24,57 @@ class ToolCall(NamedTuple):
         return {"id": self.id, "name": self.name, "arguments": self.arguments}
 
 
+class Reasoning(NamedTuple):
+    """Reasoning text (a delta), or what closes a reasoning block: Anthropic's ``signature`` of
+    the block's text, or a ``redacted`` block's opaque data; both are what a client sends back
+    in the assistant turn when it continues a conversation with tool calls."""
+
+    text: str
+    signature: str | None = None
+    redacted: str | None = None
+
+    def to_contract(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reasoning": self.text}
+        if self.signature is not None:
+            out["reasoningSignature"] = self.signature
+        if self.redacted is not None:
+            out["redactedReasoning"] = self.redacted
+        return out
+
+
 class Usage:
-    __slots__ = ("input_tokens", "output_tokens", "cache_read", "cache_write", "reported")
+    __slots__ = ("input_tokens", "output_tokens", "cache_read", "cache_write", "reasoning_tokens", "hidden_deltas", "reported")
 
     def __init__(self) -> None:
         self.input_tokens = 0
-        self.output_tokens = 0
+        self.output_tokens = 0  # reasoning tokens included: every provider bills them as output
         self.cache_read = 0
         self.cache_write = 0
+        self.reasoning_tokens = 0  # of output_tokens, when the upstream says so
+        self.hidden_deltas = 0  # reasoning deltas not relayed: the estimate of a cut stream counts them
         self.reported = False  # True once the upstream's own final counts arrived
 
 
 class Translator:
-    """Base for the per-API stream translators; one instance per upstream response."""
+    """Base for the per-API stream translators; one instance per upstream response.
+    ``reasoning``: hand the model's reasoning on as :class:`Reasoning` items."""
 
-    __slots__ = ("usage", "finish_reason", "done")
+    __slots__ = ("usage", "finish_reason", "done", "reasoning")
 
-    def __init__(self) -> None:
+    def __init__(self, reasoning: bool = False) -> None:
         self.usage = Usage()
         self.finish_reason: str | None = None
         self.done = False
+        self.reasoning = reasoning
+
+    def reasoning_delta(self, text: Any) -> list[Any]:
+        """A reasoning delta: an item when asked for, else only counted (for a cut stream)."""
+        if not text or not isinstance(text, str):
+            return []
+        if self.reasoning:
+            return [Reasoning(text)]
+        self.usage.hidden_deltas += 1
+        return []
 
     def feed(self, event: str, data: str) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -51,7 +84,8 @@ class Translator:
 
 
 class Adapter:
-    """One upstream API. Subclasses set ``path`` and implement the three hooks."""
+    """One upstream API. Subclasses set ``path`` and implement the three hooks. ``build`` refuses
+    (a 400 naming the field) what the API does not take, before any upstream call."""
 
     path = ""
 
@@ -61,7 +95,7 @@ class Adapter:
     def auth_headers(self, provider: ProviderConfig) -> dict[str, str]:
         raise NotImplementedError  # pragma: no cover
 
-    def translator(self) -> Translator:
+    def translator(self, reasoning: bool = False) -> Translator:
         raise NotImplementedError  # pragma: no cover
 
 

@@ -1,7 +1,11 @@
-"""OpenAI Responses API: ``POST {base}/responses``, used when the body carries ``input``.
+"""OpenAI Responses API: ``POST {base}/responses``, used when the body carries ``input``
+(https://platform.openai.com/docs/api-reference/responses).
 
-The body was filtered to the known Responses fields in ``chat.py``; here it only gets the model
-and ``stream: true``. Text arrives as ``response.output_text.delta``, usage in ``response.completed``.
+The body was checked field by field in ``contract/responses_form.py``; here the attachments among
+its input parts meet the API's limits, and it gets the model and ``stream: true``. Text arrives as
+``response.output_text.delta``, reasoning as ``response.reasoning_summary_text.delta`` (with
+``reasoning: {"summary": "auto"}``) or ``response.reasoning_text.delta``, usage in
+``response.completed`` (https://platform.openai.com/docs/api-reference/responses-streaming).
 """
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ from .. import _json
 from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
 from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
-from .openai import ChatCompletionsAdapter
+from ..contract.blocks import check_limits
+from .openai import LIMITS, ChatCompletionsAdapter
 
 
 class ResponsesAdapter(Adapter):
     path = "/responses"
 
     def build(self, req: ChatRequest, provider: ProviderConfig, settings: Settings) -> dict[str, Any]:
+        check_limits(req.responses_attachments, LIMITS)
         body = dict(req.responses_body or {})
         cap = output_cap(provider, settings)
         if cap is not None and "max_output_tokens" not in body:
@@ -28,15 +34,15 @@ class ResponsesAdapter(Adapter):
 
     auth_headers = ChatCompletionsAdapter.auth_headers
 
-    def translator(self) -> ResponsesTranslator:
-        return ResponsesTranslator()
+    def translator(self, reasoning: bool = False) -> ResponsesTranslator:
+        return ResponsesTranslator(reasoning)
 
 
 class ResponsesTranslator(Translator):
     __slots__ = ("_calls", "_emitted")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, reasoning: bool = False) -> None:
+        super().__init__(reasoning)
         self._calls: dict[Any, list[Any]] = {}  # output_index -> [call_id, name, [fragments]]
         self._emitted = False
 
@@ -45,6 +51,7 @@ class ResponsesTranslator(Translator):
         u.input_tokens = usage.get("input_tokens") or 0
         u.output_tokens = usage.get("output_tokens") or 0
         u.cache_read = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+        u.reasoning_tokens = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0  # of output_tokens
         u.reported = bool(usage)
 
     def feed(self, event: str, data: str) -> list[Any]:
@@ -53,6 +60,8 @@ class ResponsesTranslator(Translator):
             return [text] if text else []
         if event == "message" or not event.startswith(("response.", "error")):
             return []
+        if event in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            return self.reasoning_delta(_json.loads(data).get("delta"))
         obj = _json.loads(data)
         if event == "response.output_item.added":
             item = obj.get("item") or {}

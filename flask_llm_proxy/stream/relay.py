@@ -14,13 +14,13 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _json
 from ..accounting.exchange import Exchange
 from ..errors import NetworkError, ProxyError, UpstreamError
-from ..providers.base import ToolCall, Translator
+from ..providers.base import Reasoning, ToolCall, Translator
 from ..upstream.body import UpstreamBody
-from .contract import DONE, PING, encode_event, encode_token
+from .contract import DONE, PING, encode_event, encode_reasoning, encode_token
 
 log = logging.getLogger("flask_llm_proxy")
 
-Items = Iterator["list[Any] | None"]  # lists of str / ToolCall, or None for "silence: ping"
+Items = Iterator["list[Any] | None"]  # lists of str / ToolCall / Reasoning, or None for "silence: ping"
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
@@ -62,6 +62,8 @@ def _first_event(item: Any, ex: Exchange) -> bytes:
     payload: dict[str, Any] = {"token": item if isinstance(item, str) else "", "tokenId": 0, "isFirst": True, "ttfbMs": int(ttfb)}
     if isinstance(item, ToolCall):
         payload["toolCall"] = item.to_contract()
+    elif isinstance(item, Reasoning):
+        payload.update(item.to_contract())
     return encode_event(payload)
 
 
@@ -78,6 +80,8 @@ def _final_event(ex: Exchange, translator: Translator, token_id: int) -> bytes:
         cost = ex.cost_fn(ex.request.model, u.input_tokens, u.output_tokens, u.cache_read, u.cache_write)
         if cost is not None:
             payload["usage"]["costUsd"] = cost
+    if translator.reasoning:  # asked for: the part of outputTokens that was reasoning, as reported
+        payload["usage"]["reasoningTokens"] = u.reasoning_tokens
     if token_id == 0:
         ttfb = ex.call.ttfb_ms = round((time.perf_counter() - ex.request.started) * 1000.0, 1)
         payload["isFirst"] = True
@@ -112,6 +116,11 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
                     out.append(_first_event(item, ex))
                 elif type(item) is str:
                     out.append(encode_token(item, token_id))
+                elif type(item) is Reasoning:
+                    if item.signature is None and item.redacted is None:
+                        out.append(encode_reasoning(item.text, token_id))
+                    else:
+                        out.append(encode_event({"token": "", "tokenId": token_id, **item.to_contract()}))
                 else:
                     out.append(encode_event({"token": "", "tokenId": token_id, "toolCall": item.to_contract()}))
                 if text_parts is not None and type(item) is str:
@@ -149,18 +158,21 @@ def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any
     """``stream: false``: the same upstream stream, gathered into CONTRACT.md's JSON answer."""
     text: list[str] = []
     calls: list[ToolCall] = []
+    reasoning: list[Reasoning] = []
     try:
         for batch in chain(first, items):
             if batch:
                 for item in batch:
                     if type(item) is str:
                         text.append(item)
+                    elif type(item) is Reasoning:
+                        reasoning.append(item)
                     else:
                         calls.append(item)
         if not translator.done:
             raise NetworkError("the upstream stream ended before its final event")
     finally:
-        ex.call.tokens_streamed = len(text) + len(calls)  # a cut answer is estimated from these, as a stream's
+        ex.call.tokens_streamed = len(text) + len(calls) + len(reasoning)  # a cut answer is estimated from these, as a stream's
         close = getattr(items, "close", None)
         if close is not None:
             close()
@@ -174,12 +186,32 @@ def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any
         "finishReason": translator.finish_reason or "stop",
         "usage": {"promptTokens": u.input_tokens, "completionTokens": u.output_tokens, "totalTokens": u.input_tokens + u.output_tokens},
     }
+    if translator.reasoning:
+        body["usage"]["reasoningTokens"] = u.reasoning_tokens
+        body["reasoning"], blocks = _reasoning_blocks(reasoning)
+        if blocks:
+            body["reasoningBlocks"] = blocks
     if calls:
         body["toolCalls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else _json.dumps_str(c.arguments)}}
             for c in calls
         ]
     return body
+
+
+def _reasoning_blocks(items: list[Reasoning]) -> tuple[str, list[dict[str, Any]]]:
+    """The reasoning text, and Anthropic's thinking blocks (text + signature, or redacted) as the
+    assistant turn must carry them back when the conversation goes on with tool results."""
+    blocks: list[dict[str, Any]] = []
+    block_text: list[str] = []
+    for r in items:
+        block_text.append(r.text)
+        if r.signature is not None:
+            blocks.append({"type": "thinking", "thinking": "".join(block_text), "signature": r.signature})
+            block_text = []
+        elif r.redacted is not None:
+            blocks.append({"type": "redacted_thinking", "data": r.redacted})
+    return "".join(r.text for r in items), blocks
 
 
 class StreamBody:

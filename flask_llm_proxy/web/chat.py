@@ -18,6 +18,7 @@ from ..access.auth import check_model_claim, identify
 from ..access.profiles import apply_to_chat, check_profile_claim
 from ..accounting.exchange import Exchange, RequestInfo
 from ..config import ProviderConfig
+from ..contract.blocks import Policy
 from ..contract.request import ChatRequest, parse_chat_request
 from ..errors import ModelNotAllowed, ProxyError, UpstreamError, scrub
 from ..providers import adapter_for
@@ -64,7 +65,8 @@ def chat(provider_name: str, profile_name: str | None = None) -> Response:
             body["model"] = profile.default_model  # a profile with one model: the client may leave it out
     cap = output_cap(provider, s) or 2**31 - 1
     req = parse_chat_request(
-        body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai"
+        body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai",
+        policy=Policy(provider.attachments, provider.max_attachment_bytes),
     )
     if profile is not None:
         apply_to_chat(profile, req)
@@ -122,7 +124,7 @@ def _first_tokens(st: ProxyState, ex: Exchange, provider: ProviderConfig, req: C
     while True:
         call.translator = None  # no tokens to count for an attempt the upstream refused
         resp = open_upstream(st, ex, provider, adapter, body, max_retries=s.max_retries - call.retries)  # one budget for both kinds
-        translator = call.translator = adapter.translator()
+        translator = call.translator = adapter.translator(req.include_reasoning)
         items = upstream_items(ex, resp, translator, s.keepalive)
         try:
             return items, translator, peek(items)

@@ -48,7 +48,8 @@ APIS: dict[str, tuple[Adapter, frozenset[str], tuple[str, ...]]] = {
     "messages": (
         AnthropicAdapter(),
         frozenset({"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream", "temperature",
-                   "top_k", "top_p", "tools", "tool_choice", "thinking"}),
+                   "top_k", "top_p", "tools", "tool_choice", "thinking",
+                   "output_config"}),
         ("max_tokens",),
     ),
     "chat": (
