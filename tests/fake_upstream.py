@@ -122,6 +122,20 @@ ignored, as are malformed values.
                     arrives
 ``garbage=1``       answer with a line that is not HTTP (an SSH banner), then close
 ``head=truncated``  answer with the status line and half a header line, then close
+``think=N``         the model reasons first: N reasoning deltas (:func:`reasoning_text`), written
+                    with the opening events, before the first text delta. Anthropic: a
+                    ``thinking`` block at index 0 (``thinking_delta`` x N, one ``signature_delta``
+                    of :data:`SIGNATURE`, ``content_block_stop``), the text block at index 1;
+                    chat: chunks with ``"content": null, "reasoning_content"`` (DeepSeek's form)
+                    or ``reasoning`` (see ``think_as``); Responses: a ``reasoning`` item
+                    ``rs_1`` at output_index 0 with one summary part
+                    (``response.reasoning_summary_text.delta`` x N), the message at index 1.
+                    The N tokens are billed as output: usage reports ``output_tokens`` =
+                    tokens + N, plus ``completion_tokens_details.reasoning_tokens`` /
+                    ``output_tokens_details.reasoning_tokens`` = N. Non-streamed answers carry
+                    the thinking block / ``reasoning_content`` / reasoning item whole
+``think_as=F``      chat with ``think``: the delta's field, ``reasoning_content`` (default)
+                    or ``reasoning`` (vLLM's and OpenRouter's name)
 ``input_tokens=N``  reported input tokens (default :func:`count_input_tokens`)
 ``stop_reason=S``   Anthropic stop_reason / chat finish_reason (default
                     ``end_turn`` / ``stop``, or ``tool_use`` / ``tool_calls``)
@@ -138,7 +152,9 @@ Reported usage (see :func:`reported_usage`): input tokens = ``input_tokens=N`` o
 the number of whitespace-separated words over all text of the request
 (Anthropic ``system`` + every message; chat every message; Responses
 ``instructions`` + ``input``), at least 1.  Output tokens = ``tokens``, plus 5
-when ``tool=1``.  The values are the same whether or not the stream completed.
+when ``tool=1``, plus ``think``.  The values are the same whether or not the stream completed.
+The request's attachments (image and document blocks, Responses ``input_image`` / ``input_file``
+parts) are recorded in the body like everything else and counted as no input tokens.
 
 Request record
 --------------
@@ -199,6 +215,9 @@ __all__ = [
     "TOOL_NAME",
     "TOOL_ARGUMENTS",
     "TOOL_ARGUMENT_FRAGMENTS",
+    "reasoning_text",
+    "expected_reasoning",
+    "SIGNATURE",
 ]
 
 # --------------------------------------------------------------------------
@@ -224,6 +243,10 @@ TOOL_ARGUMENTS = '{"city": "Oslo", "unit": "celsius"}'
 TOOL_ARGUMENT_FRAGMENTS: tuple[str, ...] = ('{"city": ', '"Oslo", ', '"unit": "cel', 'sius"}')
 TOOL_OUTPUT_TOKENS = 5
 
+_THOUGHTS: tuple[str, ...] = ("Let", " me", " think", " über", " 🤔", "\n", ' "this"', " through")
+#: the ``signature_delta`` that ends a fake Anthropic thinking block
+SIGNATURE = "EqQBCkYIBRgCKkDfakeSignatureOfTheThinkingBlock0123456789abcdefABCDEF=="
+
 CREATED = 1700000000
 
 
@@ -234,6 +257,16 @@ def token_text(i: int) -> str:
     double quote and a backslash.
     """
     return f"{_WORDS[i % len(_WORDS)]}{i}"
+
+
+def reasoning_text(i: int) -> str:
+    """Text of reasoning delta ``i`` (the ``think=N`` knob), cycling through multi-byte UTF-8 too."""
+    return f"{_THOUGHTS[i % len(_THOUGHTS)]}{i}"
+
+
+def expected_reasoning(n: int) -> str:
+    """Concatenated reasoning of ``think=n``."""
+    return "".join(reasoning_text(i) for i in range(n))
 
 
 def expected_text(n: int) -> str:
@@ -262,7 +295,7 @@ API_PATHS = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": CHAT, "/v1/respo
 _INT_KNOBS = (
     "tokens", "pace_ms", "first_ms", "headers_ms", "drop_after", "hang_after",
     "error_after", "split", "crlf", "cr", "ping", "unknown", "multiline", "tool",
-    "echo_headers", "input_tokens", "error_attempts", "gzip", "garbage",
+    "echo_headers", "input_tokens", "error_attempts", "gzip", "garbage", "think",
 )
 
 
@@ -289,6 +322,8 @@ class Plan:
     unknown: int = 0
     multiline: int = 0
     tool: int = 0
+    think: int = 0
+    think_as: str = "reasoning_content"
     echo_headers: int = 0
     input_tokens: int | None = None
     stop_reason: str | None = None
@@ -328,6 +363,8 @@ def parse_directives(text: str) -> Plan:
             plan.stop_reason = value
         elif name == "framing" and value in ("length", "close"):
             plan.framing = value
+        elif name == "think_as" and value in ("reasoning_content", "reasoning"):
+            plan.think_as = value
         elif name == "head":
             plan.head = value
     return plan
@@ -410,8 +447,11 @@ def reported_usage(provider: str, body: Any) -> dict[str, int]:
 
 def _usage(provider: str, body: Any, plan: Plan) -> dict[str, int]:
     inp = plan.input_tokens if plan.input_tokens is not None else count_input_tokens(provider, body)
-    out = plan.tokens + (TOOL_OUTPUT_TOKENS if plan.tool else 0)
-    return {"input_tokens": inp, "output_tokens": out}
+    out = plan.tokens + plan.think + (TOOL_OUTPUT_TOKENS if plan.tool else 0)
+    usage = {"input_tokens": inp, "output_tokens": out}
+    if plan.think:
+        usage["reasoning_tokens"] = plan.think  # billed as output by every provider, so part of it
+    return usage
 
 
 # --------------------------------------------------------------------------
@@ -556,26 +596,40 @@ class _Anthropic(_Builder):
     def stop_reason(self) -> str:
         return self.plan.stop_reason or ("tool_use" if self.plan.tool else "end_turn")
 
+    @property
+    def text_index(self) -> int:
+        return 1 if self.plan.think else 0  # the thinking block comes first
+
     def preamble(self) -> list[str]:
         start = ('{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
                  '"content":[],"model":' + self.model_json + ',"stop_reason":null,"stop_sequence":null,'
                  '"usage":{"input_tokens":' + str(self.usage["input_tokens"]) + ',"output_tokens":1}}}')
-        return [
-            self.ev("message_start", start),
-            self.ev("content_block_start",
-                    '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'),
-            self.ev("ping", '{"type": "ping"}'),
-        ]
+        out = [self.ev("message_start", start)]
+        if self.plan.think:
+            out.append(self.ev("content_block_start", '{"type":"content_block_start","index":0,'
+                               '"content_block":{"type":"thinking","thinking":"","signature":""}}'))
+            out.append(self.ev("ping", '{"type": "ping"}'))
+            out.extend(self.ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":'
+                               '{"type":"thinking_delta","thinking":' + _dumps(reasoning_text(k)) + "}}")
+                       for k in range(self.plan.think))
+            out.append(self.ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":'
+                               '{"type":"signature_delta","signature":"' + SIGNATURE + '"}}'))
+            out.append(self.ev("content_block_stop", '{"type":"content_block_stop","index":0}'))
+        out.append(self.ev("content_block_start", '{"type":"content_block_start","index":' + str(self.text_index)
+                           + ',"content_block":{"type":"text","text":""}}'))
+        if not self.plan.think:
+            out.append(self.ev("ping", '{"type": "ping"}'))
+        return out
 
     def delta_frame(self, i: int) -> bytes:
-        if not self.plan.multiline:
+        if not self.plan.multiline and not self.plan.think:
             return _anthropic_frame(i)
         return _frame(self.delta(i).encode())
 
     def delta(self, i: int) -> str:
-        if not self.plan.multiline:
+        if not self.plan.multiline and not self.plan.think:
             return _anthropic_delta(i)
-        return self.ev("content_block_delta", '{"type":"content_block_delta","index":0,'
+        return self.ev("content_block_delta", '{"type":"content_block_delta","index":' + str(self.text_index) + ','
                        '"delta":{"type":"text_delta","text":' + _tok_json(i) + "}}")
 
     def between(self) -> list[str]:
@@ -587,16 +641,17 @@ class _Anthropic(_Builder):
         return out
 
     def closing(self) -> list[str]:
-        out = [self.ev("content_block_stop", '{"type":"content_block_stop","index":0}')]
+        t = self.text_index
+        out = [self.ev("content_block_stop", '{"type":"content_block_stop","index":%d}' % t)]
         if self.plan.tool:
             out.append(self.ev("content_block_start", _dumps(
-                {"type": "content_block_start", "index": 1,
+                {"type": "content_block_start", "index": t + 1,
                  "content_block": {"type": "tool_use", "id": "toolu_01", "name": TOOL_NAME, "input": {}}})))
             for frag in TOOL_ARGUMENT_FRAGMENTS:
                 out.append(self.ev("content_block_delta", _dumps(
-                    {"type": "content_block_delta", "index": 1,
+                    {"type": "content_block_delta", "index": t + 1,
                      "delta": {"type": "input_json_delta", "partial_json": frag}})))
-            out.append(self.ev("content_block_stop", '{"type":"content_block_stop","index":1}'))
+            out.append(self.ev("content_block_stop", '{"type":"content_block_stop","index":%d}' % (t + 1)))
         out.append(self.ev("message_delta", _dumps(
             {"type": "message_delta", "delta": {"stop_reason": self.stop_reason(), "stop_sequence": None},
              "usage": {"output_tokens": self.usage["output_tokens"]}})))
@@ -610,6 +665,8 @@ class _Anthropic(_Builder):
 
     def full_json(self) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": self.text}]
+        if self.plan.think:
+            content.insert(0, {"type": "thinking", "thinking": expected_reasoning(self.plan.think), "signature": SIGNATURE})
         if self.plan.tool:
             content.append({"type": "tool_use", "id": "toolu_01", "name": TOOL_NAME,
                             "input": json.loads(TOOL_ARGUMENTS)})
@@ -637,8 +694,16 @@ class _Chat(_Builder):
         return (self.head + '"choices":[{"index":0,"delta":' + _dumps(delta) + ',"finish_reason":'
                 + _dumps(finish) + "}]}\n\n")
 
+    def reasoning_delta(self, k: int) -> dict[str, Any]:
+        """DeepSeek's form (``content`` null beside ``reasoning_content``), or vLLM's ``reasoning``."""
+        if self.plan.think_as == "reasoning":
+            return {"reasoning": reasoning_text(k)}
+        return {"content": None, "reasoning_content": reasoning_text(k)}
+
     def preamble(self) -> list[str]:
-        return [self.chunk({"role": "assistant", "content": ""})]
+        out = [self.chunk({"role": "assistant", "content": ""})]
+        out.extend(self.chunk(self.reasoning_delta(k)) for k in range(self.plan.think))
+        return out
 
     def delta(self, i: int) -> str:
         return self.delta_head + _tok_json(i) + self.delta_tail
@@ -664,8 +729,9 @@ class _Chat(_Builder):
         out.append(self.chunk({}, self.finish_reason()))
         if self.include_usage:
             i, o = self.usage["input_tokens"], self.usage["output_tokens"]
+            details = (',"completion_tokens_details":{"reasoning_tokens":%d}' % self.plan.think) if self.plan.think else ""
             out.append(self.head + '"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
-                       '"total_tokens":%d}}\n\n' % (i, o, i + o))
+                       '"total_tokens":%d%s}}\n\n' % (i, o, i + o, details))
         out.append("data: [DONE]\n\n")
         return out
 
@@ -677,6 +743,8 @@ class _Chat(_Builder):
 
     def full_json(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
+        if self.plan.think:
+            message[self.plan.think_as] = expected_reasoning(self.plan.think)
         if self.plan.tool:
             message["tool_calls"] = [{"id": "call_1", "type": "function",
                                       "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}]
@@ -684,15 +752,17 @@ class _Chat(_Builder):
         return {"id": "chatcmpl-1", "object": "chat.completion", "created": CREATED, "model": self.model,
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": self.finish_reason()}],
-                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}}
+                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o,
+                          **({"completion_tokens_details": {"reasoning_tokens": self.plan.think}} if self.plan.think else {})}}
 
 
 class _Responses(_Builder):
     def __init__(self, plan: Plan, body: dict[str, Any], usage: dict[str, int]) -> None:
         super().__init__(plan, body, usage)
         self.seq = 0
+        self.mi = 1 if plan.think else 0  # the message's output_index: a reasoning item comes first
         self.delta_head = ('event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-                           '"item_id":"msg_1","output_index":0,"content_index":0,"delta":')
+                           '"item_id":"msg_1","output_index":%d,"content_index":0,"delta":' % self.mi)
         self.delta_head_b = self.delta_head.encode()
 
     def ev(self, name: str, obj: dict[str, Any]) -> str:
@@ -721,12 +791,37 @@ class _Responses(_Builder):
     def usage_obj(self) -> dict[str, Any]:
         i, o = self.usage["input_tokens"], self.usage["output_tokens"]
         return {"input_tokens": i, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": o,
-                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": i + o}
+                "output_tokens_details": {"reasoning_tokens": self.plan.think}, "total_tokens": i + o}
+
+    def reasoning_item(self, summary: str | None) -> dict[str, Any]:
+        return {"id": "rs_1", "type": "reasoning",
+                "summary": [] if summary is None else [{"type": "summary_text", "text": summary}]}
 
     def output(self) -> list[dict[str, Any]]:
         out = [self.message_item("completed", self.text)]
+        if self.plan.think:
+            out.insert(0, self.reasoning_item(expected_reasoning(self.plan.think)))
         if self.plan.tool:
             out.append(self.tool_item("completed", TOOL_ARGUMENTS))
+        return out
+
+    def reasoning_events(self) -> list[str]:
+        """A reasoning item with one summary part, as with ``reasoning: {"summary": "auto"}``."""
+        ids = {"item_id": "rs_1", "output_index": 0, "summary_index": 0}
+        summary = expected_reasoning(self.plan.think)
+        out = [self.ev("response.output_item.added", {"type": "response.output_item.added", "output_index": 0,
+                                                      "item": self.reasoning_item(None)}),
+               self.ev("response.reasoning_summary_part.added", {"type": "response.reasoning_summary_part.added", **ids,
+                                                                 "part": {"type": "summary_text", "text": ""}})]
+        out.extend(self.ev("response.reasoning_summary_text.delta", {"type": "response.reasoning_summary_text.delta",
+                                                                     **ids, "delta": reasoning_text(k)})
+                   for k in range(self.plan.think))
+        out += [self.ev("response.reasoning_summary_text.done", {"type": "response.reasoning_summary_text.done", **ids,
+                                                                 "text": summary}),
+                self.ev("response.reasoning_summary_part.done", {"type": "response.reasoning_summary_part.done", **ids,
+                                                                 "part": {"type": "summary_text", "text": summary}}),
+                self.ev("response.output_item.done", {"type": "response.output_item.done", "output_index": 0,
+                                                      "item": self.reasoning_item(summary)})]
         return out
 
     def preamble(self) -> list[str]:
@@ -735,10 +830,11 @@ class _Responses(_Builder):
                                          "response": self.response("in_progress", [], None)}),
             self.ev("response.in_progress", {"type": "response.in_progress",
                                              "response": self.response("in_progress", [], None)}),
-            self.ev("response.output_item.added", {"type": "response.output_item.added", "output_index": 0,
+            *(self.reasoning_events() if self.plan.think else []),
+            self.ev("response.output_item.added", {"type": "response.output_item.added", "output_index": self.mi,
                                                    "item": self.message_item("in_progress", None)}),
             self.ev("response.content_part.added", {
-                "type": "response.content_part.added", "item_id": "msg_1", "output_index": 0,
+                "type": "response.content_part.added", "item_id": "msg_1", "output_index": self.mi,
                 "content_index": 0, "part": {"type": "output_text", "annotations": [], "text": ""}}),
         ]
 
@@ -762,28 +858,29 @@ class _Responses(_Builder):
 
     def closing(self) -> list[str]:
         text = self.text
+        mi = self.mi
         out = [
             self.ev("response.output_text.done", {"type": "response.output_text.done", "item_id": "msg_1",
-                                                  "output_index": 0, "content_index": 0, "text": text}),
+                                                  "output_index": mi, "content_index": 0, "text": text}),
             self.ev("response.content_part.done", {
-                "type": "response.content_part.done", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                "type": "response.content_part.done", "item_id": "msg_1", "output_index": mi, "content_index": 0,
                 "part": {"type": "output_text", "annotations": [], "text": text}}),
-            self.ev("response.output_item.done", {"type": "response.output_item.done", "output_index": 0,
+            self.ev("response.output_item.done", {"type": "response.output_item.done", "output_index": mi,
                                                   "item": self.message_item("completed", text)}),
         ]
         if self.plan.tool:
             out.append(self.ev("response.output_item.added", {"type": "response.output_item.added",
-                                                              "output_index": 1,
+                                                              "output_index": mi + 1,
                                                               "item": self.tool_item("in_progress", "")}))
             for frag in TOOL_ARGUMENT_FRAGMENTS:
                 out.append(self.ev("response.function_call_arguments.delta", {
-                    "type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 1,
+                    "type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": mi + 1,
                     "delta": frag}))
             out.append(self.ev("response.function_call_arguments.done", {
-                "type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 1,
+                "type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": mi + 1,
                 "arguments": TOOL_ARGUMENTS}))
             out.append(self.ev("response.output_item.done", {"type": "response.output_item.done",
-                                                             "output_index": 1,
+                                                             "output_index": mi + 1,
                                                              "item": self.tool_item("completed", TOOL_ARGUMENTS)}))
         out.append(self.ev("response.completed", {
             "type": "response.completed",

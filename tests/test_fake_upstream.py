@@ -18,9 +18,12 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_upstream import (  # noqa: E402
+    SIGNATURE,
     TOOL_ARGUMENTS,
     FakeUpstreamProcess,
+    expected_reasoning,
     expected_text,
+    reasoning_text,
     reported_usage,
     token_text,
 )
@@ -212,6 +215,83 @@ def test_responses_stream(upstream: FakeUpstreamProcess, session: requests.Sessi
     assert done["usage"] == {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
                              "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0},
                              "total_tokens": 9}
+
+
+def test_anthropic_thinking_stream_exact(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
+    """The event sequence of Anthropic's extended-thinking stream
+    (https://docs.claude.com/en/docs/build-with-claude/extended-thinking#streaming-thinking)."""
+    raw, _ = read_raw(anthropic(session, upstream, "tokens=2 think=3"))
+    ev = 'event: {}\ndata: {}\n\n'.format
+    expected = (
+        ev("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+           '"content":[],"model":"claude-test","stop_reason":null,"stop_sequence":null,'
+           '"usage":{"input_tokens":2,"output_tokens":1}}}')
+        + ev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking",'
+             '"thinking":"","signature":""}}')
+        + ev("ping", '{"type": "ping"}')
+        + "".join(ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta",'
+                     '"thinking":%s}}' % json.dumps(reasoning_text(k), ensure_ascii=False, separators=(",", ":")))
+                  for k in range(3))
+        + ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta",'
+             '"signature":"%s"}}' % SIGNATURE)
+        + ev("content_block_stop", '{"type":"content_block_stop","index":0}')
+        + ev("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}')
+        + "".join(ev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"text_delta",'
+                     '"text":%s}}' % json.dumps(token_text(i), ensure_ascii=False)) for i in range(2))
+        + ev("content_block_stop", '{"type":"content_block_stop","index":1}')
+        + ev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+             '"usage":{"output_tokens":5}}')
+        + ev("message_stop", '{"type":"message_stop"}')
+    )
+    assert raw.decode() == expected
+    assert "ü" in expected_reasoning(8) and "🤔" in expected_reasoning(8)
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_chat_reasoning_deltas_and_reasoning_tokens(upstream: FakeUpstreamProcess, session: requests.Session,
+                                                    field: str) -> None:
+    raw, _ = read_raw(chat(session, upstream, f"tokens=2 think=3 think_as={field}", stream_options={"include_usage": True}))
+    datas = [json.loads(e["data"]) for e in parse_sse(raw) if e["data"] != "[DONE]"]
+    deltas = [d["choices"][0]["delta"] for d in datas if d["choices"]]
+    reasoning = [d for d in deltas if field in d]
+    assert "".join(d[field] for d in reasoning) == expected_reasoning(3)
+    if field == "reasoning_content":  # DeepSeek's form
+        assert all(d["content"] is None for d in reasoning)
+    assert deltas.index(reasoning[-1]) < next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert text_of("chat", parse_sse(raw)) == expected_text(2)
+    assert datas[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                                  "completion_tokens_details": {"reasoning_tokens": 3}}
+
+
+def test_responses_reasoning_summary_events(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
+    raw, _ = read_raw(responses(session, upstream, "tokens=2 think=3"))
+    events = parse_sse(raw)
+    datas = [json.loads(e["data"]) for e in events]
+    assert [e["event"] for e in events][:12] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.reasoning_summary_part.added",
+        *["response.reasoning_summary_text.delta"] * 3, "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done", "response.output_item.done", "response.output_item.added",
+        "response.content_part.added"]
+    assert datas[2]["item"] == {"id": "rs_1", "type": "reasoning", "summary": []}
+    assert "".join(d["delta"] for d in datas[4:7]) == expected_reasoning(3)
+    assert all(d["item_id"] == "rs_1" and d["summary_index"] == 0 for d in datas[4:7])
+    assert [d["sequence_number"] for d in datas] == list(range(len(datas)))
+    assert all(d["output_index"] == 1 for d in datas if d["type"].startswith("response.output_text"))
+    assert text_of("responses", events) == expected_text(2)
+    done = datas[-1]["response"]
+    assert done["output"][0]["summary"] == [{"type": "summary_text", "text": expected_reasoning(3)}]
+    assert done["usage"]["output_tokens"] == 5 and done["usage"]["output_tokens_details"] == {"reasoning_tokens": 3}
+
+
+def test_non_streamed_answers_carry_the_reasoning(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
+    body = anthropic(session, upstream, "tokens=2 think=2", stream=False).json()
+    assert body["content"][0] == {"type": "thinking", "thinking": expected_reasoning(2), "signature": SIGNATURE}
+    assert body["usage"]["output_tokens"] == 4
+    body = chat(session, upstream, "tokens=2 think=2", stream=False).json()
+    assert body["choices"][0]["message"]["reasoning_content"] == expected_reasoning(2)
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
+    body = responses(session, upstream, "tokens=2 think=2", stream=False).json()
+    assert body["output"][0]["type"] == "reasoning" and body["usage"]["output_tokens_details"] == {"reasoning_tokens": 2}
 
 
 def test_non_streamed(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
