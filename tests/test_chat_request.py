@@ -6,7 +6,6 @@ so a client developer can fix the request without reading proxy code.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import pytest

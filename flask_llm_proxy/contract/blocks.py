@@ -57,8 +57,10 @@ def decoded_size(data: str) -> int:
     return len(data) * 3 // 4 - data[-2:].count("=")
 
 
-def megabytes(n: int) -> str:
-    return f"{n / 1_000_000:.1f} MB"
+def size_text(n: int) -> str:
+    if n < 10_000:
+        return f"{n:,} bytes"
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
 
 
 @dataclass(frozen=True)
@@ -70,22 +72,24 @@ class Policy:
     max_bytes: int | None = None
 
 
-def _base64_source(media_type: Any, data: Any, path: str, kind: str, policy: Policy) -> dict[str, Any]:
+def _base64_source(media_type: Any, data: Any, path: str, kind: str, policy: Policy, *, data_url: bool = False) -> dict[str, Any]:
+    """``path``: the source object, or the data URL string (``data_url``), which errors name whole."""
     allowed = IMAGE_TYPES if kind == "image" else DOCUMENT_TYPES
+    mt_path, data_path = (path, path) if data_url else (f"{path}.media_type", f"{path}.data")
     mt = media_type.lower() if isinstance(media_type, str) else media_type
     if mt not in allowed:
-        raise fail(f"{path}.media_type", f"{media_type!r} is not a {kind} type the proxy takes; use one of {list(allowed)}")
-    data = string(data, f"{path}.data", allow_empty=False)
+        raise fail(mt_path, f"{media_type!r} is not a {kind} type the proxy takes; use one of {list(allowed)}")
+    data = string(data, data_path, allow_empty=False)
     if data.startswith("data:"):
-        raise fail(f"{path}.data", "must be the base64 text alone, without the 'data:...;base64,' prefix")
+        raise fail(data_path, "must be the base64 text alone, without the 'data:...;base64,' prefix")
     if len(data) % 4:
-        raise fail(f"{path}.data", "is not base64 (its length is not a multiple of 4; line breaks are not allowed)")
+        raise fail(data_path, "is not base64 (its length is not a multiple of 4; line breaks are not allowed)")
     found = sniff(data)
     if found != mt:
         what = f"{found} data" if found else "not data of a type the proxy knows"
-        raise fail(f"{path}.data", f"is {what}, but media_type says {mt}")
+        raise fail(data_path, f"is {what}, but its media type says {mt}")
     if policy.max_bytes is not None and decoded_size(data) > policy.max_bytes:
-        raise fail(path, f"the {kind} is {megabytes(decoded_size(data))}; this provider takes {kind}s up to {megabytes(policy.max_bytes)}")
+        raise fail(path, f"the {kind} is {size_text(decoded_size(data))}; this provider takes {kind}s up to {size_text(policy.max_bytes)}")
     return {"type": "base64", "media_type": mt, "data": data}
 
 
@@ -96,7 +100,7 @@ def url_source(url: Any, path: str, kind: str, policy: Policy) -> dict[str, Any]
         head, comma, data = url.partition(",")
         if not comma or not head.endswith(";base64"):
             raise fail(path, "a data URL must be 'data:<media type>;base64,<data>'")
-        return _base64_source(head[5:-7], data, path, kind, policy)
+        return _base64_source(head[5:-7], data, path, kind, policy, data_url=True)
     if len(url) > MAX_URL_LEN or not url.startswith(("https://", "http://")) or any(c.isspace() for c in url):
         raise fail(path, f"must be an http(s) URL (at most {MAX_URL_LEN} characters, no spaces) or a base64 data URL")
     return {"type": "url", "url": url}
@@ -289,5 +293,5 @@ def check_limits(attachments: Iterable[tuple[str, dict[str, Any]]], limits: Atta
                                              f"not as {src['type']}")
             cap = limits.document_data_chars
         if src["type"] != "url" and len(src["data"]) > cap:
-            raise fail(path, f"the {t}'s base64 data is {megabytes(len(src['data']))}; {limits.api} takes at most "
-                             f"{megabytes(cap)} per {t}")
+            raise fail(path, f"the {t}'s base64 data is {size_text(len(src['data']))}; {limits.api} takes at most "
+                             f"{size_text(cap)} per {t}")
