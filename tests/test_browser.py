@@ -18,6 +18,7 @@ The page's screenshot is saved to ``test-artifacts/browser-demo.png`` under the 
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -428,6 +429,51 @@ def test_tokens_appear_progressively(servers: Servers, page: Any) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-demo.png"), full_page=True)
+
+
+# a 1x1 PNG
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg==")
+
+
+def test_an_attached_image_reaches_the_upstream_as_an_image_block(servers: Servers, page: Any, upstream: FakeUpstreamProcess,
+                                                                  tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(PNG)
+    open_demo(page, servers.page_url())
+    sign_in(page, unique("image"))
+    wait_models_loaded(page)
+    page.set_input_files("#image", str(photo))
+    assert "photo.png (image/png" in text_of(page, "#image-info")
+    scenario = unique("image")
+    send(page, f"What is in this picture? tokens=6 id={scenario}")
+    assert wait_finished(page) == "done", error_shown(page)
+    assert text_of(page, "#output") == expected_text(6)
+    content = upstream.requests(id=scenario)[0]["body"]["messages"][0]["content"]
+    assert content[1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG).decode()}}
+    assert content[0]["type"] == "text" and scenario in content[0]["text"]
+
+    # removed again: the next prompt goes out as text alone
+    page.click("#image-clear")
+    scenario = unique("no-image")
+    send(page, f"And now? tokens=2 id={scenario}")
+    assert wait_finished(page) == "done", error_shown(page)
+    assert isinstance(upstream.requests(id=scenario)[0]["body"]["messages"][0]["content"], str)
+
+
+def test_an_image_of_another_type_than_its_name_says_is_refused_in_plain_words(servers: Servers, page: Any,
+                                                                                upstream: FakeUpstreamProcess, tmp_path: Path) -> None:
+    fake = tmp_path / "notes.png"
+    fake.write_bytes(b"%PDF-1.4 not an image at all")
+    open_demo(page, servers.page_url())
+    sign_in(page, unique("bad-image"))
+    wait_models_loaded(page)
+    page.set_input_files("#image", str(fake))
+    scenario = unique("bad-image")
+    send(page, f"tokens=2 id={scenario}")
+    assert wait_finished(page) == "error"
+    kind, text = error_shown(page)
+    assert kind == "request" and "HTTP 400" in text and "application/pdf data, but its media type says image/png" in text, text
+    assert upstream.requests(id=scenario) == []
 
 
 def test_rate_limit_shows_retry_time(servers: Servers, page: Any) -> None:

@@ -15,7 +15,7 @@ const el = {
   chatForm: $('chat-form'), provider: $('provider'), model: $('model'), modelOptions: $('model-options'),
   modelHint: $('model-hint'), maxTokens: $('max-tokens'), prompt: $('prompt'), system: $('system'), send: $('send'), stop: $('stop'),
   status: $('status'), error: $('error'), output: $('output'), ttfb: $('ttfb'), tokens: $('tokens'),
-  usage: $('usage'), cost: $('cost'),
+  usage: $('usage'), cost: $('cost'), image: $('image'), imageClear: $('image-clear'), imageInfo: $('image-info'),
 };
 
 let session = loadSession(); // {token, user} or null
@@ -72,7 +72,7 @@ function describe(err, tokens = 0) {
       const who = err.type === 'upstream_rate_limited' ? 'The model provider is' : 'You are';
       return ['rate_limited', `${who} sending too many requests.${wait || ' Wait a little and try again.'}`];
     }
-    if (err.status === 413) return ['request', 'The prompt is too large for this proxy.'];
+    if (err.status === 413) return ['request', 'The prompt (with its image) is too large for this proxy.'];
     if (err.status === 504) return ['upstream', `The model provider did not answer in time (HTTP 504). Try again later.`];
     if (err.status >= 500) {
       const tries = err.attempts > 1 ? ` after ${err.attempts} attempts` : '';
@@ -173,6 +173,38 @@ function fillModels(usePreset = false) {
     (patterns.length ? ' (a pattern: edit it into a full model name).' : '.');
 }
 
+// --- the image attachment ----------------------------------------------------------------------
+
+const IMAGE_HINT = 'Optional: sent with the prompt as an image block.';
+
+/** The chosen file as the proxy's image block (base64 source), or null. The proxy checks its
+ *  type against its first bytes and its size against the provider's limits. */
+function readImage() {
+  const file = el.image.files && el.image.files[0];
+  if (!file) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => {
+      const url = String(reader.result); // data:<type>;base64,<data>
+      const comma = url.indexOf(',');
+      resolve({ type: 'image', source: { type: 'base64', media_type: file.type, data: url.slice(comma + 1) } });
+    };
+    reader.onerror = () => reject(reader.error || new Error('the file could not be read'));
+    reader.readAsDataURL(file);
+  });
+}
+
+function showImageChoice() {
+  const file = el.image.files && el.image.files[0];
+  el.imageClear.hidden = !file;
+  el.imageInfo.textContent = file ? `${file.name} (${file.type || 'unknown type'}, ${Math.ceil(file.size / 1024)} kB)` : IMAGE_HINT;
+}
+
+function clearImage() {
+  el.image.value = '';
+  showImageChoice();
+}
+
 // --- the chat ----------------------------------------------------------------------------------
 
 function resetOutput() {
@@ -211,9 +243,11 @@ async function send(event) {
   let count = 0;
   try {
     const system = el.system.value.trim();
+    const image = await readImage();
     const body = {
       model,
-      messages: [...(system ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }],
+      messages: [...(system ? [{ role: 'system', content: system }] : []),
+        { role: 'user', content: image ? [{ type: 'text', text: prompt }, image] : prompt }],
       max_tokens: Number(el.maxTokens.value) || 256,
     };
     for await (const chunk of client(provider).stream(body, { signal: controller.signal })) {
@@ -270,6 +304,8 @@ el.signout.addEventListener('click', signOut);
 el.chatForm.addEventListener('submit', send);
 el.stop.addEventListener('click', stop);
 el.provider.addEventListener('change', () => fillModels(false));
+el.image.addEventListener('change', showImageChoice);
+el.imageClear.addEventListener('click', clearImage);
 el.prompt.addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) el.chatForm.requestSubmit();
 });
