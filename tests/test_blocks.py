@@ -178,6 +178,15 @@ def test_a_system_prompt_with_a_cache_breakpoint_is_sent_as_blocks() -> None:
                               {"type": "text", "text": "Long context.", "cache_control": {"type": "ephemeral"}}]
 
 
+def test_more_than_four_cache_breakpoints_are_refused_for_anthropic() -> None:
+    marked = {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}
+    tools = [{"name": f"t{i}", "cache_control": {"type": "ephemeral"}} for i in range(2)]
+    assert build(AnthropicAdapter(), "anthropic", marked, marked, tools=tools)["tools"][1]["cache_control"]
+    with pytest.raises(InvalidRequest) as info:
+        build(AnthropicAdapter(), "anthropic", marked, marked, marked, tools=tools)
+    assert str(info.value).startswith("messages[0].content[3].cache_control: ") and "at most 4" in str(info.value)
+
+
 # --- reasoning out of the translators --------------------------------------------------------
 
 

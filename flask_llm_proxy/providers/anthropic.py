@@ -94,6 +94,21 @@ def _system(req: ChatRequest) -> Any:
     return [_cached({"type": "text", "text": b["text"]}, b) for c in systems for b in _as_list(c)]
 
 
+#: cache breakpoints per request (https://docs.claude.com/en/docs/build-with-claude/prompt-caching)
+MAX_CACHE_BREAKPOINTS = 4
+
+
+def _check_breakpoints(req: ChatRequest) -> None:
+    marked = [f"tools[{i}]" for i, t in enumerate(req.tools or ()) if "cache_control" in t]
+    for i, m in enumerate(req.messages):
+        if not isinstance(m["content"], str):
+            marked += [f"messages[{i}].content[{j}]" for j, b in enumerate(m["content"]) if "cache_control" in b]
+    if len(marked) > MAX_CACHE_BREAKPOINTS:
+        raise fail(f"{marked[MAX_CACHE_BREAKPOINTS]}.cache_control",
+                   f"Anthropic takes at most {MAX_CACHE_BREAKPOINTS} cache_control breakpoints per request; this is the "
+                   f"{MAX_CACHE_BREAKPOINTS + 1}th")
+
+
 def _check_thinking(req: ChatRequest, max_tokens: int) -> None:
     """Extended thinking leaves sampling to the model and only lets it choose tools freely
     (https://docs.claude.com/en/docs/build-with-claude/extended-thinking)."""
@@ -134,6 +149,7 @@ class AnthropicAdapter(Adapter):
             if getattr(req, name) is not None:
                 raise fail(name, why)
         check_limits(attachments_of(req.messages), LIMITS)
+        _check_breakpoints(req)
         messages: list[dict[str, Any]] = []  # tool_use / tool_result pairing: chat._check_tool_pairs
         for i, m in enumerate(req.messages):
             if m["role"] == "system":

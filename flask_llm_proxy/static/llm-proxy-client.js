@@ -38,12 +38,16 @@
  *   proxy's event object with these fields always present:
  *     {token: string, tokenId: number, isFirst: boolean, isLast: boolean}
  *   and, when the proxy sent them: ttfbMs (first chunk), finishReason and usage
- *   ({inputTokens, outputTokens, costUsd?}, on the isLast chunk), toolCall ({id, name, arguments}).
+ *   ({inputTokens, outputTokens, costUsd?, reasoningTokens?}, on the isLast chunk), toolCall
+ *   ({id, name, arguments}), and with `include_reasoning: true` in the body: reasoning (a piece of
+ *   the model's thinking, on a chunk whose token is ''), reasoningSignature / redactedReasoning
+ *   (the end of an Anthropic thinking block, to send back with tool results).
  *   The iterator ends after `data: [DONE]`. Leaving the loop early (break, or `signal`) aborts
  *   the request, so the proxy stops the upstream call.
  *
  * client.complete(body, {signal, provider}?)  -> Promise of the JSON answer for `stream: false`:
  *   {content, finishReason, usage: {promptTokens, completionTokens, totalTokens}, toolCalls?}
+ *   (with include_reasoning: also reasoning, and reasoningBlocks for Anthropic's thinking blocks)
  *
  * client.models({signal}?)  -> Promise of GET <baseUrl>/models:
  *   {providers: {name: {type, models: [names or fnmatch patterns], endpoint}}}
