@@ -243,3 +243,12 @@ def test_responses_reasoning_summary_and_text_deltas() -> None:
               ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Done"})]
     assert feed(ResponsesTranslator(reasoning=True), events) == [Reasoning("Plan"), Reasoning(" it"), "Done"]
     assert feed(ResponsesTranslator(), events) == ["Done"]
+
+
+def test_an_error_does_not_echo_a_huge_client_value_back() -> None:
+    for body in ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "k" * 100_000: 1},
+                 {"model": "m", "messages": [{"role": "user", "content": [
+                     {"type": "image", "source": {"type": "base64", "media_type": "x" * 100_000, "data": PNG}}]}]}):
+        with pytest.raises(InvalidRequest) as info:
+            parse_chat_request(body, max_messages=5, max_tokens_cap=99, allow_responses=True)
+        assert len(str(info.value)) < 1000 and len(info.value.extra["param"]) < 200

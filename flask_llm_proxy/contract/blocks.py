@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 from .. import _json
-from .values import boolean, cache_control, fail, only_keys, string
+from .values import boolean, cache_control, fail, only_keys, shown, string
 
 #: every attachment kind; a provider's ``attachments`` option allows a subset
 ATTACHMENT_KINDS = frozenset({"image", "document"})
@@ -78,7 +78,7 @@ def _base64_source(media_type: Any, data: Any, path: str, kind: str, policy: Pol
     mt_path, data_path = (path, path) if data_url else (f"{path}.media_type", f"{path}.data")
     mt = media_type.lower() if isinstance(media_type, str) else media_type
     if mt not in allowed:
-        raise fail(mt_path, f"{media_type!r} is not a {kind} type the proxy takes; use one of {list(allowed)}")
+        raise fail(mt_path, f"{shown(media_type)} is not a {kind} type the proxy takes; use one of {list(allowed)}")
     data = string(data, data_path, allow_empty=False)
     if data.startswith("data:"):
         raise fail(data_path, "must be the base64 text alone, without the 'data:...;base64,' prefix")
@@ -122,7 +122,7 @@ def _source(src: Any, path: str, kind: str, policy: Policy) -> dict[str, Any]:
             raise fail(f"{path}.media_type", "a text source is 'text/plain'")
         return {"type": "text", "media_type": "text/plain", "data": string(src.get("data"), f"{path}.data", allow_empty=False)}
     kinds = "'base64', 'url' or 'text'" if kind == "document" else "'base64' or 'url'"
-    raise fail(f"{path}.type", f"must be {kinds}, got {t!r}")
+    raise fail(f"{path}.type", f"must be {kinds}, got {shown(t)}")
 
 
 def _attachment(b: Mapping[str, Any], path: str, role: str, policy: Policy) -> dict[str, Any]:
@@ -234,7 +234,7 @@ def parse_block(b: Any, path: str, role: str, policy: Policy) -> dict[str, Any]:
         only_keys(b, path, ("type", "data"))
         return {"type": "redacted_thinking", "data": string(b.get("data"), f"{path}.data", allow_empty=False)}
     raise fail(f"{path}.type", "must be 'text', 'image', 'image_url', 'document', 'file', 'tool_use', 'tool_result', "
-                               f"'thinking' or 'redacted_thinking', got {t!r}")
+                               f"'thinking' or 'redacted_thinking', got {shown(t)}")
 
 
 def content_chars(content: Any) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from . import options
 from .blocks import IMAGE_CHARS_ESTIMATE, Policy, content_chars, parse_block
 from .responses_form import parse_responses_body
-from .values import boolean, cache_control, fail, integer, number, only_keys, string
+from .values import boolean, cache_control, fail, integer, key_path, number, only_keys, shown, string
 
 ROLES = ("system", "user", "assistant")
 MAX_MODEL_LEN = 256
@@ -112,7 +112,7 @@ def _messages(v: Any, max_messages: int, policy: Policy) -> list[dict[str, Any]]
             raise fail(path, "must be an object with 'role' and 'content'")
         role = m.get("role")
         if role not in ROLES:
-            raise fail(f"{path}.role", f"must be one of {list(ROLES)}, got {role!r}")
+            raise fail(f"{path}.role", f"must be one of {list(ROLES)}, got {shown(role)}")
         only_keys(m, path, ("role", "content"))
         content = m.get("content")
         if isinstance(content, str):
@@ -290,7 +290,7 @@ def parse_chat_request(
         if key not in FIELDS:
             hint = ("; send either 'messages' or 'input' (the Responses form), not both" if key == "input" else
                     "; send 'messages' (the Responses form's fields go with 'input')" if key in ("instructions", "max_output_tokens") else "")
-            raise fail(str(key), f"is not a field the proxy knows{hint}; known: {', '.join(sorted(FIELDS))}")
+            raise fail(key_path("", key), f"is not a field the proxy knows{hint}; known: {', '.join(sorted(FIELDS))}")
     options.agentary_flags(body)
     stop = _stop(body.get("stop"), "stop")
     sequences = _stop(body.get("stop_sequences"), "stop_sequences")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from . import options
 from .blocks import Policy, url_source
-from .values import fail, number, only_keys, string
+from .values import fail, key_path, number, only_keys, shown, string
 
 MAX_TOOLS = 128
 
@@ -84,7 +84,7 @@ def _input(inp: Any, max_messages: int) -> Any:
             raise fail(f"input[{i}]", "must be an object")
         role = item.get("role")
         if role is not None and role not in ("system", "developer", "user", "assistant"):
-            raise fail(f"input[{i}].role", f"unknown role {role!r}")
+            raise fail(f"input[{i}].role", f"unknown role {shown(role)}")
         if role is None and not isinstance(item.get("type"), str):
             raise fail(f"input[{i}]", "needs a 'role' or a 'type'")
         c = item.get("content")
@@ -108,7 +108,7 @@ def parse_responses_body(body: Mapping[str, Any], max_messages: int, cap: int, p
     ``max_tokens``: the messages form's parser of the synonyms (one rule for both forms)."""
     for key in body:
         if key not in FIELDS:
-            raise fail(str(key), _NOT_HERE.get(key, "is not a field of the Responses form the proxy knows; "
+            raise fail(key_path("", key), _NOT_HERE.get(key, "is not a field of the Responses form the proxy knows; "
                                                     f"known: {', '.join(sorted(FIELDS))}"))
     options.agentary_flags(body)
     out: dict[str, Any] = {"input": _input(body.get("input"), max_messages)}

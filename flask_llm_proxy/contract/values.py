@@ -15,6 +15,18 @@ def fail(path: str, problem: str) -> InvalidRequest:
     return InvalidRequest(f"{path}: {problem}", extra={"param": path})
 
 
+def shown(v: Any, limit: int = 64) -> str:
+    """A client's value quoted in an error, cut short: an error must not echo megabytes back."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def key_path(path: str, key: Any) -> str:
+    """The path of an unknown key, whatever the client named it (cut short like :func:`shown`)."""
+    name = str(key) if len(str(key)) <= 64 else str(key)[:64] + "..."
+    return f"{path}.{name}" if path else name
+
+
 def number(body: Mapping[str, Any], name: str, lo: float, hi: float, path: str | None = None) -> float | None:
     v = body.get(name)
     path = path or name
@@ -62,8 +74,7 @@ def only_keys(obj: Mapping[str, Any], path: str, known: Iterable[str]) -> None:
     """No field is dropped silently: a key the proxy does not know is refused, naming it."""
     for key in obj:
         if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            raise fail(where, f"is not a field the proxy knows here; known: {', '.join(sorted(known))}")
+            raise fail(key_path(path, key), f"is not a field the proxy knows here; known: {', '.join(sorted(known))}")
 
 
 def cache_control(v: Any, path: str) -> dict[str, Any]:
