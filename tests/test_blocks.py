@@ -252,3 +252,22 @@ def test_an_error_does_not_echo_a_huge_client_value_back() -> None:
         with pytest.raises(InvalidRequest) as info:
             parse_chat_request(body, max_messages=5, max_tokens_cap=99, allow_responses=True)
         assert len(str(info.value)) < 1000 and len(info.value.extra["param"]) < 200
+
+
+def test_a_profile_narrows_its_providers_attachment_policy() -> None:
+    from flask_llm_proxy.access.profiles import attachment_policy, estimate_tokens
+    from flask_llm_proxy.errors import ConfigError
+
+    s = load_settings({"LLM_PROXY_PROVIDERS": {"p": {"type": "anthropic", "api_key": "k", "models": ["*"], "attachments": ["image", "document"],
+                                                     "max_attachment_bytes": 5000}},
+                       "LLM_PROXY_PROFILES": {"a": {"provider": "p", "model": "m", "attachments": ["image"], "max_attachment_bytes": 10_000},
+                                              "b": {"provider": "p", "model": "m", "attachments": False, "max_attachment_bytes": 100}}}, environ={})
+    provider = s.providers["p"]
+    assert attachment_policy(provider, None) == Policy(frozenset({"image", "document"}), 5000)
+    assert attachment_policy(provider, s.profiles["a"]) == Policy(frozenset({"image"}), 5000)
+    assert attachment_policy(provider, s.profiles["b"]) == Policy(frozenset(), 100)
+    with pytest.raises(ConfigError, match=r"LLM_PROXY_PROFILES\['c'\]\.attachments"):
+        load_settings({"LLM_PROXY_PROVIDERS": {"p": {"type": "anthropic", "api_key": "k", "models": ["*"]}},
+                       "LLM_PROXY_PROFILES": {"c": {"provider": "p", "model": "m", "attachments": ["audio"]}}}, environ={})
+    photo = [{"type": "text", "text": "abcd"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 400_000}}]
+    assert estimate_tokens(photo) < 2_000  # the image as ~1,600 tokens, not 100,000

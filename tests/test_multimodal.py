@@ -46,8 +46,13 @@ def server(upstream: FakeUpstreamProcess, ledger: Path) -> Iterator[GunicornServ
         "small-images": {"type": "openai", "api_key": API_KEY, "base_url": base + "/v1", "models": ["gpt-4o"],
                          "attachments": ["image"], "max_attachment_bytes": 1000},
     }
-    srv = GunicornServer(base_env(base, ledger.parent, LLM_PROXY_PROVIDERS=providers, LLM_PROXY_USAGE_STORE=f"sqlite:///{ledger}"),
-                         workers=1, name="multimodal")
+    profiles = {
+        "no-photos": {"provider": "anthropic", "model": SONNET, "attachments": False},
+        "estimating": {"provider": "anthropic", "model": SONNET, "client_system": "allow", "max_input_tokens": 3000,
+                       "max_attachment_bytes": 100_000},
+    }
+    srv = GunicornServer(base_env(base, ledger.parent, LLM_PROXY_PROVIDERS=providers, LLM_PROXY_PROFILES=profiles,
+                                  LLM_PROXY_USAGE_STORE=f"sqlite:///{ledger}"), workers=1, name="multimodal")
     yield srv
     srv.stop()
 
@@ -201,6 +206,44 @@ def test_attachments_the_host_turned_off_are_a_400(server: GunicornServer, upstr
     body = {"model": "gpt-4o", "input": [{"role": "user", "content": [
         {"type": "input_text", "text": f"id={rid}"}, {"type": "input_file", "file_data": "data:application/pdf;base64," + B64["pdf"]}]}]}
     refused(server, upstream, "small-images", body, rid, "input[0].content[1]")
+
+
+def test_a_profile_can_turn_attachments_off_and_down(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
+    rid = uid("profile-off")
+    err = refused(server, upstream, "profiles/no-photos", {"messages": user(rid, IMAGE_FORMS[0][0])}, rid, "messages[0].content[1]")
+    assert "turned them off" in err
+    big = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG + b"\x00" * 200_000).decode()}}
+    rid = uid("profile-cap")
+    err = refused(server, upstream, "profiles/estimating", {"messages": user(rid, big)}, rid, "messages[0].content[1].source")
+    assert "up to 100.0 kB" in err
+
+
+def test_a_profiles_input_estimate_counts_an_image_not_its_base64(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
+    """80 kB of base64 would be 20,000 "tokens" as text; the profile allows 3,000."""
+    photo = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG + b"\x00" * 60_000).decode()}}
+    rid = uid("profile-estimate")
+    cached = {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]}
+    status, _ = post(server, "profiles/estimating", {"messages": [cached, *user(rid, photo)]})
+    assert status == 200
+    sent = sent_body(upstream, rid)
+    assert sent["messages"][0]["content"][1] == photo
+    assert sent["system"] == [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]  # allowed: kept as sent
+
+
+def test_the_native_endpoints_honour_attachments_turned_off(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
+    rid = uid("native-off")
+    body = {"model": SONNET, "max_tokens": 100, "messages": user(rid, IMAGE_FORMS[0][0])}
+    r = http().post(f"{server.url}/api/text-only/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"}, timeout=30)
+    assert r.status_code == 400 and r.json()["type"] == "error", r.text  # Anthropic's error shape, for its SDK
+    assert r.json()["error"]["message"].startswith("messages[0].content[1]: ") and upstream.requests(id=rid) == []
+    rid = uid("native-cap")
+    big = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG + b"\x00" * 2000).decode()}}
+    r = http().post(f"{server.url}/api/small-images/v1/chat/completions", json={"model": "gpt-4o", "messages": user(rid, big)}, timeout=30)
+    assert r.status_code == 400 and "1,000 bytes" in r.json()["error"]["message"], r.text
+    rid = uid("native-ok")
+    small = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + B64["png"]}}
+    r = http().post(f"{server.url}/api/small-images/v1/chat/completions", json={"model": "gpt-4o", "messages": user(rid, small)}, timeout=30)
+    assert r.status_code == 200 and sent_body(upstream, rid)["messages"][0]["content"][1] == small
 
 
 def test_file_id_references_are_refused(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:

@@ -13,7 +13,8 @@ from fnmatch import fnmatchcase
 from typing import Any, Iterable, Mapping
 
 from .. import _json
-from ..config import ProfileConfig, Settings
+from ..config import ProfileConfig, ProviderConfig, Settings
+from ..contract.blocks import IMAGE_CHARS_ESTIMATE, Policy
 from ..contract.request import ChatRequest
 from ..errors import InvalidRequest, ModelNotAllowed, PayloadTooLarge, PermissionDenied
 
@@ -36,15 +37,52 @@ def check_profile_claim(settings: Settings, claims: Mapping[str, Any], profile: 
         raise PermissionDenied(f"your token does not allow the profile {profile!r}", type="profile_not_allowed")
 
 
+def attachment_policy(provider: ProviderConfig, profile: ProfileConfig | None) -> Policy:
+    """The attachments a request may carry: the provider's, narrowed by its profile."""
+    kinds, cap = provider.attachments, provider.max_attachment_bytes
+    if profile is not None:
+        if profile.attachments is not None:
+            kinds = kinds & profile.attachments
+        if profile.max_attachment_bytes is not None:
+            cap = min(cap, profile.max_attachment_bytes) if cap is not None else profile.max_attachment_bytes
+    return Policy(kinds, cap)
+
+
 def estimate_tokens(*parts: Any) -> int:
     """The input estimate checked against ``max_input_tokens``: characters of the text (and of the
-    JSON of anything that is not text) divided by :data:`CHARS_PER_TOKEN`, rounded up."""
+    JSON of anything that is not text) divided by :data:`CHARS_PER_TOKEN`, rounded up. An
+    attachment counts as :data:`~flask_llm_proxy.contract.blocks.IMAGE_CHARS_ESTIMATE`, never as
+    its base64 text (which would make any photo "too long")."""
     chars = 0
     for part in parts:
         if part is None:
             continue
-        chars += len(part) if isinstance(part, str) else len(_json.dumps_str(part))
+        if isinstance(part, str):
+            chars += len(part)
+        else:
+            base64_chars, attachments = _base64_in(part)
+            chars += len(_json.dumps_str(part)) - base64_chars + attachments * IMAGE_CHARS_ESTIMATE
     return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _base64_in(part: Any) -> tuple[int, int]:
+    """(characters of base64 data, attachments) in a JSON value: Anthropic's ``{"type": "base64",
+    "data"}`` sources and ``data:...;base64,`` URLs (OpenAI's image_url, file_data, input_image)."""
+    chars = found = 0
+    stack = [part]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if node.startswith("data:") and ";base64," in node[:128]:
+                chars, found = chars + len(node), found + 1
+        elif isinstance(node, Mapping):
+            if node.get("type") == "base64" and isinstance(node.get("data"), str):
+                chars, found = chars + len(node["data"]), found + 1
+            else:
+                stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return chars, found
 
 
 def _fail(path: str, profile: ProfileConfig, problem: str) -> InvalidRequest:
@@ -123,8 +161,9 @@ def apply_to_chat(profile: ProfileConfig, req: ChatRequest) -> None:
     client = [(f"messages[{i}]", _text(m["content"])) for i, m in enumerate(req.messages) if m["role"] == "system"]
     first, keep = _system(profile, client)
     messages = [m for m in req.messages if m["role"] != "system"]
-    pinned = [{"role": "system", "content": t} for t in ([first] if first else []) + keep]
-    req.messages = pinned + messages
+    # what is kept is every client system message as it came (blocks and cache_control included)
+    kept = [m for m in req.messages if m["role"] == "system"] if keep else []
+    req.messages = ([{"role": "system", "content": first}] if first else []) + kept + messages
     _check_tool_names(profile, [t["name"] for t in req.tools or ()])
     if profile.server_tools:
         req.tools = [dict(t) for t in profile.server_tools]

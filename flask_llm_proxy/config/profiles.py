@@ -14,13 +14,13 @@ from typing import Any, Mapping
 from ..contract.request import parse_tools
 from ..errors import ConfigError, ProxyError
 from .checks import compile_models, integer, number
-from .providers import ProviderConfig
+from .providers import ProviderConfig, parse_attachments
 
 CLIENT_SYSTEM = ("forbid", "append", "allow")
 RANGED = ("temperature", "top_p", "top_k")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEYS = {"provider", "model", "system", "client_system", "tools", "server_tools", "max_input_tokens", "max_messages",
-         "max_tokens", *RANGED}
+         "max_tokens", "attachments", "max_attachment_bytes", *RANGED}
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class ProfileConfig:
     max_messages: int | None = None
     max_tokens: int | None = None
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: attachment kinds the profile allows (within its provider's); None: the provider's
+    attachments: frozenset[str] | None = None
+    max_attachment_bytes: int | None = None  #: stricter than the provider's when both are set
     _exact: frozenset[str] = field(default=frozenset(), repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
@@ -114,6 +117,8 @@ def _profile(key: str, name: Any, entry: Any, providers: Mapping[str, ProviderCo
         max_messages=integer(f"{key}.max_messages", entry.get("max_messages"), minimum=1, optional=True),
         max_tokens=integer(f"{key}.max_tokens", entry.get("max_tokens"), minimum=1, optional=True),
         ranges=ranges,
+        attachments=None if entry.get("attachments") is None else parse_attachments(f"{key}.attachments", entry["attachments"]),
+        max_attachment_bytes=integer(f"{key}.max_attachment_bytes", entry.get("max_attachment_bytes"), minimum=1, optional=True),
         _exact=exact,
         _pattern=pattern,
     )

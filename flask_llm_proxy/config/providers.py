@@ -213,7 +213,7 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         mock_tokens=integer(f"{key}.tokens", entry.get("tokens", 20), minimum=0),  # type: ignore[arg-type]
         mock_pace_ms=number(f"{key}.pace_ms", entry.get("pace_ms", 20.0)),  # type: ignore[arg-type]
         mock_text=str(entry.get("text", "")),
-        attachments=_attachments(f"{key}.attachments", entry.get("attachments")),
+        attachments=parse_attachments(f"{key}.attachments", entry.get("attachments")),
         max_attachment_bytes=integer(f"{key}.max_attachment_bytes", entry.get("max_attachment_bytes"), minimum=1, optional=True),
         _exact=exact,
         _pattern=pattern,
@@ -221,7 +221,7 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
     )
 
 
-def _attachments(key: str, v: Any) -> frozenset[str]:
+def parse_attachments(key: str, v: Any) -> frozenset[str]:
     """``True`` or ``None``: every kind; ``False`` or ``[]``: none; or a list of kinds."""
     if v is None or v is True:
         return ATTACHMENT_KINDS

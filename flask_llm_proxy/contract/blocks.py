@@ -295,3 +295,43 @@ def check_limits(attachments: Iterable[tuple[str, dict[str, Any]]], limits: Atta
         if src["type"] != "url" and len(src["data"]) > cap:
             raise fail(path, f"the {t}'s base64 data is {size_text(len(src['data']))}; {limits.api} takes at most "
                              f"{size_text(cap)} per {t}")
+
+
+#: the attachment block types of the provider-native bodies, by kind
+_NATIVE_KINDS = {"image": "image", "image_url": "image", "input_image": "image",
+                 "document": "document", "file": "document", "input_file": "document"}
+
+
+def _native_data(b: Mapping[str, Any]) -> str | None:
+    """The base64 text of a native attachment block, wherever its API puts it (None: a URL)."""
+    src = b.get("source")
+    if isinstance(src, Mapping):
+        return src.get("data") if src.get("type") == "base64" and isinstance(src.get("data"), str) else None
+    spec = b.get("image_url") or b.get("file") or b  # image_url: {"url"} or a string; file: {"file_data"}; input_file: itself
+    url = (spec.get("url") or spec.get("file_data")) if isinstance(spec, Mapping) else spec
+    if isinstance(url, str) and url.startswith("data:"):
+        return url.partition(",")[2]
+    return None
+
+
+def check_native(api: str, body: Mapping[str, Any], policy: Policy) -> None:
+    """The host's attachment policy on a provider-native body (the SDK endpoints), which is
+    otherwise forwarded unchanged: kinds turned off, and the size cap. Nothing to walk when the
+    host allows every kind without a cap of its own (the default)."""
+    if policy.kinds == ATTACHMENT_KINDS and policy.max_bytes is None:
+        return
+    name = "input" if api == "responses" else "messages"
+    items = body.get(name)
+    for i, m in enumerate(items if isinstance(items, list) else ()):
+        content = m.get("content") if isinstance(m, Mapping) else None
+        for j, b in enumerate(content if isinstance(content, list) else ()):
+            kind = _NATIVE_KINDS.get(b.get("type")) if isinstance(b, Mapping) else None
+            if kind is None:
+                continue
+            path = f"{name}[{i}].content[{j}]"
+            if kind not in policy.kinds:
+                raise fail(path, f"this provider takes no {kind} attachments (the host turned them off)")
+            data = _native_data(b) if policy.max_bytes is not None else None
+            if data is not None and decoded_size(data) > policy.max_bytes:  # type: ignore[operator]
+                raise fail(path, f"the {kind} is {size_text(decoded_size(data))}; this provider takes {kind}s up to "
+                                 f"{size_text(policy.max_bytes)}")  # type: ignore[arg-type]

@@ -15,10 +15,9 @@ from flask import Response, g
 
 from .. import _json
 from ..access.auth import check_model_claim, identify
-from ..access.profiles import apply_to_chat, check_profile_claim
+from ..access.profiles import apply_to_chat, attachment_policy, check_profile_claim
 from ..accounting.exchange import Exchange, RequestInfo
 from ..config import ProviderConfig
-from ..contract.blocks import Policy
 from ..contract.request import ChatRequest, parse_chat_request
 from ..errors import ModelNotAllowed, ProxyError, UpstreamError, scrub
 from ..providers import adapter_for
@@ -66,7 +65,7 @@ def chat(provider_name: str, profile_name: str | None = None) -> Response:
     cap = output_cap(provider, s) or 2**31 - 1
     req = parse_chat_request(
         body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai",
-        policy=Policy(provider.attachments, provider.max_attachment_bytes),
+        policy=attachment_policy(provider, profile),
     )
     if profile is not None:
         apply_to_chat(profile, req)

@@ -17,9 +17,10 @@ from flask import Response, g
 
 from .. import _json
 from ..access.auth import check_model_claim, identify
-from ..access.profiles import apply_to_native, check_profile_claim
+from ..access.profiles import apply_to_native, attachment_policy, check_profile_claim
 from ..accounting.exchange import Exchange, RequestInfo
 from ..config import ProviderConfig
+from ..contract.blocks import check_native
 from ..contract.request import valid_model_name
 from ..errors import InvalidRequest, ModelNotAllowed
 from ..providers.anthropic import AnthropicAdapter
@@ -113,6 +114,7 @@ def native_view(provider_name: str, api: str, profile_name: str | None = None) -
     require_profile(s, profile)
     g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
     body = _check_body(api, read_json(provider.max_body_bytes or s.max_body_bytes), provider, s)
+    check_native(api, body, attachment_policy(provider, profile))
     if profile is not None:
         check_profile_claim(s, claims, profile.name)
         apply_to_native(profile, api, body)
