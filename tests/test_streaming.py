@@ -117,6 +117,7 @@ def test_stream_false_returns_the_contract_json(proxy: Any, provider: str, model
     call = body["toolCalls"][0]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Oslo", "unit": "celsius"}
+    assert body["tool_calls"] == body["toolCalls"]  # where agentary-js 3.x looks for them
 
 
 def test_two_500s_then_success_streams_normally_after_backoff(proxy: Any, upstream: Any) -> None:

@@ -196,6 +196,9 @@ def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else _json.dumps_str(c.arguments)}}
             for c in calls
         ]
+        # agentary-js 3.x reads a non-streamed answer's tool calls as ``tool_calls`` (and throws
+        # without them): the same list under that name too
+        body["tool_calls"] = body["toolCalls"]
     return body
 
 
