@@ -40,13 +40,17 @@ class UsageRecord:
     duration_ms: float
     retries: int
     finish_reason: str | None
-    cached: bool
+    cached: bool  #: served by the proxy's response cache (or an identical request's upstream call): billed nothing
     timestamp: float = 0.0
-    cache_read_tokens: int = 0
+    cache_read_tokens: int = 0  #: prompt tokens the upstream read from its own prompt cache
     cache_write_tokens: int = 0
     endpoint: str = "chat"
     #: of output_tokens, the reasoning (thinking) tokens, when the upstream reports them apart
     reasoning_tokens: int = 0
+    saved_input_tokens: int = 0  #: a cached answer: the tokens and cost its upstream call took, saved this time
+    saved_output_tokens: int = 0
+    saved_cost_usd: float | None = None
+    queue_ms: float | None = None  #: time waiting for a slot (``LLM_PROXY_MAX_CONCURRENT*``); None: no cap applied
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +78,7 @@ class UpstreamCall:
     """The upstream call as it goes: written by the upstream and stream layers, read at the end."""
 
     __slots__ = ("translator", "resp", "secrets", "retries", "status", "error", "complete", "client_aborted",
-                 "tokens_streamed", "ttfb_ms", "text_parts")
+                 "tokens_streamed", "ttfb_ms", "text_parts", "cached", "queue_ms")
 
     def __init__(self, *, keep_text: bool = False) -> None:
         self.translator: Translator | None = None  #: reads the answer's usage and finish reason
@@ -88,6 +92,8 @@ class UpstreamCall:
         self.tokens_streamed = 0
         self.ttfb_ms: float | None = None
         self.text_parts: list[str] | None = [] if keep_text else None  #: the answer's text (LLM_PROXY_LOG_CONTENT)
+        self.cached = False  #: the answer came from the response cache, not from an upstream call of this request
+        self.queue_ms: float | None = None  #: the wait for a concurrency slot
 
     def fail(self, err: ProxyError, *, before_stream: bool = False) -> None:
         """Every failure the client is told of passes here: an upstream's message (an error event in
@@ -111,7 +117,7 @@ class Exchange:
     finalizers (quota, ledger, metrics, the log line) receive, whatever way the request ended.
     """
 
-    __slots__ = ("request", "call", "cost_fn", "record", "_finalizers", "_done")
+    __slots__ = ("request", "call", "cost_fn", "record", "_finalizers", "_done", "_held", "_wanted")
 
     def __init__(self, request: RequestInfo, *, keep_text: bool = False) -> None:
         self.request = request
@@ -120,6 +126,8 @@ class Exchange:
         self.record: UsageRecord | None = None
         self._finalizers: list[Callable[[UsageRecord], UsageRecord | None]] = []
         self._done = False
+        self._held = False
+        self._wanted = False
 
     def on_finalize(self, fn: Callable[[UsageRecord], UsageRecord | None]) -> None:
         self._finalizers.append(fn)
@@ -137,6 +145,14 @@ class Exchange:
             reasoning, hidden = u.reasoning_tokens, u.hidden_deltas
             reported = u.reported
             finish = t.finish_reason
+        saved_in = saved_out = 0
+        saved_cost = None
+        if call.cached:  # nothing was billed: the answer's own counts are what this request saved
+            saved_in, saved_out = input_tokens, output_tokens
+            if self.cost_fn is not None and t is not None:
+                saved_cost = self.cost_fn(req.model, input_tokens, output_tokens, cache_read, cache_write)
+            input_tokens = output_tokens = cache_read = cache_write = reasoning = 0
+            t = None  # no cost, no estimate
         estimated = t is not None and not reported
         if estimated:
             # Cut before the upstream's final counts (documented): input from the prompt size when
@@ -147,6 +163,8 @@ class Exchange:
                 input_tokens = max(1, req.input_chars // CHARS_PER_TOKEN)
             output_tokens = max(output_tokens, call.tokens_streamed + hidden)
         cost = self.cost_fn(req.model, input_tokens, output_tokens, cache_read, cache_write) if self.cost_fn and t is not None else None
+        if call.cached:
+            cost = 0.0
         error_type = call.error.type if call.error is not None else ("client_closed" if call.client_aborted else None)
         return UsageRecord(
             request_id=req.request_id,
@@ -163,17 +181,34 @@ class Exchange:
             duration_ms=round((time.perf_counter() - req.started) * 1000.0, 1),
             retries=call.retries,
             finish_reason=finish if call.complete else None,
-            cached=cache_read > 0,
+            cached=call.cached,
             timestamp=req.wall_started,
             cache_read_tokens=int(cache_read),
             cache_write_tokens=int(cache_write),
             endpoint=req.endpoint,
             reasoning_tokens=int(reasoning),
+            saved_input_tokens=int(saved_in),
+            saved_output_tokens=int(saved_out),
+            saved_cost_usd=saved_cost,
+            queue_ms=call.queue_ms,
         )
+
+    def hold(self) -> None:
+        """Postpone :meth:`finalize` until :meth:`resume`: the upstream answer goes on after the
+        client left (it feeds identical requests sharing it), and the record must hold all of it."""
+        self._held = True
+
+    def resume(self) -> None:
+        self._held = False
+        if self._wanted:
+            self.finalize()
 
     def finalize(self) -> None:
         """Idempotent: the first call records, later calls do nothing."""
         if self._done:
+            return
+        if self._held:
+            self._wanted = True
             return
         self._done = True
         call = self.call

@@ -93,8 +93,9 @@ def _stream_start(since: float) -> str:
     return f"{min(int(ms), _MAX_STREAM_MS) if math.isfinite(ms) else _MAX_STREAM_MS}-0"
 
 
-_INT_FIELDS = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "status", "retries", "reasoning_tokens"}
-_FLOAT_FIELDS = {"timestamp", "cost_usd", "ttfb_ms", "duration_ms"}
+_INT_FIELDS = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "status", "retries", "reasoning_tokens",
+               "saved_input_tokens", "saved_output_tokens"}
+_FLOAT_FIELDS = {"timestamp", "cost_usd", "ttfb_ms", "duration_ms", "saved_cost_usd", "queue_ms"}
 
 
 def _decode_stream_fields(fields: dict[bytes, bytes]) -> dict[str, Any]:

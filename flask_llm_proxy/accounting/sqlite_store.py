@@ -20,11 +20,17 @@ CREATE TABLE IF NOT EXISTS llm_proxy_usage (
     cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
     estimated INTEGER NOT NULL, cost_usd REAL, status INTEGER NOT NULL, error_type TEXT,
     ttfb_ms REAL, duration_ms REAL, retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    saved_input_tokens INTEGER NOT NULL DEFAULT 0, saved_output_tokens INTEGER NOT NULL DEFAULT 0,
+    saved_cost_usd REAL, queue_ms REAL
 )"""
 #: columns added after the first release, with their definitions: a ledger made earlier gains them
 #: at start (ALTER TABLE ... ADD COLUMN with a default is instant in SQLite, whatever the size)
-_ADDED_COLUMNS = (("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("saved_input_tokens", "INTEGER NOT NULL DEFAULT 0"), ("saved_output_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("saved_cost_usd", "REAL"), ("queue_ms", "REAL"),
+)
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS llm_proxy_usage_identity_ts ON llm_proxy_usage (identity, timestamp)",
     "CREATE INDEX IF NOT EXISTS llm_proxy_usage_ts ON llm_proxy_usage (timestamp)",

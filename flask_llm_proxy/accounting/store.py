@@ -18,7 +18,8 @@ log = logging.getLogger("flask_llm_proxy")
 FIELDS = (
     "request_id", "timestamp", "identity", "provider", "model", "endpoint", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "estimated", "cost_usd", "status", "error_type", "ttfb_ms",
-    "duration_ms", "retries", "finish_reason", "cached", "reasoning_tokens",
+    "duration_ms", "retries", "finish_reason", "cached", "reasoning_tokens", "saved_input_tokens", "saved_output_tokens",
+    "saved_cost_usd", "queue_ms",
 )
 
 
