@@ -20,6 +20,10 @@ if _orjson is not None:
         """Compact UTF-8 JSON bytes."""
         return _orjson.dumps(obj)
 
+    def canonical(obj: Any) -> bytes:
+        """Compact UTF-8 JSON with sorted keys: equal values, equal bytes (cache keys)."""
+        return _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS)
+
 else:
     loads = _std.loads  # type: ignore[assignment]
     _encode = _std.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -27,6 +31,12 @@ else:
     def dumps(obj: Any) -> bytes:
         """Compact UTF-8 JSON bytes."""
         return _encode(obj).encode("utf-8")
+
+    _canonical = _std.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+    def canonical(obj: Any) -> bytes:
+        """Compact UTF-8 JSON with sorted keys: equal values, equal bytes (cache keys)."""
+        return _canonical(obj).encode("utf-8")
 
 
 def dumps_str(obj: Any) -> str:

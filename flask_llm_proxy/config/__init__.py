@@ -56,6 +56,15 @@ class Settings:
     metrics: bool
     metrics_allow: tuple[str, ...]
     log_content: bool
+    cache_url: str | None
+    cache_ttl: int
+    cache_scope: str
+    cache_max_bytes: int
+    max_concurrent: Mapping[str, int]  #: provider -> cap (only the capped providers)
+    max_concurrent_per_user: int | None
+    queue_timeout: float
+    queue_url: str | None
+    queue_lease: float
 
 
 def warn_unknown_keys(config: Mapping[str, Any]) -> list[str]:
@@ -77,12 +86,25 @@ def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None =
     values = {key.attr: key.check(key.name, config.get(key.name, key.default)) for key in KEYS}
     values["providers"] = parse_providers(values["providers"], environ)
     values["profiles"] = parse_profiles("LLM_PROXY_PROFILES", values["profiles"], values["providers"])
+    values["max_concurrent"] = _caps(values["max_concurrent"], values["providers"])
     if values["cors_credentials"] and any(o in ("*", ".*") for o in values["cors_origins"]):
         raise ConfigError(
             "LLM_PROXY_CORS_ORIGINS",
             "'*' together with LLM_PROXY_CORS_CREDENTIALS lets any site act as the user; list the origins",
         )
     return Settings(**values)
+
+
+def _caps(v: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, int]:
+    """``LLM_PROXY_MAX_CONCURRENT`` as ``{provider: cap}``: a number applies to every provider."""
+    if v is None:
+        return {}
+    if isinstance(v, int):
+        return {name: v for name in providers}
+    unknown = sorted(set(v) - set(providers))
+    if unknown:
+        raise ConfigError("LLM_PROXY_MAX_CONCURRENT", f"no provider named {unknown}; configured: {sorted(providers)}")
+    return dict(v)
 
 
 __all__ = ["BY_NAME", "ConfigError", "DEFAULTS", "KEYS", "Key", "PREFIX", "ProfileConfig", "ProviderConfig", "Settings", "is_ipv6_origin",

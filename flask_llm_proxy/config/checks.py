@@ -41,7 +41,7 @@ def integer(key: str, v: Any, *, minimum: int = 0, maximum: int | None = None, o
     return v
 
 
-def number(key: str, v: Any, *, minimum: float = 0.0, optional: bool = False) -> float | None:
+def number(key: str, v: Any, *, minimum: float = 0.0, maximum: float | None = None, optional: bool = False) -> float | None:
     if v is None and optional:
         return None
     if isinstance(v, str):
@@ -57,6 +57,8 @@ def number(key: str, v: Any, *, minimum: float = 0.0, optional: bool = False) ->
         raise ConfigError(key, f"must be a finite number, got {v}")
     if v < minimum:
         raise ConfigError(key, f"must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(key, f"must be <= {maximum}, got {v}")
     return float(v)
 
 
@@ -178,3 +180,53 @@ def usage_store(key: str, v: Any) -> str | None:
         key, f"expected None, 'sqlite:///path', 'redis://...', 'rediss://...', 'unix://...' or 'none', got {v!r}"
     )
 
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def cache_url(key: str, v: Any) -> str | None:
+    """``memory://`` (optionally ``?size=<bytes>``) or a Redis URL; the size is checked here."""
+    if v in (None, ""):
+        return None
+    if isinstance(v, str):
+        if v.startswith(_REDIS_SCHEMES):
+            return v
+        if v == "memory://" or v.startswith("memory://?"):
+            from urllib.parse import parse_qs
+
+            query = parse_qs(v.partition("?")[2], keep_blank_values=True)
+            unknown = set(query) - {"size"}
+            if unknown:
+                raise ConfigError(key, f"unknown option(s) {sorted(unknown)} in memory://; known: size")
+            if "size" in query:
+                integer(key + " (size)", query["size"][-1], minimum=1024)
+            return v
+    raise ConfigError(key, f"expected None, 'memory://', 'memory://?size=<bytes>' or 'redis://host:port/db', got {v!r}")
+
+
+def queue_url(key: str, v: Any) -> str | None:
+    if v in (None, ""):
+        return None
+    if isinstance(v, str) and (v == "memory://" or v.startswith(_REDIS_SCHEMES)):
+        return v
+    raise ConfigError(key, f"expected None, 'memory://' or 'redis://host:port/db', got {v!r}")
+
+
+def one_of(*choices: str) -> Any:
+    def check(key: str, v: Any) -> str:
+        if v not in choices:
+            raise ConfigError(key, f"expected one of {list(choices)}, got {v!r}")
+        return v  # type: ignore[no-any-return]
+
+    return check
+
+
+def concurrency(key: str, v: Any) -> int | dict[str, int] | None:
+    """One cap for every provider, or ``{provider: cap}`` (the names are checked against the
+    providers by ``load_settings``)."""
+    if v in (None, ""):
+        return None
+    if isinstance(v, Mapping):
+        return {str(name): integer(f"{key}[{name!r}]", cap, minimum=1) for name, cap in v.items()}  # type: ignore[misc]
+    return integer(key, v, minimum=1)

@@ -121,6 +121,29 @@ KEYS: tuple[Key, ...] = (
     Key("LLM_PROXY_METRICS_ALLOW", [], "list of str", "Client addresses or CIDR networks allowed to read ``/metrics``; empty: "
         "anyone (protect it yourself).", checks.addresses, "accounting"),
     Key("LLM_PROXY_LOG_CONTENT", False, "bool", "Include prompt and completion text in the request log line.", checks.boolean, "accounting"),
+    # --- response cache
+    Key("LLM_PROXY_CACHE_URL", None, "str or None", "The response cache: ``None`` (off), ``memory://`` (per process, an LRU "
+        "of 64 MiB; ``memory://?size=<bytes>``) or ``redis://host:port/db`` (``rediss://``, ``unix://``) for a fleet.",
+        checks.cache_url, "cache"),
+    Key("LLM_PROXY_CACHE_TTL", 3600, "int (s)", "Seconds a stored answer is served.", _positive, "cache"),
+    Key("LLM_PROXY_CACHE_SCOPE", "identity", "str", "``identity``: a user is only ever served answers to their own "
+        "requests; ``shared``: one cache for every user.", checks.one_of("identity", "shared"), "cache"),
+    Key("LLM_PROXY_CACHE_MAX_BYTES", 1024 * 1024, "int", "Largest answer stored (encoded); larger ones are served live and "
+        "not stored.", _positive, "cache"),
+    # --- queue: a fleet-wide concurrency cap with a bounded wait
+    Key("LLM_PROXY_MAX_CONCURRENT", None, "int, dict or None", "Most upstream calls in flight at once across the fleet: one "
+        "number for each provider, or ``{provider: number}``; ``None``: no cap. Past it, requests wait their turn.",
+        checks.concurrency, "queue"),
+    Key("LLM_PROXY_MAX_CONCURRENT_PER_USER", None, "int or None", "Most upstream calls one identity has in flight at once.",
+        _optional_positive, "queue"),
+    Key("LLM_PROXY_QUEUE_TIMEOUT", 30.0, "float (s)", "Longest wait for a slot; then 503 ``queue_timeout`` with ``Retry-After``.",
+        _seconds(0.0), "queue"),
+    Key("LLM_PROXY_QUEUE_URL", None, "str or None", "Where slots are counted: ``redis://...`` (the fleet), ``memory://`` (this "
+        "process). ``None``: the limiter's Redis when ``RATELIMIT_STORAGE_URI`` is one, else this process (a warning).",
+        checks.queue_url, "queue"),
+    Key("LLM_PROXY_QUEUE_LEASE", 10.0, "float (s)", "A slot is a lease renewed while its stream runs: a worker that dies "
+        "(SIGKILL, OOM) gives its slots back within this many seconds. 1 to 30.",
+        lambda n, v: checks.number(n, v, minimum=1.0, maximum=30.0), "queue"),
 )
 
 BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from ..contract.blocks import ATTACHMENT_KINDS
 from ..errors import ConfigError
-from .checks import compile_models, integer, number
+from .checks import boolean, compile_models, integer, number
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -51,6 +51,7 @@ class ProviderConfig:
     attachments: frozenset[str] = ATTACHMENT_KINDS
     #: the largest attachment, in decoded bytes; None: the upstream API's own limits
     max_attachment_bytes: int | None = None
+    cache: bool = True  #: answers of this provider may be served from the response cache
     _exact: frozenset[str] = field(default=frozenset(), repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)  # provider_secrets: scrubbed from every error
@@ -78,7 +79,7 @@ class ProviderConfig:
 _PROVIDER_KEYS = {
     "type", "base_url", "api_key", "models", "max_tokens", "max_messages", "max_body_bytes",
     "headers", "anthropic_version", "max_tokens_field", "verify", "cert", "tokens", "pace_ms", "text",
-    "attachments", "max_attachment_bytes",
+    "attachments", "max_attachment_bytes", "cache",
 }
 _FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 # what the proxy sends itself: a configured one would go out next to it (names differ in case)
@@ -215,6 +216,7 @@ def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConf
         mock_text=str(entry.get("text", "")),
         attachments=parse_attachments(f"{key}.attachments", entry.get("attachments")),
         max_attachment_bytes=integer(f"{key}.max_attachment_bytes", entry.get("max_attachment_bytes"), minimum=1, optional=True),
+        cache=boolean(f"{key}.cache", entry.get("cache", True)),
         _exact=exact,
         _pattern=pattern,
         secrets=provider_secrets(api_key or "", headers),
