@@ -1,6 +1,7 @@
 """Running well under gevent and without it, and the one place that reaches past a library's
-public API: ``ssl_patch_problem`` (urllib3), ``limiter_key_prefix`` (Flask-Limiter) and
-``redis_incr_and_get`` (limits). ``tests/test_compat.py`` fails loudly when an upgrade breaks one.
+public API: ``ssl_patch_problem`` (urllib3), ``limiter_key_prefix`` (Flask-Limiter),
+``redis_incr_and_get`` (limits) and ``watch_client_close`` (gunicorn's ``gunicorn.socket`` environ
+key). ``tests/test_compat.py`` fails loudly when an upgrade breaks one.
 """
 from __future__ import annotations
 
@@ -67,6 +68,35 @@ def spawn(fn: Callable[..., Any], *args: Any) -> None:
         gevent.spawn(fn, *args)
     else:
         fn(*args)
+
+
+def watch_client_close(environ: Any, on_close: Callable[[], None]) -> Callable[[], None] | None:
+    """Call ``on_close()`` if the client closes its connection while the request waits before its
+    response starts (for a slot). A write is how gunicorn notices a client that left; before the
+    first one, this peeks at the socket gunicorn hands the app as ``environ["gunicorn.socket"]``:
+    end of file means the client is gone (bytes mean it sent more, e.g. a pipelined request: the
+    watch ends without a verdict). Under gevent and gunicorn only; returns the cancel, or None."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None or not gevent_active():
+        return None
+    import socket
+
+    import gevent
+
+    def watch() -> None:
+        while True:
+            try:
+                data = sock.recv(1, socket.MSG_PEEK)
+            except TimeoutError:  # the socket's own timeout: no verdict, keep watching
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                on_close()
+            return
+
+    watcher = gevent.spawn(watch)
+    return watcher.kill
 
 
 GEVENT_SSL_FIX = (

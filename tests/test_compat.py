@@ -72,3 +72,43 @@ def test_redis_incr_and_get_counts_and_reads_in_one_round_trip(redis_server: Any
 
 def test_this_test_process_is_not_gevent_patched_so_unit_tests_read_bodies_on_threads() -> None:
     assert _compat.gevent_active() is False
+
+
+def test_gunicorn_hands_the_client_socket_to_the_app_as_gunicorn_socket() -> None:
+    """watch_client_close peeks at ``environ["gunicorn.socket"]`` (set by gunicorn.http.wsgi)."""
+    import inspect
+
+    from gunicorn.http import wsgi
+
+    assert '"gunicorn.socket": sock' in inspect.getsource(wsgi.default_environ)
+
+
+def test_watch_client_close_sees_the_client_leave_and_not_data_it_sends() -> None:
+    """Run in a gevent-patched child process, as in a gunicorn gevent worker."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import socket, gevent
+        from flask_llm_proxy._compat import watch_client_close
+        for close in (True, False):
+            a, b = socket.socketpair()
+            seen = []
+            cancel = watch_client_close({"gunicorn.socket": a}, lambda: seen.append("gone"))
+            gevent.sleep(0.05)
+            if close:
+                b.close()
+            else:
+                b.sendall(b"GET / HTTP/1.1")  # more from the client: no verdict
+            gevent.sleep(0.1)
+            cancel()
+            print(close, seen)
+        assert watch_client_close({}, lambda: None) is None
+    """)
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["True ['gone']", "False []"]
