@@ -9,6 +9,8 @@ from flask import Flask
 from .access.limits import Limits
 from .accounting.exchange import Exchange, UsageRecord
 from .accounting.usage import Accounting
+from .cache import ResponseCache
+from .concurrency import Gate
 from .config import Settings
 from .hooks import Hooks
 from .upstream.client import UpstreamClient
@@ -32,6 +34,11 @@ class ProxyState:
             else None
         )
         self.accounting = Accounting(app, settings)
+        metrics = self.accounting.metrics
+        #: the response cache (LLM_PROXY_CACHE_URL), or None
+        self.cache = ResponseCache(settings, metrics) if settings.cache_url else None
+        #: the concurrency cap with its wait (LLM_PROXY_MAX_CONCURRENT*), or None
+        self.gate = Gate(settings, app.config, metrics) if settings.max_concurrent or settings.max_concurrent_per_user else None
 
     def check_allowance(self, identity: str, quota_spent: list[int] | None = None) -> None:
         """Quotas and budgets, before the upstream call: an exhausted user costs nothing.

@@ -22,7 +22,9 @@ Anthropic SDKs send the API key that way).
 Control endpoints (no auth)
 ---------------------------
 * ``GET  /_fake/requests[?id=X]`` JSON list of request records (see below)
-* ``POST /_fake/reset``           clear the records and the per-id attempt counters
+* ``GET  /_fake/concurrency?id=X`` ``{"active": n, "peak": m}``: API requests with scenario id X
+  being answered right now, and the most at once since the last reset (a concurrency cap's proof)
+* ``POST /_fake/reset``           clear the records, the per-id attempt counters and the peaks
 * ``GET  /_fake/health``          ``ok``
 
 Anything else is ``404`` (JSON); a non-POST on an API path is ``405``.
@@ -173,7 +175,8 @@ updated while it proceeds (the log keeps the last ``--max-records``)::
      "client_closed": bool,  # peer closed before the response was finished
      "closed_after_ms": float | None,  # request start -> close detected
      "usage": {"input_tokens": n, "output_tokens": m},
-     "usage_sent": bool}     # the final usage was actually sent to the client
+     "usage_sent": bool,     # the final usage was actually sent to the client
+     "concurrent": n}        # with an id: requests of that id being answered when it began, itself included
 
 A closed peer is noticed immediately (the connection protocol sees EOF) even
 while the response is sleeping or hanging.
@@ -1248,6 +1251,8 @@ class FakeUpstream:
         self.seq = 0
         self.conn_seq = 0
         self.attempts: dict[str, int] = {}
+        self.active: dict[str, int] = {}  # scenario id -> API requests being answered now
+        self.peak: dict[str, int] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.conns: set[_Conn] = set()
         self._ticker: _Ticker | None = None
@@ -1358,7 +1363,11 @@ class FakeUpstream:
         if req.path == "/_fake/reset" and req.method == "POST":
             self.records.clear()
             self.attempts.clear()
+            self.peak.clear()
             return await conn.write(self._json_response(200, {"ok": True}, ka))
+        if req.path == "/_fake/concurrency" and req.method == "GET":
+            want = urllib.parse.parse_qs(req.query).get("id", [""])[0]
+            return await conn.write(self._json_response(200, {"active": self.active.get(want, 0), "peak": self.peak.get(want, 0)}, ka))
         if req.path == "/_fake/requests" and req.method == "GET":
             params = urllib.parse.parse_qs(req.query)
             records: Iterable[dict[str, Any]] = self.records
@@ -1402,6 +1411,8 @@ class FakeUpstream:
             act.finished = True
             if conn.active is act:
                 conn.active = None
+            if rec.get("concurrent") is not None:
+                self.active[rec["id"]] -= 1
 
     async def _send_error(self, conn: _Conn, req: _Request, provider: str, rec: dict[str, Any],
                           act: _Active, status: int, message: str | None = None,
@@ -1434,6 +1445,10 @@ class FakeUpstream:
         text = directive_text(provider, body)
         plan = parse_directives(text)
         rec["id"] = plan.id
+        if plan.id is not None:  # counted until this handler returns (the answer written, or the peer gone)
+            n = self.active[plan.id] = self.active.get(plan.id, 0) + 1
+            self.peak[plan.id] = max(self.peak.get(plan.id, 0), n)
+            rec["concurrent"] = n
         counter = plan.id if plan.id is not None else "\0" + text
         attempt = self.attempts.get(counter, 0)
         self.attempts[counter] = attempt + 1
@@ -1797,8 +1812,12 @@ class FakeUpstreamProcess:
         return json.loads(self._call("GET", path))
 
     def reset(self) -> None:
-        """Clear the request log and the attempt counters."""
+        """Clear the request log, the attempt counters and the concurrency peaks."""
         self._call("POST", "/_fake/reset")
+
+    def concurrency(self, id: str) -> dict[str, int]:
+        """``{"active": n, "peak": m}`` for the requests with this scenario id."""
+        return json.loads(self._call("GET", f"/_fake/concurrency?{urllib.parse.urlencode({'id': id})}"))
 
     def health(self) -> bool:
         return self._call("GET", "/_fake/health") == b"ok"

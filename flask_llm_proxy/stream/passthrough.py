@@ -2,7 +2,8 @@
 while the provider's translator reads them for usage and completeness (accounting)."""
 from __future__ import annotations
 
-from typing import Iterator
+from itertools import chain
+from typing import Any, Iterable, Iterator
 
 from ..accounting.exchange import Exchange
 from ..errors import ProxyError, UpstreamError, scrub_bytes
@@ -55,3 +56,25 @@ def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Tran
         upstream.close()
         call.resp = None
         ex.finalize()  # before the response ends, as relay() does
+
+
+def replay(ex: Exchange, batches: Iterable[Any], api: str, first: tuple[Any, ...] = ()) -> Iterator[bytes]:
+    """A native answer from the response cache or an identical request in flight: the upstream's
+    own event bytes as they were relayed (batches of ``bytes``), ending as :func:`passthrough` ends."""
+    call = ex.call
+    try:
+        for batch in chain(first, batches):
+            if batch is None:
+                yield PING
+                continue
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
+        call.complete = True
+    except ProxyError as err:
+        call.fail(err)
+        if not getattr(err, "from_stream", False):  # the upstream's own error event was in the bytes
+            yield err.to_native_event(api)
+    except GeneratorExit:
+        call.client_aborted = True
+        raise
+    finally:
+        ex.finalize()

@@ -79,9 +79,11 @@ def _final_event(ex: Exchange, translator: Translator, token_id: int) -> bytes:
     if ex.cost_fn is not None:
         cost = ex.cost_fn(ex.request.model, u.input_tokens, u.output_tokens, u.cache_read, u.cache_write)
         if cost is not None:
-            payload["usage"]["costUsd"] = cost
+            payload["usage"]["costUsd"] = 0.0 if ex.call.cached else cost
     if translator.reasoning:  # asked for: the part of outputTokens that was reasoning, as reported
         payload["usage"]["reasoningTokens"] = u.reasoning_tokens
+    if ex.call.cached:  # from the response cache: nothing was billed for this answer
+        payload["cached"] = True
     if token_id == 0:
         ttfb = ex.call.ttfb_ms = round((time.perf_counter() - ex.request.started) * 1000.0, 1)
         payload["isFirst"] = True

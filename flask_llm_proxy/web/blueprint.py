@@ -34,7 +34,7 @@ HTTP_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed
               429: "rate_limited", 500: "internal_error"}
 #: what a request keeps on ``g``, dropped when it ends (:func:`_end`)
 REQUEST_STATE = ("llm_proxy_started", "llm_proxy_native", "llm_proxy_request_id", "llm_proxy_rate_headers", "llm_proxy_exchange",
-                 "llm_proxy_refusal_counted", "_llm_proxy_identity")
+                 "llm_proxy_refusal_counted", "_llm_proxy_identity", "llm_proxy_cache")
 
 
 # --- request plumbing ------------------------------------------------------------------------
@@ -53,6 +53,9 @@ def _begin() -> None:
 def _finish(response: Response) -> Response:
     headers = response.headers
     headers["X-Request-ID"] = g.get("llm_proxy_request_id", "")
+    cache = g.get("llm_proxy_cache")
+    if cache:
+        headers["X-LLM-Proxy-Cache"] = cache
     rate = g.get("llm_proxy_rate_headers")
     if rate:
         for k, v in rate.items():

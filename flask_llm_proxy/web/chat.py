@@ -33,6 +33,7 @@ from ..stream.relay import (
     relay,
     upstream_items,
 )
+from .answers import contract_answer
 from .flow import (
     SSE_CONTENT_TYPE,
     STREAM_HEADERS,
@@ -89,7 +90,11 @@ def chat(provider_name: str, profile_name: str | None = None) -> Response:
 def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig, adapter: Adapter | None, upstream_body: Any) -> Response:
     """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
     try:
-        items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
+        if adapter is None:
+            items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
+        else:  # the response cache, an identical request in flight, or the upstream behind the concurrency cap
+            items, translator, first = contract_answer(st, ex, provider, "contract" + adapter.path, upstream_body,
+                                                       lambda: _first_tokens(st, ex, provider, req, adapter, upstream_body))
     except ProxyError as err:
         err.retried = err.retried or ex.call.retries > 0  # -> x-should-retry: false, whichever kind retried
         raise

@@ -22,7 +22,8 @@ from ..accounting.exchange import Exchange, RequestInfo
 from ..config import ProviderConfig
 from ..contract.blocks import check_native
 from ..contract.request import valid_model_name
-from ..errors import InvalidRequest, ModelNotAllowed
+from ..cache import Turn
+from ..errors import InvalidRequest, ModelNotAllowed, UpstreamError
 from ..providers.anthropic import AnthropicAdapter
 from ..providers.base import Adapter, Translator, output_cap
 from ..providers.openai import ChatCompletionsAdapter
@@ -31,6 +32,7 @@ from ..state import ProxyState
 from ..stream.passthrough import passthrough
 from ..stream.relay import MALFORMED, StreamBody
 from ..upstream.body import UpstreamBody, whole_body
+from .answers import native_answer
 from .flow import (
     STREAM_HEADERS,
     accounted,
@@ -135,6 +137,11 @@ def native_view(provider_name: str, api: str, profile_name: str | None = None) -
 
 
 def _call(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body: dict[str, Any], stream: bool) -> Response:
+    return native_answer(st, ex, provider, api, body, stream, lambda turn: _live(st, ex, provider, api, body, stream, turn))
+
+
+def _live(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body: dict[str, Any], stream: bool,
+          turn: Turn | None) -> Response:
     s = st.settings
     adapter = APIS[api][0]
     resp = open_upstream(st, ex, provider, adapter, _json.dumps(body),
@@ -143,18 +150,20 @@ def _call(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body
     ex.call.translator = translator
     if not stream:
         ex.call.resp = resp
-        return _whole(ex, resp, api, translator)
+        return _whole(ex, resp, api, translator, turn)
     upstream = UpstreamBody(resp, s.keepalive, raw=True)
     ex.call.resp = upstream
     content_type = resp.headers.get("content-type", "text/event-stream")
-    return Response(StreamBody(passthrough(ex, upstream, api, translator), ex.finalize), status=200,
+    source = turn.tee(ex, upstream, translator, raw=True, feed=translator.feed, content_type=content_type) if turn else upstream
+    return Response(StreamBody(passthrough(ex, source, api, translator), ex.finalize), status=200,
                     content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True)
 
 
-def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Response:
+def _whole(ex: Exchange, resp: Any, api: str, translator: Translator, turn: Turn | None = None) -> Response:
     """Non-streaming: the upstream's JSON, unchanged; its usage goes to the ledger."""
     raw = whole_body(resp)
     ex.call.resp = None
+    content_type = resp.headers.get("content-type", "application/json")
     try:
         obj = _json.loads(raw)
         usage = obj.get("usage") or {}
@@ -166,7 +175,11 @@ def _whole(ex: Exchange, resp: Any, api: str, translator: Translator) -> Respons
             translator.finish_reason = obj.get("stop_reason") or obj.get("status")
     except MALFORMED:
         log.warning("request %s: the upstream's JSON answer had no readable usage", ex.request.request_id)
+        if turn is not None:
+            turn.failed(UpstreamError("the upstream's JSON answer could not be read"))
     translator.done = True
     ex.call.complete = True
+    if turn is not None:
+        turn.complete_whole(raw, translator, content_type)
     ex.finalize()
-    return Response(raw, status=resp.status_code, content_type=resp.headers.get("content-type", "application/json"))
+    return Response(raw, status=resp.status_code, content_type=content_type)
