@@ -42,7 +42,8 @@ class Node:
         self._pid = -1
         self._id = ""
         self._redis: Any = None
-        self._handlers: dict[str, Callable[[str], None]] = {}
+        self._handlers: dict[str, list[Callable[[str], None]]] = {}
+        self._seq = 0
         self._tickers: list[Callable[[], bool]] = []
         self._running = False
         self._lock = threading.Lock()
@@ -52,6 +53,7 @@ class Node:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._id = os.urandom(8).hex()
+            self._seq = 0
             # BLPOP and XREAD block for up to a tick: the socket timeout must outlast them
             self._redis = redis_client(self.url, timeout=self.tick + 5.0)
             self._running = False
@@ -72,8 +74,15 @@ class Node:
         return f"{PREFIX}:node:{node_id}"
 
     def on(self, kind: str, handler: Callable[[str], None]) -> None:
-        """``handler(rest)`` for each message ``<kind>|<rest>`` sent to this process."""
-        self._handlers[kind] = handler
+        """``handler(rest)`` for each message ``<kind>|<rest>`` sent to this process (every
+        handler of the kind: several apps of one process may share this node)."""
+        self._handlers.setdefault(kind, []).append(handler)
+
+    def ticket(self) -> str:
+        """A name unique in the fleet that says which process holds it: ``<node id>:<n>``."""
+        self._check_pid()
+        self._seq += 1
+        return f"{self._id}:{self._seq}"
 
     def every_tick(self, fn: Callable[[], bool], tick: float | None = None) -> None:
         """``fn()`` once per tick while the loop runs; it returns whether it still has work
@@ -81,6 +90,10 @@ class Node:
         self._tickers.append(fn)
         if tick is not None:
             self.tick = min(self.tick, tick)
+
+    @property
+    def running(self) -> bool:
+        return self._running and self._pid == os.getpid()
 
     def wake(self) -> None:
         """Make sure the loop runs (call when this process starts to wait, hold or lead)."""
@@ -131,8 +144,7 @@ class Node:
 
     def _dispatch(self, raw: bytes) -> None:
         kind, _, rest = raw.decode("utf-8", "replace").partition("|")
-        handler = self._handlers.get(kind)
-        if handler is not None:
+        for handler in self._handlers.get(kind, ()):
             try:
                 handler(rest)
             except Exception:  # noqa: BLE001

@@ -303,3 +303,25 @@ def test_a_wrong_queue_setting_names_its_key() -> None:
         assert err.value.key.startswith(key)
     s = load_settings({"LLM_PROXY_PROVIDERS": providers, "LLM_PROXY_MAX_CONCURRENT": "3"}, environ={})
     assert s.max_concurrent == {"mock": 3}
+
+
+def test_a_slot_kept_to_give_back_later_goes_back_at_once_when_someone_waits(redis_server: Any) -> None:
+    """Uncontended, a finished request's slot is returned with the process's next request (one
+    round trip per request); a request that has to queue nudges the holder, which returns it then,
+    not at its next tick."""
+    import redis as redis_py
+
+    from flask_llm_proxy.concurrency.redis_slots import Q, RedisSlots
+
+    url = db(redis_server, 9)
+    redis_py.Redis.from_url(url).flushdb()
+    holder, waiter = RedisSlots(url, lease=30), RedisSlots(url, lease=30)
+    holder.node.tick = 20.0  # no tick would flush it during this test: only the nudge can
+    wanted = [("p:nudge", 1)]
+    holder.acquire(holder.ticket(), wanted, time.monotonic() + 5, None, lambda: None)()
+    assert holder._later and redis_py.Redis.from_url(url).zcard(Q + "p:nudge:h") == 1  # kept for later
+    t0 = time.monotonic()
+    release = waiter.acquire(waiter.ticket(), wanted, time.monotonic() + 10, None, lambda: None)
+    assert time.monotonic() - t0 < 5  # the nudge, not a tick 20 s away
+    assert not holder._later
+    release()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Any, Mapping
 
@@ -84,17 +83,7 @@ class Gate:
             msg = ("LLM_PROXY_MAX_CONCURRENT%s is counted per worker process (no Redis: set LLM_PROXY_QUEUE_URL or "
                    "RATELIMIT_STORAGE_URI to a redis:// URL for a fleet-wide cap)" % ("_PER_USER" if not self.caps else ""))
             (log.warning if default else log.info)(msg)
-        self._seq = 0
-        self._pid = -1
-        self._prefix = ""
         self._down = False
-
-    def _ticket(self) -> str:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._prefix = os.urandom(6).hex()
-        self._seq += 1
-        return f"{self._prefix}:{self._seq}"
 
     def enter(self, ex: Any, provider: str, identity: str, environ: Mapping[str, Any]) -> None:
         """Take the slots ``ex``'s upstream call needs, waiting for them if none is free; they
@@ -121,7 +110,7 @@ class Gate:
                     m.queue_waiting.labels(provider).inc()
 
         try:
-            release = self.slots.acquire(self._ticket(), wanted, time.monotonic() + self.timeout, gone, on_wait)
+            release = self.slots.acquire(self.slots.ticket(), wanted, time.monotonic() + self.timeout, gone, on_wait)
         except (TimeoutError, ConnectionAbortedError) as exc:
             waited = self._waited(ex, provider, started)
             if isinstance(exc, ConnectionAbortedError):

@@ -34,6 +34,11 @@ class LocalSlots:
     def __init__(self) -> None:
         self._sems: dict[str, _Semaphore] = {}
         self._lock = threading.Lock()
+        self._seq = 0
+
+    def ticket(self) -> str:
+        self._seq += 1
+        return str(self._seq)
 
     def acquire(self, ticket: str, wanted: Sequence[tuple[str, int]], deadline: float, gone: Any,
                 on_wait: Callable[[], None]) -> Callable[[], None]:

@@ -3,12 +3,14 @@
 Per semaphore (``p:<provider>``, ``u:<identity>``) under ``llm_proxy:q:<name>``: ``:h`` the holders
 (a sorted set, score = lease end), ``:w`` the waiters in arrival order, ``:wd`` each waiter's
 process and deadline. Every change is one Lua script, with Redis's own clock (hosts' clocks may
-differ). A request that finds a free slot and nobody waiting takes it in one round trip and gives
-it back in another. Otherwise it queues and waits, without polling: whoever frees a slot hands
+differ). A request that finds a free slot and nobody waiting takes it in one round trip. Otherwise
+it queues and waits, without polling: whoever frees a slot hands
 it to the first live waiter and pushes ``g|<ticket>`` to that waiter's process inbox
 (:mod:`~flask_llm_proxy.fleet`), whose one ``BLPOP`` wakes it. Leases are renewed each tick by
 the holder's process; a process that dies stops renewing, and its slots return when their leases
-end (at most ``LLM_PROXY_QUEUE_LEASE``), swept by any process that has waiters.
+end (at most ``LLM_PROXY_QUEUE_LEASE``), swept by any process that has waiters. While nobody
+waits, a finished request's slot goes back with the process's next acquire (one round trip per
+request instead of two); see :class:`RedisSlots`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .._compat import make_event
 from ..fleet import INBOX_TTL_MS, PREFIX, Node, node_for, redis_client
 
 Q = f"{PREFIX}:q:"
+INBOX = Node.inbox("")  #: the prefix of every process's inbox
 
 _PRELUDE = """
 local KEY_TTL = 600000
@@ -26,7 +29,19 @@ local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function grant(prefix, name, cap, now, lease, inbox, inbox_ttl)
+local function nudge(h, inbox, inbox_ttl)
+  -- someone waits: the processes holding slots return the ones they keep for later at once
+  local seen = {}
+  for _, holder in ipairs(redis.call('ZRANGE', h, 0, -1)) do
+    local node = string.match(holder, '^([^:]+):')
+    if node and not seen[node] then
+      seen[node] = true
+      redis.call('RPUSH', inbox .. node, 'f|')
+      redis.call('PEXPIRE', inbox .. node, inbox_ttl)
+    end
+  end
+end
+local function grant(prefix, name, cap, now, lease, inbox, inbox_ttl, sweep)
   local h, w, wd = prefix .. name .. ':h', prefix .. name .. ':w', prefix .. name .. ':wd'
   redis.call('ZREMRANGEBYSCORE', h, '-inf', now)
   while redis.call('ZCARD', h) < cap do
@@ -46,18 +61,35 @@ local function grant(prefix, name, cap, now, lease, inbox, inbox_ttl)
       end
     end
   end
+  if sweep and redis.call('ZCARD', w) > 0 then nudge(h, inbox, inbox_ttl) end
+end
+local function give_back(first, last, prefix, now, lease, inbox, inbox_ttl, sweep)
+  -- ARGV[first..last]: (ticket, name, cap) triples ('' ticket: only hand free slots on)
+  for i = first, last, 3 do
+    if ARGV[i] ~= '' then
+      redis.call('ZREM', prefix .. ARGV[i + 1] .. ':h', ARGV[i])
+      redis.call('ZREM', prefix .. ARGV[i + 1] .. ':w', ARGV[i])
+      redis.call('HDEL', prefix .. ARGV[i + 1] .. ':wd', ARGV[i])
+    end
+  end
+  for i = first, last, 3 do
+    grant(prefix, ARGV[i + 1], tonumber(ARGV[i + 2]), now, lease, inbox, inbox_ttl, sweep)
+  end
 end
 """
 
-# ARGV: lease ms, wait ms, ticket, node, prefix, inbox prefix, inbox ttl, then (name, cap) pairs.
-# -> 0: holds a slot of each; n: waits (queued) at the n-th.
+# ARGV: lease ms, wait ms, ticket, node, prefix, inbox prefix, inbox ttl, n, then n values: the
+# (ticket, name, cap) triples of slots this process gives back first, then the (name, cap) pairs
+# wanted. -> 0: holds a slot of each; k: waits (queued) at the k-th.
 ACQUIRE = _PRELUDE + """
-local lease, ticket, prefix = tonumber(ARGV[1]), ARGV[3], ARGV[5]
+local lease, ticket, prefix, inbox, ttl = tonumber(ARGV[1]), ARGV[3], ARGV[5], ARGV[6], ARGV[7]
 local now = clock()
-for i = 8, #ARGV, 2 do
+local n = tonumber(ARGV[8])
+if n > 0 then give_back(9, 8 + n, prefix, now, lease, inbox, ttl, false) end
+for i = 9 + n, #ARGV, 2 do
   local name, cap = ARGV[i], tonumber(ARGV[i + 1])
   local h, w, wd = prefix .. name .. ':h', prefix .. name .. ':w', prefix .. name .. ':wd'
-  grant(prefix, name, cap, now, lease, ARGV[6], ARGV[7])
+  grant(prefix, name, cap, now, lease, inbox, ttl, false)
   if redis.call('ZSCORE', h, ticket) then
     redis.call('ZADD', h, now + lease, ticket)
   else
@@ -72,33 +104,25 @@ for i = 8, #ARGV, 2 do
       redis.call('PEXPIRE', h, KEY_TTL)
     else
       if not rank then
-        local n = prefix .. name .. ':n'
-        redis.call('ZADD', w, redis.call('INCR', n), ticket)
+        local seq = prefix .. name .. ':n'
+        redis.call('ZADD', w, redis.call('INCR', seq), ticket)
         redis.call('HSET', wd, ticket, ARGV[4] .. '|' .. (now + tonumber(ARGV[2])))
         redis.call('PEXPIRE', w, KEY_TTL)
         redis.call('PEXPIRE', wd, KEY_TTL)
-        redis.call('PEXPIRE', n, KEY_TTL)
+        redis.call('PEXPIRE', seq, KEY_TTL)
+        nudge(h, inbox, ttl)
       end
-      return (i - 6) / 2
+      return (i - 7 - n) / 2
     end
   end
 end
 return 0
 """
 
-# ARGV: lease ms, ticket ('' to only sweep), prefix, inbox prefix, inbox ttl, then (name, cap) pairs.
+# ARGV: lease ms, prefix, inbox prefix, inbox ttl, sweep (1: nudge holders where some wait), then
+# (ticket, name, cap) triples.
 RELEASE = _PRELUDE + """
-local lease, ticket, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local now = clock()
-for i = 6, #ARGV, 2 do
-  local name = ARGV[i]
-  if ticket ~= '' then
-    redis.call('ZREM', prefix .. name .. ':h', ticket)
-    redis.call('ZREM', prefix .. name .. ':w', ticket)
-    redis.call('HDEL', prefix .. name .. ':wd', ticket)
-  end
-  grant(prefix, name, tonumber(ARGV[i + 1]), now, lease, ARGV[4], ARGV[5])
-end
+give_back(6, #ARGV, ARGV[2], clock(), tonumber(ARGV[1]), ARGV[3], ARGV[4], ARGV[5] == '1')
 return 0
 """
 
@@ -113,8 +137,16 @@ end
 return 0
 """
 
+#: seconds releases stay immediate after this process saw someone wait
+URGENT = 10.0
+
 
 class RedisSlots:
+    """A finished request's slots are given back in the same script call as this process's next
+    acquire, or at the next tick, so a request nobody competes with costs one round trip; the
+    moment anyone waits (here, or anywhere: a queued request nudges the holders' processes), they
+    are given back at once, and stay so for :data:`URGENT` seconds."""
+
     shared = True
 
     def __init__(self, url: str, lease: float) -> None:
@@ -122,11 +154,14 @@ class RedisSlots:
         self.lease_ms = int(lease * 1000)
         self.node: Node = node_for(url)
         self.node.on("g", self._on_grant)
+        self.node.on("f", self._on_nudge)
         self.node.every_tick(self._tick, tick=min(1.0, lease / 3))
         self._redis: Any = None
         self._scripts: tuple[Any, Any, Any] | None = None
         self._waiting: dict[str, tuple[Any, Sequence[tuple[str, int]]]] = {}
         self._held: dict[str, Sequence[tuple[str, int]]] = {}
+        self._later: list[Any] = []  #: (ticket, name, cap) triples, flattened: slots kept to give back later
+        self._urgent_until = 0.0
 
     def _run(self) -> tuple[Any, Any, Any]:
         if self._scripts is None:
@@ -134,6 +169,10 @@ class RedisSlots:
             r = self._redis
             self._scripts = (r.register_script(ACQUIRE), r.register_script(RELEASE), r.register_script(RENEW))
         return self._scripts
+
+    def ticket(self) -> str:
+        """``<process>:<n>``: a queued request nudges the holders' processes by it."""
+        return self.node.ticket()
 
     @staticmethod
     def _flat(wanted: Sequence[tuple[str, int]]) -> list[Any]:
@@ -145,12 +184,19 @@ class RedisSlots:
         acquire, release, _ = self._run()
         node = self.node
         pairs = self._flat(wanted)
+        node_id = node.id
 
         def attempt() -> int:
             wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            return int(acquire(args=[self.lease_ms, wait_ms, ticket, node.id, Q, Node.inbox(""), INBOX_TTL_MS, *pairs]))
+            later, self._later = self._later, []
+            try:
+                return int(acquire(args=(self.lease_ms, wait_ms, ticket, node_id, Q, INBOX, INBOX_TTL_MS, len(later), *later, *pairs)))
+            except BaseException:
+                self._later[:0] = later  # not given back: next time (or their leases end)
+                raise
 
         if attempt():
+            self._urgent_until = time.monotonic() + URGENT
             event = make_event()
             self._waiting[ticket] = (event, wanted)
             node.wake()  # grants arrive in this process's inbox
@@ -174,30 +220,53 @@ class RedisSlots:
                 self._waiting.pop(ticket, None)
                 if gone is not None:
                     gone.unlink(event)
-            if not granted:
-                release(args=[self.lease_ms, ticket, Q, Node.inbox(""), INBOX_TTL_MS, *pairs])  # leaves the queue (and any slot)
+            if not granted:  # leaves the queue (and any slot handed to it meanwhile)
+                release(args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *self._triples(ticket, wanted)))
                 raise ConnectionAbortedError() if gone is not None and gone.is_set() else TimeoutError()
         self._held[ticket] = wanted
-        node.wake()  # renews the lease while the stream runs
+        if not node.running:
+            node.wake()  # renews the lease while the stream runs; gives back what waits for later
 
         def give_back() -> None:
-            self._held.pop(ticket, None)
-            release(args=[self.lease_ms, ticket, Q, Node.inbox(""), INBOX_TTL_MS, *pairs])
+            del self._held[ticket]
+            triples = self._triples(ticket, wanted)
+            if self._waiting or time.monotonic() < self._urgent_until:
+                release(args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *triples))
+            else:
+                self._later.extend(triples)
 
         return give_back
+
+    @staticmethod
+    def _triples(ticket: str, wanted: Sequence[tuple[str, int]]) -> list[Any]:
+        return [x for name, cap in wanted for x in (ticket, name, cap)]
+
+    def _give_back_later_ones(self) -> None:
+        later, self._later = self._later, []
+        if later:
+            try:
+                self._run()[1](args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *later))
+            except BaseException:
+                self._later[:0] = later
+                raise
 
     def _on_grant(self, ticket: str) -> None:
         found = self._waiting.get(ticket)
         if found is not None:
             found[0].set()
 
+    def _on_nudge(self, _: str) -> None:
+        self._urgent_until = time.monotonic() + URGENT
+        self._give_back_later_ones()
+
     def _tick(self) -> bool:
-        if not self._held and not self._waiting:
+        if not self._held and not self._waiting and not self._later:
             return False
         _, release, renew = self._run()
+        self._give_back_later_ones()
         if self._held:
             renew(args=[self.lease_ms, Q, *[x for t, wanted in list(self._held.items()) for name, _ in wanted for x in (name, t)]])
-        if self._waiting:  # leases of dead processes end: hand their slots on
+        if self._waiting:  # leases of dead processes end: hand their slots on (and nudge holders)
             sems = {name: cap for _, wanted in list(self._waiting.values()) for name, cap in wanted}
-            release(args=[self.lease_ms, "", Q, Node.inbox(""), INBOX_TTL_MS, *self._flat(list(sems.items()))])
+            release(args=[self.lease_ms, Q, INBOX, INBOX_TTL_MS, "1", *[x for name, cap in sems.items() for x in ("", name, cap)]])
         return True
