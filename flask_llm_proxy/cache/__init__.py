@@ -24,6 +24,7 @@ from ..errors import ProxyError, UpstreamError
 from ..fleet import node_for
 from ..providers.base import Translator
 from .entry import Meta, pack, storable, unpack
+from .fleet_flight import GRACE, FleetFlights
 from .flight import Flight, Flights, LeaderGone
 from .keys import cache_key, directives
 from .stores import open_store
@@ -92,10 +93,13 @@ class Turn:
         if flight is None or flight.done:
             return
         meta = Meta.of(translator, content_type)
+        blob = None
         if self.store and storable(meta):
-            self.cache.put(self.key, meta, [c for batch in flight.batches for c in batch])  # type: ignore[arg-type]
+            blob = pack(meta, [c for batch in flight.batches for c in batch])
+            if len(blob) > self.cache.max_bytes:
+                blob = None
         flight.finish(meta)
-        self.cache.ended(flight)
+        self.cache.ended(flight, blob, self.key)
 
     def complete_whole(self, body: bytes, translator: Translator, content_type: str | None) -> None:
         """A native ``stream: false`` answer: one chunk, the upstream's JSON."""
@@ -110,7 +114,7 @@ class Turn:
         if flight is None or flight.done:
             return
         flight.fail(err, rejoin=not isinstance(err, UpstreamError))
-        self.cache.ended(flight)
+        self.cache.ended(flight, None, self.key)
 
 
 class ResponseCache:
@@ -126,8 +130,6 @@ class ResponseCache:
         self.flights = Flights()
         self.fleet: Any = None
         if self.store.shared:
-            from .fleet_flight import FleetFlights
-
             self.fleet = FleetFlights(self.store, node_for(url), self.flights)  # type: ignore[arg-type]
         self._down_until = 0.0
         self._down = False
@@ -182,25 +184,23 @@ class ResponseCache:
             self.fleet.led(flight)
         return self._count(Turn(self, "miss", key, flight=flight, leads=True, store=True), provider)
 
-    def put(self, key: str, meta: Meta, chunks: list[Any]) -> None:
-        blob = pack(meta, chunks)
-        if len(blob) > self.max_bytes:
-            return
-        if self.store.shared:
-            spawn(self._put, key, blob)  # after the stream: never delays a token or the end
-        else:
-            self.store.put(key, blob, self.ttl)
+    def ended(self, flight: Flight, blob: bytes | None, key: str | None) -> None:
+        """A live answer ended: store it (``blob``: complete, successful, not too large), let the
+        flight go (a fleet flight stays followable a few seconds)."""
+        self.flights.retire(flight, keep=GRACE if flight.fleet else 0.0)
+        if flight.fleet:
+            self.fleet.ended(flight, blob, self.ttl)  # the store and the lock in one round trip
+        elif blob is not None and key is not None:
+            if self.store.shared:
+                spawn(self._put, key, blob)  # after the stream: never delays a token or the end
+            else:
+                self.store.put(key, blob, self.ttl)
 
     def _put(self, key: str, blob: bytes) -> None:
         try:
             self.store.put(key, blob, self.ttl)
         except Exception as exc:  # noqa: BLE001
             self._outage(exc)
-
-    def ended(self, flight: Flight) -> None:
-        self.flights.retire(flight, keep=5.0 if flight.fleet else 0.0)
-        if self.fleet is not None:
-            self.fleet.ended(flight)
 
     # --- outages and counting --------------------------------------------------------------------
 

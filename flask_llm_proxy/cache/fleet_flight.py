@@ -49,7 +49,16 @@ if owner ~= ARGV[1] then
 end
 return {3, owner}
 """
-# KEYS: locks; ARGV: this node, ms. Renew (ms > 0) or delete (ms == 0) the locks this node holds.
+# KEYS: the stored answer, the lock; ARGV: this node, the answer ('' for none), its ttl ms, grace ms
+# (0: the flight failed). The answer stored and the lock kept for late followers, or freed: one trip.
+FINISH = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) else redis.call('DEL', KEYS[2]) end
+end
+return 0
+"""
+# KEYS: locks; ARGV: this node, ms. Renew the locks this node holds.
 OWNED = """
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then
@@ -92,6 +101,7 @@ class FleetFlights:
         self.flights = flights
         self._lookup: Any = None
         self._owned: Any = None
+        self._finish: Any = None
         node.on("w", self._on_watch)
         node.every_tick(self._tick)
 
@@ -100,6 +110,7 @@ class FleetFlights:
             r = self.store.redis
             self._lookup = r.register_script(LOOKUP)
             self._owned = r.register_script(OWNED)
+            self._finish = r.register_script(FINISH)
 
     # --- the request's side --------------------------------------------------------------------
 
@@ -120,20 +131,19 @@ class FleetFlights:
         self.node.wake()
         spawn_reader(lambda: self._relay(flight, owner.decode()))
 
-    def ended(self, flight: Flight) -> None:
-        """The leader's flight ended: keep the lock for late followers after a success, free it
-        after a failure (the next request asks the upstream again)."""
-        if not flight.fleet:
-            return
+    def ended(self, flight: Flight, blob: bytes | None, ttl: float) -> None:
+        """The leader's flight ended: store its answer (``blob``) and keep the lock a few seconds
+        for late followers after a success, or free it after a failure (the next request asks the
+        upstream again). One script call, after the stream: never delays a token."""
         ok = flight.error is None and flight.meta is not None
-        spawn(self._release, flight.key, int(GRACE * 1000) if ok else 0)
+        spawn(self._end, flight.key, blob or b"", int(ttl * 1000), int(GRACE * 1000) if ok else 0)
 
-    def _release(self, key: str, ms: int) -> None:
+    def _end(self, key: str, blob: bytes, ttl_ms: int, grace_ms: int) -> None:
         try:
             self._scripts()
-            self._owned(keys=[lock_key(key)], args=[self.node.id, ms])
-        except Exception as exc:  # noqa: BLE001 - the lease ends it anyway
-            log.warning("cache: could not release the single-flight lock (%s); it expires by itself", type(exc).__name__)
+            self._finish(keys=[RedisStore.key(key), lock_key(key)], args=[self.node.id, blob, ttl_ms, grace_ms])
+        except Exception as exc:  # noqa: BLE001 - the lock's lease ends it anyway; the answer is not stored
+            log.warning("cache: could not store an answer or release its single-flight lock (%s)", type(exc).__name__)
 
     # --- this process's node -------------------------------------------------------------------
 
