@@ -26,6 +26,8 @@ GROUP_TITLES = {
     "upstream": "The upstream call",
     "access": "Access: authentication, limits, profiles, CORS",
     "accounting": "Accounting: prices, ledger, budgets, metrics, logs",
+    "cache": "Response cache",
+    "queue": "Queue: a concurrency cap with a wait",
     "general": "General",
 }
 
@@ -55,8 +57,10 @@ def _cell(text: str) -> list[str]:
     return [lines[0]] + [("  " + line) if line.strip() else "" for line in lines[1:]]
 
 
-def render_rst(keys: Iterable[Any], only: str | None = None, *, titles: bool = True) -> str:
-    """The reStructuredText of the reference: per group a section (``titles``) and a table."""
+def render_rst(keys: Iterable[Any], only: str | None = None, *, titles: bool = True, links: bool = False) -> str:
+    """The reStructuredText of the reference: per group a section (``titles``) and a table.
+    ``links``: each key links to its row in the reference instead of being its target (a
+    feature's page showing its own group)."""
     out: list[str] = []
     for group, members in groups(keys).items():
         if only is not None and group != only:
@@ -77,7 +81,7 @@ def render_rst(keys: Iterable[Any], only: str | None = None, *, titles: bool = T
         ]
         for key in members:
             rows = [
-                [f".. setting:: {key.name}", "", f"``{key.name}``"],
+                [f":setting:`{key.name}`"] if links else [f".. setting:: {key.name}", "", f"``{key.name}``"],
                 [f"``{format_default(key.default)}``"],
                 [key.type],
                 _cell(key.doc),
@@ -92,7 +96,7 @@ def render_rst(keys: Iterable[Any], only: str | None = None, *, titles: bool = T
 
 class ConfigReference(SphinxDirective):
     has_content = False
-    option_spec = {"group": directives.unchanged, "no-titles": directives.flag}
+    option_spec = {"group": directives.unchanged, "no-titles": directives.flag, "links": directives.flag}
 
     def run(self) -> list[nodes.Node]:
         from flask_llm_proxy.config import KEYS
@@ -101,7 +105,7 @@ class ConfigReference(SphinxDirective):
         known = groups(KEYS)
         if only is not None and only not in known:
             raise self.error(f"llm-proxy-config: no group {only!r}; the groups are {sorted(known)}")
-        text = render_rst(KEYS, only, titles="no-titles" not in self.options)
+        text = render_rst(KEYS, only, titles="no-titles" not in self.options, links="links" in self.options)
         container = nodes.section() if "no-titles" not in self.options else nodes.container()
         container.document = self.state.document
         source = self.get_source_info()[0]
