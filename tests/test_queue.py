@@ -119,7 +119,7 @@ def test_requests_that_get_no_slot_within_the_queue_timeout_get_a_503_with_retry
     for status, body, headers, seconds in refused:
         assert status == 503 and '"type":"queue_timeout"' in body.replace(" ", ""), body
         assert headers["Retry-After"] == "1"
-        assert 0.4 < seconds < 2.5, seconds  # at the 0.5 s deadline (slack for a loaded machine)
+        assert 0.4 < seconds < 3.0, seconds  # at the 0.5 s deadline (slack for a loaded machine)
     assert upstream.concurrency(scenario)["peak"] == 4
     assert len(upstream.requests(id=scenario)) == 4  # a refused request never reached the upstream
     by_status = {}
