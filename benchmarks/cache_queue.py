@@ -3,7 +3,8 @@
     python benchmarks/cache_queue.py [--rounds 12] [--per-round 50] [--tokens 20] [--first-ms 0]
 
 Starts the fake upstream, a ``redis-server`` on loopback and the example app under gunicorn (one
-gevent worker) in several configurations, sends ``--requests`` streaming requests one after
+gevent worker; the stripped configuration: no auth, limits or ledger, so the rows differ only by
+what they measure) in several configurations, sends ``--requests`` streaming requests one after
 another to each on a keep-alive connection, and prints one Markdown table: the worker's CPU per
 request (from /proc: what a configuration costs, insensitive to the other processes sharing the
 machine), and the client's time to the first token and to the end (p50). Then the cost in
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from servers import ProxyServer, cpu_seconds, free_port, start_upstream  # noqa: E402
+from servers import STRIPPED, ProxyServer, cpu_seconds, free_port, start_upstream  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "tests"))
 from redis_process import RedisProcess  # noqa: E402
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         for name, env, kinds in configs:
-            server = ProxyServer(upstream.base_url, extra_env=env).start()
+            server = ProxyServer(upstream.base_url, config=STRIPPED, extra_env=env).start()
             servers.append(server)
             for label, expect, same in kinds:
                 prompt = f"{knobs} {name} same" if same else None
