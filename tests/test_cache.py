@@ -271,7 +271,7 @@ def concurrent_contract(targets: list[Any], prompt: str) -> list[tuple[str, list
 
 def test_identical_concurrent_requests_share_one_upstream_call_in_one_process(servers: Any, upstream: Any) -> None:
     s = uid("flight")
-    results = concurrent_contract([servers["mem"]] * 6, f"id={s} tokens=10 pace_ms=80")
+    results = concurrent_contract([servers["mem"]] * 6, f"id={s} tokens=10 first_ms=300 pace_ms=80")
     assert calls(upstream, s) == 1
     assert [text_of(e) for _, e in results] == [expected_text(10)] * 6
     assert sorted(h for h, _ in results) == ["hit"] * 5 + ["miss"]
@@ -282,7 +282,7 @@ def test_identical_concurrent_requests_share_one_upstream_call_in_one_process(se
 def test_identical_concurrent_requests_share_one_upstream_call_across_two_servers_with_redis(servers: Any, upstream: Any) -> None:
     s = uid("fleet-flight")
     targets = [servers["fleet_a"], servers["fleet_b"]] * 4
-    results = concurrent_contract(targets, f"id={s} tokens=10 pace_ms=100")
+    results = concurrent_contract(targets, f"id={s} tokens=10 first_ms=300 pace_ms=100")
     assert calls(upstream, s) == 1
     assert [text_of(e) for _, e in results] == [expected_text(10)] * 8
     assert sorted(h for h, _ in results).count("miss") == 1
@@ -292,12 +292,12 @@ def test_when_the_shared_call_fails_every_follower_gets_its_error_and_nothing_is
     s = uid("flight-fail")
     for targets in ([servers["mem"]] * 4, [servers["fleet_a"], servers["fleet_b"]] * 2):
         upstream.reset()
-        results = concurrent_contract(targets, f"id={s} tokens=8 pace_ms=80 error_after=3")
+        results = concurrent_contract(targets, f"id={s} tokens=8 first_ms=500 pace_ms=80 error_after=3")
         assert calls(upstream, s) == 1
         for _, events in results:
             assert events[-1][0] == "error" and events[-1][1]["code"] == "UPSTREAM_OVERLOADED", events[-3:]
             assert text_of(events) == expected_text(3)
-    assert contract(servers["mem"], f"id={s} tokens=8 pace_ms=80 error_after=3")[0] == "miss"
+    assert contract(servers["mem"], f"id={s} tokens=8 first_ms=500 pace_ms=80 error_after=3")[0] == "miss"
 
 
 def test_a_follower_gets_the_whole_answer_when_the_first_client_leaves(servers: Any, upstream: Any, cache_db: str) -> None:
@@ -364,14 +364,15 @@ def test_cache_control_directives() -> None:
 
 def test_an_entry_round_trips_text_tool_calls_and_raw_event_bytes() -> None:
     from flask_llm_proxy.cache.entry import Meta, pack, storable, unpack
-    from flask_llm_proxy.providers.base import ToolCall
+    from flask_llm_proxy.providers.base import Reasoning, ToolCall
 
-    chunks = ["Hello", " wörld 👋", ToolCall("call_1", "get_weather", {"city": "Oslo"}), b"event: ping\ndata: {}\n\n", ""]
-    meta = Meta("tool_calls", (10, 5, 2, 0), "text/event-stream")
+    chunks = ["Hello", " wörld 👋", ToolCall("call_1", "get_weather", {"city": "Oslo"}), b"event: ping\ndata: {}\n\n", "",
+              Reasoning("Let me think"), Reasoning("", signature="sig=="), Reasoning("", redacted="opaque")]
+    meta = Meta("tool_calls", (10, 5, 2, 0, 3), "text/event-stream")
     got_meta, got = unpack(pack(meta, chunks))
     assert got == chunks and got_meta == meta
-    assert all(storable(Meta(f, (0, 0, 0, 0))) for f in ("stop", "length", "tool_calls", "end_turn", "tool_use", "completed", None))
-    assert not any(storable(Meta(f, (0, 0, 0, 0))) for f in ("content_filter", "refusal", "incomplete"))
+    assert all(storable(Meta(f, (0, 0, 0, 0, 0))) for f in ("stop", "length", "tool_calls", "end_turn", "tool_use", "completed", None))
+    assert not any(storable(Meta(f, (0, 0, 0, 0, 0))) for f in ("content_filter", "refusal", "incomplete"))
     with pytest.raises(ValueError):
         unpack(b"something else")
 
@@ -402,3 +403,22 @@ def test_a_wrong_cache_setting_names_its_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings({key: value}, environ={})
     assert err.value.key.startswith(key)
+
+
+def test_answers_with_the_models_reasoning_are_kept_apart_and_replay_it(servers: Any, upstream: Any) -> None:
+    """A client that asks for the reasoning (include_reasoning) gets reasoning events a client that
+    did not ask must never get, from the same upstream request: their answers are stored apart."""
+    s = uid("think")
+    body = {"max_tokens": 4096, "thinking": {"type": "enabled", "budget_tokens": 2048}}
+    h1, quiet = contract(servers["mem"], f"id={s} tokens=4 think=6", body=body)
+    h2, asked = contract(servers["mem"], f"id={s} tokens=4 think=6", body={**body, "include_reasoning": True})
+    h3, again = contract(servers["mem"], f"id={s} tokens=4 think=6", body={**body, "include_reasoning": True})
+    h4, quiet_again = contract(servers["mem"], f"id={s} tokens=4 think=6", body=body)
+    assert (h1, h2, h3, h4) == ("miss", "miss", "hit", "hit")
+    assert calls(upstream, s) == 2
+    assert not any("reasoning" in json.dumps(e) for e in quiet_again)
+    strip = lambda evs: [{k: v for k, v in e.items() if k not in ("ttfbMs", "cached")} for e in evs if isinstance(e, dict)]  # noqa: E731
+    assert strip(again)[:-1] == strip(asked)[:-1]  # the same reasoning events, signature included
+    assert any("reasoningSignature" in e for e in again)
+    assert again[-2]["usage"]["reasoningTokens"] == asked[-2]["usage"]["reasoningTokens"]
+    assert text_of(again) == text_of(quiet) == expected_text(4)

@@ -1,7 +1,8 @@
 """A complete answer as the cache keeps it, and the chunks a live answer is shared in.
 
-Chunks are what the endpoint's encoder takes: text deltas (``str``) and tool calls
-(:class:`~flask_llm_proxy.providers.base.ToolCall`) for the contract endpoint, the upstream's
+Chunks are what the endpoint's encoder takes: text deltas (``str``), tool calls
+(:class:`~flask_llm_proxy.providers.base.ToolCall`) and reasoning
+(:class:`~flask_llm_proxy.providers.base.Reasoning`) for the contract endpoint, the upstream's
 own event bytes (``bytes``) for the native ones. Encoded as frames (a type byte, a 4-byte length,
 the payload) so bytes never go through JSON and decoding is a slice per frame.
 """
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .. import _json
-from ..providers.base import ToolCall, Translator
+from ..providers.base import Reasoning, ToolCall, Translator
 
-_TEXT, _TOOL, _RAW = 0x74, 0x63, 0x72  # t, c, r
+_TEXT, _TOOL, _RAW, _REASONING = 0x74, 0x63, 0x72, 0x52  # t, c, r, R
 _HEAD = struct.Struct(">BI")
 _MAGIC = b"LPC1"
 _LEN = struct.Struct(">I")
@@ -28,18 +29,20 @@ class Meta:
     """How the answer ended: what a replay's last event and the accounting need."""
 
     finish: str | None
-    usage: tuple[int, int, int, int]  #: input, output, cache read, cache write (the upstream's counts)
+    #: the upstream's counts: input, output, cache read, cache write, reasoning (of output)
+    usage: tuple[int, int, int, int, int]
     content_type: str | None = None  #: native answers: the upstream's Content-Type
 
     @classmethod
     def of(cls, translator: Translator, content_type: str | None = None) -> Meta:
         u = translator.usage
-        return cls(translator.finish_reason, (u.input_tokens, u.output_tokens, u.cache_read, u.cache_write), content_type)
+        return cls(translator.finish_reason, (u.input_tokens, u.output_tokens, u.cache_read, u.cache_write, u.reasoning_tokens),
+                   content_type)
 
     def fill(self, translator: Translator) -> None:
         """Give a replay's translator the stored answer's ending (the relay reads it at the end)."""
         u = translator.usage
-        u.input_tokens, u.output_tokens, u.cache_read, u.cache_write = self.usage
+        u.input_tokens, u.output_tokens, u.cache_read, u.cache_write, u.reasoning_tokens = self.usage
         u.reported = True
         translator.finish_reason = self.finish
         translator.done = True
@@ -50,7 +53,8 @@ class Meta:
     @classmethod
     def from_json(cls, data: bytes) -> Meta:
         d = _json.loads(data)
-        return cls(d.get("f"), tuple(int(x) for x in d["u"]), d.get("ct"))  # type: ignore[arg-type]
+        usage = [int(x) for x in d["u"]] + [0] * (5 - len(d["u"]))
+        return cls(d.get("f"), tuple(usage[:5]), d.get("ct"))  # type: ignore[arg-type]
 
 
 def encode_chunks(chunks: Iterable[Any]) -> bytes:
@@ -60,6 +64,8 @@ def encode_chunks(chunks: Iterable[Any]) -> bytes:
             data, kind = c.encode("utf-8"), _TEXT
         elif type(c) is bytes:
             data, kind = c, _RAW
+        elif type(c) is Reasoning:
+            data, kind = _json.dumps(list(c)), _REASONING
         else:  # a ToolCall
             data, kind = _json.dumps([c.id, c.name, c.arguments]), _TOOL
         out.append(_HEAD.pack(kind, len(data)))
@@ -80,6 +86,8 @@ def decode_chunks(data: bytes) -> list[Any]:
             out.append(raw.decode("utf-8"))
         elif kind == _RAW:
             out.append(raw)
+        elif kind == _REASONING:
+            out.append(Reasoning(*_json.loads(raw)))
         else:
             out.append(ToolCall(*_json.loads(raw)))
     return out

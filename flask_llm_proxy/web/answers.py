@@ -37,8 +37,8 @@ def admit(st: ProxyState, ex: Exchange, provider: ProviderConfig) -> None:
         st.gate.enter(ex, provider.name, ex.request.identity, request.environ)
 
 
-def _serve(ex: Exchange, turn: Turn, keepalive: float | None) -> tuple[Items, Translator]:
-    translator = Translator()  # the stored answer's usage and finish reason arrive with its end
+def _serve(ex: Exchange, turn: Turn, keepalive: float | None, reasoning: bool = False) -> tuple[Items, Translator]:
+    translator = Translator(reasoning)  # the stored answer's usage and finish reason arrive with its end
     ex.call.translator = translator
     ex.call.cached = True
     return turn.chunks(translator, keepalive), translator
@@ -50,11 +50,16 @@ def _unserve(ex: Exchange) -> None:
 
 
 def contract_answer(st: ProxyState, ex: Exchange, provider: ProviderConfig, kind: str, upstream_body: Any,
-                    live: Callable[[], tuple[Items, Translator, tuple[Any, ...]]]) -> tuple[Items, Translator, tuple[Any, ...]]:
-    """The contract endpoint's ``(items, translator, first batch)`` for the relay (see ``chat.run``)."""
+                    live: Callable[[], tuple[Items, Translator, tuple[Any, ...]]],
+                    reasoning: bool = False) -> tuple[Items, Translator, tuple[Any, ...]]:
+    """The contract endpoint's ``(items, translator, first batch)`` for the relay (see ``chat.run``).
+    ``reasoning``: the client asked for the model's reasoning (its answers are kept apart: they
+    hold reasoning items the others must not get)."""
+    if reasoning:
+        kind += "+reasoning"
     turn = cache_turn(st, ex, provider, kind, upstream_body)
     while turn is not None and turn.served:
-        items, translator = _serve(ex, turn, st.settings.keepalive)
+        items, translator = _serve(ex, turn, st.settings.keepalive, reasoning)
         try:
             return items, translator, peek(items)
         except LeaderGone:  # the request it waited on ended before answering: decide again

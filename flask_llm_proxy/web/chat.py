@@ -94,7 +94,8 @@ def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig
             items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
         else:  # the response cache, an identical request in flight, or the upstream behind the concurrency cap
             items, translator, first = contract_answer(st, ex, provider, "contract" + adapter.path, upstream_body,
-                                                       lambda: _first_tokens(st, ex, provider, req, adapter, upstream_body))
+                                                       lambda: _first_tokens(st, ex, provider, req, adapter, upstream_body),
+                                                       req.include_reasoning)
     except ProxyError as err:
         err.retried = err.retried or ex.call.retries > 0  # -> x-should-retry: false, whichever kind retried
         raise
