@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from .._compat import spawn_reader
 from ..errors import NetworkError, ProxyError, UpstreamError
@@ -19,9 +19,19 @@ from ..errors import NetworkError, ProxyError, UpstreamError
 if TYPE_CHECKING:
     from ..accounting.exchange import Exchange
     from ..providers.base import Translator
-    from . import Turn
+    from .flight import Flight
 
 log = logging.getLogger("flask_llm_proxy")
+
+
+class Turn(Protocol):
+    """What a tee needs of the cache's decision (:class:`flask_llm_proxy.cache.Turn`)."""
+
+    flight: Flight | None
+
+    def complete(self, translator: Translator, content_type: str | None = None) -> None: ...
+
+    def failed(self, err: ProxyError | None) -> None: ...
 
 
 def _items(batch: list[Any]) -> list[Any]:
