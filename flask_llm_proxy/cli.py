@@ -5,6 +5,7 @@ extension: ``flask --app yourapp llm-proxy usage --since 1d --by identity``.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import requests
 from flask import current_app
 from flask.cli import AppGroup
 
+from .accounting.report import RangeError, parse_range, summarize_range, to_csv, to_text
 from .accounting.store import summarize
 
 cli = AppGroup("llm-proxy", help="flask-llm-proxy: usage reports and configuration checks.")
@@ -86,6 +88,29 @@ def usage_command(since: str, by: str) -> None:
         click.echo(f"no requests since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(start))} UTC")
         return
     click.echo(format_table(rows, by))
+
+
+@cli.command("report")
+@click.option("--range", "range_", default=None, help="24h, 7d, 30d (<n>h up to 72, <n>d up to 400); default 7d.")
+@click.option("--since", default=None, help="First UTC day of a custom range (YYYY-MM-DD).")
+@click.option("--until", default=None, help="Last UTC day of a custom range, included (default today).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 100), help="How many users to list.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+def report_command(range_: str | None, since: str | None, until: str | None, top: int, fmt: str) -> None:
+    """The operator page's figures (LLM_PROXY_ADMIN) in the terminal: totals, per hour or day,
+    top users, models, errors and time to first token, from the usage ledger."""
+    try:
+        rng = parse_range(range_, since, until)
+    except RangeError as exc:
+        raise click.BadParameter(exc.message, param_hint=f"'--{exc.param}'") from None
+    state = _state()
+    summary = summarize_range(state.accounting.store, rng, budgets=state.settings.budgets, top=top)
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+    elif fmt == "csv":
+        click.echo(to_csv(summary), nl=False)
+    else:
+        click.echo(to_text(summary), nl=False)
 
 
 @cli.command("check")

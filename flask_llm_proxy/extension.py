@@ -67,6 +67,9 @@ class LLMProxy:
                 "@proxy.identity_loader before init_app, or set LLM_PROXY_REQUIRE_AUTH = False for an open "
                 "(development) proxy",
             )
+        if settings.admin and "flask-jwt-extended" not in app.extensions:
+            log.warning("LLM_PROXY_ADMIN is on but the app has no JWTManager: only an @proxy.admin_required callback "
+                        "can open the operator page")
         if not settings.providers:
             log.warning("LLM_PROXY_PROVIDERS is empty: the proxy serves no provider endpoints")
         limiter = limiter or self._limiter

@@ -23,6 +23,8 @@ def apply_cors(bp: Blueprint, settings: Settings) -> None:
 
     CORS(
         bp,
+        # the operator page and its figures are same-origin only, whatever the proxy allows
+        resources=re.compile(rf"^(?!{re.escape(settings.url_prefix)}/admin(?:/|$))"),
         origins=cors_origin_matchers(settings.cors_origins),
         supports_credentials=settings.cors_credentials,
         expose_headers=EXPOSED_HEADERS,

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
+from . import redis_rollup
+from .cells import Cells
 from .exchange import UsageRecord
 from .store import Spend, Store, day_key, month_key
 
@@ -24,6 +26,7 @@ class RedisStore(Store):
         self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.stream = f"{self.PREFIX}:usage"
         self.stream_maxlen = stream_maxlen
+        self._rollup = self._redis.register_script(redis_rollup.SCRIPT)
 
     def _day(self, ts: float, kind: str, name: str) -> str:
         return f"{self.PREFIX}:day:{day_key(ts)}:{kind}:{name}"
@@ -35,7 +38,8 @@ class RedisStore(Store):
         ts = record.timestamp
         tokens = record.input_tokens + record.output_tokens
         cost = record.cost_usd or 0.0
-        fields = {k: ("" if v is None else (int(v) if isinstance(v, bool) else v)) for k, v in record.to_dict().items()}
+        d = record.to_dict()
+        fields = {k: ("" if v is None else (int(v) if isinstance(v, bool) else v)) for k, v in d.items()}
         pipe = self._redis.pipeline(transaction=True)
         for key, ttl in (
             (self._day(ts, "identity", record.identity), 40 * 86400),
@@ -53,6 +57,8 @@ class RedisStore(Store):
             pipe.xadd(self.stream, fields, maxlen=self.stream_maxlen, approximate=True)
         else:
             pipe.xadd(self.stream, fields)
+        keys, args = redis_rollup.script_call(self.PREFIX, d)  # the operator page's aggregates
+        self._rollup(keys=keys, args=args, client=pipe)
         pipe.execute()
 
     def spend(self, identity: str, now: float) -> Spend:
@@ -76,6 +82,10 @@ class RedisStore(Store):
             last = batch[-1][0].decode()
             ms, seq = last.split("-")
             start = f"{ms}-{int(seq) + 1}"
+
+    def aggregates(self, grain: str, first: int, last: int) -> Cells:
+        """The operator page's figures from the counters written with each record (:mod:`.redis_rollup`)."""
+        return redis_rollup.read_cells(self._redis, self.PREFIX, grain, first, last)
 
     def close(self) -> None:
         self._redis.close()

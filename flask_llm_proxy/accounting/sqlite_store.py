@@ -6,6 +6,8 @@ import sqlite3
 import threading
 from typing import Any, Iterator
 
+from . import sqlite_rollup
+from .cells import Cells
 from .exchange import UsageRecord
 from .store import FIELDS, Spend, Store, period_starts
 
@@ -123,3 +125,8 @@ class SQLiteStore(Store):
             rec["cached"] = bool(rec["cached"])
             yield rec
 
+    def aggregates(self, grain: str, first: int, last: int) -> Cells:
+        """The operator page's figures from the rollup (:mod:`.sqlite_rollup`), brought up to date first."""
+        conn = self._conn()
+        sqlite_rollup.catch_up(conn)
+        return sqlite_rollup.read_cells(conn, grain, first, last)

@@ -11,6 +11,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
+from .cells import GRAINS, Cells, cells_from_records
 from .exchange import UsageRecord
 
 log = logging.getLogger("flask_llm_proxy")
@@ -57,6 +58,11 @@ class Store:
 
     def records(self, since: float) -> Iterator[dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
+
+    def aggregates(self, grain: str, first: int, last: int) -> Cells:
+        """The operator page's aggregates of buckets ``first..last`` (:mod:`.cells`). This default
+        reads the records; the SQLite and Redis stores answer from rollups instead."""
+        return cells_from_records(self.records(first * GRAINS[grain]), grain, first, last)
 
     def close(self) -> None:
         pass

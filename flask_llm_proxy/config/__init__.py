@@ -65,6 +65,8 @@ class Settings:
     queue_timeout: float
     queue_url: str | None
     queue_lease: float
+    admin: bool
+    admin_claim: str | None
 
 
 def warn_unknown_keys(config: Mapping[str, Any]) -> list[str]:

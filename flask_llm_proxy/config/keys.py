@@ -144,6 +144,11 @@ KEYS: tuple[Key, ...] = (
     Key("LLM_PROXY_QUEUE_LEASE", 10.0, "float (s)", "A slot is a lease renewed while its stream runs: a worker that dies "
         "(SIGKILL, OOM) gives its slots back within this many seconds. 1 to 30.",
         lambda n, v: checks.number(n, v, minimum=1.0, maximum=30.0), "queue"),
+    # --- the operator page
+    Key("LLM_PROXY_ADMIN", False, "bool", "Serve the operator page at ``<prefix>/admin`` and its figures at "
+        "``<prefix>/admin/summary.json`` (and ``summary.csv``); see :doc:`admin`.", checks.boolean, "admin"),
+    Key("LLM_PROXY_ADMIN_CLAIM", "llm_proxy_admin", "str or None", "JWT claim that must be ``true`` to read the operator "
+        "figures, unless ``@proxy.admin_required`` decides; ``None``: only the callback admits anyone.", _claim, "admin"),
 )
 
 BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}

@@ -22,6 +22,7 @@ from ..access.profiles import check_profile_claim
 from ..accounting.metrics import address_allowed, render
 from ..config import Settings
 from ..errors import PayloadTooLarge, ProviderNotFound, ProxyError
+from .admin import register_admin
 from .chat import chat
 from .flow import state
 from .native import APIS, native_view
@@ -223,6 +224,8 @@ def make_blueprint(settings: Settings) -> Blueprint:
     bp.add_url_rule("/models", view_func=models, methods=["GET"])
     if settings.metrics:
         bp.add_url_rule("/metrics", view_func=metrics_view, methods=["GET"])
+    if settings.admin:
+        register_admin(bp, settings)
     bp.before_request(_begin)
     bp.after_request(_finish)
     bp.teardown_request(_end)
