@@ -8,7 +8,7 @@ into these cells (:mod:`.sqlite_rollup`), Redis keeps them as counters written w
 
 Every figure is an integer so both stores agree to the last digit: costs are counted in
 micro-dollars (a record's cost is already rounded to the micro-dollar) and times are binned by
-:func:`ms_bin` (whole milliseconds below 1 s, three significant digits above), which is what the
+:func:`ms_bin` (whole milliseconds below 128 ms, within about 1 % above), which is what the
 percentiles are taken over.
 """
 from __future__ import annotations
@@ -41,23 +41,28 @@ def micro(cost: float | None) -> int:
     return 0 if cost is None else int(round(cost * 1_000_000))
 
 
+#: significant bits a time keeps: whole milliseconds below 128 ms, within about 1 % above
+BITS = 7
+_MAX_SHIFT = 40
+
+
 def ms_bin(ms: float) -> int:
-    """A time in ms to whole ms below 1 s, then to three significant digits (within 0.5 %)."""
+    """A time in ms, rounded to a whole ms, then to its :data:`BITS` leading bits (64 bins per
+    doubling: a day of first-token times is a few hundred bins, not one per millisecond)."""
     v = int(ms + 0.5) if ms > 0 else 0
-    if v < 1000:
+    shift = max(0, v.bit_length() - BITS)
+    if not shift:
         return v
-    if v < 10_000:
-        return (v + 5) // 10 * 10
-    if v < 100_000:
-        return (v + 50) // 100 * 100
-    return (v + 500) // 1000 * 1000
+    return ((v + (1 << (shift - 1))) >> shift) << shift
 
 
 def ms_bin_sql(col: str) -> str:
-    """:func:`ms_bin` as an SQLite expression (integer division, as in Python for non-negative values)."""
+    """:func:`ms_bin` as an SQLite expression (integers and shifts only, so both agree exactly)."""
     v = f"(CASE WHEN {col} > 0 THEN CAST({col} + 0.5 AS INTEGER) ELSE 0 END)"
-    return (f"(CASE WHEN {v} < 1000 THEN {v} WHEN {v} < 10000 THEN ({v} + 5) / 10 * 10 "
-            f"WHEN {v} < 100000 THEN ({v} + 50) / 100 * 100 ELSE ({v} + 500) / 1000 * 1000 END)")
+    cases = " ".join(
+        f"WHEN {v} < {1 << (BITS + s)} THEN (({v} + {1 << (s - 1)}) >> {s}) << {s}" for s in range(1, _MAX_SHIFT)
+    )
+    return f"(CASE WHEN {v} < {1 << BITS} THEN {v} {cases} ELSE {v} END)"
 
 
 def record_counts(rec: Mapping[str, Any]) -> dict[str, int]:

@@ -3,8 +3,9 @@
 The stream of records is trimmed, so a summary cannot be read from it; instead every record adds
 to hashes per hour and per day (``<prefix>:agg:<grain>:<bucket>`` and
 ``<prefix>:aggusers:<grain>:<bucket>``), in the same transaction as the record, by one Lua script
-call (a few dozen increments would otherwise be as many commands to encode on the worker). The
-fields, one increment each:
+call (a few dozen increments would otherwise be as many commands to encode on the worker; ``EVAL``
+with the script's text, which Redis compiles once and caches, costs no extra round trip as
+redis-py's ``SCRIPT EXISTS`` check before each pipeline would). The fields, one increment each:
 
 * ``m|<metric>|<provider>|<model>``: the counters of :data:`.cells.MODEL_METRICS`;
 * ``e|<error type>``: records with that error type;

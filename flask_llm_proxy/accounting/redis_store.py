@@ -26,7 +26,6 @@ class RedisStore(Store):
         self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.stream = f"{self.PREFIX}:usage"
         self.stream_maxlen = stream_maxlen
-        self._rollup = self._redis.register_script(redis_rollup.SCRIPT)
 
     def _day(self, ts: float, kind: str, name: str) -> str:
         return f"{self.PREFIX}:day:{day_key(ts)}:{kind}:{name}"
@@ -58,7 +57,7 @@ class RedisStore(Store):
         else:
             pipe.xadd(self.stream, fields)
         keys, args = redis_rollup.script_call(self.PREFIX, d)  # the operator page's aggregates
-        self._rollup(keys=keys, args=args, client=pipe)
+        pipe.eval(redis_rollup.SCRIPT, len(keys), *keys, *args)
         pipe.execute()
 
     def spend(self, identity: str, now: float) -> Spend:

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .cells import CANCELLED, DAY, GRAINS, HOUR, MODEL_METRICS, Cells, percentile
 from .store import Store
@@ -124,6 +124,20 @@ class _Group:
         self.ttfb: dict[str, dict[int, int]] = {}
         self.queue: dict[int, int] = {}
 
+    def merge(self, other: _Group) -> None:
+        for k, v in other.counts.items():
+            self.counts[k] += v
+        for m, counts in other.by_model.items():
+            mine = self.by_model.setdefault(m, dict.fromkeys(MODEL_METRICS, 0))
+            for k, v in counts.items():
+                mine[k] += v
+        for t, n in other.errors.items():
+            self.errors[t] = self.errors.get(t, 0) + n
+        self.users |= other.users
+        for p, hist in other.ttfb.items():
+            _merge(self.ttfb.setdefault(p, {}), hist)
+        _merge(self.queue, other.queue)
+
     def as_dict(self) -> dict[str, Any]:
         c = self.counts
         return {
@@ -141,9 +155,10 @@ class _Group:
         }
 
 
-def _fold(cells: Cells, group_of: Callable[[int], _Group | None]) -> None:
+def _fold(cells: Cells, groups: Mapping[int, _Group]) -> None:
+    """Each cell into the group of its bucket (cells outside the range are left out)."""
     for (b, _provider, model), counts in cells.models.items():
-        g = group_of(b)
+        g = groups.get(b)
         if g is None:
             continue
         per_model = g.by_model.setdefault(model, dict.fromkeys(MODEL_METRICS, 0))
@@ -152,19 +167,19 @@ def _fold(cells: Cells, group_of: Callable[[int], _Group | None]) -> None:
                 g.counts[k] += v
                 per_model[k] += v
     for (b, error_type), n in cells.errors.items():
-        g = group_of(b)
+        g = groups.get(b)
         if g is not None and error_type != CANCELLED:
             g.errors[error_type] = g.errors.get(error_type, 0) + n
     for (b, identity) in cells.users:
-        g = group_of(b)
+        g = groups.get(b)
         if g is not None:
             g.users.add(identity)
     for (b, provider), hist in cells.ttfb.items():
-        g = group_of(b)
+        g = groups.get(b)
         if g is not None:
             _merge(g.ttfb.setdefault(provider, {}), hist)
     for b, hist in cells.queue.items():
-        g = group_of(b)
+        g = groups.get(b)
         if g is not None:
             _merge(g.queue, hist)
 
@@ -184,10 +199,11 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
     """The summary of ``rng`` from ``store`` (blocking: SQLite reads its file)."""
     now = time.time() if now is None else now
     cells = store.aggregates(rng.grain, rng.first, rng.last)
-    total = _Group()
     buckets = {b: _Group() for b in range(rng.first, rng.last + 1)}
-    _fold(cells, buckets.get)
-    _fold(cells, lambda b: total if rng.first <= b <= rng.last else None)
+    _fold(cells, buckets)
+    total = _Group()
+    for g in buckets.values():
+        total.merge(g)
     series = [{"bucket": label(b, rng.grain), **g.as_dict()} for b, g in buckets.items()]
     out: dict[str, Any] = {
         "range": {"name": rng.name, "grain": rng.grain, "since": _iso(rng.since), "until": _iso(rng.until), "buckets": len(buckets)},
@@ -222,9 +238,8 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
     if rng.grain == "hour":
         out["by_hour"] = series
         days: dict[int, _Group] = {}
-        for b in buckets:
-            days.setdefault(b * HOUR // DAY, _Group())
-        _fold(cells, lambda b: days.get(b * HOUR // DAY) if rng.first <= b <= rng.last else None)
+        for b, g in buckets.items():
+            days.setdefault(b * HOUR // DAY, _Group()).merge(g)
         out["by_day"] = [{"bucket": label(d, "day"), **g.as_dict()} for d, g in days.items()]
     else:
         out["by_day"] = series
@@ -257,15 +272,8 @@ def to_csv(summary: Mapping[str, Any]) -> str:
     t = summary["table"]
     w.writerow(t["columns"])
     for row in t["rows"]:
-        w.writerow(["" if v is None else _csv_safe(v) for v in row])
+        w.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
-
-
-def _csv_safe(v: Any) -> Any:
-    """A spreadsheet runs a cell that starts with = + - @ as a formula: identities are user data."""
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + v
-    return v
 
 
 def _fmt(v: Any) -> str:

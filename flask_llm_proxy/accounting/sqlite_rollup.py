@@ -21,7 +21,7 @@ import sqlite3
 from .cells import CANCELLED, MODEL_METRICS, USER_METRICS, WORKER_LOST, Cells, ms_bin_sql
 
 #: rows rolled up per write transaction: a writer waits for one chunk at most
-CHUNK = 50_000
+CHUNK = 20_000
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS llm_proxy_roll_mark (id INTEGER PRIMARY KEY CHECK (id = 1), last_rowid INTEGER NOT NULL)",
