@@ -67,7 +67,8 @@ function frame(buckets, max, unit) {
   const band = (W - M.l - M.r) / buckets.length;
   const every = Math.max(1, Math.ceil(buckets.length / 8));
   buckets.forEach((b, i) => {
-    if (i % every === 0 || i === buckets.length - 1) {
+    const last = i === buckets.length - 1;
+    if (last || (i % every === 0 && buckets.length - 1 - i >= every)) {  // no label crowds the last one
       axis.append(el('text', { x: M.l + band * (i + 0.5), y: H - 8, 'text-anchor': 'middle' }, shortBucket(b)));
     }
   });
@@ -196,8 +197,10 @@ function render(s) {
 }
 
 function optional(name, shown, draw) {
-  document.querySelector(`figure[data-chart="${name}"]`).hidden = !shown;
+  const fig = document.querySelector(`figure[data-chart="${name}"]`);
+  fig.hidden = !shown;
   if (shown) draw();
+  else for (const old of fig.querySelectorAll('svg, .legend')) old.remove();  // nothing of an earlier range stays
 }
 
 function shareBar(share) {
@@ -226,7 +229,7 @@ function renderModels(s, colors) {
     const sw = h('span', { class: 'sw' });
     sw.style.background = colors[m.model];
     return h('tr', { 'data-model': m.model },
-      h('td', { class: 'legend' }, sw, m.model), h('td', { text: fmtInt(m.requests) }), h('td', { text: fmtInt(m.input_tokens) }),
+      h('td', { class: 'model' }, sw, m.model), h('td', { text: fmtInt(m.requests) }), h('td', { text: fmtInt(m.input_tokens) }),
       h('td', { text: fmtInt(m.output_tokens) }), h('td', { text: Number(m.cost_usd).toFixed(6) }), h('td', { text: fmtRate(m.share_of_cost) }));
   });
   $('#models').replaceChildren(h('thead', {}, head), h('tbody', {}, ...body));
