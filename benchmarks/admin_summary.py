@@ -86,7 +86,7 @@ def bench_store(name: str, store: Any, now: float, add: Callable[[int], None]) -
     ms, first = timed(lambda: summary("30d"))
     rows.append((name, "30-day summary, first (rolls the ledger up once)" if name == "sqlite" else "30-day summary, first", f"{ms:,.0f} ms"))
     for r in ("30d", "7d", "24h"):
-        rows.append((name, f"{r} summary (median of 5)", f"{median_ms(lambda: summary(r)):,.1f} ms"))
+        rows.append((name, f"{r} summary (median of 5)", f"{median_ms(lambda r=r: summary(r)):,.1f} ms"))
     add(10_000)
     ms, after = timed(lambda: summary("30d"))
     rows.append((name, "30-day summary after 10,000 new records", f"{ms:,.1f} ms"))

@@ -1036,6 +1036,11 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
                   "(profiled runs are slower than unprofiled ones: py-spy pauses the worker 200 times a second)", ""]
         lines += [profile_summary(f) for f in bench.profiler.files]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # benchmarks/admin_summary.py writes its own section: keep it
+    old = path.read_text() if path.exists() else ""
+    begin, end = "<!-- admin-summary -->", "<!-- /admin-summary -->"
+    if begin in old and end in old:
+        lines += [begin + old.split(begin, 1)[1].split(end, 1)[0] + end, ""]
     path.write_text("\n".join(lines) + "\n")
 
 

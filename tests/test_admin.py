@@ -22,7 +22,6 @@ from admin_seed import bucket_label, expected, seed
 from conftest import make_jwt, mock_host_app
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.accounting.exchange import UsageRecord
-from flask_llm_proxy.accounting.redis_store import RedisStore
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 
 ADMIN = {"Authorization": "Bearer " + make_jwt("ops", llm_proxy_admin=True, expires_in=3600)}

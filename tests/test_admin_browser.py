@@ -27,7 +27,7 @@ from flask_llm_proxy.accounting.exchange import UsageRecord
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
-from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 - after the skip when playwright is missing
 
 SCREENSHOT = ROOT / "docs" / "_static" / "admin.png"
 

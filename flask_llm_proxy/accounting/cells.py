@@ -38,7 +38,7 @@ def bucket_of(ts: float, grain: str) -> int:
 
 
 def micro(cost: float | None) -> int:
-    return 0 if cost is None else int(round(cost * 1_000_000))
+    return 0 if cost is None else round(cost * 1_000_000)
 
 
 #: significant bits a time keeps: whole milliseconds below 128 ms, within about 1 % above
