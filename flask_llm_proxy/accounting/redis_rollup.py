@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .cells import Cells, bucket_of, ms_bin, record_counts
+from .cells import USER_METRICS, Cells, bucket_of, ms_bin, record_counts
 
 HOUR_TTL = 3 * 86400
 DAY_TTL = 400 * 86400
@@ -76,13 +76,22 @@ def read_cells(redis: Any, prefix: str, grain: str, first: int, last: int) -> Ce
             pipe.hgetall(key)
     replies = pipe.execute()
     cells = Cells(grain)
+    users = cells.users
     for i, b in enumerate(buckets):
         for raw, n in replies[2 * i].items():
             _add_agg(cells, b, raw.decode(), int(n))
+        # a day of a busy fleet is thousands of users: this loop is the summary's cost
         for raw, n in replies[2 * i + 1].items():
-            metric, identity = raw.decode().split("|", 1)
-            cells.add_user((b, identity), {metric: int(n)})
+            metric, _, identity = raw.partition(b"|")
+            key = (b, identity.decode())
+            cell = users.get(key)
+            if cell is None:
+                cell = users[key] = dict.fromkeys(USER_METRICS, 0)
+            cell[_METRIC_NAMES.get(metric) or metric.decode()] = int(n)
     return cells
+
+
+_METRIC_NAMES = {m.encode(): m for m in USER_METRICS}
 
 
 def _add_agg(cells: Cells, b: int, name: str, n: int) -> None:
