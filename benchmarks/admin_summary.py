@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {s} | {w.ljust(width)} | {v} |" for s, w, v in table]
     print("\n".join(lines))
     if args.out:
-        write_section(Path(args.out), lines)
+        write_section(Path(args.out), lines, "python benchmarks/admin_summary.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 
-def write_section(path: Path, lines: list[str]) -> None:
+def write_section(path: Path, lines: list[str], command: str) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md; benchmarks/run.py keeps it when it rewrites the file."""
     import platform
 
@@ -155,7 +155,7 @@ def write_section(path: Path, lines: list[str]) -> None:
         BEGIN, "## Operator summary (benchmarks/admin_summary.py)", "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, "
         f"SQLite {__import__('sqlite3').sqlite_version}; {os.cpu_count()} CPUs",
-        "- Command: `python benchmarks/admin_summary.py --redis --out benchmarks/RESULTS.md` (1,000,000 records in SQLite, 200,000 written to Redis; 2,000 users)", "",
+        f"- Command: `{command}` (from the repository root)", "",
         *lines, "", END,
     ])
     text = path.read_text() if path.exists() else ""
