@@ -120,6 +120,11 @@ def test_summary_json_matches_the_seeded_ledger_for_every_range(ledger: tuple[st
         check(s, want, labels)
         if grain == "hour":  # the same hours, summed by day
             assert sum(d["requests"] for d in s["by_day"]) == s["requests"]
+            users_per_day: dict[str, set[str]] = {}
+            for rec in records:
+                if bucket_label(rec["timestamp"], "hour") in labels:
+                    users_per_day.setdefault(bucket_label(rec["timestamp"], "day"), set()).add(rec["identity"])
+            assert {d["bucket"]: d["active_users"] for d in s["by_day"] if d["requests"]} == {k: len(v) for k, v in users_per_day.items()}
 
 
 def test_sqlite_and_redis_give_the_same_summary(tmp_path: Path, redis_server: Any) -> None:

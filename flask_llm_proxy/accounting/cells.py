@@ -86,6 +86,34 @@ def record_counts(rec: Mapping[str, Any]) -> dict[str, int]:
 
 Histogram = dict  # {ms bin: count}
 
+_RANK = ("cost_micro", "requests")
+
+
+@dataclass
+class UserFigures:
+    """Who was active and who cost most over the buckets of a summary: a store that can count
+    them itself (SQLite, in SQL) gives these instead of a row per user and bucket."""
+
+    active: dict[int, int]  #: distinct identities per bucket
+    active_days: dict[int, int]  #: per UTC day (an hourly range's days)
+    active_total: int  #: distinct identities over all the buckets
+    ranked: list[tuple[str, dict[str, int]]]  #: the top identities by cost, then requests, then name
+
+
+def user_figures(users: Mapping[tuple[int, str], Mapping[str, int]], grain: str, top: int) -> UserFigures:
+    """:class:`UserFigures` from per-(bucket, identity) counters."""
+    per_bucket: dict[int, set[str]] = {}
+    per_day: dict[int, set[str]] = {}
+    totals: dict[str, dict[str, int]] = {}
+    for (b, identity), counts in users.items():
+        per_bucket.setdefault(b, set()).add(identity)
+        per_day.setdefault(b * GRAINS[grain] // DAY, set()).add(identity)
+        t = totals.setdefault(identity, dict.fromkeys(USER_METRICS, 0))
+        for k, v in counts.items():
+            t[k] = t.get(k, 0) + v
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1]["cost_micro"], -kv[1]["requests"], kv[0]))[:top]
+    return UserFigures({b: len(s) for b, s in per_bucket.items()}, {d: len(s) for d, s in per_day.items()}, len(totals), ranked)
+
 
 @dataclass
 class Cells:
@@ -97,6 +125,7 @@ class Cells:
     users: dict[tuple[int, str], dict[str, int]] = field(default_factory=dict)
     ttfb: dict[tuple[int, str], Histogram] = field(default_factory=dict)
     queue: dict[int, Histogram] = field(default_factory=dict)
+    user_figures: UserFigures | None = None  #: when the store counted users itself (``users`` is then empty)
 
     def add_model(self, key: tuple[int, str, str], counts: Mapping[str, int]) -> None:
         cell = self.models.setdefault(key, dict.fromkeys(MODEL_METRICS, 0))

@@ -82,7 +82,7 @@ class RedisStore(Store):
             ms, seq = last.split("-")
             start = f"{ms}-{int(seq) + 1}"
 
-    def aggregates(self, grain: str, first: int, last: int) -> Cells:
+    def aggregates(self, grain: str, first: int, last: int, top: int = 10) -> Cells:
         """The operator page's figures from the counters written with each record (:mod:`.redis_rollup`)."""
         return redis_rollup.read_cells(self._redis, self.PREFIX, grain, first, last)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from .cells import CANCELLED, DAY, GRAINS, HOUR, MODEL_METRICS, Cells, percentile
+from .cells import CANCELLED, DAY, GRAINS, HOUR, MODEL_METRICS, Cells, percentile, user_figures
 from .store import Store
 
 #: the largest custom range, in days (the Redis store keeps its daily aggregates 400 days)
@@ -120,7 +120,7 @@ class _Group:
         self.counts = dict.fromkeys(MODEL_METRICS, 0)
         self.by_model: dict[str, dict[str, int]] = {}
         self.errors: dict[str, int] = {}
-        self.users: set[str] = set()
+        self.active = 0  #: distinct identities (set from the store's user figures)
         self.ttfb: dict[str, dict[int, int]] = {}
         self.queue: dict[int, int] = {}
 
@@ -133,7 +133,6 @@ class _Group:
                 mine[k] += v
         for t, n in other.errors.items():
             self.errors[t] = self.errors.get(t, 0) + n
-        self.users |= other.users
         for p, hist in other.ttfb.items():
             _merge(self.ttfb.setdefault(p, {}), hist)
         _merge(self.queue, other.queue)
@@ -141,7 +140,7 @@ class _Group:
     def as_dict(self) -> dict[str, Any]:
         c = self.counts
         return {
-            "requests": c["requests"], "active_users": len(self.users),
+            "requests": c["requests"], "active_users": self.active,
             "input_tokens": c["input_tokens"], "output_tokens": c["output_tokens"], "cost_usd": _usd(c["cost_micro"]),
             "unpriced": c["unpriced"], "estimated": c["estimated"],
             "errors": c["errors"], "error_rate": _rate(c["errors"], c["requests"]),
@@ -170,10 +169,6 @@ def _fold(cells: Cells, groups: Mapping[int, _Group]) -> None:
         g = groups.get(b)
         if g is not None and error_type != CANCELLED:
             g.errors[error_type] = g.errors.get(error_type, 0) + n
-    for (b, identity) in cells.users:
-        g = groups.get(b)
-        if g is not None:
-            g.users.add(identity)
     for (b, provider), hist in cells.ttfb.items():
         g = groups.get(b)
         if g is not None:
@@ -198,12 +193,15 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
                     now: float | None = None) -> dict[str, Any]:
     """The summary of ``rng`` from ``store`` (blocking: SQLite reads its file)."""
     now = time.time() if now is None else now
-    cells = store.aggregates(rng.grain, rng.first, rng.last)
+    cells = store.aggregates(rng.grain, rng.first, rng.last, top)
+    uf = cells.user_figures or user_figures(cells.users, rng.grain, top)
     buckets = {b: _Group() for b in range(rng.first, rng.last + 1)}
     _fold(cells, buckets)
     total = _Group()
-    for g in buckets.values():
+    for b, g in buckets.items():
+        g.active = uf.active.get(b, 0)
         total.merge(g)
+    total.active = uf.active_total
     series = [{"bucket": label(b, rng.grain), **g.as_dict()} for b, g in buckets.items()]
     out: dict[str, Any] = {
         "range": {"name": rng.name, "grain": rng.grain, "since": _iso(rng.since), "until": _iso(rng.until), "buckets": len(buckets)},
@@ -218,13 +216,7 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
          "cost_usd": _usd(v["cost_micro"]), "share_of_cost": _rate(v["cost_micro"], cost)}
         for m, v in sorted(total.by_model.items(), key=lambda kv: (-kv[1]["cost_micro"], -kv[1]["requests"], kv[0]))
     ]
-    users: dict[str, dict[str, int]] = {}
-    for (b, identity), counts in cells.users.items():
-        if rng.first <= b <= rng.last:
-            u = users.setdefault(identity, {"requests": 0, "tokens": 0, "cost_micro": 0})
-            for k in u:
-                u[k] += counts.get(k, 0)
-    ranked = sorted(users.items(), key=lambda kv: (-kv[1]["cost_micro"], -kv[1]["requests"], kv[0]))[:top]
+    ranked = uf.ranked[:top]
     out["top_users"] = [
         {"identity": identity, "requests": u["requests"], "tokens": u["tokens"], "cost_usd": _usd(u["cost_micro"]),
          "share_of_cost": _rate(u["cost_micro"], cost), "budget": _budget(identity, budgets or {}, store, now)}
@@ -240,6 +232,8 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
         days: dict[int, _Group] = {}
         for b, g in buckets.items():
             days.setdefault(b * HOUR // DAY, _Group()).merge(g)
+        for d, g in days.items():
+            g.active = uf.active_days.get(d, 0)
         out["by_day"] = [{"bucket": label(d, "day"), **g.as_dict()} for d, g in days.items()]
     else:
         out["by_day"] = series

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .cells import CANCELLED, MODEL_METRICS, USER_METRICS, WORKER_LOST, Cells, ms_bin_sql
+from .cells import CANCELLED, MODEL_METRICS, USER_METRICS, WORKER_LOST, Cells, UserFigures, ms_bin_sql
 
 #: rows rolled up per write transaction: a writer waits for one chunk at most
 CHUNK = 20_000
@@ -111,8 +111,9 @@ def catch_up(conn: sqlite3.Connection, chunk: int = CHUNK) -> int:
             raise
 
 
-def read_cells(conn: sqlite3.Connection, grain: str, first: int, last: int) -> Cells:
-    """The rolled-up cells of buckets ``first..last``, read in one transaction (one snapshot)."""
+def read_cells(conn: sqlite3.Connection, grain: str, first: int, last: int, top: int = 10) -> Cells:
+    """The rolled-up cells of buckets ``first..last``, read in one transaction (one snapshot). Users
+    are counted and ranked in SQL: a month of a busy ledger is tens of thousands of user-days."""
     cells = Cells(grain)
     where = "WHERE grain = ? AND bucket BETWEEN ? AND ?"
     args = (grain, first, last)
@@ -124,10 +125,16 @@ def read_cells(conn: sqlite3.Connection, grain: str, first: int, last: int) -> C
             cells.models[(b, provider, model)] = dict(zip(MODEL_METRICS, values))
         for b, error_type, n in conn.execute(f"SELECT bucket, error_type, n FROM llm_proxy_roll_error {where}", args):
             cells.errors[(b, error_type)] = n
-        for b, identity, *values in conn.execute(
-            f"SELECT bucket, identity, {', '.join(USER_METRICS)} FROM llm_proxy_roll_user {where}", args
-        ):
-            cells.users[(b, identity)] = dict(zip(USER_METRICS, values))
+        users = f"FROM llm_proxy_roll_user {where}"
+        days = "bucket / 24" if grain == "hour" else "bucket"
+        cells.user_figures = UserFigures(
+            active=dict(conn.execute(f"SELECT bucket, COUNT(*) {users} GROUP BY bucket", args).fetchall()),
+            active_days=dict(conn.execute(f"SELECT {days}, COUNT(DISTINCT identity) {users} GROUP BY 1", args).fetchall()),
+            active_total=conn.execute(f"SELECT COUNT(DISTINCT identity) {users}", args).fetchone()[0],
+            ranked=[(identity, dict(zip(USER_METRICS, values))) for identity, *values in conn.execute(
+                f"SELECT identity, {', '.join(f'SUM({m})' for m in USER_METRICS)} {users} GROUP BY identity"
+                " ORDER BY SUM(cost_micro) DESC, SUM(requests) DESC, identity LIMIT ?", (*args, top))],
+        )
         for b, provider, ms, n in conn.execute(f"SELECT bucket, provider, ms, n FROM llm_proxy_roll_ttfb {where}", args):
             cells.ttfb.setdefault((b, provider), {})[ms] = n
         for b, ms, n in conn.execute(f"SELECT bucket, ms, n FROM llm_proxy_roll_queue {where}", args):

@@ -125,8 +125,8 @@ class SQLiteStore(Store):
             rec["cached"] = bool(rec["cached"])
             yield rec
 
-    def aggregates(self, grain: str, first: int, last: int) -> Cells:
+    def aggregates(self, grain: str, first: int, last: int, top: int = 10) -> Cells:
         """The operator page's figures from the rollup (:mod:`.sqlite_rollup`), brought up to date first."""
         conn = self._conn()
         sqlite_rollup.catch_up(conn)
-        return sqlite_rollup.read_cells(conn, grain, first, last)
+        return sqlite_rollup.read_cells(conn, grain, first, last, top)

@@ -59,9 +59,10 @@ class Store:
     def records(self, since: float) -> Iterator[dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
-    def aggregates(self, grain: str, first: int, last: int) -> Cells:
-        """The operator page's aggregates of buckets ``first..last`` (:mod:`.cells`). This default
-        reads the records; the SQLite and Redis stores answer from rollups instead."""
+    def aggregates(self, grain: str, first: int, last: int, top: int = 10) -> Cells:
+        """The operator page's aggregates of buckets ``first..last`` (:mod:`.cells`), with at least
+        the ``top`` costliest users. This default reads the records; the SQLite and Redis stores
+        answer from rollups instead."""
         return cells_from_records(self.records(first * GRAINS[grain]), grain, first, last)
 
     def close(self) -> None:
