@@ -6,11 +6,9 @@ tests/admin_seed.py computes from the same records on its own.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -185,31 +183,16 @@ def test_records_that_arrive_late_or_from_two_processes_are_counted_once_in_sqli
     check(s, expected(records, "day", day_labels(now, 30)), day_labels(now, 30))
 
 
-@dataclasses.dataclass(frozen=True)
-class QueuedRecord(UsageRecord):
-    """A record as the request queue will write them: with the time it waited."""
-
-    queue_ms: float | None = None
-
-
 def test_queue_waits_light_up_when_records_carry_them(ledger: tuple[str, str]) -> None:
-    name, uri = ledger
+    """Records of requests that waited for a slot (LLM_PROXY_MAX_CONCURRENT) carry queue_ms;
+    the others (None) are not counted as queued."""
+    _, uri = ledger
     now = time.time()
     waits = [5.0, 12.0, 300.4, 40.0, None]
     app, _ = admin_app(uri)
     store = app.extensions["llm_proxy"].accounting.store
-    if name == "sqlite":  # the column the queue adds to the ledger; the rollup reads it when it is there
-        conn = sqlite3.connect(store.path)
-        conn.execute("ALTER TABLE llm_proxy_usage ADD COLUMN queue_ms REAL")
-        conn.commit()
-        conn.close()
     for i, (r, w) in enumerate(zip(seed(now), waits)):
-        store.write(QueuedRecord(**dict(r, timestamp=now - 60 - i), queue_ms=w))
-        if name == "sqlite" and w is not None:
-            c = sqlite3.connect(store.path)
-            c.execute("UPDATE llm_proxy_usage SET queue_ms = ? WHERE request_id = ?", (w, r["request_id"]))
-            c.commit()
-            c.close()
+        store.write(UsageRecord(**dict(r, timestamp=now - 60 - i), queue_ms=w))
     s = app.test_client().get("/api/admin/summary.json?range=24h", headers=ADMIN).get_json()
     # binned: 300.4 -> 300 ms rounds to 7 significant bits: 300 = 0b100101100 -> steps of 4 -> 300
     assert s["queue"] == {"count": 4, "p50_ms": 12, "p95_ms": 300}
