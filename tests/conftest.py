@@ -283,6 +283,18 @@ def stop_servers(servers: Any) -> None:
         list(pool.map(lambda s: s.stop(), list(servers)))
 
 
+def screenshot(page: Any, name: str, published: Path) -> Path:
+    """A full-page screenshot into ``test-artifacts/<name>``; with ``UPDATE_SCREENSHOTS=1`` also to
+    ``published`` (the picture the README or the docs show), so a test run leaves the tree clean."""
+    out = ROOT / "test-artifacts" / name
+    out.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(out), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        published.parent.mkdir(parents=True, exist_ok=True)
+        published.write_bytes(out.read_bytes())
+    return out
+
+
 def uid(prefix: str) -> str:
     """A unique scenario id or identity, so tests sharing a server never share a bucket."""
     import uuid

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from admin_seed import bucket_label, expected, seed
-from conftest import ROOT, GunicornServer, base_env, make_jwt
+from conftest import ROOT, GunicornServer, base_env, make_jwt, screenshot
 from flask_llm_proxy.accounting.exchange import UsageRecord
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 
@@ -217,8 +217,7 @@ def test_charts_tooltips_and_tables_match_the_seeded_ledger(page: Any, site: Sit
     assert want["total"]["worker_lost"] and want["total"]["cached"] and want["total"]["cancelled"]
     check_charts(page, want)
     check_numbers(page, want, labels)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    screenshot(page, "admin.png", SCREENSHOT)
 
     with page.expect_download() as dl:
         page.click("#csv")

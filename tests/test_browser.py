@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from conftest import ROOT, GunicornServer, base_env, http, make_jwt
+from conftest import ROOT, GunicornServer, base_env, http, make_jwt, providers_for, screenshot
 from fake_upstream import FakeUpstreamProcess, expected_text
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -63,8 +63,15 @@ class Servers:
         return f"{origin or self.page.url}/?{urlencode(query)}"
 
 
+DEMO_ANSWER = ("Because the browser is not yours: anything it holds, its user can read. The page sends its "
+               "prompt to your Flask backend, which adds the provider's key, streams each token back as it "
+               "arrives, and records what the answer cost.")
+
+
 def _start_servers(upstream_url: str, tmp_page: Path, tmp_proxy: Path) -> Servers:
-    page = GunicornServer(base_env(upstream_url, tmp_page, EXAMPLE_DEV_TOKENS="1"), workers=1, name="page")
+    providers = {**providers_for(upstream_url), "mock": {"type": "mock", "models": ["*"], "tokens": len(DEMO_ANSWER.split(" ")),
+                                                           "pace_ms": 15, "text": DEMO_ANSWER}}
+    page = GunicornServer(base_env(upstream_url, tmp_page, EXAMPLE_DEV_TOKENS="1", LLM_PROXY_PROVIDERS=providers), workers=1, name="page")
     try:
         proxy = GunicornServer(
             base_env(
@@ -427,8 +434,19 @@ def test_tokens_appear_progressively(servers: Servers, page: Any) -> None:
     assert cost == "—" or cost.startswith("$"), cost
     assert error_shown(page) == (None, "")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "browser-demo.png"), full_page=True)
+    screenshot(page, "browser-progressive.png", ROOT / "test-artifacts" / "browser-progressive.png")
+
+
+def test_the_demo_streams_a_readable_answer_for_the_readme(servers: Servers, page: Any) -> None:
+    """The README's picture: the example app's own page, a real answer streamed through it."""
+    open_demo(page, servers.page_url(api=servers.page.url + "/api", provider="mock", model="mock-1"))
+    sign_in(page, unique("readme"))
+    wait_models_loaded(page)
+    send(page, "Why should the API key stay on the server?")
+    assert wait_finished(page) == "done", error_shown(page)
+    assert text_of(page, "#output") == DEMO_ANSWER
+    assert text_of(page, "#tokens") == str(len(DEMO_ANSWER.split(" ")))
+    screenshot(page, "demo.png", ROOT / "example_app" / "screenshot.png")
 
 
 # a 1x1 PNG
