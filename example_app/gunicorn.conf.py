@@ -37,9 +37,26 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-proxy-metrics-")
 
 
+# The app's instance folder (example_app/app.py's Flask app keeps its default usage store there).
+INSTANCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instance")
+
+
 def child_exit(server, worker):  # noqa: ANN001 - gunicorn's hook signature
+    # A worker that died (SIGKILL, out of memory) leaves a worker_lost record for each request it
+    # had in flight; the usage store comes from LLM_PROXY_USAGE_STORE, else the default one.
+    from flask_llm_proxy.gunicorn import child_exit as record_lost_requests
+
+    record_lost_requests(server, worker, instance_path=INSTANCE)
     try:
         from prometheus_client import multiprocess
     except ImportError:
         return
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # noqa: ANN001
+    # worker_connections for LLM_PROXY_MAX_STREAMS_PER_WORKER's default, and the proxy's
+    # once-a-second loop started at once (it announces the requests a dead worker left behind).
+    from flask_llm_proxy.gunicorn import post_worker_init as proxy_worker_init
+
+    proxy_worker_init(worker)

@@ -79,7 +79,7 @@ def format_table(rows: list[dict[str, Any]], by: str) -> str:
 
 @cli.command("usage")
 @click.option("--since", default="1d", show_default=True, help="How far back: 30m, 12h, 1d, 2w, or an ISO date.")
-@click.option("--by", type=click.Choice(["identity", "model", "provider"]), default="identity", show_default=True)
+@click.option("--by", type=click.Choice(["identity", "model", "provider", "deployment"]), default="identity", show_default=True)
 def usage_command(since: str, by: str) -> None:
     """Requests, tokens and cost per identity (or model) from the usage ledger."""
     start = parse_since(since)

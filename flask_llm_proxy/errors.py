@@ -157,6 +157,12 @@ class ServiceUnavailable(ProxyError):
     type = "service_unavailable"
 
 
+class Overloaded(ServiceUnavailable):
+    """This worker serves as many requests as it may (``LLM_PROXY_MAX_STREAMS_PER_WORKER``)."""
+
+    type = "overloaded"
+
+
 class UpstreamError(ProxyError):
     """The upstream answered with an error (HTTP status or an error event in the stream)."""
 

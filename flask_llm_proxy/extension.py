@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from .access.cors import apply_cors
-from .config import KEYS, load_settings
+from .config import KEYS, PREFIX, load_settings
 from .errors import ConfigError
 from .hooks import Callback, Hooks
 from .state import ProxyState
@@ -57,9 +57,10 @@ class LLMProxy:
         return fn
 
     def init_app(self, app: Flask, *, limiter: Limiter | None = None) -> None:
+        given = {k for k in app.config if k.startswith(PREFIX)}
         for key in KEYS:
             app.config.setdefault(key.name, copy.deepcopy(key.default))
-        settings = load_settings(app.config)
+        settings = load_settings(app.config, given=given)
         if settings.require_auth and "flask-jwt-extended" not in app.extensions and self.hooks.identity_loader is None:
             raise ConfigError(
                 "LLM_PROXY_REQUIRE_AUTH",

@@ -2,6 +2,9 @@
 in ``app.extensions["llm_proxy"]``."""
 from __future__ import annotations
 
+import logging
+import os
+import time
 from typing import TYPE_CHECKING, Callable
 
 from flask import Flask
@@ -12,11 +15,16 @@ from .accounting.usage import Accounting
 from .cache import ResponseCache
 from .concurrency import Gate
 from .config import Settings
+from .errors import Overloaded
 from .hooks import Hooks
 from .upstream.client import UpstreamClient
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter
+
+log = logging.getLogger("flask_llm_proxy")
+
+SHED_RETRY_AFTER = "2"  #: seconds a shed request is told to wait: streams end and free places all the time
 
 
 class ProxyState:
@@ -39,6 +47,25 @@ class ProxyState:
         self.cache = ResponseCache(settings, metrics) if settings.cache_url else None
         #: the concurrency cap with its wait (LLM_PROXY_MAX_CONCURRENT*), or None
         self.gate = Gate(settings, app.config, metrics) if settings.max_concurrent or settings.max_concurrent_per_user else None
+        self.accounting.write_ahead.on_lost = self._account_lost
+        self._cap_pid = -1
+        self._cap = 0
+        self._shed_logged = 0.0
+
+    def check_capacity(self) -> None:
+        """Load shedding, first thing in a request: past ``LLM_PROXY_MAX_STREAMS_PER_WORKER`` open
+        requests in this worker a new one gets 503 ``overloaded`` at once, rather than every stream
+        of the worker slowing down."""
+        if self._cap_pid != os.getpid():  # after gunicorn's post_worker_init told worker_connections
+            self._cap_pid = os.getpid()
+            self._cap = stream_cap(self.settings)
+        if self._cap and len(self.accounting.write_ahead.open) >= self._cap:
+            now = time.monotonic()
+            if now - self._shed_logged > 10:
+                self._shed_logged = now
+                log.warning("worker %d serves %d requests (LLM_PROXY_MAX_STREAMS_PER_WORKER): new ones get 503 overloaded",
+                            os.getpid(), self._cap)
+            raise Overloaded("this server is at capacity; retry shortly", headers={"Retry-After": SHED_RETRY_AFTER})
 
     def check_allowance(self, identity: str, quota_spent: list[int] | None = None) -> None:
         """Quotas and budgets, before the upstream call: an exhausted user costs nothing.
@@ -54,7 +81,7 @@ class ProxyState:
         def account(record: UsageRecord) -> UsageRecord:
             if self.limits is not None:
                 self.limits.charge_quota(record.identity, record.total_tokens)
-            record = self.accounting.record(record)
+            record = self.accounting.record(record, ex)
             content = None
             if self.settings.log_content:
                 content = {"prompt": prompt_text(), "completion": "".join(ex.call.text_parts or ())}
@@ -63,3 +90,23 @@ class ProxyState:
 
         ex.on_finalize(account)
         self.accounting.started(ex)
+
+    def _account_lost(self, record: UsageRecord) -> None:
+        """A worker_lost record (already in the store, so in the budgets): the quota, metrics, the
+        signal and the log line, as any other request gets them."""
+        if self.limits is not None:
+            self.limits.charge_quota(record.identity, record.total_tokens)
+        self.accounting.announce(record)
+        self.accounting.log_line(record, None)
+
+
+def stream_cap(settings: Settings) -> int:
+    """``LLM_PROXY_MAX_STREAMS_PER_WORKER``, or its default: gunicorn's ``worker_connections`` (as
+    ``flask_llm_proxy.gunicorn.post_worker_init`` read it, else gunicorn's default of 1000) minus a
+    tenth, at least 10, kept for health checks, metrics and the 503 answers themselves. 0: none."""
+    if settings.max_streams_per_worker is not None:
+        return settings.max_streams_per_worker
+    from . import gunicorn as hooks
+
+    connections = hooks.WORKER_CONNECTIONS or hooks.GUNICORN_DEFAULT_WORKER_CONNECTIONS
+    return max(1, connections - max(10, connections // 10))

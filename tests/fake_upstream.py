@@ -32,7 +32,7 @@ Anything else is ``404`` (JSON); a non-POST on an API path is ``405``.
 Running it
 ----------
 ``python tests/fake_upstream.py --port 0 [--host 127.0.0.1] [--certfile F --keyfile F [--client-ca F]]
-[--key SECRET] [--backlog 4096] [--max-records 100000] [--anthropic-bearer]``
+[--key SECRET] [--backlog 4096] [--max-records 100000] [--anthropic-bearer] [--label A]``
 
 prints exactly one line ``PORT <n>`` to stdout once listening and runs until
 SIGTERM/SIGINT (exit status 0).  From Python use :class:`FakeUpstreamProcess`::
@@ -142,6 +142,11 @@ ignored, as are malformed values.
 ``stop_reason=S``   Anthropic stop_reason / chat finish_reason (default
                     ``end_turn`` / ``stop``, or ``tool_use`` / ``tool_calls``)
 ==================  ==========================================================
+
+Several fakes, one prompt (a provider's deployments): a server started with ``--label A``
+(``FakeUpstreamProcess(label="A")``) also reads words ``name@A=value`` as ``name=value``,
+after the unlabelled ones, and ignores those for other labels: ``status@A=529`` makes A
+answer 529 while B, given the same prompt, streams normally.
 
 K for drop_after / hang_after / error_after is clamped to ``tokens``: K >= tokens
 triggers after the last text delta, before any closing event.  When several are
@@ -336,12 +341,17 @@ class Plan:
     head: str | None = None
 
 
-def parse_directives(text: str) -> Plan:
-    """Parse the knobs out of a prompt text (unknown or malformed words ignored)."""
+def parse_directives(text: str, label: str | None = None) -> Plan:
+    """Parse the knobs out of a prompt text (unknown or malformed words ignored); ``label``: this
+    server's, whose ``name@label=value`` words apply after the plain ones."""
     plan = Plan()
-    for word in text.split():
+    words = text.split()
+    if label is not None:
+        mine = f"@{label}="
+        words = [w for w in words if "@" not in w.partition("=")[0]] + [w.replace(mine, "=", 1) for w in words if mine in w]
+    for word in words:
         name, sep, value = word.partition("=")
-        if not sep or not value:
+        if not sep or not value or "@" in name:
             continue
         if name in _INT_KNOBS:
             try:
@@ -1244,8 +1254,10 @@ class _Ticker:
 class FakeUpstream:
     """The in-process server state and connection handler (see the module docstring)."""
 
-    def __init__(self, key: str = "test-key", max_records: int = 100_000, anthropic_bearer: bool = False) -> None:
+    def __init__(self, key: str = "test-key", max_records: int = 100_000, anthropic_bearer: bool = False,
+                 label: str | None = None) -> None:
         self.key = key
+        self.label = label
         self.anthropic_bearer = anthropic_bearer
         self.records: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.seq = 0
@@ -1443,7 +1455,7 @@ class FakeUpstream:
             return await self._send_error(conn, req, provider, rec, act, *auth)
 
         text = directive_text(provider, body)
-        plan = parse_directives(text)
+        plan = parse_directives(text, self.label)
         rec["id"] = plan.id
         if plan.id is not None:  # counted until this handler returns (the answer written, or the peer gone)
             n = self.active[plan.id] = self.active.get(plan.id, 0) + 1
@@ -1631,9 +1643,9 @@ class FakeUpstream:
 async def start_server(host: str = "127.0.0.1", port: int = 0, *, key: str = "test-key",
                        ssl_context: ssl.SSLContext | None = None, backlog: int = 4096,
                        max_records: int = 100_000,
-                       anthropic_bearer: bool = False) -> tuple[asyncio.AbstractServer, FakeUpstream]:
+                       anthropic_bearer: bool = False, label: str | None = None) -> tuple[asyncio.AbstractServer, FakeUpstream]:
     """Start the fake inside the running event loop; returns ``(server, state)``."""
-    state = FakeUpstream(key=key, max_records=max_records, anthropic_bearer=anthropic_bearer)
+    state = FakeUpstream(key=key, max_records=max_records, anthropic_bearer=anthropic_bearer, label=label)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Conn(state), host, port, ssl=ssl_context, backlog=backlog)
     return server, state
@@ -1667,7 +1679,7 @@ async def _amain(args: argparse.Namespace) -> None:
             ctx.load_verify_locations(args.client_ca)
     server, state = await start_server(args.host, args.port, key=args.key, ssl_context=ctx,
                                        backlog=args.backlog, max_records=args.max_records,
-                                       anthropic_bearer=args.anthropic_bearer)
+                                       anthropic_bearer=args.anthropic_bearer, label=args.label)
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"PORT {port}\n")
     sys.stdout.flush()
@@ -1694,6 +1706,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", default="test-key", help="the API key expected (default test-key)")
     parser.add_argument("--backlog", type=int, default=4096)
     parser.add_argument("--max-records", type=int, default=100_000)
+    parser.add_argument("--label", help="this server's label: prompt words name@LABEL=value apply to it only")
     parser.add_argument("--anthropic-bearer", action="store_true",
                         help="also accept 'Authorization: Bearer <key>' on /v1/messages")
     args = parser.parse_args(argv)
@@ -1726,8 +1739,9 @@ class FakeUpstreamProcess:
     def __init__(self, tls: tuple[str, str] | None = None, key: str = "test-key",
                  cafile: str | None = None, host: str = "127.0.0.1",
                  extra_args: Iterable[str] = (), start_timeout: float = 10.0,
-                 client_cert: tuple[str, str] | None = None) -> None:
+                 client_cert: tuple[str, str] | None = None, label: str | None = None) -> None:
         self.tls = tls
+        self.label = label
         self.key = key
         self.host = host
         self.cafile = cafile or (tls[0] if tls else None)
@@ -1754,6 +1768,8 @@ class FakeUpstreamProcess:
             cmd += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
             if self.client_cert:
                 cmd += ["--client-ca", self.client_cert[0]]
+        if self.label:
+            cmd += ["--label", self.label]
         cmd += self.extra_args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
         assert self.proc.stdout is not None

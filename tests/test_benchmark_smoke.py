@@ -70,3 +70,16 @@ def test_wake_probe_runs_and_prints_one_line_per_busy_time() -> None:
     lines = proc.stdout.splitlines()
     assert [line.split(" ms")[0] for line in lines] == ["busy 0.0", "busy 0.5"]
     assert all(line.endswith("us (median)") and float(line.split("after ")[1].split()[0]) > 0 for line in lines)
+
+
+@pytest.mark.timeout(120)
+def test_write_ahead_benchmark_runs_and_prints_one_row_per_store() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "write_ahead.py"), "--rounds", "1", "--requests", "5"],  # no figures asserted
+        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.startswith(("sqlite ", "redis "))}
+    assert set(rows) == {"sqlite", "redis"}
+    assert all(len(cells) == 9 and all(c.endswith("ms") for c in cells) for cells in rows.values())

@@ -9,7 +9,7 @@ from flask import Blueprint
 from ..config import Settings, is_ipv6_origin
 
 EXPOSED_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID", "x-should-retry",
-                   "X-LLM-Proxy-Cache"]
+                   "X-LLM-Proxy-Cache", "X-LLM-Proxy-Deployment", "X-LLM-Proxy-Fallback"]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "x-api-key", "anthropic-version", "Cache-Control"]
 _EXACT_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from ..errors import ProxyError, scrub
+from ..errors import ProxyError, UpstreamTimeout, scrub
 
 if TYPE_CHECKING:
     from ..providers.base import Translator
@@ -51,13 +51,18 @@ class UsageRecord:
     saved_output_tokens: int = 0
     saved_cost_usd: float | None = None
     queue_ms: float | None = None  #: time waiting for a slot (``LLM_PROXY_MAX_CONCURRENT*``); None: no cap applied
+    deployment: str | None = None  #: the label of the provider's deployment that served it
+    fallback_from: str | None = None  #: ``provider:model`` first asked for, when a fallback served it
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}  # shallow: every field is a scalar (asdict copies deeply)
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 @dataclass(slots=True)
@@ -72,13 +77,15 @@ class RequestInfo:
     endpoint: str = "chat"  #: ``chat`` (the contract) or ``native:<api>``
     input_chars: int = 0  #: prompt size, the base of the estimate for a cut stream
     wall_started: float = field(default_factory=time.time)
+    fallback_from: str | None = None  #: ``provider:model`` first asked for, once a fallback took over
 
 
 class UpstreamCall:
     """The upstream call as it goes: written by the upstream and stream layers, read at the end."""
 
     __slots__ = ("translator", "resp", "secrets", "retries", "status", "error", "complete", "client_aborted",
-                 "tokens_streamed", "ttfb_ms", "text_parts", "cached", "queue_ms")
+                 "tokens_streamed", "ttfb_ms", "text_parts", "cached", "queue_ms",
+                 "deployment", "release", "expired")
 
     def __init__(self, *, keep_text: bool = False) -> None:
         self.translator: Translator | None = None  #: reads the answer's usage and finish reason
@@ -94,15 +101,23 @@ class UpstreamCall:
         self.text_parts: list[str] | None = [] if keep_text else None  #: the answer's text (LLM_PROXY_LOG_CONTENT)
         self.cached = False  #: the answer came from the response cache, not from an upstream call of this request
         self.queue_ms: float | None = None  #: the wait for a concurrency slot
+        self.deployment: str | None = None  #: the label of the deployment serving it (several configured)
+        self.release: Callable[[], None] | None = None  #: gives the deployment's in-flight slot back
+        self.expired: float | None = None  #: LLM_PROXY_MAX_STREAM_SECONDS, once the stream ran past it
 
-    def fail(self, err: ProxyError, *, before_stream: bool = False) -> None:
+    def fail(self, err: ProxyError, *, before_stream: bool = False) -> ProxyError:
         """Every failure the client is told of passes here: an upstream's message (an error event in
-        its stream may quote the request) loses the provider's secrets."""
+        its stream may quote the request) loses the provider's secrets. A stream cut at its time
+        limit fails as that timeout, whatever the cut looked like from inside. Returns the error
+        to tell the client."""
+        if self.expired is not None:
+            err = UpstreamTimeout(f"the stream ran longer than the proxy allows ({self.expired:g} s)")
         if self.secrets:
             err.message = scrub(err.message, self.secrets)
         self.error = err
         if before_stream:
             self.status = err.status
+        return err
 
 
 class Closeable(Protocol):
@@ -191,6 +206,8 @@ class Exchange:
             saved_output_tokens=int(saved_out),
             saved_cost_usd=saved_cost,
             queue_ms=call.queue_ms,
+            deployment=call.deployment,
+            fallback_from=req.fallback_from,
         )
 
     def hold(self) -> None:
@@ -215,6 +232,9 @@ class Exchange:
         if call.resp is not None:  # never read to its end: drop the upstream connection now
             call.resp.close()
             call.resp = None
+        if call.release is not None:
+            call.release()
+            call.release = None
         if not call.complete and call.error is None:
             call.client_aborted = True
         try:

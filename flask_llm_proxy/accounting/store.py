@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 
 from .cells import GRAINS, Cells, cells_from_records
 from .exchange import UsageRecord
+from .inflight import InflightEntry
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -20,7 +21,7 @@ FIELDS = (
     "request_id", "timestamp", "identity", "provider", "model", "endpoint", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "estimated", "cost_usd", "status", "error_type", "ttfb_ms",
     "duration_ms", "retries", "finish_reason", "cached", "reasoning_tokens", "saved_input_tokens", "saved_output_tokens",
-    "saved_cost_usd", "queue_ms",
+    "saved_cost_usd", "queue_ms", "deployment", "fallback_from",
 )
 
 
@@ -46,12 +47,55 @@ class Spend(dict):  # {"daily_usd", "daily_tokens", "monthly_usd", "monthly_toke
 
 
 class Store:
-    """Interface of a usage store."""
+    """Interface of a usage store.
+
+    The write-ahead part (``begin`` .. ``take_lost``, see :mod:`.inflight`) keeps one in-flight
+    record per open request, so that a request whose worker dies still leaves its record. A store
+    without it (``write_ahead = False``) writes only the final records.
+    """
 
     blocking = False
+    write_ahead = False
 
     def write(self, record: UsageRecord) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def begin(self, entry: InflightEntry) -> None:
+        """Store the in-flight record of a request about to call the upstream."""
+
+    def try_begin(self, entry: InflightEntry) -> bool:
+        """:meth:`begin` if it can be done at once without waiting (a blocking store, on the
+        caller's thread); False: not done, call :meth:`begin` where waiting is allowed."""
+        return False
+
+    def try_finish(self, record: UsageRecord, wal_id: str | None) -> bool | None:
+        """:meth:`finish` if it can be done at once without waiting; None: not done."""
+        return None
+
+    def progress(self, host: str, pid: int, entries: list[InflightEntry], now: float) -> None:
+        """Bring ``entries`` (changed since the last call) up to date, and renew the lease of the
+        worker ``host``/``pid`` on all its in-flight records."""
+
+    def finish(self, record: UsageRecord, wal_id: str | None) -> bool:
+        """Replace the in-flight record ``wal_id`` by the final ``record`` atomically; ``False``
+        (nothing written) when a sweep closed it already. ``wal_id`` None: just write."""
+        self.write(record)
+        return True
+
+    def close_dead(self, host: str, lease: float, now: float) -> int:
+        """Close the in-flight records of dead workers as ``worker_lost``: workers of ``host`` whose
+        process is gone, and any worker whose lease (last update) is older than ``lease`` seconds.
+        Returns how many were closed; they wait in the store for :meth:`take_lost`."""
+        return 0
+
+    def close_worker(self, host: str, pid: int) -> int:
+        """Close the in-flight records of one worker known to be dead (gunicorn's ``child_exit``)."""
+        return 0
+
+    def take_lost(self, limit: int = 100) -> list[UsageRecord]:
+        """Claim up to ``limit`` closed ``worker_lost`` records not yet announced (the signal,
+        metrics, quota): each is handed out once, to one caller."""
+        return []
 
     def spend(self, identity: str, now: float) -> Spend:  # pragma: no cover
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """Accounting for every proxied request: cost, budgets, the ledger, the signal, metrics, the log.
 
 Runs once per request from :meth:`Exchange.finalize`, after the last byte was written, so none
-of it delays a token. Store writes go to a thread pool under gevent; a failing store is logged
-and counted and never breaks a response.
+of it delays a token. Store writes run in their own greenlet under gevent (SQLite's on the thread
+pool whenever they would have to wait for a lock); a failing store is logged and counted and never
+breaks a response.
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from typing import Any
 from flask import Flask
 
 from .. import _json, signals
-from .._compat import run_blocking, run_later, spawn
+from .._compat import run_blocking, spawn
 from ..config import Settings
 from ..errors import BudgetExceeded, ServiceUnavailable
 from .exchange import Exchange, UsageRecord
+from .inflight import default_host_name
 from .ledger import open_store
 from .metrics import get_metrics, observe
 from .pricing import PriceTable
 from .store import NullStore, Store, period_starts
+from .writeahead import WriteAhead
 
 log = logging.getLogger("flask_llm_proxy")
 request_log = logging.getLogger("flask_llm_proxy.requests")
@@ -37,6 +40,14 @@ class Accounting:
         self.prices = PriceTable(settings.pricing)
         self.store: Store = open_store(settings.usage_store, app.instance_path, settings.usage_stream_maxlen)
         self.metrics = get_metrics() if settings.metrics else None
+        self.write_ahead = WriteAhead(
+            self.store, self.prices, enabled=settings.write_ahead, host=settings.host_name or default_host_name(),
+            lease=settings.worker_lease, max_stream_seconds=settings.max_stream_seconds,
+        )
+        self.write_ahead.on_error = self._count_store_error
+        if self.write_ahead.enabled:
+            # the boot sweep: requests of workers that died while none was watching (a host restarted)
+            self.write_ahead.sweep(time.time(), announce=False)
 
     # --- before the upstream call ------------------------------------------------------------
 
@@ -75,25 +86,33 @@ class Accounting:
     # --- around the request ------------------------------------------------------------------
 
     def started(self, ex: Exchange) -> None:
+        """Before the upstream call: the exchange's in-flight record is in the store (write-ahead)."""
         ex.cost_fn = self.prices.cost
         if self.metrics is not None:
             self.metrics.inflight.labels(ex.request.provider).inc()
+        self.write_ahead.begin(ex)
 
-    def record(self, record: UsageRecord) -> UsageRecord:
+    def record(self, record: UsageRecord, ex: Exchange | None = None) -> UsageRecord:
+        """The final record of ``ex``: replaces its in-flight record in the store."""
+        if self.metrics is not None:
+            first = record.provider if ex is None else (ex.request.fallback_from or ex.request.provider).split(":", 1)[0]
+            self.metrics.inflight.labels(first).dec()  # the provider it was counted under at the start
+        wal_id = self.write_ahead.end(ex) if ex is not None else None
+        if not isinstance(self.store, NullStore):
+            spawn(self._write, record, wal_id)  # in its own greenlet, after this one yields: never before a byte
+        self.announce(record)
+        return record
+
+    def announce(self, record: UsageRecord) -> None:
+        """Metrics and the ``usage_recorded`` signal, once per record (a worker_lost one too)."""
         m = self.metrics
         if m is not None:
-            m.inflight.labels(record.provider).dec()
             provider = self.settings.providers.get(record.provider)
             observe(m, record, provider.label_for(record.model) if provider else "other")
-        if self.store.blocking:
-            run_later(self._write, record)  # SQLite: on the thread pool, never on the gevent hub
-        elif not isinstance(self.store, NullStore):
-            spawn(self._write, record)  # Redis: cooperative sockets, in its own greenlet
         try:
             signals.usage_recorded.send(self.app, record=record)
         except Exception:  # noqa: BLE001 - a host's receiver must not break accounting
             log.exception("a usage_recorded receiver failed for %s", record.request_id)
-        return record
 
     def log_line(self, record: UsageRecord, content: dict[str, Any] | None) -> None:
         if not request_log.isEnabledFor(logging.INFO):
@@ -103,10 +122,21 @@ class Accounting:
             line.update(content)
         request_log.info(_json.dumps_str(line))
 
-    def _write(self, record: UsageRecord) -> None:
+    def _write(self, record: UsageRecord, wal_id: str | None = None) -> None:
+        """Redis: cooperative sockets. SQLite: at once when the write needs no wait, else on the
+        thread pool (a lock held by another process), never waiting on the gevent hub."""
+        store = self.store
         try:
-            self.store.write(record)
+            done = store.try_finish(record, wal_id)
+            if done is None:
+                done = run_blocking(store.finish, record, wal_id) if store.blocking else store.finish(record, wal_id)
+            if not done:
+                log.warning("request %s ended after a sweep had closed it as worker_lost (its worker missed its lease); "
+                            "that record stands", record.request_id)
         except Exception as exc:  # noqa: BLE001
             log.error("usage store failed to record request %s: %s: %s", record.request_id, type(exc).__name__, exc)
-            if self.metrics is not None:
-                self.metrics.ledger_errors.inc()
+            self._count_store_error()
+
+    def _count_store_error(self) -> None:
+        if self.metrics is not None:
+            self.metrics.ledger_errors.inc()

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from .keys import BY_NAME, DEFAULTS, KEYS, PREFIX, Key
 from .origins import is_ipv6_origin
 from .profiles import ProfileConfig, parse_profiles
-from .providers import ProviderConfig, parse_providers, provider_secrets
+from .providers import ProviderConfig, parse_fallbacks, parse_providers, provider_secrets
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -29,12 +29,20 @@ class Settings:
     max_messages: int
     default_max_tokens: int
     max_tokens: int | None
+    #: LLM_PROXY_MAX_TOKENS was set by the host, so it is also sent when a client asks for no
+    #: limit; the default is only a limit on what clients ask (a model whose own maximum is lower
+    #: would refuse a request that carried it)
+    max_tokens_sent: bool
+    max_stream_seconds: float | None
+    max_streams_per_worker: int | None
     max_retries: int
     retry_backoff: float
     retry_after_max: float
     connect_timeout: float
     read_timeout: float
     keepalive: float | None
+    cooldown: float
+    fallbacks: Mapping[str, tuple[tuple[str, str], ...]]
     pool_maxsize: int
     require_auth: bool
     public_health: bool
@@ -52,6 +60,9 @@ class Settings:
     pricing: Mapping[str, Mapping[str, float] | None]
     usage_store: str | None
     usage_stream_maxlen: int | None
+    write_ahead: bool
+    worker_lease: float
+    host_name: str | None
     budgets: Mapping[str, Mapping[str, float]]
     metrics: bool
     metrics_allow: tuple[str, ...]
@@ -81,14 +92,18 @@ def warn_unknown_keys(config: Mapping[str, Any]) -> list[str]:
     return unknown
 
 
-def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-    """Check every key of ``config`` (defaults for the missing ones) into :class:`Settings`."""
+def load_settings(config: Mapping[str, Any], environ: Mapping[str, str] | None = None, given: Any = None) -> Settings:
+    """Check every key of ``config`` (defaults for the missing ones) into :class:`Settings`.
+    ``given``: the keys the host set itself (default: those in ``config``)."""
     environ = os.environ if environ is None else environ
+    given = config if given is None else given
     warn_unknown_keys(config)
     values = {key.attr: key.check(key.name, config.get(key.name, key.default)) for key in KEYS}
     values["providers"] = parse_providers(values["providers"], environ)
     values["profiles"] = parse_profiles("LLM_PROXY_PROFILES", values["profiles"], values["providers"])
     values["max_concurrent"] = _caps(values["max_concurrent"], values["providers"])
+    values["fallbacks"] = parse_fallbacks(values["fallbacks"], values["providers"])
+    values["max_tokens_sent"] = "LLM_PROXY_MAX_TOKENS" in given and values["max_tokens"] is not None
     if values["cors_credentials"] and any(o in ("*", ".*") for o in values["cors_origins"]):
         raise ConfigError(
             "LLM_PROXY_CORS_ORIGINS",

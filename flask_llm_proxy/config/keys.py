@@ -53,6 +53,12 @@ def _claim(name: str, v: Any) -> str | None:
     return v or None
 
 
+def _optional_name(name: str, v: Any) -> str | None:
+    if v is not None and (not isinstance(v, str) or any(c.isspace() or c == "|" for c in v)):
+        raise ConfigError(name, "expected a name without spaces or '|', or None")
+    return v or None
+
+
 def _providers_later(name: str, v: Any) -> Any:
     return v  # needs the environment: parsed by load_settings (config/providers.py)
 
@@ -67,8 +73,18 @@ KEYS: tuple[Key, ...] = (
     Key("LLM_PROXY_MAX_MESSAGES", 500, "int", "Messages (or Responses ``input`` items) per request.", _positive, "requests"),
     Key("LLM_PROXY_DEFAULT_MAX_TOKENS", 1024, "int", "``max_tokens`` sent to Anthropic when the client sends none "
         "(Anthropic requires one), limited by the caps below.", _positive, "requests"),
-    Key("LLM_PROXY_MAX_TOKENS", None, "int or None", "Cap on requested output tokens; a request above it gets 400. "
-        "A provider's own ``max_tokens`` is applied when stricter.", _optional_positive, "requests"),
+    Key("LLM_PROXY_MAX_TOKENS", 32768, "int or None", "Cap on requested output tokens; a request above it gets 400. "
+        "A provider's own ``max_tokens`` is applied when stricter. The default bounds what one request can cost and "
+        "how long it streams (32,768 tokens at 60-100 tokens/s is 5-9 minutes, inside ``LLM_PROXY_MAX_STREAM_SECONDS``) "
+        "while staying above what chat answers need; ``None`` forwards any value.", _optional_positive, "requests"),
+    Key("LLM_PROXY_MAX_STREAM_SECONDS", 600.0, "float (s) or None", "Longest a request may run; a stream past it ends "
+        "with an ``error:`` line (``code`` ``TIMEOUT``; the native endpoints: their error event) and is recorded "
+        "as ``timeout``. Checked once a second; ``None`` disables.", _optional_seconds, "requests"),
+    Key("LLM_PROXY_MAX_STREAMS_PER_WORKER", None, "int or None", "Requests one worker process serves at once; past it a "
+        "new one gets 503 ``overloaded`` with ``Retry-After`` at once. ``None``: gunicorn's ``worker_connections`` "
+        "(when ``flask_llm_proxy.gunicorn.post_worker_init`` told it, else gunicorn's default of 1000) minus a tenth "
+        "(at least 10) kept for health checks and the 503s themselves; ``0``: no limit.",
+        lambda n, v: checks.integer(n, v, optional=True), "requests"),
     # --- the upstream call
     Key("LLM_PROXY_MAX_RETRIES", 2, "int", "Retries before the first byte (3 attempts in all); ``0`` disables, at most ``10``.",
         lambda n, v: checks.integer(n, v, maximum=10), "upstream"),
@@ -80,6 +96,12 @@ KEYS: tuple[Key, ...] = (
         "reads) that end a request with ``timeout``.", _seconds(0.001), "upstream"),
     Key("LLM_PROXY_KEEPALIVE", 15.0, "float (s) or None", "Send ``: ping`` after this many seconds of upstream silence, so "
         "load balancers keep the connection and a browser that left is noticed; ``None`` disables.", _optional_seconds, "upstream"),
+    Key("LLM_PROXY_COOLDOWN", 30.0, "float (s)", "How long a provider's deployment that failed before the first byte "
+        "(429, 529, 5xx, unreachable) is left alone when it sent no ``Retry-After`` (providers with several "
+        "``deployments`` only).", _seconds(), "upstream"),
+    Key("LLM_PROXY_FALLBACKS", {}, "dict", "Per provider, an ordered list of ``\"provider:model\"`` a request may move to "
+        "when every deployment of its own provider failed before the first byte, e.g. "
+        "``{\"anthropic\": [\"openai:gpt-4o\"]}``; empty: none.", _providers_later, "upstream"),
     Key("LLM_PROXY_POOL_MAXSIZE", 10000, "int", "Idle upstream connections kept per host per process; at least gunicorn's "
         "``worker_connections``, or connections are closed and reopened under load.", _positive, "upstream"),
     # --- access
@@ -115,6 +137,14 @@ KEYS: tuple[Key, ...] = (
     Key("LLM_PROXY_USAGE_STREAM_MAXLEN", 1_000_000, "int or None", "Records kept in the Redis store's stream "
         "``llm_proxy:usage`` (trimmed approximately); ``None`` never trims. Budgets do not read the stream.",
         _optional_positive, "accounting"),
+    Key("LLM_PROXY_WRITE_AHEAD", True, "bool", "Keep an in-flight record of each request in the usage store while it "
+        "runs, so that a worker that dies (SIGKILL, out of memory) still leaves a ``worker_lost`` record of it.",
+        checks.boolean, "accounting"),
+    Key("LLM_PROXY_WORKER_LEASE", 60.0, "float (s)", "In-flight records of a worker not renewed for this long are "
+        "closed as ``worker_lost`` by any worker of any host (a whole host that died).", _seconds(1.0), "accounting"),
+    Key("LLM_PROXY_HOST_NAME", None, "str or None", "This host's name in in-flight records (``None``: the machine's "
+        "host name); workers of one host check each other's processes, other hosts wait for the lease.",
+        _optional_name, "accounting"),
     Key("LLM_PROXY_BUDGETS", {}, "dict", "Spend limits per identity, e.g. ``{\"default\": {\"daily_usd\": 5.0}}``; keys "
         "``daily_usd``, ``monthly_usd``, ``daily_tokens``, ``monthly_tokens``.", checks.budgets, "accounting"),
     Key("LLM_PROXY_METRICS", False, "bool", "Serve Prometheus metrics at ``<prefix>/metrics``.", checks.boolean, "accounting"),

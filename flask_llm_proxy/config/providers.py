@@ -8,7 +8,7 @@ import os
 import re
 import unicodedata
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -55,6 +55,9 @@ class ProviderConfig:
     _exact: frozenset[str] = field(default=frozenset(), repr=False)
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)  # provider_secrets: scrubbed from every error
+    label: str = ""  #: this deployment's label; "" for an entry without a ``deployments`` list
+    #: with a ``deployments`` list: one full config each (the entry itself is the first one's)
+    deployments: tuple[ProviderConfig, ...] = field(default=(), repr=False)
 
     def label_for(self, model: str) -> str:
         """A bounded metrics label: the model when listed by name, else the pattern it matched."""
@@ -81,6 +84,8 @@ _PROVIDER_KEYS = {
     "headers", "anthropic_version", "max_tokens_field", "verify", "cert", "tokens", "pace_ms", "text",
     "attachments", "max_attachment_bytes", "cache",
 }
+_DEPLOYMENT_KEYS = {"label", "base_url", "api_key", "headers", "anthropic_version", "verify", "cert"}
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 # what the proxy sends itself: a configured one would go out next to it (names differ in case)
 _PROXY_HEADERS = {"content-type", "accept", "accept-encoding", "x-request-id"}
@@ -125,6 +130,46 @@ def _base_url_problem(url: Any) -> str | None:
 
 def _provider(name: str, entry: Any, environ: Mapping[str, str]) -> ProviderConfig:
     key = f"LLM_PROXY_PROVIDERS[{name!r}]"
+    if isinstance(entry, Mapping) and "deployments" in entry:
+        return _with_deployments(name, entry, environ, key)
+    return _single(name, entry, environ, key)
+
+
+def _with_deployments(name: str, entry: Mapping[str, Any], environ: Mapping[str, str], key: str) -> ProviderConfig:
+    """``"deployments": [{"label": ..., "api_key": ..., "base_url": ...}, ...]``: each item is the
+    entry with the item's options in place of the entry's (two accounts, a regional endpoint)."""
+    items = entry["deployments"]
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(f"{key}.deployments", "expected a non-empty list of dicts like {'label': 'primary', 'api_key': ...}")
+    shared = {k: v for k, v in entry.items() if k != "deployments"}
+    if shared.get("type", name) == "mock":
+        raise ConfigError(f"{key}.deployments", "the mock provider has no deployments")
+    deployments: list[ProviderConfig] = []
+    for i, item in enumerate(items):
+        where = f"{key}.deployments[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(where, f"expected a dict, got {type(item).__name__}")
+        unknown = set(item) - _DEPLOYMENT_KEYS
+        if unknown:
+            raise ConfigError(where, f"unknown option(s) {sorted(unknown)}; a deployment sets {sorted(_DEPLOYMENT_KEYS)}, "
+                                     "the rest is the entry's")
+        label = item.get("label", str(i))
+        if not isinstance(label, str) or not _LABEL_RE.match(label):
+            raise ConfigError(f"{where}.label", "letters, digits, '_', '-', '.', ':' (it is sent in a response header)")
+        if any(d.label == label for d in deployments):
+            raise ConfigError(f"{where}.label", f"{label!r} names an earlier deployment too")
+        merged = {**shared, **{k: v for k, v in item.items() if k != "label"}}
+        deployments.append(replace(_single(name, merged, environ, where), label=label))
+    if "max_tokens_field" not in shared and len({d.max_tokens_field for d in deployments}) > 1:
+        raise ConfigError(f"{key}.max_tokens_field", "the deployments differ (OpenAI's own API and a compatible server): set it "
+                                                     "on the entry, one body is sent to every deployment")
+    # Every deployment's errors are scrubbed of every deployment's secrets.
+    secrets = tuple(sorted({v for d in deployments for v in d.secrets}, key=len, reverse=True))
+    deployments = [replace(d, secrets=secrets) for d in deployments]
+    return replace(deployments[0], deployments=tuple(deployments))
+
+
+def _single(name: str, entry: Any, environ: Mapping[str, str], key: str) -> ProviderConfig:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in RESERVED_NAMES:
         raise ConfigError(
             "LLM_PROXY_PROVIDERS",
@@ -292,3 +337,28 @@ def parse_providers(v: Any, environ: Mapping[str, str]) -> dict[str, ProviderCon
         raise ConfigError("LLM_PROXY_PROVIDERS", f"expected a dict of name -> options, got {type(v).__name__}")
     return {name: _provider(name, entry, environ) for name, entry in v.items()}
 
+
+
+def parse_fallbacks(v: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """``LLM_PROXY_FALLBACKS``: ``{"anthropic": ["openai:gpt-4o"]}`` -> ``{"anthropic": (("openai", "gpt-4o"),)}``."""
+    key = "LLM_PROXY_FALLBACKS"
+    if not v:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(key, 'expected a dict like {"anthropic": ["openai:gpt-4o"]}')
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for name, targets in v.items():
+        if name not in providers:
+            raise ConfigError(f"{key}[{name!r}]", f"no such provider; configured: {sorted(providers)}")
+        if isinstance(targets, str) or not isinstance(targets, (list, tuple)):
+            raise ConfigError(f"{key}[{name!r}]", 'expected a list of "provider:model"')
+        parsed = []
+        for target in targets:
+            other, sep, model = target.partition(":") if isinstance(target, str) else ("", "", "")
+            if not sep or not model or other not in providers or other == name:
+                raise ConfigError(f"{key}[{name!r}]", f'{target!r} is not "provider:model" of another configured provider')
+            if not providers[other].allows(model):
+                raise ConfigError(f"{key}[{name!r}]", f"{target!r}: '{other}' does not allow the model {model!r}")
+            parsed.append((other, model))
+        out[name] = tuple(parsed)
+    return out

@@ -117,8 +117,16 @@ TRANSIENT_STREAM_ERRORS = frozenset({"overloaded_error", "overloaded", "rate_lim
 
 
 def output_cap(provider: ProviderConfig, settings: Settings) -> int | None:
-    """The operator's limit on output tokens, which must hold when the client sends none."""
+    """The operator's limit on the output tokens a client may ask for."""
     caps = [x for x in (provider.max_tokens, settings.max_tokens) if x]
+    return min(caps) if caps else None
+
+
+def sent_cap(provider: ProviderConfig, settings: Settings) -> int | None:
+    """The limit sent when the client asks for none, so leaving the field out does not lift a cost
+    limit the operator set; the default ``LLM_PROXY_MAX_TOKENS`` is not sent (a model whose own
+    maximum is lower, or a small local server, would refuse the request)."""
+    caps = [x for x in (provider.max_tokens, settings.max_tokens if settings.max_tokens_sent else None) if x]
     return min(caps) if caps else None
 
 

@@ -17,7 +17,7 @@ from ..contract.blocks import AttachmentLimits, attachments_of, check_limits
 from ..contract.request import ChatRequest
 from ..contract.values import fail
 from ..config import ProviderConfig, Settings
-from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
+from .base import Adapter, ToolCall, Translator, parse_arguments, sent_cap, stream_error
 
 #: https://platform.openai.com/docs/guides/images-vision (50 MB of images per request, 500
 #: images) and https://platform.openai.com/docs/guides/pdf-files (PDFs inline as file_data, 32 MB)
@@ -101,7 +101,7 @@ class ChatCompletionsAdapter(Adapter):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        max_tokens = req.max_tokens if req.max_tokens is not None else output_cap(provider, settings)
+        max_tokens = req.max_tokens if req.max_tokens is not None else sent_cap(provider, settings)
         if max_tokens is not None:
             body[provider.max_tokens_field] = max_tokens
         for name in ("temperature", "top_p", "seed", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",

@@ -14,7 +14,7 @@ from typing import Any
 from .. import _json
 from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
-from .base import Adapter, ToolCall, Translator, output_cap, parse_arguments, stream_error
+from .base import Adapter, ToolCall, Translator, parse_arguments, sent_cap, stream_error
 from ..contract.blocks import check_limits
 from .openai import LIMITS, ChatCompletionsAdapter
 
@@ -25,7 +25,7 @@ class ResponsesAdapter(Adapter):
     def build(self, req: ChatRequest, provider: ProviderConfig, settings: Settings) -> dict[str, Any]:
         check_limits(req.responses_attachments, LIMITS)
         body = dict(req.responses_body or {})
-        cap = output_cap(provider, settings)
+        cap = sent_cap(provider, settings)
         if cap is not None and "max_output_tokens" not in body:
             body["max_output_tokens"] = cap
         body["model"] = req.model

@@ -42,11 +42,10 @@ def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Tran
             raise UpstreamError("the upstream stream ended before its final event", type="network_error")
         call.complete = True
     except MALFORMED as exc:
-        err = UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})")
-        call.fail(err)
+        err = call.fail(UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})"))
         yield err.to_native_event(api)
     except ProxyError as err:
-        call.fail(err)
+        err = call.fail(err)
         if not getattr(err, "from_stream", False):  # the upstream's own error event was relayed already
             yield err.to_native_event(api)
     except GeneratorExit:

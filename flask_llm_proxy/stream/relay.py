@@ -135,7 +135,7 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
         call.complete = True
         yield _final_event(ex, translator, token_id)
     except ProxyError as err:
-        call.fail(err)
+        err = call.fail(err)
         log.warning("stream %s failed after %d tokens: %s", ex.request.request_id, token_id, err.message)
         yield err.to_sse_line()
     except GeneratorExit:
@@ -143,8 +143,7 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
         raise
     except Exception as exc:  # noqa: BLE001 - the stream must end with an error line, not silence
         log.exception("stream %s: unexpected error", ex.request.request_id)
-        err = UpstreamError(f"proxy error: {type(exc).__name__}")
-        call.fail(err)
+        err = call.fail(UpstreamError(f"proxy error: {type(exc).__name__}"))
         yield err.to_sse_line()
     finally:
         close = getattr(items, "close", None)

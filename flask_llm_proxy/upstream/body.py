@@ -208,6 +208,11 @@ class UpstreamBody:
             pass
 
 
+    #: The stream's time limit (LLM_PROXY_MAX_STREAM_SECONDS) ends it from another greenlet or
+    #: thread: :meth:`close` is safe there, as it only shuts the socket down under the reader.
+    cut = close
+
+
 def not_a_stream(resp: requests.Response) -> UpstreamError:
     """A 200 whose body ended without one event: HTTP, but not an event stream (a truncated head,
     a proxy's HTML page, an empty body)."""

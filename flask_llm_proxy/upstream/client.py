@@ -21,6 +21,7 @@ from requests.structures import CaseInsensitiveDict
 from .._compat import GEVENT_SSL_FIX, ssl_patch_problem
 from ..config import ProviderConfig
 from ..errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamTimeout
+from .failover import Deployments
 from .errors import RETRY_STATUSES, error_from_response, find_cause, parse_retry_after, protocol_error, reason, tls_error
 
 log = logging.getLogger("flask_llm_proxy")
@@ -106,9 +107,19 @@ class UpstreamClient:
         self._pid = -1
         self._session: requests.Session | None = None
         self._adapter: ProxyAdapter | None = None
-        self._targets: dict[tuple[str, str, str], Target] = {}
+        self._targets: dict[tuple[str, str, str, str], Target] = {}
         self._lock = threading.Lock()
         self._ssl_problem: str | None = None
+        self._deployments: dict[str, Deployments] = {}
+
+    def deployments(self, provider: ProviderConfig) -> Deployments:
+        """The in-flight counts and cool-downs of a provider's deployments in this process."""
+        if self._pid != os.getpid():
+            self.session()  # a new process (after a fork) starts with none in flight and none cooling
+        found = self._deployments.get(provider.name)
+        if found is None:
+            found = self._deployments[provider.name] = Deployments(provider)
+        return found
 
     def session(self) -> requests.Session:
         if self._pid != os.getpid() or self._session is None:
@@ -123,6 +134,7 @@ class UpstreamClient:
                     session.mount("http://", adapter)
                     self._adapter = adapter
                     self._targets = {}
+                    self._deployments = {}
                     self._session = session
                     self._pid = os.getpid()
         return self._session  # type: ignore[return-value]
@@ -135,7 +147,7 @@ class UpstreamClient:
         ``Session.request`` would read it; a provider's own ``verify`` and ``cert`` win over it.
         """
         session = self.session()
-        key = (provider.name, path, accept)
+        key = (provider.name, getattr(provider, "label", ""), path, accept)  # a deployment: its own target
         found = self._targets.get(key)
         if found is not None:
             return found
@@ -184,41 +196,13 @@ class UpstreamClient:
         and protocol errors. A connection the upstream closed without answering (an idle pooled
         one it had just dropped) is sent again at once, once, before any of that.
         """
-        self.session()
-        if self._ssl_problem and target.url.startswith("https://"):
-            raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log")
+        self.check_tls(target.url)
         attempt = 0
-        resent = False
         while True:
-            retry_after: float | None = None
-            try:
-                resp = self.send(target, body, request_id, (connect_timeout, read_timeout))
-            except requests.exceptions.ConnectTimeout:
-                err: ProxyError = UpstreamTimeout("timed out connecting to the upstream")
-                retryable = True
-            except requests.exceptions.ReadTimeout:
-                raise UpstreamTimeout("the upstream did not answer in time", retried=attempt > 0) from None
-            except requests.exceptions.SSLError as exc:
-                err, retryable = tls_error(exc, secrets), False
-            except requests.exceptions.ProxyError as exc:
-                err, retryable = NetworkError(f"could not reach the upstream through the HTTP proxy: {reason(exc, secrets)}"), True
-            except requests.exceptions.ConnectionError as exc:
-                if not resent and find_cause(exc, http.client.RemoteDisconnected) is not None:
-                    resent = True
-                    continue
-                bad = protocol_error(exc)
-                err, retryable = (bad, False) if bad else (NetworkError(f"could not reach the upstream: {reason(exc, secrets)}"), True)
-            except requests.exceptions.RequestException as exc:
-                err, retryable = NetworkError(f"the upstream request failed: {reason(exc, secrets)}"), False
-            except RecursionError:
-                log.error(GEVENT_SSL_FIX)
-                raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log") from None
-            else:
-                if resp.status_code < 300:
-                    return resp
-                err = error_from_response(resp, secrets)
-                retryable = resp.status_code in RETRY_STATUSES
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            resp, err, retryable, retry_after = self.attempt(target, body, secrets, (connect_timeout, read_timeout), request_id)
+            if resp is not None:
+                return resp
+            assert err is not None
             if not retryable or attempt >= max_retries or (retry_after is not None and retry_after > retry_after_max):
                 err.retried = attempt > 0  # -> x-should-retry: false, so one layer retries, not two
                 raise err
@@ -231,3 +215,46 @@ class UpstreamClient:
                 on_retry(err)
             backoff_sleep(delay)
 
+    @staticmethod
+    def wait(seconds: float) -> None:
+        """The wait before another attempt (:func:`backoff_sleep`, which tests stub)."""
+        backoff_sleep(seconds)
+
+    def check_tls(self, url: str) -> None:
+        self.session()
+        if self._ssl_problem and url.startswith("https://"):
+            raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log")
+
+    def attempt(self, target: Target, body: bytes, secrets: Sequence[str], timeout: tuple[float, float],
+                request_id: str) -> tuple[requests.Response | None, ProxyError | None, bool, float | None]:
+        """One attempt: ``(the open 2xx answer, None, ...)`` or ``(None, the error, whether another
+        attempt may succeed, the upstream's retry-after in seconds)``."""
+        resent = False
+        while True:
+            try:
+                resp = self.send(target, body, request_id, timeout)
+            except requests.exceptions.ConnectTimeout:
+                return None, UpstreamTimeout("timed out connecting to the upstream"), True, None
+            except requests.exceptions.ReadTimeout:
+                return None, UpstreamTimeout("the upstream did not answer in time"), False, None
+            except requests.exceptions.SSLError as exc:
+                return None, tls_error(exc, secrets), False, None
+            except requests.exceptions.ProxyError as exc:
+                return None, NetworkError(f"could not reach the upstream through the HTTP proxy: {reason(exc, secrets)}"), True, None
+            except requests.exceptions.ConnectionError as exc:
+                if not resent and find_cause(exc, http.client.RemoteDisconnected) is not None:
+                    resent = True
+                    continue
+                bad = protocol_error(exc)
+                if bad is not None:
+                    return None, bad, False, None
+                return None, NetworkError(f"could not reach the upstream: {reason(exc, secrets)}"), True, None
+            except requests.exceptions.RequestException as exc:
+                return None, NetworkError(f"the upstream request failed: {reason(exc, secrets)}"), False, None
+            except RecursionError:
+                log.error(GEVENT_SSL_FIX)
+                raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log") from None
+            if resp.status_code < 300:
+                return resp, None, False, None
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            return None, error_from_response(resp, secrets), resp.status_code in RETRY_STATUSES, retry_after

@@ -61,6 +61,12 @@ def _finish(response: Response) -> Response:
     if rate:
         for k, v in rate.items():
             headers.setdefault(k, v)
+    ex = g.get("llm_proxy_exchange")
+    if ex is not None and response.status_code < 400:  # who answered: a deployment's label, a fallback
+        if ex.call.deployment is not None:
+            headers["X-LLM-Proxy-Deployment"] = ex.call.deployment
+        if ex.request.fallback_from is not None:
+            headers["X-LLM-Proxy-Fallback"] = f"{ex.request.provider}:{ex.request.model}"
     return response
 
 

@@ -34,12 +34,14 @@ from ..stream.relay import (
     upstream_items,
 )
 from .answers import contract_answer
+from .fallback import fall_back
 from .flow import (
     SSE_CONTENT_TYPE,
     STREAM_HEADERS,
     accounted,
     before_upstream,
     count_retry,
+    deployment_failed,
     open_upstream,
     require_profile,
     state,
@@ -52,6 +54,7 @@ log = logging.getLogger("flask_llm_proxy")
 def chat(provider_name: str, profile_name: str | None = None) -> Response:
     """``POST <prefix>/<provider>``, or ``POST <prefix>/profiles/<name>`` (``profile_name``)."""
     st = state()
+    st.check_capacity()
     s = st.settings
     provider = s.providers[provider_name]
     profile = s.profiles[profile_name] if profile_name else None
@@ -88,17 +91,24 @@ def chat(provider_name: str, profile_name: str | None = None) -> Response:
 
 
 def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig, adapter: Adapter | None, upstream_body: Any) -> Response:
-    """Call the upstream (or the mock) and answer as a stream or as one JSON document."""
-    try:
-        if adapter is None:
-            items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
-        else:  # the response cache, an identical request in flight, or the upstream behind the concurrency cap
-            items, translator, first = contract_answer(st, ex, provider, "contract" + adapter.path, upstream_body,
-                                                       lambda: _first_tokens(st, ex, provider, req, adapter, upstream_body),
-                                                       req.include_reasoning)
-    except ProxyError as err:
-        err.retried = err.retried or ex.call.retries > 0  # -> x-should-retry: false, whichever kind retried
-        raise
+    """Call the upstream (or the mock, or a fallback) and answer as a stream or as one JSON document."""
+    fallbacks = st.settings.fallbacks.get(provider.name, ())
+    while True:
+        try:
+            if adapter is None or ex.request.fallback_from is not None:  # the mock; a fallback (admitted already, not cached)
+                items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
+            else:  # the response cache, an identical request in flight, or the upstream behind the concurrency cap
+                items, translator, first = contract_answer(st, ex, provider, "contract" + adapter.path, upstream_body,
+                                                           lambda: _first_tokens(st, ex, provider, req, adapter, upstream_body),
+                                                           req.include_reasoning)
+            break
+        except ProxyError as err:
+            err.retried = err.retried or ex.call.retries > 0  # -> x-should-retry: false, whichever kind retried
+            route = fall_back(st, ex, err, fallbacks, req) if fallbacks else None
+            if route is None:
+                raise
+            count_retry(ex, err)
+            fallbacks, provider, req, adapter, upstream_body = route
     if not req.stream:
         payload = collect(ex, items, translator, first)  # an error propagates to accounted()
         ex.finalize()
@@ -137,7 +147,12 @@ def _first_tokens(st: ProxyState, ex: Exchange, provider: ProviderConfig, req: C
             if getattr(err, "from_stream", False):
                 call.translator = None  # answered as an error status: no tokens, as for one the upstream sent
                 err.message = scrub(err.message, call.secrets)  # before the retry's log line
-            if not getattr(err, "transient", False) or call.retries >= s.max_retries:
+            if not getattr(err, "transient", False):
+                raise
+            if deployment_failed(st, ex, provider, err):  # another deployment, at once
+                count_retry(ex, err)
+                continue
+            if call.retries >= s.max_retries:
                 raise
             delay = s.retry_backoff * 2**call.retries
             log.info("request %s: upstream attempt %d failed in its first event (%s); retrying in %.2fs",

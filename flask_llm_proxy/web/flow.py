@@ -9,10 +9,11 @@ from werkzeug.exceptions import HTTPException
 
 from .. import signals
 from ..accounting.exchange import Exchange
-from ..config import ProfileConfig, Settings
+from ..config import ProfileConfig, ProviderConfig, Settings
 from ..errors import PermissionDenied, ProxyError
 from ..providers.base import Adapter
 from ..state import ProxyState
+from ..upstream.failover import open_failover
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 STREAM_HEADERS = {
@@ -55,8 +56,10 @@ def accounted(ex: Exchange, call: Callable[..., Response], *args: Any) -> Respon
     try:
         return call(*args)
     except ProxyError as err:
-        ex.call.fail(err, before_stream=True)
+        told = ex.call.fail(err, before_stream=True)
         ex.finalize()
+        if told is not err:  # a stream: false answer cut at LLM_PROXY_MAX_STREAM_SECONDS
+            raise told from None
         raise
     except Exception:
         ex.call.fail(ProxyError("internal error in the proxy", status=500, type="internal_error"), before_stream=True)
@@ -75,11 +78,8 @@ def open_upstream(st: ProxyState, ex: Exchange, provider: Any, adapter: Adapter,
     2xx answer; URL and headers come from configuration, nothing a client sends steers them."""
     s = st.settings
     client = st.upstream
-    target = client.target(provider, adapter.path, adapter.auth_headers(provider), accept)
     ex.call.secrets = provider.secrets
-    return client.open(
-        target,
-        body,
+    options: dict[str, Any] = dict(
         secrets=provider.secrets,
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
@@ -89,3 +89,26 @@ def open_upstream(st: ProxyState, ex: Exchange, provider: Any, adapter: Adapter,
         on_retry=lambda err: count_retry(ex, err),
         request_id=ex.request.request_id,
     )
+    if not provider.deployments:
+        return client.open(client.target(provider, adapter.path, adapter.auth_headers(provider), accept), body, **options)
+    deps = client.deployments(provider)
+    resp, i = open_failover(client, deps, adapter.path, adapter.auth_headers, accept, body, cooldown=s.cooldown, **options)
+    ex.call.deployment = deps.items[i].label
+    ex.call.release = lambda: deps.release(i)
+    return resp
+
+
+def deployment_failed(st: ProxyState, ex: Exchange, provider: ProviderConfig, err: ProxyError) -> bool:
+    """The deployment that opened this request's stream failed in its first event (Anthropic's
+    ``overloaded_error`` after a 200): it cools down like one that answered 529. Returns whether
+    the provider has deployments, so that the request is sent again at once (to another one, or,
+    all cooling, after the usual backoff or as the typed error)."""
+    if ex.call.deployment is None or not provider.deployments:
+        return False
+    deps = st.upstream.deployments(provider)
+    if ex.call.release is not None:
+        ex.call.release()
+        ex.call.release = None
+    deps.cool(deps.index(ex.call.deployment), err, None, st.settings.cooldown, ex.request.request_id)
+    ex.call.deployment = None
+    return True

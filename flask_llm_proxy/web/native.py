@@ -109,6 +109,7 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
 
 def native_view(provider_name: str, api: str, profile_name: str | None = None) -> Response:
     st = state()
+    st.check_capacity()
     s = st.settings
     provider = s.providers[provider_name]
     profile = s.profiles[profile_name] if profile_name else None
