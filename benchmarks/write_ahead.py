@@ -93,8 +93,8 @@ def measure(store: str, upstream_base: str, rounds: int, requests: int, redis_ur
         return {
             "lat_off": statistics.median(lat["off"]), "lat_on": statistics.median(lat["on"]),
             "cpu_off": statistics.median(cpu["off"]), "cpu_on": statistics.median(cpu["on"]),
-            "lat_delta": statistics.median(a - b for a, b in zip(lat["on"], lat["off"])),
-            "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"])),
+            "lat_delta": statistics.median(a - b for a, b in zip(lat["on"], lat["off"], strict=True)),
+            "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)),
         }
     finally:
         for s in servers.values():
@@ -152,7 +152,7 @@ def measure_path(store: str, rounds: int, n: int, redis_url: str | None) -> dict
                           capture_output=True, text=True, timeout=600, check=True)
     cpu = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"cpu_off": statistics.median(cpu["off"]), "cpu_on": statistics.median(cpu["on"]),
-            "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"]))}
+            "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True))}
 
 
 def main() -> int:
@@ -172,7 +172,6 @@ def main() -> int:
         if "redis" in stores:
             sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
             from redis_process import RedisProcess
-
             from servers import free_port
 
             redis = RedisProcess(free_port())

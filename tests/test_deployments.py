@@ -7,15 +7,14 @@ cooling the typed error comes back; keys never appear in what names a deployment
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import API_KEY, chat_body, http, sse_events, uid
 from fake_upstream import FakeUpstreamProcess
+
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 from flask_llm_proxy.config import load_settings
 from flask_llm_proxy.errors import ConfigError

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import chat_body, http, mock_host_app, sse_events, uid
+
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 from flask_llm_proxy.config import load_settings

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
 from conftest import GunicornServer, base_env, chat_body, http, open_raw_stream, uid
+
 from flask_llm_proxy.accounting.exchange import UsageRecord
 from flask_llm_proxy.accounting.inflight import InflightEntry
 from flask_llm_proxy.accounting.redis_store import RedisStore
@@ -214,7 +214,7 @@ def test_eight_gunicorn_workers_cold_start_on_a_fresh_sqlite_ledger(upstream: An
         server = GunicornServer(base_env(upstream.base_url, tmp_path, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}"), workers=8)
         try:
             # every worker loaded the app and uses the ledger (its once-a-second loop sweeps it)
-            def ready() -> bool:
+            def ready(server: GunicornServer = server, db: Path = db) -> bool:
                 pids = workers_of(server)
                 return len(pids) == 8 and all(
                     any(os.path.realpath(os.path.join(f"/proc/{pid}/fd", fd)) == str(db) for fd in os.listdir(f"/proc/{pid}/fd"))
@@ -249,6 +249,7 @@ def _entry(pid: int, rid: str, host: str = "this-host", out: int = 7) -> Infligh
 
 def test_a_sweep_records_announces_and_charges_a_dead_workers_request_once(tmp_path: Path) -> None:
     from conftest import mock_host_app
+
     from flask_llm_proxy import LLMProxy, usage_recorded
 
     app = mock_host_app(LLM_PROXY_USAGE_STORE=f"sqlite:///{tmp_path / 'u.sqlite3'}", LLM_PROXY_HOST_NAME="this-host",

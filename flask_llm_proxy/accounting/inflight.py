@@ -43,7 +43,8 @@ class InflightEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InflightEntry:
-        return cls(**{k: d.get(k) for k in COLUMNS})
+        values: dict[str, Any] = {k: d.get(k) for k in COLUMNS}
+        return cls(**values)
 
 
 COLUMNS = tuple(f.name for f in fields(InflightEntry))

@@ -13,7 +13,6 @@ from .inflight import InflightEntry, lost_record, pid_alive
 from .redis_ahead import AheadChannel
 from .store import Spend, Store, day_key, month_key
 
-
 # One record: the budget counters, the stream entry, the operator page's aggregates (redis_rollup's
 # own script, run as a function) and, for a worker_lost record, its place in the queue of records
 # to announce, in one atomic step; with a write-ahead id, only if this call
@@ -157,7 +156,8 @@ class RedisStore(Store):
     def close_dead(self, host: str, lease: float, now: float) -> int:
         me = f"{host}|{os.getpid()}"
         closed = 0
-        for raw, renewed in self._redis.zrange(self.workers, 0, -1, withscores=True):
+        workers: list[tuple[bytes, float]] = self._redis.zrange(self.workers, 0, -1, withscores=True)  # type: ignore[assignment]
+        for raw, renewed in workers:
             worker = raw.decode()
             if worker == me:
                 continue
@@ -174,7 +174,8 @@ class RedisStore(Store):
     def _close(self, worker: str, stale_before: float | None = None) -> int:
         key = self._inflight(worker)
         closed = 0
-        for wal_id, raw in self._redis.hgetall(key).items():
+        entries: dict[bytes, bytes] = self._redis.hgetall(key)  # type: ignore[assignment]
+        for wal_id, raw in entries.items():
             if stale_before is not None:
                 renewed = self._redis.zscore(self.workers, worker)
                 if renewed is not None and renewed >= stale_before:

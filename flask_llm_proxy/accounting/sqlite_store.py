@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from .._compat import gevent_active, run_later
-
 from . import sqlite_rollup
 from .cells import Cells
 from .exchange import UsageRecord
@@ -193,7 +192,7 @@ class SQLiteStore(Store):
         # Under gevent one connection for the process: every greenlet runs on the hub's thread and
         # none yields inside a SQLite call (gevent's threading.local would be one per greenlet, a
         # connection per request). Elsewhere one per thread.
-        holder = self if gevent_active() else self._local
+        holder: Any = self if gevent_active() else self._local
         conn = getattr(holder, "_nowait_conn", None)
         if conn is None or getattr(holder, "_nowait_pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
@@ -281,7 +280,7 @@ class SQLiteStore(Store):
                 " JOIN llm_proxy_usage u ON u.rowid = l.usage_id ORDER BY l.usage_id LIMIT ?", (limit,)
             ).fetchall()
             conn.executemany("DELETE FROM llm_proxy_lost WHERE usage_id = ?", [(row[0],) for row in rows])
-        return [UsageRecord(**_decoded(dict(zip(FIELDS, row[1:])))) for row in rows]
+        return [UsageRecord(**_decoded(dict(zip(FIELDS, row[1:], strict=True)))) for row in rows]
 
     def spend(self, identity: str, now: float) -> Spend:
         day0, _, month0, _ = period_starts(now)

@@ -143,8 +143,8 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
         raise
     except Exception as exc:  # noqa: BLE001 - the stream must end with an error line, not silence
         log.exception("stream %s: unexpected error", ex.request.request_id)
-        err = call.fail(UpstreamError(f"proxy error: {type(exc).__name__}"))
-        yield err.to_sse_line()
+        told = call.fail(UpstreamError(f"proxy error: {type(exc).__name__}"))
+        yield told.to_sse_line()
     finally:
         close = getattr(items, "close", None)
         if close is not None:

@@ -21,8 +21,8 @@ from requests.structures import CaseInsensitiveDict
 from .._compat import GEVENT_SSL_FIX, ssl_patch_problem
 from ..config import ProviderConfig
 from ..errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamTimeout
-from .failover import Deployments
 from .errors import RETRY_STATUSES, error_from_response, find_cause, parse_retry_after, protocol_error, reason, tls_error
+from .failover import Deployments
 
 log = logging.getLogger("flask_llm_proxy")
 

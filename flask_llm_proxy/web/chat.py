@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from flask import Response, g
@@ -99,7 +100,7 @@ def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig
                 items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
             else:  # the response cache, an identical request in flight, or the upstream behind the concurrency cap
                 items, translator, first = contract_answer(st, ex, provider, "contract" + adapter.path, upstream_body,
-                                                           lambda: _first_tokens(st, ex, provider, req, adapter, upstream_body),
+                                                           partial(_first_tokens, st, ex, provider, req, adapter, upstream_body),
                                                            req.include_reasoning)
             break
         except ProxyError as err:
