@@ -185,17 +185,16 @@ def main() -> int:
         upstream.stop()
         if redis is not None:
             redis.stop()
-    print(f"\nwrite-ahead accounting (on: the default; off), {args.rounds} rounds x {args.requests} requests per side;"
-          " medians over the rounds; + columns: the median of each round's on - off")
-    print(f"{'store':<8} {'latency off':>12} {'latency on':>11} {'+latency':>9} {'CPU/req off':>12} {'CPU/req on':>11} {'+CPU/req':>9}"
-          f" {'path off':>10} {'path on':>9} {'+path':>8}")
+    print(f"\nWrite-ahead accounting (on: the default; off), {args.rounds} rounds x {args.requests} requests per side;"
+          " medians over the rounds; the + columns: the median of each round's on - off.\n")
+    print("| store | latency off | latency on | + latency | CPU/req off | CPU/req on | + CPU/req | path off | path on | + path |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for store, m in rows:
         p = m["path"]
-        print(f"{store:<8} {m['lat_off']:>10.3f}ms {m['lat_on']:>9.3f}ms {m['lat_delta']:>7.3f}ms"
-              f" {m['cpu_off']:>10.3f}ms {m['cpu_on']:>9.3f}ms {m['cpu_delta']:>7.3f}ms"
-              f" {p['cpu_off']:>8.3f}ms {p['cpu_on']:>7.3f}ms {p['cpu_delta']:>6.3f}ms")
-    print("latency, CPU/req: end to end through gunicorn (worker CPU); path: the accounting path alone, in process"
-          " (attach + finalize under gevent: CPU per request)")
+        cells = [m["lat_off"], m["lat_on"], m["lat_delta"], m["cpu_off"], m["cpu_on"], m["cpu_delta"], p["cpu_off"], p["cpu_on"], p["cpu_delta"]]
+        print(f"| {store} | " + " | ".join(f"{v:.3f} ms" for v in cells) + " |")
+    print("\nlatency, CPU/req: end to end through gunicorn (the worker's CPU); path: the accounting path alone, in a"
+          " process of its own (attach + finalize under gevent, CPU per request).")
     return 0
 
 

@@ -80,6 +80,7 @@ def test_write_ahead_benchmark_runs_and_prints_one_row_per_store() -> None:
         env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.startswith(("sqlite ", "redis "))}
+    rows = {cells[0]: cells[1:] for line in proc.stdout.splitlines() if line.startswith(("| sqlite ", "| redis "))
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
     assert set(rows) == {"sqlite", "redis"}
-    assert all(len(cells) == 9 and all(c.endswith("ms") for c in cells) for cells in rows.values())
+    assert all(len(cells) == 9 and all(c.endswith(" ms") for c in cells) for cells in rows.values())
