@@ -358,12 +358,51 @@ def test_a_redis_in_flight_write_that_failed_does_not_cost_the_final_record(redi
     assert store.finish(record, f"h|{pid}|after") is True
     assert [r["request_id"] for r in store.records(0)] == ["done"] * 3
     assert raw.hlen(f"llm_proxy:inflight:h|{pid}") <= 1  # "cut" at most, closed as worker_lost when this worker exits
-    # a final write stuck on a stalled Redis holds the connection: a new request does not wait behind it
-    store._ahead._lock.acquire()
+    # a greenlet stuck sending to a stalled Redis holds the connection: a new request does not wait behind it
+    store._ahead._send_lock.acquire()
     try:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             store.begin(_entry(pid, "stuck", host="h"))
         assert time.monotonic() - started < 2
     finally:
-        store._ahead._lock.release()
+        store._ahead._send_lock.release()
+
+
+_CHANNEL_STRESS = r"""
+from gevent import monkey; monkey.patch_all()
+import json, os, random, sys, time
+import gevent
+from flask_llm_proxy.accounting.exchange import UsageRecord
+from flask_llm_proxy.accounting.inflight import InflightEntry
+from flask_llm_proxy.accounting.redis_store import RedisStore
+
+store, pid, results = RedisStore(sys.argv[1]), os.getpid(), []
+
+def request(i):
+    now = time.time()
+    wal = f"h|{pid}|{i}"
+    store.begin(InflightEntry(wal, f"r{i}", "u", "mock", "m", "chat", 1, 0, None, None, "h", pid, now, now))
+    gevent.sleep(random.random() * 0.02)
+    rec = UsageRecord(f"r{i}", "u", "mock", "m", 1, 1, False, None, 200, None, None, 1.0, 0, "stop", False, now)
+    results.append(store.finish(rec, wal))
+
+gevent.joinall([gevent.spawn(request, i) for i in range(300)], timeout=60)
+print(json.dumps({"finished": len(results), "written": sum(results), "unsure": len(store._ahead.unsure),
+                  "records": len(list(store.records(0))), "inflight": store._redis.hlen(f"llm_proxy:inflight:h|{pid}")}))
+"""
+
+
+def test_redis_in_flight_and_final_writes_of_many_greenlets_at_once_each_land_once(redis_server: Any) -> None:
+    """Under gevent one greenlet sends on the shared connection while another reads its replies."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    redis_server.flush()
+    proc = subprocess.run([sys.executable, "-c", _CHANNEL_STRESS, redis_server.url], cwd=ROOT, capture_output=True, text=True,
+                          timeout=90, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"finished": 300, "written": 300, "unsure": 0, "records": 300, "inflight": 0}

@@ -18,19 +18,25 @@ from typing import Any
 
 log = logging.getLogger("flask_llm_proxy")
 
-SEND_WAIT = 0.1  #: seconds a request's in-flight write waits for the connection before going without
+SEND_WAIT = 0.1  #: seconds a request's in-flight write waits to send (another send stuck on a stalled Redis) before going without
 
 
 class AheadChannel:
-    """Begins are sent and not waited for; a final write reads every reply before its own."""
+    """Commands are sent under one lock, held only while sending; replies are read, in order, under
+    another, by whoever waits for one (a final write), on behalf of everyone: a request's in-flight
+    write never waits for another request's round trip."""
 
     def __init__(self, client: Any, scripts: dict[str, Any]) -> None:
         self._client = client
         self._scripts = scripts  #: name -> redis-py Script (its sha, and a way to load it)
         self._conn: Any = None
         self._pid = -1
-        self._lock = threading.Lock()  # gevent's in a patched worker: one greenlet at a time on the connection
-        self._pending: deque[str | None] = deque()  #: per reply not read yet: the begin's id (None: not a begin)
+        # gevent's locks in a patched worker: one greenlet sends while another reads
+        self._send_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._seq = 0  #: commands sent on this connection
+        self._pending: deque[tuple[int, str | None]] = deque()  #: replies not read yet: (seq, begin id or None)
+        self._replies: dict[int, Any] = {}  #: final writes' replies read by another waiter (or the error)
         self.unsure: set[str] = set()  #: begins that may not have been applied
 
     def _link(self) -> Any:
@@ -43,9 +49,14 @@ class AheadChannel:
             self._pending.clear()
         return self._conn
 
-    def _broken(self) -> None:
-        """The connection failed: what it had in flight may or may not have been applied."""
-        self.unsure.update(w for w in self._pending if w is not None)
+    def _broken(self, exc: BaseException) -> None:
+        """The connection failed: what it had in flight may or may not have been applied; the final
+        writes waiting for a reply get the error."""
+        for seq, wal_id in self._pending:
+            if wal_id is None:
+                self._replies[seq] = exc
+            else:
+                self.unsure.add(wal_id)
         self._pending.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -54,57 +65,68 @@ class AheadChannel:
             except Exception:  # noqa: BLE001 - it is gone either way
                 pass
 
-    def send(self, script: str, keys: list[str], args: list[Any], begin: str | None = None) -> None:
-        """Send without reading the reply (a begin: ``begin`` is its id). A request does not wait
-        behind a final write stuck on a stalled Redis: past ``SEND_WAIT`` it gives up."""
-        if not self._lock.acquire(timeout=SEND_WAIT):
+    def _send(self, script: str, keys: list[str], args: list[Any], begin: str | None, timeout: float) -> tuple[Any, int]:
+        if not self._send_lock.acquire(timeout=timeout):
             raise TimeoutError("the usage store's connection is busy (a stalled Redis?)")
         try:
+            conn = self._link()
             try:
-                self._link().send_command("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
-            except Exception:
-                self._broken()
+                conn.send_command("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
+            except Exception as exc:
+                self._broken(exc)
                 raise
-            self._pending.append(begin)
+            seq = self._seq
+            self._seq += 1
+            self._pending.append((seq, begin))
+            return conn, seq
         finally:
-            self._lock.release()
+            self._send_lock.release()
+
+    def send(self, script: str, keys: list[str], args: list[Any], begin: str | None = None) -> None:
+        """Send without reading the reply (a begin: ``begin`` is its id). Past ``SEND_WAIT`` for the
+        connection (another greenlet stuck sending to a stalled Redis) it gives up."""
+        self._send(script, keys, args, begin, SEND_WAIT)
 
     def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """Send and wait for the reply, after reading those of everything sent before it."""
-        from redis.exceptions import NoScriptError, ResponseError
+        """Send and wait for the reply (reading, in order, those of everything sent before it)."""
+        from redis.exceptions import NoScriptError
 
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    conn = self._link()
-                    conn.send_command("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
-                    self._pending.append(None)
-                    return self._read_through(conn)
-                except NoScriptError:  # the scripts were flushed: reconnecting loads them again
-                    self._broken()
-                    if attempt == 2:
-                        raise
-                except ResponseError:
-                    raise
-                except Exception:
-                    self._broken()
+        for attempt in (1, 2):
+            conn, seq = self._send(script, keys, args, None, -1)
+            try:
+                return self._reply(conn, seq)
+            except NoScriptError:  # the scripts were flushed: reconnecting loads them again
+                with self._send_lock:
+                    if self._conn is conn:
+                        self._broken(ConnectionError("reloading the scripts"))
+                if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read_through(self, conn: Any) -> Any:
-        """Every reply up to the last command sent (the caller's, the only one not a begin): a
-        begin's error is remembered, the caller's own is raised."""
+    def _reply(self, conn: Any, seq: int) -> Any:
         from redis.exceptions import ResponseError
 
-        while True:
-            wal_id = self._pending.popleft()
-            try:
-                reply = conn.read_response()
-            except ResponseError as exc:
+        with self._read_lock:
+            while seq not in self._replies:
+                if not self._pending or self._conn is not conn:
+                    raise ConnectionError("the usage store's connection was lost")
+                got, wal_id = self._pending[0]
+                try:
+                    reply: Any = conn.read_response()
+                except ResponseError as exc:  # a command that failed; the connection is fine
+                    reply = exc
+                except Exception as exc:
+                    with self._send_lock:
+                        if self._conn is conn:
+                            self._broken(exc)
+                    continue
+                self._pending.popleft()
                 if wal_id is None:
-                    raise
-                self.unsure.add(wal_id)
-                log.error("usage store refused an in-flight record (%s)", str(exc)[:200])
-                continue
-            if wal_id is None:
-                return reply
+                    self._replies[got] = reply
+                elif isinstance(reply, Exception):
+                    self.unsure.add(wal_id)
+                    log.error("usage store refused an in-flight record (%s)", str(reply)[:200])
+            reply = self._replies.pop(seq)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
