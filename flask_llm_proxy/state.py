@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable
 
 from flask import Flask
@@ -50,6 +52,7 @@ class ProxyState:
         self.accounting.write_ahead.on_lost = self._account_lost
         self._cap_pid = -1
         self._cap = 0
+        self._admitting = 0  # requests past check_capacity, not yet open in write_ahead (they may yield meanwhile)
         self._shed_logged = 0.0
 
     def check_capacity(self) -> None:
@@ -59,13 +62,26 @@ class ProxyState:
         if self._cap_pid != os.getpid():  # after gunicorn's post_worker_init told worker_connections
             self._cap_pid = os.getpid()
             self._cap = stream_cap(self.settings)
-        if self._cap and len(self.accounting.write_ahead.open) >= self._cap:
+        if self._cap and len(self.accounting.write_ahead.open) + self._admitting >= self._cap:
             now = time.monotonic()
             if now - self._shed_logged > 10:
                 self._shed_logged = now
                 log.warning("worker %d serves %d requests (LLM_PROXY_MAX_STREAMS_PER_WORKER): new ones get 503 overloaded",
                             os.getpid(), self._cap)
             raise Overloaded("this server is at capacity; retry shortly", headers={"Retry-After": SHED_RETRY_AFTER})
+
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """:meth:`check_capacity`, then count the request as open while it is checked (reading its
+        body and the budget may yield to other requests of the worker) until :meth:`attach` opens
+        it or it is refused: a burst cannot slip past the cap between the check and the open. Call
+        :meth:`attach` right after the block, with no yield between."""
+        self.check_capacity()
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     def check_allowance(self, identity: str, quota_spent: list[int] | None = None) -> None:
         """Quotas and budgets, before the upstream call: an exhausted user costs nothing.

@@ -55,38 +55,38 @@ log = logging.getLogger("flask_llm_proxy")
 def chat(provider_name: str, profile_name: str | None = None) -> Response:
     """``POST <prefix>/<provider>``, or ``POST <prefix>/profiles/<name>`` (``profile_name``)."""
     st = state()
-    st.check_capacity()
-    s = st.settings
-    provider = s.providers[provider_name]
-    profile = s.profiles[profile_name] if profile_name else None
-    identity, claims = identify(s, loader=st.hooks.identity_loader)
-    require_profile(s, profile)
-    g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
-    body = read_json(provider.max_body_bytes or s.max_body_bytes)
-    if profile is not None:
-        check_profile_claim(s, claims, profile.name)
-        if isinstance(body, dict) and body.get("model") is None and profile.default_model:
-            body["model"] = profile.default_model  # a profile with one model: the client may leave it out
-    cap = output_cap(provider, s) or 2**31 - 1
-    req = parse_chat_request(
-        body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai",
-        policy=attachment_policy(provider, profile),
-    )
-    if profile is not None:
-        apply_to_chat(profile, req)
-    if not provider.allows(req.model):
-        raise ModelNotAllowed(f"model {req.model!r} is not allowed on '{provider_name}'; GET {s.url_prefix}/models lists the allowed ones")
-    check_model_claim(s, claims, req.model)
-    before_upstream(st, req, identity)
-    if provider.type == "mock":
-        adapter = upstream_body = None
-    else:
-        adapter = adapter_for(provider, req)
-        upstream_body = adapter.build(req, provider, s)
-    st.check_allowance(identity, quota_spent)
-    info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, req.model, g.llm_proxy_started, input_chars=req.input_size_hint())
-    ex = Exchange(info, keep_text=s.log_content)
-    st.attach(ex, req.text_for_log)
+    with st.admission():  # counted toward LLM_PROXY_MAX_STREAMS_PER_WORKER from here
+        s = st.settings
+        provider = s.providers[provider_name]
+        profile = s.profiles[profile_name] if profile_name else None
+        identity, claims = identify(s, loader=st.hooks.identity_loader)
+        require_profile(s, profile)
+        g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
+        body = read_json(provider.max_body_bytes or s.max_body_bytes)
+        if profile is not None:
+            check_profile_claim(s, claims, profile.name)
+            if isinstance(body, dict) and body.get("model") is None and profile.default_model:
+                body["model"] = profile.default_model  # a profile with one model: the client may leave it out
+        cap = output_cap(provider, s) or 2**31 - 1
+        req = parse_chat_request(
+            body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai",
+            policy=attachment_policy(provider, profile),
+        )
+        if profile is not None:
+            apply_to_chat(profile, req)
+        if not provider.allows(req.model):
+            raise ModelNotAllowed(f"model {req.model!r} is not allowed on '{provider_name}'; GET {s.url_prefix}/models lists the allowed ones")
+        check_model_claim(s, claims, req.model)
+        before_upstream(st, req, identity)
+        if provider.type == "mock":
+            adapter = upstream_body = None
+        else:
+            adapter = adapter_for(provider, req)
+            upstream_body = adapter.build(req, provider, s)
+        st.check_allowance(identity, quota_spent)
+        info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, req.model, g.llm_proxy_started, input_chars=req.input_size_hint())
+        ex = Exchange(info, keep_text=s.log_content)
+    st.attach(ex, req.text_for_log)  # open from here (no yield since the admission ended)
     g.llm_proxy_exchange = ex  # its errors are accounted for by the exchange, not counted as refusals
     return accounted(ex, run, st, ex, req, provider, adapter, upstream_body)
 

@@ -109,30 +109,30 @@ def _check_body(api: str, body: Any, provider: Any, settings: Any) -> dict[str, 
 
 def native_view(provider_name: str, api: str, profile_name: str | None = None) -> Response:
     st = state()
-    st.check_capacity()
-    s = st.settings
-    provider = s.providers[provider_name]
-    profile = s.profiles[profile_name] if profile_name else None
-    identity, claims = identify(s, alt_header=True, loader=st.hooks.identity_loader)
-    require_profile(s, profile)
-    g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
-    body = _check_body(api, read_json(provider.max_body_bytes or s.max_body_bytes), provider, s)
-    check_native(api, body, attachment_policy(provider, profile))
-    if profile is not None:
-        check_profile_claim(s, claims, profile.name)
-        apply_to_native(profile, api, body)
-    model = body["model"]
-    if not provider.allows(model):
-        raise ModelNotAllowed(f"model {model!r} is not allowed on '{provider_name}'")
-    check_model_claim(s, claims, model)
-    before_upstream(st, body, identity)
-    st.check_allowance(identity, quota_spent)
-    stream = bool(body.get("stream"))
-    prompt = body.get("messages") or body.get("input") or ""
-    info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
-                       endpoint=f"native:{api}", input_chars=len(_json.dumps(prompt)))
-    ex = Exchange(info)
-    st.attach(ex, lambda: _json.dumps_str(prompt))
+    with st.admission():  # counted toward LLM_PROXY_MAX_STREAMS_PER_WORKER from here
+        s = st.settings
+        provider = s.providers[provider_name]
+        profile = s.profiles[profile_name] if profile_name else None
+        identity, claims = identify(s, alt_header=True, loader=st.hooks.identity_loader)
+        require_profile(s, profile)
+        g.llm_proxy_rate_headers, quota_spent = st.limits.hit_rate(identity) if st.limits else ({}, None)
+        body = _check_body(api, read_json(provider.max_body_bytes or s.max_body_bytes), provider, s)
+        check_native(api, body, attachment_policy(provider, profile))
+        if profile is not None:
+            check_profile_claim(s, claims, profile.name)
+            apply_to_native(profile, api, body)
+        model = body["model"]
+        if not provider.allows(model):
+            raise ModelNotAllowed(f"model {model!r} is not allowed on '{provider_name}'")
+        check_model_claim(s, claims, model)
+        before_upstream(st, body, identity)
+        st.check_allowance(identity, quota_spent)
+        stream = bool(body.get("stream"))
+        prompt = body.get("messages") or body.get("input") or ""
+        info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
+                           endpoint=f"native:{api}", input_chars=len(_json.dumps(prompt)))
+        ex = Exchange(info)
+    st.attach(ex, lambda: _json.dumps_str(prompt))  # open from here (no yield since the admission ended)
     g.llm_proxy_exchange = ex
     return accounted(ex, _call, st, ex, provider, api, body, stream)
 
