@@ -14,6 +14,7 @@ models of 2 providers, ~3 % errors, ~2 % cancellations, ~10 % cached), then time
 
 Prints a table; with ``--out`` also replaces the "Operator summary" section of that Markdown file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -36,9 +38,14 @@ from flask_llm_proxy.accounting.report import parse_range, summarize_range  # no
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore  # noqa: E402
 from flask_llm_proxy.accounting.store import FIELDS  # noqa: E402
 
-MODELS = (("anthropic", "claude-sonnet-4-5", 3.0, 15.0), ("anthropic", "claude-haiku-4-5", 1.0, 5.0),
-          ("anthropic", "claude-opus-4-1", 15.0, 75.0), ("openai", "gpt-4o", 2.5, 10.0),
-          ("openai", "gpt-4o-mini", 0.15, 0.6), ("openai", "gpt-5", 1.25, 10.0))
+MODELS = (
+    ("anthropic", "claude-sonnet-4-5", 3.0, 15.0),
+    ("anthropic", "claude-haiku-4-5", 1.0, 5.0),
+    ("anthropic", "claude-opus-4-1", 15.0, 75.0),
+    ("openai", "gpt-4o", 2.5, 10.0),
+    ("openai", "gpt-4o-mini", 0.15, 0.6),
+    ("openai", "gpt-5", 1.25, 10.0),
+)
 ERRORS = ("upstream_error", "timeout", "rate_limited", "upstream_overloaded", "network_error")
 BEGIN, END = "<!-- admin-summary -->", "<!-- /admin-summary -->"
 
@@ -53,20 +60,34 @@ def records(n: int, days: int, now: float, seed: int = 7, users: int = 2000) -> 
         error = ERRORS[rnd.randrange(len(ERRORS))] if roll < 0.03 else ("client_closed" if roll < 0.05 else None)
         yield {
             # appended in time order, as a ledger is (a record is dated when its request began)
-            "request_id": f"bench-{i}", "timestamp": now - span + (i + rnd.random()) * span / n, "identity": f"user-{rnd.randrange(users)}",
-            "provider": provider, "model": model, "endpoint": "chat", "input_tokens": inp, "output_tokens": out,
-            "cache_read_tokens": 0, "cache_write_tokens": 0, "estimated": int(error == "client_closed"),
-            "cost_usd": round((inp * pin + out * pout) / 1e6, 6), "status": 200 if error in (None, "client_closed") else 502,
-            "error_type": error, "ttfb_ms": round(rnd.lognormvariate(6.2, 0.5), 1) if error is None else None,
-            "duration_ms": 1000.0, "retries": 0, "finish_reason": "stop" if error is None else None, "cached": int(rnd.random() < 0.1),
+            "request_id": f"bench-{i}",
+            "timestamp": now - span + (i + rnd.random()) * span / n,
+            "identity": f"user-{rnd.randrange(users)}",
+            "provider": provider,
+            "model": model,
+            "endpoint": "chat",
+            "input_tokens": inp,
+            "output_tokens": out,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "estimated": int(error == "client_closed"),
+            "cost_usd": round((inp * pin + out * pout) / 1e6, 6),
+            "status": 200 if error in (None, "client_closed") else 502,
+            "error_type": error,
+            "ttfb_ms": round(rnd.lognormvariate(6.2, 0.5), 1) if error is None else None,
+            "duration_ms": 1000.0,
+            "retries": 0,
+            "finish_reason": "stop" if error is None else None,
+            "cached": int(rnd.random() < 0.1),
         }
 
 
 def fill_sqlite(store: SQLiteStore, rows: Iterator[dict[str, Any]]) -> None:
     conn = store._conn()
     conn.execute("BEGIN")
-    conn.executemany(f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
-                     ([r[f] for f in FIELDS] for r in rows))
+    conn.executemany(
+        f"INSERT INTO llm_proxy_usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})", ([r[f] for f in FIELDS] for r in rows)
+    )
     conn.execute("COMMIT")
 
 
@@ -118,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     store = SQLiteStore(str(tmp / "ledger.sqlite3"))
     ms, _ = timed(lambda: fill_sqlite(store, records(args.records, args.days, now, users=args.users)))
     size = os.path.getsize(tmp / "ledger.sqlite3") / 2**20
-    table.append(("sqlite", f"ledger built ({args.records:,} records over {args.days} days, bulk insert)", f"{ms / 1000:,.1f} s, {size:,.0f} MiB"))
+    table.append(
+        ("sqlite", f"ledger built ({args.records:,} records over {args.days} days, bulk insert)", f"{ms / 1000:,.1f} s, {size:,.0f} MiB")
+    )
     extra = iter(records(10_000, 1, now, seed=8, users=args.users))
     table += bench_store("sqlite", store, now, lambda n: fill_sqlite(store, (next(extra) for _ in range(n))))
 
@@ -139,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
 
             n = args.redis_records
             ms, _ = timed(lambda: write(records(n, args.days, now, users=args.users)))
-            table.append(("redis", f"{n:,} records over {args.days} days written one by one (RedisStore.write, stream kept to 100,000)",
-                          f"{ms / 1000:,.1f} s ({ms * 1000 / n:,.0f} us per record, with the record's own counters)"))
+            table.append(
+                (
+                    "redis",
+                    f"{n:,} records over {args.days} days written one by one (RedisStore.write, stream kept to 100,000)",
+                    f"{ms / 1000:,.1f} s ({ms * 1000 / n:,.0f} us per record, with the record's own counters)",
+                )
+            )
             extra_r = iter(records(10_000, 1, now, seed=8, users=args.users))
             table += bench_store("redis", rstore, now, lambda n: write(next(extra_r) for _ in range(n)))
         finally:
@@ -159,13 +187,20 @@ def write_section(path: Path, lines: list[str], command: str) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md; benchmarks/run.py keeps it when it rewrites the file."""
     import platform
 
-    body = "\n".join([
-        BEGIN, "## Operator summary (benchmarks/admin_summary.py)", "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, "
-        f"SQLite {__import__('sqlite3').sqlite_version}; {os.cpu_count()} CPUs",
-        f"- Command: `{command}` (from the repository root)", "",
-        *lines, "", END,
-    ])
+    body = "\n".join(
+        [
+            BEGIN,
+            "## Operator summary (benchmarks/admin_summary.py)",
+            "",
+            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, "
+            f"SQLite {__import__('sqlite3').sqlite_version}; {os.cpu_count()} CPUs",
+            f"- Command: `{command}` (from the repository root)",
+            "",
+            *lines,
+            "",
+            END,
+        ]
+    )
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:
         text = text.split(BEGIN, 1)[0] + body + text.split(END, 1)[1]

@@ -15,6 +15,7 @@ process of the two Redis scripts a request runs when nobody waits (take a slot, 
 - the same caches, every request a *hit* (one prompt, stored first): a whole answer from the cache;
 - ``no cap`` / ``cap (redis)`` / ``cap (memory)``, a cap nobody reaches: the queue check's cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -46,10 +46,13 @@ class Client:
 
     def stream(self, prompt: str, headers: str = "") -> tuple[float, float, bytes]:
         """(ms to the first token, ms to the end, the response head)."""
-        body = json.dumps({"model": "claude-3-5-sonnet-20241022", "max_tokens": 200,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        req = (f"POST /api/anthropic HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n"
-               f"{headers}Content-Length: {len(body)}\r\n\r\n").encode() + body
+        body = json.dumps(
+            {"model": "claude-3-5-sonnet-20241022", "max_tokens": 200, "messages": [{"role": "user", "content": prompt}]}
+        ).encode()
+        req = (
+            f"POST /api/anthropic HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n"
+            f"{headers}Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         t0 = time.perf_counter()
         self.sock.sendall(req)
         buf = b""
@@ -147,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         ("redis cache", {"LLM_PROXY_CACHE_URL": redis.url}, [("misses", "miss", False), ("hits", "hit", True)]),
         ("cap (redis), never reached", {**cap, "LLM_PROXY_QUEUE_URL": redis.url}, [("distinct prompts", None, False)]),
         ("cap (memory), never reached", {**cap, "LLM_PROXY_QUEUE_URL": "memory://"}, [("distinct prompts", None, False)]),
-        ("reference: rate limit (redis)", {"LLM_PROXY_RATE_LIMIT": "1000000/minute", "RATELIMIT_STORAGE_URI": redis.url},
-         [("distinct prompts", None, False)]),
+        (
+            "reference: rate limit (redis)",
+            {"LLM_PROXY_RATE_LIMIT": "1000000/minute", "RATELIMIT_STORAGE_URI": redis.url},
+            [("distinct prompts", None, False)],
+        ),
     ]
     servers: list[ProxyServer] = []
     scenarios: list[Scenario] = []
@@ -177,18 +183,23 @@ def main(argv: list[str] | None = None) -> int:
         redis.stop()
     base = scenarios[0]
     n = args.rounds * args.per_round
-    print(f"\n{n} sequential streams per row of {args.tokens} tokens (fake upstream first_ms={args.first_ms}), one gevent worker "
-          f"per configuration, {args.rounds} interleaved rounds\n")
-    print("| configuration | requests | worker CPU ms/request | vs no cache, no cap (mean of paired rounds) "
-          "| TTFB p50 ms | total p50 ms |")
+    print(
+        f"\n{n} sequential streams per row of {args.tokens} tokens (fake upstream first_ms={args.first_ms}), one gevent worker "
+        f"per configuration, {args.rounds} interleaved rounds\n"
+    )
+    print("| configuration | requests | worker CPU ms/request | vs no cache, no cap (mean of paired rounds) | TTFB p50 ms | total p50 ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for sc in scenarios:
-        delta = statistics.fmean(a - b for a, b in zip(sc.cpu_per_round, base.cpu_per_round))
-        print(f"| {sc.name} | {sc.label} | {statistics.fmean(sc.cpu_per_round):.3f} | {delta:+.3f} "
-              f"| {statistics.median(sc.ttfb):.2f} | {statistics.median(sc.total):.2f} |")
-    print(f"\nIn process, Redis on loopback, nobody waiting: taking and giving back a slot costs {script_us['slot_cpu']:.0f} us "
-          f"of CPU ({script_us['slot_wall']:.0f} us wall) per request; two plain PINGs cost {script_us['pings_cpu']:.0f} us "
-          f"of CPU ({script_us['pings_wall']:.0f} us wall) on this machine right now")
+        delta = statistics.fmean(a - b for a, b in zip(sc.cpu_per_round, base.cpu_per_round, strict=False))
+        print(
+            f"| {sc.name} | {sc.label} | {statistics.fmean(sc.cpu_per_round):.3f} | {delta:+.3f} "
+            f"| {statistics.median(sc.ttfb):.2f} | {statistics.median(sc.total):.2f} |"
+        )
+    print(
+        f"\nIn process, Redis on loopback, nobody waiting: taking and giving back a slot costs {script_us['slot_cpu']:.0f} us "
+        f"of CPU ({script_us['slot_wall']:.0f} us wall) per request; two plain PINGs cost {script_us['pings_cpu']:.0f} us "
+        f"of CPU ({script_us['pings_wall']:.0f} us wall) on this machine right now"
+    )
     import os
 
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

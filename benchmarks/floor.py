@@ -9,6 +9,7 @@ chunked bytes are relayed unchanged (the load generator reads them in the Anthro
 the numbers are the gunicorn + gevent floor under the proxy's own. ``run.py`` runs the same floor
 beside the proxy in its capacity scenario; this script is for trying levels by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,19 +38,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = server.worker_pids()[0]
         run(floor_target(server.port, 5, 0), requests=20, concurrency=20)
-        print("| streams | tokens each | gap p99 ms | TTFB p99 ms | errors | peak open | worker CPU ms/request | worker CPU us/token | holds |")
+        print(
+            "| streams | tokens each | gap p99 ms | TTFB p99 ms | errors | peak open | worker CPU ms/request | worker CPU us/token | holds |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for n in (int(x) for x in args.levels.split(",")):
             sz = capacity_sizes(replace(FULL["capacity"], arrivals_per_s=args.arrivals_per_s, hold_s=args.hold_s, pace_ms=args.pace_ms), n)
             ramp, tokens = sz.ramp_s, sz.tokens
             c0 = cpu_seconds(worker)
-            result = run(floor_target(server.port, tokens, args.pace_ms), requests=n, concurrency=n, ramp_s=ramp,
-                         timeout=ramp + tokens * args.pace_ms / 1000.0 + 60)
+            result = run(
+                floor_target(server.port, tokens, args.pace_ms),
+                requests=n,
+                concurrency=n,
+                ramp_s=ramp,
+                timeout=ramp + tokens * args.pace_ms / 1000.0 + 60,
+            )
             used = cpu_seconds(worker) - c0
             s = summarize(result, tokens)
             ok = holds(s, n, sz)
-            print(f"| {n} | {tokens} | {s['gap_p99_ms']:.1f} | {s['ttfb_p99_ms']:.1f} | {s['errors'] + s['short']} | {s['peak_streams']} "
-                  f"| {used / n * 1000:.2f} | {used / max(1, s['tokens']) * 1e6:.0f} | {'yes' if ok else 'NO'} |", flush=True)
+            print(
+                f"| {n} | {tokens} | {s['gap_p99_ms']:.1f} | {s['ttfb_p99_ms']:.1f} | {s['errors'] + s['short']} | {s['peak_streams']} "
+                f"| {used / n * 1000:.2f} | {used / max(1, s['tokens']) * 1e6:.0f} | {'yes' if ok else 'NO'} |",
+                flush=True,
+            )
     finally:
         server.stop()
         upstream.stop()

@@ -10,6 +10,7 @@ capacity scenario and ``floor.py`` run it, so the proxy's own numbers can be rea
 extension): the latency scenario runs both, so the proxy's added TTFB splits into what gunicorn +
 gevent cost, what Flask adds, and what is the proxy's own work.
 """
+
 import json
 import os
 import socket
@@ -32,7 +33,9 @@ def app(environ, start_response):
         return [b"ok"]
     body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     text = json.loads(body)["messages"][0]["content"]
-    upstream = json.dumps({"model": "claude-x", "messages": [{"role": "user", "content": text}], "max_tokens": 1000, "stream": True}).encode()
+    upstream = json.dumps(
+        {"model": "claude-x", "messages": [{"role": "user", "content": text}], "max_tokens": 1000, "stream": True}
+    ).encode()
     sock = IDLE.pop() if IDLE else _connect()
     sock.sendall(
         b"POST /v1/messages HTTP/1.1\r\nHost: upstream\r\nx-api-key: %s\r\nanthropic-version: 2023-06-01\r\n"

@@ -25,6 +25,7 @@ Command line (ad-hoc checks)::
     python benchmarks/loadgen.py --url http://127.0.0.1:8000/api/anthropic --kind proxy \\
         --prompt "tokens=50 pace_ms=20" -c 20 -n 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,9 +77,13 @@ class Target:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
 
     def request_bytes(self) -> bytes:
-        lines = [f"POST {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                 "Content-Type: application/json", "Accept: text/event-stream",
-                 f"Content-Length: {len(self.body)}"]
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            "Accept: text/event-stream",
+            f"Content-Length: {len(self.body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in self.headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
 
@@ -180,7 +185,7 @@ class _Conn(asyncio.Protocol):
                     size = int(buf[:i].split(b";", 1)[0], 16)
                 except ValueError:
                     return self._protocol_error(res, f"bad chunk size line {buf[:i][:40]!r}")
-                buf = buf[i + 2:]
+                buf = buf[i + 2 :]
                 if size:
                     self.left = size
                     self.state = _DATA
@@ -191,7 +196,7 @@ class _Conn(asyncio.Protocol):
                 if i < 0:
                     break
                 head = buf[:i]
-                buf = buf[i + 4:]
+                buf = buf[i + 4 :]
                 if not self._head(head, res):
                     return
             elif state == _TRAILER:
@@ -199,7 +204,7 @@ class _Conn(asyncio.Protocol):
                 if i < 0:
                     break
                 line = buf[:i]
-                buf = buf[i + 2:]
+                buf = buf[i + 2 :]
                 if not line:
                     self._scan_tail(res)
                     self._finish(now)
@@ -361,8 +366,9 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-async def run_load(target: Target, *, requests: int, concurrency: int, ramp_s: float = 0.0,
-                   timeout: float = 60.0, connect_timeout: float = 10.0) -> LoadResult:
+async def run_load(
+    target: Target, *, requests: int, concurrency: int, ramp_s: float = 0.0, timeout: float = 60.0, connect_timeout: float = 10.0
+) -> LoadResult:
     """``concurrency`` virtual users share ``requests`` requests; user ``u`` starts at
     ``u * ramp_s / concurrency`` seconds and sends its requests one after another on its own
     keep-alive connection."""
@@ -464,7 +470,7 @@ def summarize(lr: LoadResult, expected_tokens: int | None = None) -> dict[str, A
         short = []
     errors = [r for r in rs if r.error is not None]
     ttfb = [r.ttfb_ms for r in rs if r.ttfb_ms is not None]
-    gaps = [(b - a) * 1000.0 for r in rs for a, b in zip(r.times, r.times[1:])]
+    gaps = [(b - a) * 1000.0 for r in rs for a, b in zip(r.times, r.times[1:], strict=False)]
     tokens = sum(r.tokens for r in rs)
     sent = [r.sent for r in rs if r.sent]
     ends = [r.end for r in rs if r.end]

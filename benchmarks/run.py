@@ -11,6 +11,7 @@ one table compares them. See benchmarks/README.md for what each number means.
     python benchmarks/run.py --scenarios latency throughput --apis anthropic
     python benchmarks/run.py --scenarios throughput --profile /tmp/prof   # + py-spy of the worker
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,25 +36,25 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 from loadgen import Target  # noqa: E402
+from redis_process import RedisProcess, redis_executable  # noqa: E402 - in tests/, which servers puts on the path
 from servers import (  # noqa: E402
     DEFAULTS,
     KEY,
-    STRIPPED,
-    bench_token,
-    FakeUpstreamProcess,
     ROOT,
+    STRIPPED,
+    FakeUpstreamProcess,
     FloorServer,
     ProxyServer,
-    free_port,
+    bench_token,
     cpu_seconds,
+    free_port,
     machine_cpu,
     machine_info,
-    python_speed_us,
     memory_mb,
+    python_speed_us,
     reset_peak_rss,
     start_upstream,
 )
-from redis_process import RedisProcess, redis_executable  # noqa: E402 - in tests/, which servers puts on the path
 
 SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls", "defaults", "ab")
 TOKEN = bench_token()
@@ -146,12 +147,11 @@ def direct_target(api: str, port: int, text: str) -> Target:
     msgs = [{"role": "user", "content": text}]
     if api == "anthropic":
         body = {"model": MODELS[api], "messages": msgs, "max_tokens": 1000, "stream": True}
-        return Target("127.0.0.1", port, "/v1/messages", json.dumps(body).encode(), "anthropic",
-                      {"x-api-key": KEY, "anthropic-version": "2023-06-01"})
-    body = {"model": MODELS[api], "messages": msgs, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": 1000}
-    return Target("127.0.0.1", port, "/v1/chat/completions", json.dumps(body).encode(), "openai",
-                  {"Authorization": f"Bearer {KEY}"})
+        return Target(
+            "127.0.0.1", port, "/v1/messages", json.dumps(body).encode(), "anthropic", {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+        )
+    body = {"model": MODELS[api], "messages": msgs, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 1000}
+    return Target("127.0.0.1", port, "/v1/chat/completions", json.dumps(body).encode(), "openai", {"Authorization": f"Bearer {KEY}"})
 
 
 def proxy_target(api: str, port: int, text: str, auth: bool = False) -> Target:
@@ -195,9 +195,9 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def pair_values(ds: list[dict[str, Any]], ps: list[dict[str, Any]], key: str, op: str) -> list[float]:
     """``p - d`` (op "-") or ``p / d`` (op "/") of ``key`` for each round's pair of runs."""
     if op == "-":
-        values = [p[key] - d[key] for d, p in zip(ds, ps)]
+        values = [p[key] - d[key] for d, p in zip(ds, ps, strict=False)]
     else:
-        values = [p[key] / d[key] for d, p in zip(ds, ps) if d[key]]
+        values = [p[key] / d[key] for d, p in zip(ds, ps, strict=False) if d[key]]
     return [v for v in values if not math.isnan(v)]
 
 
@@ -211,8 +211,7 @@ def paired(d: dict[str, Any], p: dict[str, Any], key: str, op: str) -> float:
 def holds(s: dict[str, Any], n: int, sz: Sizes) -> bool:
     """The capacity criterion: all ``n`` streams open at once, every token delivered, and the
     inter-token gap p99 stretched by at most ``sz.slack_ms`` over the pace."""
-    return (s["errors"] == 0 and s["short"] == 0 and s["ok"] == n and s["peak_streams"] >= n
-            and s["gap_p99_ms"] - sz.pace_ms <= sz.slack_ms)
+    return s["errors"] == 0 and s["short"] == 0 and s["ok"] == n and s["peak_streams"] >= n and s["gap_p99_ms"] - sz.pace_ms <= sz.slack_ms
 
 
 def search_capacity(attempt: Any, levels: tuple[int, ...]) -> int:
@@ -270,9 +269,24 @@ class Profiler:
     def start(self, name: str, pid: int) -> tuple[subprocess.Popen[bytes], Path]:
         path = self.out_dir / f"{name}.txt"
         proc = subprocess.Popen(
-            [self.exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--function",
-             "--output", str(path), "--duration", "600"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            [
+                self.exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--function",
+                "--output",
+                str(path),
+                "--duration",
+                "600",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
         )
         time.sleep(1.0)  # attach before the load starts
         return proc, path
@@ -290,8 +304,17 @@ class Profiler:
             log(f"py-spy wrote no profile: {err.decode(errors='replace')[-500:]}")
 
 
-def measure(target: Target, sz: Sizes, *, requests: int, concurrency: int, pids: list[int], upstream_pid: int,
-            warm: Target | None, profile: tuple[Profiler, str] | None = None) -> dict[str, Any]:
+def measure(
+    target: Target,
+    sz: Sizes,
+    *,
+    requests: int,
+    concurrency: int,
+    pids: list[int],
+    upstream_pid: int,
+    warm: Target | None,
+    profile: tuple[Profiler, str] | None = None,
+) -> dict[str, Any]:
     """Warm up, then one measured run with CPU and memory readings of the proxy worker(s)."""
     if warm is not None and sz.warmup:
         # at the run's concurrency (up to ``warmup``): the proxy's upstream pool then holds the
@@ -304,8 +327,7 @@ def measure(target: Target, sz: Sizes, *, requests: int, concurrency: int, pids:
     up0 = cpu_seconds(upstream_pid)
     busy0, _ = machine_cpu()
     duration = sz.tokens * sz.pace_ms / 1000.0
-    lr = loadgen.run(target, requests=requests, concurrency=concurrency, ramp_s=sz.ramp_s,
-                     timeout=duration + sz.ramp_s + 60.0)
+    lr = loadgen.run(target, requests=requests, concurrency=concurrency, ramp_s=sz.ramp_s, timeout=duration + sz.ramp_s + 60.0)
     busy1, _ = machine_cpu()
     cpu1 = sum(cpu_seconds(p) for p in pids)
     up1 = cpu_seconds(upstream_pid)
@@ -328,8 +350,10 @@ def measure(target: Target, sz: Sizes, *, requests: int, concurrency: int, pids:
 
 
 def describe(s: dict[str, Any]) -> str:
-    out = (f"{s['ok']}/{s['requests']} ok, {s['tokens']} tokens, {s['tokens_per_s']:.0f} tok/s, "
-           f"TTFB p50 {s['ttfb_p50_ms']:.2f} p99 {s['ttfb_p99_ms']:.2f} ms, gap p99 {s['gap_p99_ms']:.1f} ms")
+    out = (
+        f"{s['ok']}/{s['requests']} ok, {s['tokens']} tokens, {s['tokens_per_s']:.0f} tok/s, "
+        f"TTFB p50 {s['ttfb_p50_ms']:.2f} p99 {s['ttfb_p99_ms']:.2f} ms, gap p99 {s['gap_p99_ms']:.1f} ms"
+    )
     if "worker_cpu_s" in s:
         out += f", worker {s['cpu_ms_per_req']:.2f} ms/req {s['cpu_us_per_token']:.1f} us/tok, peak RSS {s['peak_rss_mb']:.1f} MB"
     if s["errors"] or s["short"]:
@@ -394,8 +418,18 @@ class Bench:
         self.speed.append(python_speed_us())
         return 0
 
-    def interleave(self, scenario: str, sides: list[Side], sz: Sizes, *, requests: int, concurrency: int,
-                   label: str = "", rotate: bool = False, profile: str = "") -> dict[str, list[dict[str, Any]]]:
+    def interleave(
+        self,
+        scenario: str,
+        sides: list[Side],
+        sz: Sizes,
+        *,
+        requests: int,
+        concurrency: int,
+        label: str = "",
+        rotate: bool = False,
+        profile: str = "",
+    ) -> dict[str, list[dict[str, Any]]]:
         """Every side once per round, ``sz.repeat`` rounds, each run recorded; the runs by side.
 
         Sides measured back to back see the same machine, so comparing them round by round
@@ -403,13 +437,20 @@ class Bench:
         in each round. ``profile``: py-spy the first run of that side (``--profile``)."""
         runs: dict[str, list[dict[str, Any]]] = {side.name: [] for side in sides}
         for k in range(sz.repeat):
-            order = sides[k % len(sides):] + sides[:k % len(sides)] if rotate else sides
+            order = sides[k % len(sides) :] + sides[: k % len(sides)] if rotate else sides
             run_label = f"{label} #{k + 1}".lstrip() if sz.repeat > 1 else label
             for side in order:
                 prof = (self.profiler, f"{scenario}-{side.api}") if (self.profiler and side.name == profile and k == 0) else None
-                s = measure(side.target, sz, requests=requests, concurrency=concurrency, pids=side.pids,
-                            upstream_pid=side.upstream_pid or self.upstream.proc.pid, warm=side.warm if k == 0 else None,
-                            profile=prof)
+                s = measure(
+                    side.target,
+                    sz,
+                    requests=requests,
+                    concurrency=concurrency,
+                    pids=side.pids,
+                    upstream_pid=side.upstream_pid or self.upstream.proc.pid,
+                    warm=side.warm if k == 0 else None,
+                    profile=prof,
+                )
                 self.record(scenario, side.api, side.name, run_label, concurrency, s)
                 runs[side.name].append(s)
         return runs
@@ -420,19 +461,43 @@ class Bench:
 
     @staticmethod
     def proxy_side(api: str, sz: Sizes, server: ProxyServer, name: str = "proxy") -> Side:
-        return Side(name, api, proxy_target(api, server.port, prompt(sz.tokens, sz.pace_ms), server.auth),
-                    proxy_target(api, server.port, prompt(5, 0), server.auth), server.worker_pids())
+        return Side(
+            name,
+            api,
+            proxy_target(api, server.port, prompt(sz.tokens, sz.pace_ms), server.auth),
+            proxy_target(api, server.port, prompt(5, 0), server.auth),
+            server.worker_pids(),
+        )
 
-    def pair(self, scenario: str, api: str, sz: Sizes, *, requests: int, concurrency: int, workers: int = 1,
-             label: str = "", direct: bool = True, fresh: bool = False, profile: bool = False,
-             extra: tuple[Side, ...] = ()) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    def pair(
+        self,
+        scenario: str,
+        api: str,
+        sz: Sizes,
+        *,
+        requests: int,
+        concurrency: int,
+        workers: int = 1,
+        label: str = "",
+        direct: bool = True,
+        fresh: bool = False,
+        profile: bool = False,
+        extra: tuple[Side, ...] = (),
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, list[dict[str, Any]]]]:
         """DIRECT then PROXY (then any ``extra`` sides) with the same sizes, interleaved
         (:meth:`interleave`); each side's runs merged into medians (:func:`merge_runs`), and the
         runs by side."""
         server = self.proxy(workers, fresh=fresh)
         sides = ([self.direct_side(api, sz)] if direct else []) + [self.proxy_side(api, sz, server)] + list(extra)
-        runs = self.interleave(scenario, sides, sz, requests=requests, concurrency=concurrency,
-                               label=label or f"{workers}w", profile="proxy" if profile else "")
+        runs = self.interleave(
+            scenario,
+            sides,
+            sz,
+            requests=requests,
+            concurrency=concurrency,
+            label=label or f"{workers}w",
+            profile="proxy" if profile else "",
+        )
         if sz.repeat > 1 and direct:
             self.spreads.append((scenario, api, runs["direct"], runs["proxy"]))
         return (merge_runs(runs["direct"]) if direct else None), merge_runs(runs["proxy"]), runs
@@ -444,23 +509,45 @@ class Bench:
         if scenario != "capacity" and (s["errors"] or s["short"]):
             self.failures.append(f"{scenario}/{api}/{side}: {s['errors']} errors, {s['short']} short streams: {s['error_samples'][:3]}")
 
-    def row(self, scenario: str, api: str, metric: str, d: float, p: float, *, ratio: bool | float = False,
-            added: bool | float = False, target: str = "", met: bool | None = None, src: dict[str, Any] | None = None,
-            errors: str = "") -> None:
+    def row(
+        self,
+        scenario: str,
+        api: str,
+        metric: str,
+        d: float,
+        p: float,
+        *,
+        ratio: bool | float = False,
+        added: bool | float = False,
+        target: str = "",
+        met: bool | None = None,
+        src: dict[str, Any] | None = None,
+        errors: str = "",
+    ) -> None:
         """``ratio``/``added``: True computes ``p / d`` or ``p - d`` from the cells; a number is shown as it is."""
         src = src or {}
         if ratio is True:
             ratio = p / d if d and not math.isnan(d) and not math.isnan(p) else NAN
         if added is True:
             added = p - d
-        self.rows.append([
-            scenario, api, metric, fmt(d), fmt(p),
-            f"{ratio:.2f}x" if ratio is not False and not math.isnan(ratio) else "",
-            f"{added:+.2f}" if added is not False and not math.isnan(added) else "",
-            target, "" if met is None else ("yes" if met else "NO"),
-            fmt(src.get("cpu_ms_per_req", NAN), 3), fmt(src.get("cpu_us_per_token", NAN), 1),
-            fmt(src.get("peak_rss_mb", NAN), 1), fmt(src.get("rss_mb", NAN), 1), errors,
-        ])
+        self.rows.append(
+            [
+                scenario,
+                api,
+                metric,
+                fmt(d),
+                fmt(p),
+                f"{ratio:.2f}x" if ratio is not False and not math.isnan(ratio) else "",
+                f"{added:+.2f}" if added is not False and not math.isnan(added) else "",
+                target,
+                "" if met is None else ("yes" if met else "NO"),
+                fmt(src.get("cpu_ms_per_req", NAN), 3),
+                fmt(src.get("cpu_us_per_token", NAN), 1),
+                fmt(src.get("peak_rss_mb", NAN), 1),
+                fmt(src.get("rss_mb", NAN), 1),
+                errors,
+            ]
+        )
 
     @staticmethod
     def errs(d: dict[str, Any] | None, p: dict[str, Any]) -> str:
@@ -473,11 +560,16 @@ class Bench:
         the same rounds also run floor_app under gunicorn + gevent and the same relay as a Flask
         view, so the added TTFB splits into what gunicorn + gevent, Flask and the proxy's own work cost."""
         sz = self.sizes["latency"]
-        floors = {"floor": FloorServer(self.upstream.port), "flask-floor": FloorServer(self.upstream.port, app="flask_app")} \
-            if api == "anthropic" else {}
+        floors = (
+            {"floor": FloorServer(self.upstream.port), "flask-floor": FloorServer(self.upstream.port, app="flask_app")}
+            if api == "anthropic"
+            else {}
+        )
         try:
-            extra = tuple(Side(name, name, floor_target(f.start().port, sz.tokens, 0), floor_target(f.port, 5, 0), f.worker_pids())
-                          for name, f in floors.items())
+            extra = tuple(
+                Side(name, name, floor_target(f.start().port, sz.tokens, 0), floor_target(f.port, 5, 0), f.worker_pids())
+                for name, f in floors.items()
+            )
             d, p, runs = self.pair("latency", api, sz, requests=sz.requests, concurrency=sz.concurrency, extra=extra)
         finally:
             for f in floors.values():
@@ -485,28 +577,54 @@ class Bench:
         assert d is not None
         e = self.errs(d, p)
         added = paired(d, p, "ttfb_p50_ms", "-")
-        self.row("latency", api, "TTFB p50 ms", d["ttfb_p50_ms"], p["ttfb_p50_ms"], added=added,
-                 target=f"<= +{TARGET_TTFB_ADDED_P50_MS:.1f} ms", met=added <= TARGET_TTFB_ADDED_P50_MS, src=p, errors=e)
-        self.row("latency", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"),
-                 src=p, errors=e)
+        self.row(
+            "latency",
+            api,
+            "TTFB p50 ms",
+            d["ttfb_p50_ms"],
+            p["ttfb_p50_ms"],
+            added=added,
+            target=f"<= +{TARGET_TTFB_ADDED_P50_MS:.1f} ms",
+            met=added <= TARGET_TTFB_ADDED_P50_MS,
+            src=p,
+            errors=e,
+        )
+        self.row("latency", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"), src=p, errors=e)
         if not floors:
             return
         split = {"proxy": added}
         for side, what in (("floor", "gunicorn + gevent, raw relay"), ("flask-floor", "the same relay as a Flask view")):
             f = merge_runs(runs[side])
             split[side] = paired(d, f, "ttfb_p50_ms", "-")
-            self.row("latency", side, f"TTFB p50 ms ({what})", d["ttfb_p50_ms"], f["ttfb_p50_ms"], added=split[side],
-                     src=f, errors=self.errs(d, f))
+            self.row(
+                "latency",
+                side,
+                f"TTFB p50 ms ({what})",
+                d["ttfb_p50_ms"],
+                f["ttfb_p50_ms"],
+                added=split[side],
+                src=f,
+                errors=self.errs(d, f),
+            )
         self.latency_split = (len(runs["direct"]), split)
 
     def scenario_throughput(self, api: str) -> None:
         sz = self.sizes["throughput"]
-        d, p, _ = self.pair("throughput", api, sz, requests=sz.requests, concurrency=sz.concurrency,
-                         profile=bool(self.profiler))
+        d, p, _ = self.pair("throughput", api, sz, requests=sz.requests, concurrency=sz.concurrency, profile=bool(self.profiler))
         assert d is not None
         ratio = paired(d, p, "tokens_per_s", "/")
-        self.row("throughput", api, "tokens/s", d["tokens_per_s"], p["tokens_per_s"], ratio=ratio,
-                 target=f">= {TARGET_THROUGHPUT_RATIO:.2f}x", met=ratio >= TARGET_THROUGHPUT_RATIO, src=p, errors=self.errs(d, p))
+        self.row(
+            "throughput",
+            api,
+            "tokens/s",
+            d["tokens_per_s"],
+            p["tokens_per_s"],
+            ratio=ratio,
+            target=f">= {TARGET_THROUGHPUT_RATIO:.2f}x",
+            met=ratio >= TARGET_THROUGHPUT_RATIO,
+            src=p,
+            errors=self.errs(d, p),
+        )
 
     def scenario_slow_streams(self, api: str) -> None:
         sz = self.sizes["slow-streams"]
@@ -514,14 +632,44 @@ class Bench:
         assert d is not None
         e = self.errs(d, p)
         ratio = paired(d, p, "tokens_per_s", "/")
-        self.row("slow-streams", api, "tokens/s", d["tokens_per_s"], p["tokens_per_s"], ratio=ratio,
-                 target=f">= {TARGET_SLOW_RATIO:.2f}x", met=ratio >= TARGET_SLOW_RATIO, src=p, errors=e)
-        self.row("slow-streams", api, "TTFB p99 ms", d["ttfb_p99_ms"], p["ttfb_p99_ms"], added=paired(d, p, "ttfb_p99_ms", "-"),
-                 target=f"<= {TARGET_SLOW_TTFB_P99_MS:.0f} ms", met=p["ttfb_p99_ms"] <= TARGET_SLOW_TTFB_P99_MS, src=p, errors=e)
-        self.row("slow-streams", api, "gap p99 ms", d["gap_p99_ms"], p["gap_p99_ms"], added=paired(d, p, "gap_p99_ms", "-"),
-                 src=p, errors=e)
-        self.row("slow-streams", api, "peak RSS MB", NAN, p["peak_rss_mb"],
-                 target=f"<= {TARGET_SLOW_RSS_MB:.0f} MB", met=p["peak_rss_mb"] <= TARGET_SLOW_RSS_MB, src=p, errors=e)
+        self.row(
+            "slow-streams",
+            api,
+            "tokens/s",
+            d["tokens_per_s"],
+            p["tokens_per_s"],
+            ratio=ratio,
+            target=f">= {TARGET_SLOW_RATIO:.2f}x",
+            met=ratio >= TARGET_SLOW_RATIO,
+            src=p,
+            errors=e,
+        )
+        self.row(
+            "slow-streams",
+            api,
+            "TTFB p99 ms",
+            d["ttfb_p99_ms"],
+            p["ttfb_p99_ms"],
+            added=paired(d, p, "ttfb_p99_ms", "-"),
+            target=f"<= {TARGET_SLOW_TTFB_P99_MS:.0f} ms",
+            met=p["ttfb_p99_ms"] <= TARGET_SLOW_TTFB_P99_MS,
+            src=p,
+            errors=e,
+        )
+        self.row(
+            "slow-streams", api, "gap p99 ms", d["gap_p99_ms"], p["gap_p99_ms"], added=paired(d, p, "gap_p99_ms", "-"), src=p, errors=e
+        )
+        self.row(
+            "slow-streams",
+            api,
+            "peak RSS MB",
+            NAN,
+            p["peak_rss_mb"],
+            target=f"<= {TARGET_SLOW_RSS_MB:.0f} MB",
+            met=p["peak_rss_mb"] <= TARGET_SLOW_RSS_MB,
+            src=p,
+            errors=e,
+        )
 
     def scenario_capacity(self, api: str) -> None:
         base = self.sizes["capacity"]
@@ -545,9 +693,18 @@ class Bench:
         self.capacity[api] = {"attempts": attempts, "direct": best_d, "proxy": best_p}
         tried = ",".join(str(a["n"]) for a in attempts)
         held = [a for a in attempts if a["n"] == best_p] or attempts[-1:]
-        self.row("capacity", api, f"streams held (tried {tried})", best_d, best_p, ratio=True,
-                 target=f">= {TARGET_CAPACITY}", met=best_p >= TARGET_CAPACITY, src=held[0]["proxy"] if held else None,
-                 errors=self.errs(held[0]["direct"], held[0]["proxy"]) if held else "")
+        self.row(
+            "capacity",
+            api,
+            f"streams held (tried {tried})",
+            best_d,
+            best_p,
+            ratio=True,
+            target=f">= {TARGET_CAPACITY}",
+            met=best_p >= TARGET_CAPACITY,
+            src=held[0]["proxy"] if held else None,
+            errors=self.errs(held[0]["direct"], held[0]["proxy"]) if held else "",
+        )
         if api == self.args.apis[0]:
             self.capacity_floor()
 
@@ -558,11 +715,18 @@ class Bench:
         server = FloorServer(self.upstream.port).start()
         attempts: list[dict[str, Any]] = []
         try:
+
             def attempt(n: int) -> bool:
                 sz = capacity_sizes(base, n)
-                f = measure(floor_target(server.port, sz.tokens, sz.pace_ms), sz, requests=n, concurrency=n,
-                            pids=server.worker_pids(), upstream_pid=self.upstream.proc.pid,
-                            warm=floor_target(server.port, 5, 0))
+                f = measure(
+                    floor_target(server.port, sz.tokens, sz.pace_ms),
+                    sz,
+                    requests=n,
+                    concurrency=n,
+                    pids=server.worker_pids(),
+                    upstream_pid=self.upstream.proc.pid,
+                    warm=floor_target(server.port, 5, 0),
+                )
                 self.record("capacity", "floor", "floor", str(n), n, f)
                 ok = holds(f, n, sz)
                 attempts.append({"n": n, "floor": f, "ok": ok})
@@ -574,9 +738,15 @@ class Bench:
             server.stop()
         self.capacity["floor"] = {"attempts": attempts, "floor": best}
         held = [a for a in attempts if a["n"] == best] or attempts[-1:]
-        self.row("capacity", "floor", f"streams held by floor_app (tried {','.join(str(a['n']) for a in attempts)})",
-                 NAN, best, src=held[0]["floor"] if held else None,
-                 errors=f"-/{held[0]['floor']['errors'] + held[0]['floor']['short']}" if held else "")
+        self.row(
+            "capacity",
+            "floor",
+            f"streams held by floor_app (tried {','.join(str(a['n']) for a in attempts)})",
+            NAN,
+            best,
+            src=held[0]["floor"] if held else None,
+            errors=f"-/{held[0]['floor']['errors'] + held[0]['floor']['short']}" if held else "",
+        )
 
     def scenario_scale_out(self, apis: list[str]) -> None:
         sz = self.sizes["scale-out"]
@@ -584,8 +754,17 @@ class Bench:
         directs: dict[str, dict[str, Any]] = {}
         for i, w in enumerate(sz.workers):
             for j, api in enumerate(apis):
-                d, p, _ = self.pair("scale-out", api, sz, requests=sz.requests, concurrency=sz.concurrency, workers=w,
-                                 label=f"{w}w", direct=(i == 0), fresh=(j == 0))
+                d, p, _ = self.pair(
+                    "scale-out",
+                    api,
+                    sz,
+                    requests=sz.requests,
+                    concurrency=sz.concurrency,
+                    workers=w,
+                    label=f"{w}w",
+                    direct=(i == 0),
+                    fresh=(j == 0),
+                )
                 if d is not None:
                     directs[api] = d
                 results[api][w] = p
@@ -595,9 +774,17 @@ class Bench:
             base = results[api][sz.workers[0]]["tokens_per_s"]
             for w, p in results[api].items():
                 speedup = p["tokens_per_s"] / base if base else NAN
-                self.row("scale-out", api, f"tokens/s, {w} worker{'s' if w > 1 else ''}", d["tokens_per_s"], p["tokens_per_s"],
-                         ratio=True, target="" if w == sz.workers[0] else f"{speedup:.2f}x vs {sz.workers[0]}w",
-                         src=p, errors=self.errs(d, p))
+                self.row(
+                    "scale-out",
+                    api,
+                    f"tokens/s, {w} worker{'s' if w > 1 else ''}",
+                    d["tokens_per_s"],
+                    p["tokens_per_s"],
+                    ratio=True,
+                    target="" if w == sz.workers[0] else f"{speedup:.2f}x vs {sz.workers[0]}w",
+                    src=p,
+                    errors=self.errs(d, p),
+                )
 
     def scenario_redis(self, apis: list[str]) -> None:
         """What the fleet settings cost per request: the latency load through the proxy without Redis,
@@ -608,13 +795,15 @@ class Bench:
             return
         self.stop_proxy()
         redis = RedisProcess(free_port())
-        limits = {"RATELIMIT_STORAGE_URI": redis.url, "LLM_PROXY_RATE_LIMIT": "1000000/minute",
-                  "LLM_PROXY_TOKEN_QUOTA": "1000000000/day"}
+        limits = {"RATELIMIT_STORAGE_URI": redis.url, "LLM_PROXY_RATE_LIMIT": "1000000/minute", "LLM_PROXY_TOKEN_QUOTA": "1000000000/day"}
         configs = {
             "no Redis": {},
             "rate limit + token quota on Redis": limits,
-            "+ Redis ledger and a budget": {**limits, "LLM_PROXY_USAGE_STORE": redis.url,
-                                            "LLM_PROXY_BUDGETS": json.dumps({"default": {"daily_usd": 1000000}})},
+            "+ Redis ledger and a budget": {
+                **limits,
+                "LLM_PROXY_USAGE_STORE": redis.url,
+                "LLM_PROXY_BUDGETS": json.dumps({"default": {"daily_usd": 1000000}}),
+            },
         }
         results: dict[tuple[str, str], dict[str, Any]] = {}
         servers: dict[str, ProxyServer] = {}
@@ -623,8 +812,9 @@ class Bench:
                 servers[label] = ProxyServer(self.upstream.base_url, workers=1, extra_env=env).start()
             for api in apis:
                 sides = [self.proxy_side(api, sz, server, name=label) for label, server in servers.items()]
-                for label, rs in self.interleave("redis", sides, sz, requests=sz.requests, concurrency=sz.concurrency,
-                                                 rotate=True).items():  # no configuration always runs first
+                for label, rs in self.interleave(
+                    "redis", sides, sz, requests=sz.requests, concurrency=sz.concurrency, rotate=True
+                ).items():  # no configuration always runs first
                     results[(label, api)] = merge_runs(rs)
         finally:
             for label, server in servers.items():
@@ -636,13 +826,22 @@ class Bench:
             for label in list(configs)[1:]:
                 p = results[(label, api)]
                 added = paired(base, p, "ttfb_p50_ms", "-")
-                self.row("redis", api, f"TTFB p50 ms, {label} (Direct = no Redis)", base["ttfb_p50_ms"], p["ttfb_p50_ms"],
-                         added=added, src=p, errors=self.errs(base, p))
+                self.row(
+                    "redis",
+                    api,
+                    f"TTFB p50 ms, {label} (Direct = no Redis)",
+                    base["ttfb_p50_ms"],
+                    p["ttfb_p50_ms"],
+                    added=added,
+                    src=p,
+                    errors=self.errs(base, p),
+                )
                 self.scenario_notes.append(
                     f"redis/{api}: {label}: TTFB p50 {added:+.2f} ms and worker CPU "
                     f"{paired(base, p, 'cpu_ms_per_req', '-'):+.2f} ms per request against the same proxy without Redis "
                     f"({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.2f} ms)"
-                    + (f"; medians of {sz.repeat} interleaved rounds" if sz.repeat > 1 else ""))
+                    + (f"; medians of {sz.repeat} interleaved rounds" if sz.repeat > 1 else "")
+                )
 
     def scenario_tls(self, apis: list[str]) -> None:
         """What a TLS upstream (every cloud API) costs: the same proxy against the fake upstream over
@@ -655,8 +854,28 @@ class Bench:
         self.stop_proxy()
         tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
         cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
         tls_up = FakeUpstreamProcess(key=KEY, tls=(cert, key), extra_args=["--max-records", "2000"]).start()
         plain = ProxyServer(self.upstream.base_url, workers=1).start()
         tls = ProxyServer(tls_up.base_url, workers=1, extra_env={"REQUESTS_CA_BUNDLE": cert}).start()
@@ -665,8 +884,14 @@ class Bench:
             for load in ("latency", "throughput", "paced"):
                 sz = self.sizes[f"tls: {load}"]
                 tls_side = replace(self.proxy_side(api, sz, tls, name="TLS upstream"), upstream_pid=tls_up.proc.pid)
-                runs = self.interleave("tls", [self.proxy_side(api, sz, plain, name="plain upstream"), tls_side], sz,
-                                       requests=sz.requests, concurrency=sz.concurrency, label=load)
+                runs = self.interleave(
+                    "tls",
+                    [self.proxy_side(api, sz, plain, name="plain upstream"), tls_side],
+                    sz,
+                    requests=sz.requests,
+                    concurrency=sz.concurrency,
+                    label=load,
+                )
                 results[load] = merge_runs(runs["plain upstream"]), merge_runs(runs["TLS upstream"])
         finally:
             for name, server in (("plain", plain), ("TLS", tls)):
@@ -675,23 +900,56 @@ class Bench:
             tls_up.stop()
             shutil.rmtree(tmp, ignore_errors=True)
         b, t = results["latency"]
-        self.row("tls", api, "TTFB p50 ms, TLS upstream (Direct = plain upstream)", b["ttfb_p50_ms"], t["ttfb_p50_ms"],
-                 added=paired(b, t, "ttfb_p50_ms", "-"), src=t, errors=self.errs(b, t))
+        self.row(
+            "tls",
+            api,
+            "TTFB p50 ms, TLS upstream (Direct = plain upstream)",
+            b["ttfb_p50_ms"],
+            t["ttfb_p50_ms"],
+            added=paired(b, t, "ttfb_p50_ms", "-"),
+            src=t,
+            errors=self.errs(b, t),
+        )
         b, t = results["throughput"]
-        self.row("tls", api, "tokens/s, TLS upstream (Direct = plain upstream)", b["tokens_per_s"], t["tokens_per_s"],
-                 ratio=paired(b, t, "tokens_per_s", "/"), src=t, errors=self.errs(b, t))
+        self.row(
+            "tls",
+            api,
+            "tokens/s, TLS upstream (Direct = plain upstream)",
+            b["tokens_per_s"],
+            t["tokens_per_s"],
+            ratio=paired(b, t, "tokens_per_s", "/"),
+            src=t,
+            errors=self.errs(b, t),
+        )
         b, t = results["paced"]
-        self.row("tls", api, "worker CPU us per paced token, TLS upstream (Direct = plain upstream)", b["cpu_us_per_token"],
-                 t["cpu_us_per_token"], ratio=paired(b, t, "cpu_us_per_token", "/"), src=t, errors=self.errs(b, t))
-        self.row("tls", api, "gap p99 ms, paced, TLS upstream (Direct = plain upstream)", b["gap_p99_ms"], t["gap_p99_ms"],
-                 added=paired(b, t, "gap_p99_ms", "-"), src=t, errors=self.errs(b, t))
+        self.row(
+            "tls",
+            api,
+            "worker CPU us per paced token, TLS upstream (Direct = plain upstream)",
+            b["cpu_us_per_token"],
+            t["cpu_us_per_token"],
+            ratio=paired(b, t, "cpu_us_per_token", "/"),
+            src=t,
+            errors=self.errs(b, t),
+        )
+        self.row(
+            "tls",
+            api,
+            "gap p99 ms, paced, TLS upstream (Direct = plain upstream)",
+            b["gap_p99_ms"],
+            t["gap_p99_ms"],
+            added=paired(b, t, "gap_p99_ms", "-"),
+            src=t,
+            errors=self.errs(b, t),
+        )
         us = t["cpu_us_per_token"]
         pace = self.sizes["tls: paced"].pace_ms
         if us and not math.isnan(us):
             self.scenario_notes.append(
                 f"tls/{api}: over TLS the worker spent {us:.0f} us of CPU per paced token ({b['cpu_us_per_token']:.0f} us "
                 f"over plain HTTP); at one token per {pace} ms per stream one core is used up near "
-                f"{1e6 / us * pace / 1000.0:,.0f} streams, before the gaps stretch")
+                f"{1e6 / us * pace / 1000.0:,.0f} streams, before the gaps stretch"
+            )
 
     def scenario_defaults(self, apis: list[str]) -> None:
         """What each default of the example app costs at concurrency 1, against the stripped
@@ -702,8 +960,11 @@ class Bench:
         configs: dict[str, dict[str, str]] = {
             "stripped": STRIPPED,
             "+ JWT auth": {**STRIPPED, "LLM_PROXY_REQUIRE_AUTH": "true", "JWT_SECRET_KEY": DEFAULTS["JWT_SECRET_KEY"]},
-            "+ rate limit (memory)": {**STRIPPED, "LLM_PROXY_RATE_LIMIT": DEFAULTS["LLM_PROXY_RATE_LIMIT"],
-                                      "RATELIMIT_STORAGE_URI": "memory://"},
+            "+ rate limit (memory)": {
+                **STRIPPED,
+                "LLM_PROXY_RATE_LIMIT": DEFAULTS["LLM_PROXY_RATE_LIMIT"],
+                "RATELIMIT_STORAGE_URI": "memory://",
+            },
             "+ SQLite ledger": ledger,
             "+ request log line (INFO)": {**STRIPPED, "LOG_LEVEL": "INFO"},
             "+ metrics": {**STRIPPED, "LLM_PROXY_METRICS": "true"},
@@ -717,8 +978,9 @@ class Bench:
                 servers[label] = ProxyServer(self.upstream.base_url, workers=1, config=config).start()
             for api in apis:
                 sides = [self.proxy_side(api, sz, server, name=label) for label, server in servers.items()]
-                for label, rs in self.interleave("defaults", sides, sz, requests=sz.requests, concurrency=sz.concurrency,
-                                                 rotate=True).items():
+                for label, rs in self.interleave(
+                    "defaults", sides, sz, requests=sz.requests, concurrency=sz.concurrency, rotate=True
+                ).items():
                     results[(label, api)] = merge_runs(rs)
         finally:
             for label, server in servers.items():
@@ -730,12 +992,22 @@ class Bench:
                 p = results[(label, api)]
                 added = paired(base, p, "ttfb_p50_ms", "-")
                 is_all = label.startswith("defaults")
-                self.row("defaults", api, f"TTFB p50 ms, {label} (Direct = stripped)", base["ttfb_p50_ms"], p["ttfb_p50_ms"],
-                         added=added, target="<= +0.30 ms" if is_all else "", met=added <= 0.30 if is_all else None,
-                         src=p, errors=self.errs(base, p))
+                self.row(
+                    "defaults",
+                    api,
+                    f"TTFB p50 ms, {label} (Direct = stripped)",
+                    base["ttfb_p50_ms"],
+                    p["ttfb_p50_ms"],
+                    added=added,
+                    target="<= +0.30 ms" if is_all else "",
+                    met=added <= 0.30 if is_all else None,
+                    src=p,
+                    errors=self.errs(base, p),
+                )
                 self.scenario_notes.append(
                     f"defaults/{api}: {label}: TTFB p50 {added:+.2f} ms, worker CPU {paired(base, p, 'cpu_ms_per_req', '-'):+.3f} ms "
-                    f"per request against the stripped configuration ({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.3f} ms)")
+                    f"per request against the stripped configuration ({base['ttfb_p50_ms']:.2f} ms, {base['cpu_ms_per_req']:.3f} ms)"
+                )
 
     def scenario_ab(self, apis: list[str]) -> None:
         """The token path before (``--ab-base``: its own HTTP client and body reader) and now
@@ -771,48 +1043,159 @@ class Bench:
         a_old, a_new = paired(d, o, "ttfb_p50_ms", "-"), paired(d, n, "ttfb_p50_ms", "-")
         self.row("ab", api, f"added TTFB p50 ms at concurrency 1 {label}", a_old, a_new, added=a_new - a_old, src=n, errors=self.errs(o, n))
         sz = self.sizes["ab: 200-token requests"]
-        runs = self.interleave("ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="200 tokens", rotate=True)
+        runs = self.interleave(
+            "ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="200 tokens", rotate=True
+        )
         o, n = merge_runs(runs[oldname]), merge_runs(runs["new"])
         delta = paired(o, n, "cpu_ms_per_req", "-")
-        self.row("ab", api, f"worker CPU ms per 200-token request {label}", o["cpu_ms_per_req"], n["cpu_ms_per_req"], added=delta,
-                 target="<= +0.40 ms", met=delta <= 0.40, src=n, errors=self.errs(o, n))
+        self.row(
+            "ab",
+            api,
+            f"worker CPU ms per 200-token request {label}",
+            o["cpu_ms_per_req"],
+            n["cpu_ms_per_req"],
+            added=delta,
+            target="<= +0.40 ms",
+            met=delta <= 0.40,
+            src=n,
+            errors=self.errs(o, n),
+        )
         sz = self.sizes["ab: paced"]
         runs = self.interleave("ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="paced", rotate=True)
         o, n = merge_runs(runs[oldname]), merge_runs(runs["new"])
         delta = paired(o, n, "cpu_us_per_token", "-")
-        self.row("ab", api, f"worker CPU us per paced token {label}", o["cpu_us_per_token"], n["cpu_us_per_token"], added=delta,
-                 target="<= +3 us", met=delta <= 3.0, src=n, errors=self.errs(o, n))
-        self.row("ab", api, f"gap p99 ms, paced {label}", o["gap_p99_ms"], n["gap_p99_ms"], added=paired(o, n, "gap_p99_ms", "-"),
-                 src=n, errors=self.errs(o, n))
+        self.row(
+            "ab",
+            api,
+            f"worker CPU us per paced token {label}",
+            o["cpu_us_per_token"],
+            n["cpu_us_per_token"],
+            added=delta,
+            target="<= +3 us",
+            met=delta <= 3.0,
+            src=n,
+            errors=self.errs(o, n),
+        )
+        self.row(
+            "ab",
+            api,
+            f"gap p99 ms, paced {label}",
+            o["gap_p99_ms"],
+            n["gap_p99_ms"],
+            added=paired(o, n, "gap_p99_ms", "-"),
+            src=n,
+            errors=self.errs(o, n),
+        )
         sz = self.sizes["ab: 500 slow streams"]
-        runs = self.interleave("ab", sides(sz, True), sz, requests=sz.requests, concurrency=sz.concurrency, label="500 streams", rotate=True)
+        runs = self.interleave(
+            "ab", sides(sz, True), sz, requests=sz.requests, concurrency=sz.concurrency, label="500 streams", rotate=True
+        )
         d, o, n = merge_runs(runs["direct"]), merge_runs(runs[oldname]), merge_runs(runs["new"])
         r_old, r_new = paired(d, o, "tokens_per_s", "/"), paired(d, n, "tokens_per_s", "/")
-        self.row("ab", api, f"500 slow streams, tokens/s vs direct {label}", r_old, r_new, ratio=r_new / r_old if r_old else NAN,
-                 src=n, errors=self.errs(o, n))
-        self.row("ab", api, f"500 slow streams, TTFB p99 ms {label}", o["ttfb_p99_ms"], n["ttfb_p99_ms"],
-                 added=paired(o, n, "ttfb_p99_ms", "-"), src=n, errors=self.errs(o, n))
-        self.row("ab", api, f"500 slow streams, peak RSS MB {label}", o["peak_rss_mb"], n["peak_rss_mb"],
-                 added=n["peak_rss_mb"] - o["peak_rss_mb"], src=n, errors=self.errs(o, n))
+        self.row(
+            "ab",
+            api,
+            f"500 slow streams, tokens/s vs direct {label}",
+            r_old,
+            r_new,
+            ratio=r_new / r_old if r_old else NAN,
+            src=n,
+            errors=self.errs(o, n),
+        )
+        self.row(
+            "ab",
+            api,
+            f"500 slow streams, TTFB p99 ms {label}",
+            o["ttfb_p99_ms"],
+            n["ttfb_p99_ms"],
+            added=paired(o, n, "ttfb_p99_ms", "-"),
+            src=n,
+            errors=self.errs(o, n),
+        )
+        self.row(
+            "ab",
+            api,
+            f"500 slow streams, peak RSS MB {label}",
+            o["peak_rss_mb"],
+            n["peak_rss_mb"],
+            added=n["peak_rss_mb"] - o["peak_rss_mb"],
+            src=n,
+            errors=self.errs(o, n),
+        )
 
     # output
     def table(self) -> str:
-        head = ["Scenario", "API", "Metric", "Direct", "Proxy", "Proxy/direct", "Added ms", "Target", "Met",
-                "Worker CPU ms/req", "Worker CPU us/token", "Peak RSS MB", "RSS after MB", "Errors d/p"]
+        head = [
+            "Scenario",
+            "API",
+            "Metric",
+            "Direct",
+            "Proxy",
+            "Proxy/direct",
+            "Added ms",
+            "Target",
+            "Met",
+            "Worker CPU ms/req",
+            "Worker CPU us/token",
+            "Peak RSS MB",
+            "RSS after MB",
+            "Errors d/p",
+        ]
         return md_table(head, self.rows)
 
     def details(self) -> str:
-        head = ["Scenario", "API", "Side", "Run", "Conc.", "Req", "OK", "Err", "Tokens", "Tokens/s", "TTFB p50",
-                "TTFB p99", "TTFB max", "Gap p50", "Gap p99", "Gap max", "Peak streams", "Loadgen CPU s",
-                "Loadgen lag p99 ms", "Upstream CPU s", "Worker CPU s", "Other load (cores)"]
+        head = [
+            "Scenario",
+            "API",
+            "Side",
+            "Run",
+            "Conc.",
+            "Req",
+            "OK",
+            "Err",
+            "Tokens",
+            "Tokens/s",
+            "TTFB p50",
+            "TTFB p99",
+            "TTFB max",
+            "Gap p50",
+            "Gap p99",
+            "Gap max",
+            "Peak streams",
+            "Loadgen CPU s",
+            "Loadgen lag p99 ms",
+            "Upstream CPU s",
+            "Worker CPU s",
+            "Other load (cores)",
+        ]
         rows = []
         for s in self.runs:
-            rows.append([s["scenario"], s["api"], s["side"], s["label"], str(s["concurrency"]), str(s["requests"]),
-                         str(s["ok"]), str(s["errors"] + s["short"]), str(s["tokens"]), fmt(s["tokens_per_s"], 0),
-                         fmt(s["ttfb_p50_ms"]), fmt(s["ttfb_p99_ms"]), fmt(s["ttfb_max_ms"]), fmt(s["gap_p50_ms"], 1),
-                         fmt(s["gap_p99_ms"], 1), fmt(s["gap_max_ms"], 1), str(s["peak_streams"]),
-                         fmt(s["loadgen_cpu_s"]), fmt(s["loadgen_lag_p99_ms"], 1), fmt(s["upstream_cpu_s"]),
-                         fmt(s.get("worker_cpu_s", NAN)), fmt(s["other_cores"])])
+            rows.append(
+                [
+                    s["scenario"],
+                    s["api"],
+                    s["side"],
+                    s["label"],
+                    str(s["concurrency"]),
+                    str(s["requests"]),
+                    str(s["ok"]),
+                    str(s["errors"] + s["short"]),
+                    str(s["tokens"]),
+                    fmt(s["tokens_per_s"], 0),
+                    fmt(s["ttfb_p50_ms"]),
+                    fmt(s["ttfb_p99_ms"]),
+                    fmt(s["ttfb_max_ms"]),
+                    fmt(s["gap_p50_ms"], 1),
+                    fmt(s["gap_p99_ms"], 1),
+                    fmt(s["gap_max_ms"], 1),
+                    str(s["peak_streams"]),
+                    fmt(s["loadgen_cpu_s"]),
+                    fmt(s["loadgen_lag_p99_ms"], 1),
+                    fmt(s["upstream_cpu_s"]),
+                    fmt(s.get("worker_cpu_s", NAN)),
+                    fmt(s["other_cores"]),
+                ]
+            )
         return md_table(head, rows)
 
     def notes(self) -> list[str]:
@@ -822,9 +1205,11 @@ class Bench:
             tp = merge_runs([s for s in proxy_runs if s["scenario"] == "throughput" and s["api"] == api])
             us = tp["cpu_us_per_token"]
             if us and not math.isnan(us):
-                notes.append(f"throughput/{api}: the worker spent {us:.1f} us of CPU per relayed token "
-                             f"({tp['cpu_ms_per_req']:.2f} ms per {self.sizes['throughput'].tokens}-token request; medians), "
-                             f"so one core caps it near {1e6 / us:,.0f} tokens/s; the runs reached {tp['tokens_per_s']:,.0f}.")
+                notes.append(
+                    f"throughput/{api}: the worker spent {us:.1f} us of CPU per relayed token "
+                    f"({tp['cpu_ms_per_req']:.2f} ms per {self.sizes['throughput'].tokens}-token request; medians), "
+                    f"so one core caps it near {1e6 / us:,.0f} tokens/s; the runs reached {tp['tokens_per_s']:,.0f}."
+                )
         floor = {a["n"]: a["floor"] for a in self.capacity.get("floor", {}).get("attempts", [])}
         pace = self.sizes["capacity"].pace_ms
         rate = 1000.0 / pace  # tokens per second per stream
@@ -835,7 +1220,8 @@ class Bench:
                     notes.append(
                         f"capacity/floor {a['n']} streams: gap p99 {f['gap_p99_ms']:.1f} ms (max {f['gap_max_ms']:.0f}), TTFB p99 "
                         f"{f['ttfb_p99_ms']:.0f} ms, {f['errors'] + f['short']} errors, peak {f['peak_streams']} open, worker "
-                        f"{f['cpu_us_per_token']:.0f} us of CPU per token ({'holds' if a['ok'] else 'fails'})")
+                        f"{f['cpu_us_per_token']:.0f} us of CPU per token ({'holds' if a['ok'] else 'fails'})"
+                    )
                 continue
             for a in c["attempts"]:
                 d, p = a["direct"], a["proxy"]
@@ -845,23 +1231,32 @@ class Bench:
                         f"capacity {a['n']} streams of {a['tokens']} tokens: the proxy worker ({api}) spent {p['cpu_us_per_token']:.0f} us "
                         f"of CPU per relayed token (its request's own costs included), the floor app {f['cpu_us_per_token']:.0f} us; "
                         f"at one token per {pace} ms per stream that is {a['n'] * rate * p['cpu_us_per_token'] / 1e6:.2f} and "
-                        f"{a['n'] * rate * f['cpu_us_per_token'] / 1e6:.2f} cores of steady load.")
+                        f"{a['n'] * rate * f['cpu_us_per_token'] / 1e6:.2f} cores of steady load."
+                    )
                 notes.append(
                     f"capacity/{api} {a['n']} streams: direct gap p99 {d['gap_p99_ms']:.1f} ms, {d['errors'] + d['short']} errors "
                     f"({'holds' if a['direct_ok'] else 'fails'}); proxy gap p99 {p['gap_p99_ms']:.1f} ms (max {p['gap_max_ms']:.0f}), "
                     f"TTFB p99 {p['ttfb_p99_ms']:.0f} ms, {p['errors'] + p['short']} errors, peak {p['peak_streams']} streams open, "
                     f"peak RSS {p.get('peak_rss_mb', NAN):.0f} MB ({'holds' if a['proxy_ok'] else 'fails'})"
-                    + (f"; errors: {p['error_samples'][:2]}" if p["errors"] else ""))
+                    + (f"; errors: {p['error_samples'][:2]}" if p["errors"] else "")
+                )
                 if not a["direct_ok"]:
-                    notes.append(f"capacity/{api} {a['n']}: the DIRECT run already misses the criterion, so at this size the "
-                                 "harness (fake upstream + load generator sharing the cores) is part of the limit.")
+                    notes.append(
+                        f"capacity/{api} {a['n']}: the DIRECT run already misses the criterion, so at this size the "
+                        "harness (fake upstream + load generator sharing the cores) is part of the limit."
+                    )
         timed = [s for s in self.runs if s["wall_s"] >= 1.0 and not math.isnan(s["other_cores"])]  # 10 ms ticks
         other = max((s["other_cores"] for s in timed), default=0.0)
         if other > 0.25:
-            busy = [f"{s['scenario']}/{s['api']}/{s['side']}" + (f"@{s['label']}" if s["label"].isdigit() else "")
-                    for s in timed if s["other_cores"] > 0.25]
-            notes.append(f"Other processes on this machine used up to {other:.1f} cores during some runs ({', '.join(busy[:8])}"
-                         f"{'...' if len(busy) > 8 else ''}): those numbers are noisier than the rest.")
+            busy = [
+                f"{s['scenario']}/{s['api']}/{s['side']}" + (f"@{s['label']}" if s["label"].isdigit() else "")
+                for s in timed
+                if s["other_cores"] > 0.25
+            ]
+            notes.append(
+                f"Other processes on this machine used up to {other:.1f} cores during some runs ({', '.join(busy[:8])}"
+                f"{'...' if len(busy) > 8 else ''}): those numbers are noisier than the rest."
+            )
         lag = max((s["loadgen_lag_p99_ms"] for s in self.runs if not math.isnan(s["loadgen_lag_p99_ms"])), default=0.0)
         notes.append(f"Load generator event-loop lag p99 was at most {lag:.1f} ms across runs (how late it woke a 10 ms timer).")
         for name, text in self.server_logs.items():
@@ -870,14 +1265,20 @@ class Bench:
             errs = sum(1 for line in text.splitlines() if " ERROR " in line or line.startswith("ERROR"))
             if pool or tbs or errs:
                 notes.append(f"gunicorn log ({name}): {pool} 'Connection pool is full' warnings, {tbs} tracebacks, {errs} error lines.")
-        spread = {"latency": ("ttfb_p50_ms", "TTFB p50 added, ms", "-"), "throughput": ("tokens_per_s", "proxy/direct tokens/s", "/"),
-                  "slow-streams": ("ttfb_p99_ms", "proxy TTFB p99, ms", "")}
+        spread = {
+            "latency": ("ttfb_p50_ms", "TTFB p50 added, ms", "-"),
+            "throughput": ("tokens_per_s", "proxy/direct tokens/s", "/"),
+            "slow-streams": ("ttfb_p99_ms", "proxy TTFB p99, ms", ""),
+        }
         for scenario, api, ds, ps in self.spreads:
             key, what, op = spread.get(scenario, ("tokens_per_s", "proxy tokens/s", ""))
             vals = pair_values(ds, ps, key, op) if op else [p[key] for p in ps]
             within = f"; {sum(v <= 1.0 for v in vals)} of {len(vals)} at or under the 1.0 ms target" if scenario == "latency" else ""
-            notes.append(f"{scenario}/{api}: {what} in each of the {len(ps)} interleaved runs: "
-                         + ", ".join(f"{v:.2f}" for v in vals) + f" (the table shows medians{within})")
+            notes.append(
+                f"{scenario}/{api}: {what} in each of the {len(ps)} interleaved runs: "
+                + ", ".join(f"{v:.2f}" for v in vals)
+                + f" (the table shows medians{within})"
+            )
         if self.latency_split:
             n, a = self.latency_split
             notes.append(
@@ -885,7 +1286,8 @@ class Bench:
                 f"Flask floor and proxy): gunicorn + gevent relaying raw bytes add {a['floor']:+.2f} ms, the same relay as "
                 f"a Flask view {a['flask-floor']:+.2f} ms, the proxy {a['proxy']:+.2f} ms; so Flask's share is "
                 f"{a['flask-floor'] - a['floor']:+.2f} ms and the proxy's own work (validation, translation, the upstream "
-                f"request and its head, decoding and writing the first events) {a['proxy'] - a['flask-floor']:+.2f} ms.")
+                f"request and its head, decoding and writing the first events) {a['proxy'] - a['flask-floor']:+.2f} ms."
+            )
         notes += self.scenario_notes + self.skipped
         for f in self.failures:
             notes.append("ERROR: " + f)
@@ -904,7 +1306,7 @@ def fmt(v: Any, digits: int = 2) -> str:
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
     return "\n".join([line(head), "| " + " | ".join("-" * w for w in widths) + " |", *(line(r) for r in rows)])
 
 
@@ -941,15 +1343,25 @@ def profile_summary(path: Path, top: int = 15) -> str:
             incl[f] = incl.get(f, 0) + n
     if not total:
         return f"{path.name}: no samples"
-    rows = [[str(i + 1), f, f"{n / total * 100:.1f}%", f"{incl[f] / total * 100:.1f}%"]
-            for i, (f, n) in enumerate(sorted(own.items(), key=lambda kv: -kv[1])[:top])]
+    rows = [
+        [str(i + 1), f, f"{n / total * 100:.1f}%", f"{incl[f] / total * 100:.1f}%"]
+        for i, (f, n) in enumerate(sorted(own.items(), key=lambda kv: -kv[1])[:top])
+    ]
     pkg = sorted(((f, n) for f, n in incl.items() if "flask_llm_proxy" in f), key=lambda kv: -kv[1])[:12]
-    out = [f"`{path.name}`: {total} samples of the worker's main thread while on CPU (py-spy --rate 200, idle "
-           f"excluded; {pool} samples of gevent thread-pool threads left out)", "",
-           md_table(["#", "Function (file:line of its def)", "Own", "Incl."], rows), ""]
+    out = [
+        f"`{path.name}`: {total} samples of the worker's main thread while on CPU (py-spy --rate 200, idle "
+        f"excluded; {pool} samples of gevent thread-pool threads left out)",
+        "",
+        md_table(["#", "Function (file:line of its def)", "Own", "Incl."], rows),
+        "",
+    ]
     if pkg:
-        out += ["flask_llm_proxy functions by inclusive time:", "",
-                md_table(["Function", "Incl."], [[f, f"{n / total * 100:.1f}%"] for f, n in pkg]), ""]
+        out += [
+            "flask_llm_proxy functions by inclusive time:",
+            "",
+            md_table(["Function", "Incl."], [[f, f"{n / total * 100:.1f}%"] for f, n in pkg]),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -1011,16 +1423,22 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
         "token relayed. Peak RSS = VmHWM of the worker, reset before each run; RSS after = VmRSS when the "
         "run ended. Errors d/p = failed or short streams, direct/proxy.",
         "",
-        "Sizes: " + "; ".join(
-            (f"capacity: {v.levels} streams tried (then halved, then one step between held and failed), tokens "
-             f"{v.pace_ms} ms apart, streams started at {v.arrivals_per_s:g}/s, each long enough that all are open together for "
-             f"{v.hold_s:g} s (so N streams get N/{v.arrivals_per_s:g} + {v.hold_s:g} s worth of tokens); the same search "
-             "against benchmarks/floor_app.py (gunicorn + gevent relaying raw bytes) gives the floor row"
-             if k == "capacity" else
-             f"{k}: c={v.concurrency} n={v.requests}, {v.tokens} tokens" + (f" at pace_ms={v.pace_ms}" if v.pace_ms else ", no pacing")
-             + (f", users started over {v.ramp_s:g} s" if v.ramp_s else "")
-             + (f", median of {v.repeat} interleaved direct/proxy runs" if v.repeat > 1 else ""))
-            for k, v in sz.items() if k.split(":")[0] in bench.args.scenarios),
+        "Sizes: "
+        + "; ".join(
+            (
+                f"capacity: {v.levels} streams tried (then halved, then one step between held and failed), tokens "
+                f"{v.pace_ms} ms apart, streams started at {v.arrivals_per_s:g}/s, each long enough that all are open together for "
+                f"{v.hold_s:g} s (so N streams get N/{v.arrivals_per_s:g} + {v.hold_s:g} s worth of tokens); the same search "
+                "against benchmarks/floor_app.py (gunicorn + gevent relaying raw bytes) gives the floor row"
+                if k == "capacity"
+                else f"{k}: c={v.concurrency} n={v.requests}, {v.tokens} tokens"
+                + (f" at pace_ms={v.pace_ms}" if v.pace_ms else ", no pacing")
+                + (f", users started over {v.ramp_s:g} s" if v.ramp_s else "")
+                + (f", median of {v.repeat} interleaved direct/proxy runs" if v.repeat > 1 else "")
+            )
+            for k, v in sz.items()
+            if k.split(":")[0] in bench.args.scenarios
+        ),
         "",
         "## Notes",
         "",
@@ -1032,8 +1450,12 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
         "",
     ]
     if bench.profiler is not None and bench.profiler.files:
-        lines += ["## Profile of the worker during the throughput runs", "",
-                  "(profiled runs are slower than unprofiled ones: py-spy pauses the worker 200 times a second)", ""]
+        lines += [
+            "## Profile of the worker during the throughput runs",
+            "",
+            "(profiled runs are slower than unprofiled ones: py-spy pauses the worker 200 times a second)",
+            "",
+        ]
         lines += [profile_summary(f) for f in bench.profiler.files]
     path.parent.mkdir(parents=True, exist_ok=True)
     # benchmarks/admin_summary.py writes its own section: keep it
@@ -1047,17 +1469,36 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark the proxy against the fake upstream (direct vs through the proxy).")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for CI (well under 30 s)")
-    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), metavar="NAME",
-                   help=f"any of {', '.join(SCENARIOS)} (space or comma separated; default all)")
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        default=list(SCENARIOS),
+        metavar="NAME",
+        help=f"any of {', '.join(SCENARIOS)} (space or comma separated; default all)",
+    )
     p.add_argument("--apis", nargs="+", default=list(APIS), metavar="API", help="anthropic and/or openai (default both)")
-    p.add_argument("--capacity-levels", type=lambda v: [int(x) for x in v.split(",") if x], default=None,
-                   metavar="N,N,...", help="concurrent streams the capacity scenario tries (default 1000,2000,5000)")
-    p.add_argument("--out", default=None, help="where to write the Markdown results (default benchmarks/RESULTS.md; "
-                                                "with --smoke a temporary file)")
-    p.add_argument("--ab-base", default=AB_BASE, metavar="REF",
-                   help=f"the commit the ab scenario compares this code with (default {AB_BASE}: the token path before requests)")
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="record the worker with py-spy during the throughput runs, into DIR; summary in the results")
+    p.add_argument(
+        "--capacity-levels",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=None,
+        metavar="N,N,...",
+        help="concurrent streams the capacity scenario tries (default 1000,2000,5000)",
+    )
+    p.add_argument(
+        "--out", default=None, help="where to write the Markdown results (default benchmarks/RESULTS.md; with --smoke a temporary file)"
+    )
+    p.add_argument(
+        "--ab-base",
+        default=AB_BASE,
+        metavar="REF",
+        help=f"the commit the ab scenario compares this code with (default {AB_BASE}: the token path before requests)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="record the worker with py-spy during the throughput runs, into DIR; summary in the results",
+    )
     a = p.parse_args(argv)
     a.scenarios = [s for v in a.scenarios for s in v.split(",") if s]
     a.apis = [s for v in a.apis for s in v.split(",") if s]

@@ -4,6 +4,7 @@ gunicorn, and /proc readings (CPU seconds, RSS, machine-wide CPU).
 Nothing here imports ``tests/conftest.py``; the fake upstream is ``tests/fake_upstream.py``'s own
 ``FakeUpstreamProcess``.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -27,8 +28,13 @@ JWT_SECRET = "bench-jwt-secret-that-is-long-enough-32b"
 #: the example app's defaults, as a user who changed nothing runs it: JWT auth, a rate limit counted
 #: per user (set high enough never to refuse a benchmark request), the SQLite ledger, the request log
 #: line at INFO. The example app's metrics and gunicorn's access log are off by default.
-DEFAULTS = {"LLM_PROXY_REQUIRE_AUTH": "true", "JWT_SECRET_KEY": JWT_SECRET, "LLM_PROXY_RATE_LIMIT": "1000000/minute",
-            "RATELIMIT_STORAGE_URI": "memory://", "LOG_LEVEL": "INFO"}
+DEFAULTS = {
+    "LLM_PROXY_REQUIRE_AUTH": "true",
+    "JWT_SECRET_KEY": JWT_SECRET,
+    "LLM_PROXY_RATE_LIMIT": "1000000/minute",
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "LOG_LEVEL": "INFO",
+}
 #: what earlier runs measured: no auth, no limits, no ledger, warnings only
 STRIPPED = {"LLM_PROXY_REQUIRE_AUTH": "false", "LLM_PROXY_RATE_LIMIT": "", "LLM_PROXY_USAGE_STORE": "none", "LOG_LEVEL": "WARNING"}
 
@@ -43,6 +49,8 @@ def bench_token() -> str:
     now = int(time.time())
     claims = {"sub": "bench-user", "iat": now, "nbf": now, "exp": now + 86400, "jti": uuid.uuid4().hex, "type": "access", "fresh": False}
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -53,10 +61,12 @@ def start_upstream() -> FakeUpstreamProcess:
 
 
 def providers_env(upstream_base: str) -> str:
-    return json.dumps({
-        "anthropic": {"api_key": KEY, "base_url": upstream_base, "models": ["*"]},
-        "openai": {"api_key": KEY, "base_url": upstream_base + "/v1", "models": ["*"]},
-    })
+    return json.dumps(
+        {
+            "anthropic": {"api_key": KEY, "base_url": upstream_base, "models": ["*"]},
+            "openai": {"api_key": KEY, "base_url": upstream_base + "/v1", "models": ["*"]},
+        }
+    )
 
 
 def free_port() -> int:
@@ -81,8 +91,15 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class ProxyServer:
     """``example_app`` under gunicorn with gevent workers, configured for benchmarking."""
 
-    def __init__(self, upstream_base: str, *, workers: int = 1, config: dict[str, str] | None = None,
-                 extra_env: dict[str, str] | None = None, root: Path = ROOT) -> None:
+    def __init__(
+        self,
+        upstream_base: str,
+        *,
+        workers: int = 1,
+        config: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,
+    ) -> None:
         """``config``: :data:`DEFAULTS` (the default) or :data:`STRIPPED`; ``root``: the checkout whose
         package and example app run (another commit's, for an A/B)."""
         self.upstream_base = upstream_base
@@ -91,20 +108,30 @@ class ProxyServer:
         self.root = root
         self.ledger_dir = tempfile.mkdtemp(prefix="bench-ledger-")
         self.env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
-        self.env.update({
-            "LLM_PROXY_PROVIDERS": providers_env(upstream_base),
-            "LLM_PROXY_USAGE_STORE": f"sqlite:///{self.ledger_dir}/usage.sqlite3",  # the default store, in a file of its own
-            "WORKER_CONNECTIONS": "10000",
-            "GRACEFUL_TIMEOUT": "5",  # for stop(): nothing is in flight by then
-            "LLM_PROXY_PUBLIC_HEALTH": "true",  # the readiness poll carries no token
-            "PYTHONPATH": str(root),
-            **(DEFAULTS if config is None else config),
-        })
+        self.env.update(
+            {
+                "LLM_PROXY_PROVIDERS": providers_env(upstream_base),
+                "LLM_PROXY_USAGE_STORE": f"sqlite:///{self.ledger_dir}/usage.sqlite3",  # the default store, in a file of its own
+                "WORKER_CONNECTIONS": "10000",
+                "GRACEFUL_TIMEOUT": "5",  # for stop(): nothing is in flight by then
+                "LLM_PROXY_PUBLIC_HEALTH": "true",  # the readiness poll carries no token
+                "PYTHONPATH": str(root),
+                **(DEFAULTS if config is None else config),
+            }
+        )
         self.env.update(extra_env or {})
         self.auth = self.env.get("LLM_PROXY_REQUIRE_AUTH") == "true"
         self.cmd = [
-            sys.executable, "-m", "gunicorn", "-c", "example_app/gunicorn.conf.py",
-            "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "example_app.wsgi:app",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "example_app/gunicorn.conf.py",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "example_app.wsgi:app",
         ]
         fd, name = tempfile.mkstemp(prefix="bench-gunicorn-", suffix=".log")
         os.close(fd)
@@ -117,10 +144,17 @@ class ProxyServer:
     def command(self) -> str:
         return " ".join(self.cmd)
 
-    def start(self, timeout: float = 30.0) -> "ProxyServer":
+    def start(self, timeout: float = 30.0) -> ProxyServer:
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.root,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -161,7 +195,7 @@ class ProxyServer:
         self._log.close()
         self.proc = None
 
-    def __enter__(self) -> "ProxyServer":
+    def __enter__(self) -> ProxyServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -179,8 +213,19 @@ class FloorServer(ProxyServer):
         super().__init__(f"http://127.0.0.1:{upstream_port}", workers=1)
         self.env.update(UPSTREAM_PORT=str(upstream_port), UPSTREAM_KEY=KEY, PYTHONPATH=str(ROOT / "benchmarks"))
         self.cmd = [
-            sys.executable, "-m", "gunicorn", "-k", "gevent", "--worker-connections", "10000", "--no-control-socket",
-            "--workers", "1", "--bind", f"127.0.0.1:{self.port}", f"floor_app:{app}",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "--worker-connections",
+            "10000",
+            "--no-control-socket",
+            "--workers",
+            "1",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            f"floor_app:{app}",
         ]
 
 

@@ -11,6 +11,7 @@ idle processes at no cost; a rising one is part of what the latency scenario's "
 
     python benchmarks/wake.py [--requests 300] [--busy-us 0,1500,3000]
 """
+
 from __future__ import annotations
 
 from gevent import monkey
@@ -28,10 +29,11 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT)]
 
 from types import SimpleNamespace  # noqa: E402
 
-from flask_llm_proxy.upstream.body import UpstreamBody  # noqa: E402
-from flask_llm_proxy.upstream.client import UpstreamClient  # noqa: E402
 from run import direct_target, prompt  # noqa: E402
 from servers import start_upstream  # noqa: E402
+
+from flask_llm_proxy.upstream.body import UpstreamBody  # noqa: E402
+from flask_llm_proxy.upstream.client import UpstreamClient  # noqa: E402
 
 
 def head_latency_us(port: int, requests: int, busy_us: float) -> float:
@@ -63,7 +65,9 @@ def main() -> int:
     up = start_upstream()
     try:
         for busy in (float(x) for x in args.busy_us.split(",")):
-            print(f"busy {busy / 1000:.1f} ms between requests: upstream head after {head_latency_us(up.port, args.requests, busy):.0f} us (median)")
+            print(
+                f"busy {busy / 1000:.1f} ms between requests: upstream head after {head_latency_us(up.port, args.requests, busy):.0f} us (median)"
+            )
     finally:
         up.stop()
     return 0

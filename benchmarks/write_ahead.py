@@ -19,6 +19,7 @@ alternating blocks: the same difference without gunicorn, HTTP and the client in
 
     python benchmarks/write_ahead.py [--stores sqlite,redis] [--rounds 20] [--requests 400]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import ProxyServer, bench_token, cpu_seconds, start_upstream  # noqa: E402
 
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {bench_token()}"}
-BODY = json.dumps({"model": "claude-3-5-sonnet-20241022", "max_tokens": 50, "stream": True,
-                   "messages": [{"role": "user", "content": "tokens=5"}]}).encode()
+BODY = json.dumps(
+    {"model": "claude-3-5-sonnet-20241022", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "tokens=5"}]}
+).encode()
 
 
 class Client:
@@ -91,8 +93,10 @@ def measure(store: str, upstream_base: str, rounds: int, requests: int, redis_ur
                 cpu[side].append(per_request[side])
         # each round's on - off: both sides ran request by request in the same seconds
         return {
-            "lat_off": statistics.median(lat["off"]), "lat_on": statistics.median(lat["on"]),
-            "cpu_off": statistics.median(cpu["off"]), "cpu_on": statistics.median(cpu["on"]),
+            "lat_off": statistics.median(lat["off"]),
+            "lat_on": statistics.median(lat["on"]),
+            "cpu_off": statistics.median(cpu["off"]),
+            "cpu_on": statistics.median(cpu["on"]),
             "lat_delta": statistics.median(a - b for a, b in zip(lat["on"], lat["off"], strict=True)),
             "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)),
         }
@@ -118,8 +122,13 @@ def path_child(uris: dict[str, str], rounds: int, n: int) -> None:
     states = {}
     for side in ("on", "off"):
         app = Flask(f"bench-{side}")
-        app.config.update(LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"]}}, LLM_PROXY_REQUIRE_AUTH=False,
-                          LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_USAGE_STORE=uris[side], LLM_PROXY_WRITE_AHEAD=side == "on")
+        app.config.update(
+            LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"]}},
+            LLM_PROXY_REQUIRE_AUTH=False,
+            LLM_PROXY_RATE_LIMIT=None,
+            LLM_PROXY_USAGE_STORE=uris[side],
+            LLM_PROXY_WRITE_AHEAD=side == "on",
+        )
         LLMProxy(app)
         states[side] = app.extensions["llm_proxy"]
 
@@ -133,7 +142,7 @@ def path_child(uris: dict[str, str], rounds: int, n: int) -> None:
 
     out: dict[str, list[float]] = {"on": [], "off": []}
     for r in range(rounds + 1):
-        for side in (("on", "off") if r % 2 == 0 else ("off", "on")):
+        for side in ("on", "off") if r % 2 == 0 else ("off", "on"):
             cpu0 = time.process_time()
             for i in range(n):
                 one(states[side], i)
@@ -148,11 +157,15 @@ def measure_path(store: str, rounds: int, n: int, redis_url: str | None) -> dict
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-wal-path-"))
     uris = {side: redis_url if store == "redis" else f"sqlite:///{tmp / side / 'usage.sqlite3'}" for side in ("on", "off")}
-    proc = subprocess.run([sys.executable, __file__, "--path-child", json.dumps([uris, rounds, n])],
-                          capture_output=True, text=True, timeout=600, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--path-child", json.dumps([uris, rounds, n])], capture_output=True, text=True, timeout=600, check=True
+    )
     cpu = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"cpu_off": statistics.median(cpu["off"]), "cpu_on": statistics.median(cpu["on"]),
-            "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True))}
+    return {
+        "cpu_off": statistics.median(cpu["off"]),
+        "cpu_on": statistics.median(cpu["on"]),
+        "cpu_delta": statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)),
+    }
 
 
 def main() -> int:
@@ -185,16 +198,30 @@ def main() -> int:
         upstream.stop()
         if redis is not None:
             redis.stop()
-    print(f"\nWrite-ahead accounting (on: the default; off), {args.rounds} rounds x {args.requests} requests per side;"
-          " medians over the rounds; the + columns: the median of each round's on - off.\n")
+    print(
+        f"\nWrite-ahead accounting (on: the default; off), {args.rounds} rounds x {args.requests} requests per side;"
+        " medians over the rounds; the + columns: the median of each round's on - off.\n"
+    )
     print("| store | latency off | latency on | + latency | CPU/req off | CPU/req on | + CPU/req | path off | path on | + path |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for store, m in rows:
         p = m["path"]
-        cells = [m["lat_off"], m["lat_on"], m["lat_delta"], m["cpu_off"], m["cpu_on"], m["cpu_delta"], p["cpu_off"], p["cpu_on"], p["cpu_delta"]]
+        cells = [
+            m["lat_off"],
+            m["lat_on"],
+            m["lat_delta"],
+            m["cpu_off"],
+            m["cpu_on"],
+            m["cpu_delta"],
+            p["cpu_off"],
+            p["cpu_on"],
+            p["cpu_delta"],
+        ]
         print(f"| {store} | " + " | ".join(f"{v:.3f} ms" for v in cells) + " |")
-    print("\nlatency, CPU/req: end to end through gunicorn (the worker's CPU); path: the accounting path alone, in a"
-          " process of its own (attach + finalize under gevent, CPU per request).")
+    print(
+        "\nlatency, CPU/req: end to end through gunicorn (the worker's CPU); path: the accounting path alone, in a"
+        " process of its own (attach + finalize under gevent, CPU per request)."
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Sphinx configuration of the flask-llm-proxy documentation (Pallets theme, as Flask's)."""
+
 from __future__ import annotations
 
 import os

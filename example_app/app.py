@@ -3,6 +3,7 @@ environment. With no API key set it serves only the offline ``mock`` provider.
 
 Run it with ``bash example_app/run.sh`` (gunicorn + gevent, see gunicorn.conf.py).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -10,8 +11,9 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask, abort, jsonify, request, send_from_directory
 from flask_jwt_extended import JWTManager, create_access_token
@@ -46,8 +48,13 @@ def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         # Two purposes for the demo: one pinned by the server (its system prompt, no client system
         # prompt, a small output cap), one free (the client may add its own system prompt).
         cfg["LLM_PROXY_PROFILES"] = {
-            "support": {"provider": "mock", "model": "mock-1", "system": "You answer questions about the flask-llm-proxy demo.",
-                        "client_system": "forbid", "max_tokens": 200},
+            "support": {
+                "provider": "mock",
+                "model": "mock-1",
+                "system": "You answer questions about the flask-llm-proxy demo.",
+                "client_system": "forbid",
+                "max_tokens": 200,
+            },
             "free": {"provider": "mock", "model": "mock-1", "client_system": "allow", "tools": "*"},
         }
     return cfg

@@ -1,5 +1,6 @@
 """flask-llm-proxy: stream Anthropic and OpenAI models to browser apps from a Flask backend,
 keeping API keys on the server."""
+
 from __future__ import annotations
 
 from .accounting.exchange import UsageRecord

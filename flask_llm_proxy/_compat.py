@@ -3,11 +3,13 @@ public API: ``ssl_patch_problem`` (urllib3), ``limiter_key_prefix`` (Flask-Limit
 ``redis_incr_and_get`` (limits) and ``watch_client_close`` (gunicorn's ``gunicorn.socket`` environ
 key). ``tests/test_compat.py`` fails loudly when an upgrade breaks one.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -161,7 +163,7 @@ def redis_incr_and_get(storage: Any, incr_key: str, expiry: int, get_keys: list[
     no_script = getattr(getattr(storage.dependency, "exceptions", None), "NoScriptError", None)  # redis-py's or valkey's
     if no_script is None:
         return None
-    pipe = storage.get_connection().pipeline(transaction=False)
+    pipe = storage.get_connection().pipeline(transaction=False)  # type: ignore[attr-defined, unused-ignore]
     pipe.evalsha(storage.lua_incr_expire.sha, 1, storage.prefixed_key(incr_key), expiry, 1)
     for key in get_keys:
         pipe.get(storage.prefixed_key(key))

@@ -3,6 +3,7 @@
 Everything the proxy parses or writes per token goes through these two functions, so the
 choice is made once at import time instead of per call.
 """
+
 from __future__ import annotations
 
 import json as _std
@@ -11,7 +12,7 @@ from typing import Any
 try:  # pragma: no cover - exercised by whichever interpreter runs the tests
     import orjson as _orjson
 except ImportError:  # pragma: no cover
-    _orjson = None
+    _orjson = None  # type: ignore[assignment, unused-ignore]  # (typed only where orjson is installed)
 
 if _orjson is not None:
     loads = _orjson.loads
@@ -25,7 +26,7 @@ if _orjson is not None:
         return _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS)
 
 else:
-    loads = _std.loads  # type: ignore[assignment]
+    loads = _std.loads  # type: ignore[assignment, unused-ignore]
     _encode = _std.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     def dumps(obj: Any) -> bytes:
@@ -41,4 +42,3 @@ else:
 
 def dumps_str(obj: Any) -> str:
     return dumps(obj).decode("utf-8")
-

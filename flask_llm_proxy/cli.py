@@ -3,6 +3,7 @@
 Registered through the ``flask.commands`` entry point, so it is there in any app that uses the
 extension: ``flask --app yourapp llm-proxy usage --since 1d --by identity``.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,22 @@ def format_table(rows: list[dict[str, Any]], by: str) -> str:
     total = {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "estimated": 0, "errors": 0, "unpriced": 0}
     for r in rows:
         cost = f"{r['cost_usd']:.6f}" + ("*" if r["unpriced"] else "")
-        lines.append([r[by], str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens"]), cost, str(r["estimated"]), str(r["errors"])])
+        lines.append(
+            [r[by], str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens"]), cost, str(r["estimated"]), str(r["errors"])]
+        )
         for k in total:
             total[k] += r[k]
-    lines.append(["TOTAL", str(total["requests"]), str(total["input_tokens"]), str(total["output_tokens"]),
-                  f"{total['cost_usd']:.6f}" + ("*" if total["unpriced"] else ""), str(total["estimated"]), str(total["errors"])])
+    lines.append(
+        [
+            "TOTAL",
+            str(total["requests"]),
+            str(total["input_tokens"]),
+            str(total["output_tokens"]),
+            f"{total['cost_usd']:.6f}" + ("*" if total["unpriced"] else ""),
+            str(total["estimated"]),
+            str(total["errors"]),
+        ]
+    )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
     for n, row in enumerate(lines):

@@ -4,9 +4,11 @@ Before the stream starts an error is an HTTP status with a JSON body ``{"error",
 (plus ``code``, the same type in the upper-case form agentary-js uses). After the stream
 started it is one ``error:`` line (CONTRACT.md), since the status is already 200.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
@@ -41,7 +43,7 @@ class ProxyError(HTTPException):
         self.message = message
         if status is not None:
             self.status = status
-        self.code = self.status  # type: ignore[assignment]  # werkzeug's name for the status
+        self.code = self.status  # werkzeug's name for the status
         if type is not None:
             self.type = type
         self.headers = dict(headers or {})
@@ -56,7 +58,7 @@ class ProxyError(HTTPException):
     def __str__(self) -> str:
         return self.message
 
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # type: ignore[override]
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         """The contract's JSON error (werkzeug would render HTML)."""
         resp = Response(self.to_json(), status=self.status, mimetype="application/json")
         for k, v in self.headers.items():
@@ -82,7 +84,9 @@ class ProxyError(HTTPException):
         if api == "messages":
             etype = _ANTHROPIC_ERROR_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
             return _json.dumps({"type": "error", "error": {"type": etype, "message": self.message}})
-        return _json.dumps({"error": {"message": self.message, "type": self.type, "param": self.extra.get("param"), "code": self.error_code.lower()}})
+        return _json.dumps(
+            {"error": {"message": self.message, "type": self.type, "param": self.extra.get("param"), "code": self.error_code.lower()}}
+        )
 
     def to_native_event(self, api: str) -> bytes:
         """An error inside an already started native stream, in the provider's own event form."""
@@ -98,8 +102,15 @@ class ProxyError(HTTPException):
 
 
 #: the Anthropic error type of each status (https://docs.anthropic.com/en/api/errors)
-_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 class InvalidRequest(ProxyError):

@@ -4,6 +4,7 @@
 each with its own settings, blueprint, limiter, ledger and metrics in
 ``app.extensions["llm_proxy"]`` (a :class:`~flask_llm_proxy.state.ProxyState`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,8 +70,9 @@ class LLMProxy:
                 "(development) proxy",
             )
         if settings.admin and "flask-jwt-extended" not in app.extensions:
-            log.warning("LLM_PROXY_ADMIN is on but the app has no JWTManager: only an @proxy.admin_required callback "
-                        "can open the operator page")
+            log.warning(
+                "LLM_PROXY_ADMIN is on but the app has no JWTManager: only an @proxy.admin_required callback can open the operator page"
+            )
         if not settings.providers:
             log.warning("LLM_PROXY_PROVIDERS is empty: the proxy serves no provider endpoints")
         limiter = limiter or self._limiter
@@ -85,7 +87,7 @@ class LLMProxy:
 
     @staticmethod
     def state(app: Flask) -> ProxyState:
-        return app.extensions["llm_proxy"]  # type: ignore[no-any-return]
+        return app.extensions["llm_proxy"]
 
 
 def _make_limiter(app: Flask) -> Limiter:

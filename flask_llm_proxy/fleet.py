@@ -9,13 +9,15 @@ Redis connection per process, however many requests wait), and on each tick rene
 this process needs it (a waiter, a held slot, a flight it leads) and stops when idle, so an idle
 worker costs Redis nothing.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._compat import spawn_reader
 

@@ -19,6 +19,7 @@ charge the token quota (they belong to the workers' app): a worker's next sweep 
 for every record the master closed. Importing this module imports the package: do it inside the
 hook, or after ``gevent.monkey.patch_all()``, as ``example_app/gunicorn.conf.py`` does.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ _stores: dict[str, Any] = {}
 _warned: set[str] = set()
 
 
-def child_exit(server: Any, worker: Any, *, usage_store: str | None = None, instance_path: str | None = None,
-               host_name: str | None = None) -> int:
+def child_exit(
+    server: Any, worker: Any, *, usage_store: str | None = None, instance_path: str | None = None, host_name: str | None = None
+) -> int:
     """Master side: record the requests a worker that just died had in flight (``worker_lost``).
 
     ``usage_store``: the ``LLM_PROXY_USAGE_STORE`` URI, when the environment does not have it;
@@ -58,8 +60,13 @@ def child_exit(server: Any, worker: Any, *, usage_store: str | None = None, inst
             log.warning("worker %s died with %d request(s) in flight: recorded as worker_lost", worker.pid, closed)
         return closed
     except Exception as exc:  # noqa: BLE001 - a hook must never stop gunicorn's master
-        log.error("flask_llm_proxy child_exit: the in-flight requests of worker %s could not be closed (%s: %s); "
-                  "a worker's sweep closes them later", getattr(worker, "pid", "?"), type(exc).__name__, exc)
+        log.error(
+            "flask_llm_proxy child_exit: the in-flight requests of worker %s could not be closed (%s: %s); "
+            "a worker's sweep closes them later",
+            getattr(worker, "pid", "?"),
+            type(exc).__name__,
+            exc,
+        )
         return 0
 
 
@@ -86,12 +93,14 @@ def _store(server: Any, usage_store: str | None, instance_path: str | None) -> A
         if state is not None:
             return state.accounting.store
         if instance_path is None:
-            _warn_once("no usage store known: set LLM_PROXY_USAGE_STORE in gunicorn's environment, or pass usage_store= "
-                       "or instance_path=; a worker's sweep closes a dead worker's requests instead")
+            _warn_once(
+                "no usage store known: set LLM_PROXY_USAGE_STORE in gunicorn's environment, or pass usage_store= "
+                "or instance_path=; a worker's sweep closes a dead worker's requests instead"
+            )
             return None
     if uri == "none":
         return None
-    relative = uri is None or (uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///"):]))
+    relative = uri is None or (uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///") :]))
     if relative and instance_path is None:
         _warn_once(f"LLM_PROXY_USAGE_STORE {uri!r} is relative to the app's instance folder: pass instance_path=")
         return None

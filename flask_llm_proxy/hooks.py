@@ -2,9 +2,11 @@
 flask-jwt-extended's loaders: ``@proxy.admin_required`` and the others below. Each is optional;
 one ``Hooks`` object per extension object, shared by every app it was initialised with, so a
 callback registered after ``init_app`` applies too."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Callback = Callable[..., Any]
 

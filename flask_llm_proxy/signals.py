@@ -2,6 +2,7 @@
 
 All are sent with the Flask app as sender.
 """
+
 from __future__ import annotations
 
 from blinker import Namespace

@@ -1,13 +1,14 @@
 """``ProxyState``: what one app's proxy needs at request time, built once in ``init_app`` and kept
 in ``app.extensions["llm_proxy"]``."""
+
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
@@ -66,8 +67,9 @@ class ProxyState:
             now = time.monotonic()
             if now - self._shed_logged > 10:
                 self._shed_logged = now
-                log.warning("worker %d serves %d requests (LLM_PROXY_MAX_STREAMS_PER_WORKER): new ones get 503 overloaded",
-                            os.getpid(), self._cap)
+                log.warning(
+                    "worker %d serves %d requests (LLM_PROXY_MAX_STREAMS_PER_WORKER): new ones get 503 overloaded", os.getpid(), self._cap
+                )
             raise Overloaded("this server is at capacity; retry shortly", headers={"Retry-After": SHED_RETRY_AFTER})
 
     @contextmanager

@@ -1,11 +1,13 @@
 """A ledger to seed the operator page with, and its figures computed here, independently of
 flask_llm_proxy.accounting (plain loops over the records, the documented rules written out again):
 a figure the page shows is only right if both agree."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 MODELS = (("anthropic", "claude-sonnet-4-5", 3.0, 15.0), ("anthropic", "claude-haiku-4-5", 1.0, 5.0), ("openai", "gpt-4o", 2.5, 10.0))
 USERS = ("alice", "bob", "carol", "dave", "<b>eve</b>")  # the last one: shown as text, never as markup
@@ -27,14 +29,26 @@ def seed(now: float, *, big_ttfb: bool = False) -> list[dict[str, Any]]:
         inp, outp = 100 + 37 * i, 10 + (i * 13) % 90
         unpriced = i % 9 == 4
         ttfb = float(20 + (i * 29) % 100) if not big_ttfb else 20 + (i * 997.3) % 5000
-        out.append({
-            "request_id": f"seed-{i}", "identity": USERS[(i * 3) % len(USERS)], "provider": provider, "model": model,
-            "input_tokens": inp, "output_tokens": outp, "estimated": error == "client_closed",
-            "cost_usd": None if unpriced else round((inp * pin + outp * pout) / 1e6, 6),
-            "status": 200 if error in (None, "client_closed", "worker_lost") else 502, "error_type": error,
-            "ttfb_ms": None if error in ("upstream_error", "timeout") else ttfb, "duration_ms": 900.0, "retries": 0,
-            "finish_reason": "stop" if error is None else None, "cached": i % 4 == 1, "timestamp": ts,
-        })
+        out.append(
+            {
+                "request_id": f"seed-{i}",
+                "identity": USERS[(i * 3) % len(USERS)],
+                "provider": provider,
+                "model": model,
+                "input_tokens": inp,
+                "output_tokens": outp,
+                "estimated": error == "client_closed",
+                "cost_usd": None if unpriced else round((inp * pin + outp * pout) / 1e6, 6),
+                "status": 200 if error in (None, "client_closed", "worker_lost") else 502,
+                "error_type": error,
+                "ttfb_ms": None if error in ("upstream_error", "timeout") else ttfb,
+                "duration_ms": 900.0,
+                "retries": 0,
+                "finish_reason": "stop" if error is None else None,
+                "cached": i % 4 == 1,
+                "timestamp": ts,
+            }
+        )
     return out
 
 

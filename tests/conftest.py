@@ -2,6 +2,7 @@
 
 Every server listens on a free loopback port and is stopped at the end of the session.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -66,8 +68,16 @@ class GunicornServer:
         # conf=False: a bare "-k gevent" command line, as users write it before reading the README
         config = ["-c", str(ROOT / "example_app" / "gunicorn.conf.py")] if conf else ["-k", "gevent", "--no-control-socket"]
         cmd = [
-            sys.executable, "-m", "gunicorn", *config,
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--graceful-timeout", "3",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            *config,
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--graceful-timeout",
+            "3",
         ]
         if preload:
             cmd.append("--preload")
@@ -165,9 +175,26 @@ def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     return str(cert), str(key)
 
@@ -212,13 +239,15 @@ def mock_host_app(*, tokens: int = 5, **config: Any) -> Any:
     from flask_jwt_extended import JWTManager
 
     app = Flask("mock-host")
-    app.config.update({
-        "LLM_PROXY_PROVIDERS": {"mock": {"type": "mock", "models": ["*"], "pace_ms": 0, "tokens": tokens}},
-        "LLM_PROXY_REQUIRE_AUTH": False,
-        "JWT_SECRET_KEY": JWT_SECRET,
-        "LLM_PROXY_USAGE_STORE": "none",
-        **config,
-    })
+    app.config.update(
+        {
+            "LLM_PROXY_PROVIDERS": {"mock": {"type": "mock", "models": ["*"], "pace_ms": 0, "tokens": tokens}},
+            "LLM_PROXY_REQUIRE_AUTH": False,
+            "JWT_SECRET_KEY": JWT_SECRET,
+            "LLM_PROXY_USAGE_STORE": "none",
+            **config,
+        }
+    )
     JWTManager(app)
     return app
 
@@ -230,12 +259,22 @@ def make_jwt(sub: str = "alice", *, secret: str = JWT_SECRET, expires_in: int = 
     import jwt
 
     now = int(time.time())
-    payload = {"sub": sub, "iat": now, "nbf": now, "exp": now + expires_in, "jti": uuid.uuid4().hex, "type": "access", "fresh": False, **claims}
+    payload = {
+        "sub": sub,
+        "iat": now,
+        "nbf": now,
+        "exp": now + expires_in,
+        "jti": uuid.uuid4().hex,
+        "type": "access",
+        "fresh": False,
+        **claims,
+    }
     return jwt.encode(payload, secret, algorithm=alg)
 
 
-def open_raw_stream(url: str, path: str, body: dict[str, Any], *, until: bytes, timeout: float = 10,
-                    headers: dict[str, str] | None = None) -> tuple[socket.socket, bytes]:
+def open_raw_stream(
+    url: str, path: str, body: dict[str, Any], *, until: bytes, timeout: float = 10, headers: dict[str, str] | None = None
+) -> tuple[socket.socket, bytes]:
     """POST over a bare socket and read until ``until`` appears: lets a test drop the
     connection at an exact point, the way a closing browser tab does."""
     host, port = url.split("//", 1)[1].split(":")
@@ -243,8 +282,8 @@ def open_raw_stream(url: str, path: str, body: dict[str, Any], *, until: bytes, 
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     sock = socket.create_connection((host, int(port)), timeout=timeout)
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-        f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
     )
     got = b""
     deadline = time.monotonic() + timeout

@@ -204,9 +204,10 @@ import time
 import urllib.parse
 import urllib.request
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any
 
 __all__ = [
     "FakeUpstreamProcess",
@@ -301,9 +302,26 @@ RESPONSES = "responses"
 API_PATHS = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": CHAT, "/v1/responses": RESPONSES}
 
 _INT_KNOBS = (
-    "tokens", "pace_ms", "first_ms", "headers_ms", "drop_after", "hang_after",
-    "error_after", "split", "crlf", "cr", "ping", "unknown", "multiline", "tool",
-    "echo_headers", "input_tokens", "error_attempts", "gzip", "garbage", "think",
+    "tokens",
+    "pace_ms",
+    "first_ms",
+    "headers_ms",
+    "drop_after",
+    "hang_after",
+    "error_after",
+    "split",
+    "crlf",
+    "cr",
+    "ping",
+    "unknown",
+    "multiline",
+    "tool",
+    "echo_headers",
+    "input_tokens",
+    "error_attempts",
+    "gzip",
+    "garbage",
+    "think",
 )
 
 
@@ -472,11 +490,23 @@ def _usage(provider: str, body: Any, plan: Plan) -> dict[str, int]:
 # --------------------------------------------------------------------------
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
-    422: "Unprocessable Entity", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout", 529: "Overloaded",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Overloaded",
 }
 
 _ANTHROPIC_ERRORS = {
@@ -509,8 +539,11 @@ def error_body(provider: str, status: int, message: str | None = None) -> bytes:
             etype, msg = "invalid_request_error", "Invalid request"
         obj: dict[str, Any] = {"type": "error", "error": {"type": etype, "message": message or msg}}
     else:
-        default = ("server_error", "server_error", "The server had an error") if status >= 500 else (
-            "invalid_request_error", None, "Invalid request")
+        default = (
+            ("server_error", "server_error", "The server had an error")
+            if status >= 500
+            else ("invalid_request_error", None, "Invalid request")
+        )
         etype, code, msg = _OPENAI_ERRORS.get(status, default)
         obj = {"error": {"message": message or msg, "type": etype, "param": None, "code": code}}
     return _dumps(obj).encode()
@@ -533,8 +566,10 @@ def _multiline(payload: str) -> str:
 
 @lru_cache(maxsize=1 << 16)
 def _anthropic_delta(i: int) -> str:
-    return ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            '"delta":{"type":"text_delta","text":' + _tok_json(i) + "}}\n\n")
+    return (
+        'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        '"delta":{"type":"text_delta","text":' + _tok_json(i) + "}}\n\n"
+    )
 
 
 def _frame(data: bytes) -> bytes:
@@ -614,22 +649,41 @@ class _Anthropic(_Builder):
         return 1 if self.plan.think else 0  # the thinking block comes first
 
     def preamble(self) -> list[str]:
-        start = ('{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
-                 '"content":[],"model":' + self.model_json + ',"stop_reason":null,"stop_sequence":null,'
-                 '"usage":{"input_tokens":' + str(self.usage["input_tokens"]) + ',"output_tokens":1}}}')
+        start = (
+            '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+            '"content":[],"model":' + self.model_json + ',"stop_reason":null,"stop_sequence":null,'
+            '"usage":{"input_tokens":' + str(self.usage["input_tokens"]) + ',"output_tokens":1}}}'
+        )
         out = [self.ev("message_start", start)]
         if self.plan.think:
-            out.append(self.ev("content_block_start", '{"type":"content_block_start","index":0,'
-                               '"content_block":{"type":"thinking","thinking":"","signature":""}}'))
+            out.append(
+                self.ev(
+                    "content_block_start",
+                    '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}',
+                )
+            )
             out.append(self.ev("ping", '{"type": "ping"}'))
-            out.extend(self.ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":'
-                               '{"type":"thinking_delta","thinking":' + _dumps(reasoning_text(k)) + "}}")
-                       for k in range(self.plan.think))
-            out.append(self.ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":'
-                               '{"type":"signature_delta","signature":"' + SIGNATURE + '"}}'))
+            out.extend(
+                self.ev(
+                    "content_block_delta",
+                    '{"type":"content_block_delta","index":0,"delta":'
+                    '{"type":"thinking_delta","thinking":' + _dumps(reasoning_text(k)) + "}}",
+                )
+                for k in range(self.plan.think)
+            )
+            out.append(
+                self.ev(
+                    "content_block_delta",
+                    '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"' + SIGNATURE + '"}}',
+                )
+            )
             out.append(self.ev("content_block_stop", '{"type":"content_block_stop","index":0}'))
-        out.append(self.ev("content_block_start", '{"type":"content_block_start","index":' + str(self.text_index)
-                           + ',"content_block":{"type":"text","text":""}}'))
+        out.append(
+            self.ev(
+                "content_block_start",
+                '{"type":"content_block_start","index":' + str(self.text_index) + ',"content_block":{"type":"text","text":""}}',
+            )
+        )
         if not self.plan.think:
             out.append(self.ev("ping", '{"type": "ping"}'))
         return out
@@ -642,8 +696,10 @@ class _Anthropic(_Builder):
     def delta(self, i: int) -> str:
         if not self.plan.multiline and not self.plan.think:
             return _anthropic_delta(i)
-        return self.ev("content_block_delta", '{"type":"content_block_delta","index":' + str(self.text_index) + ','
-                       '"delta":{"type":"text_delta","text":' + _tok_json(i) + "}}")
+        return self.ev(
+            "content_block_delta",
+            '{"type":"content_block_delta","index":' + str(self.text_index) + ',"delta":{"type":"text_delta","text":' + _tok_json(i) + "}}",
+        )
 
     def between(self) -> list[str]:
         out = []
@@ -657,17 +713,40 @@ class _Anthropic(_Builder):
         t = self.text_index
         out = [self.ev("content_block_stop", '{"type":"content_block_stop","index":%d}' % t)]
         if self.plan.tool:
-            out.append(self.ev("content_block_start", _dumps(
-                {"type": "content_block_start", "index": t + 1,
-                 "content_block": {"type": "tool_use", "id": "toolu_01", "name": TOOL_NAME, "input": {}}})))
+            out.append(
+                self.ev(
+                    "content_block_start",
+                    _dumps(
+                        {
+                            "type": "content_block_start",
+                            "index": t + 1,
+                            "content_block": {"type": "tool_use", "id": "toolu_01", "name": TOOL_NAME, "input": {}},
+                        }
+                    ),
+                )
+            )
             for frag in TOOL_ARGUMENT_FRAGMENTS:
-                out.append(self.ev("content_block_delta", _dumps(
-                    {"type": "content_block_delta", "index": t + 1,
-                     "delta": {"type": "input_json_delta", "partial_json": frag}})))
+                out.append(
+                    self.ev(
+                        "content_block_delta",
+                        _dumps(
+                            {"type": "content_block_delta", "index": t + 1, "delta": {"type": "input_json_delta", "partial_json": frag}}
+                        ),
+                    )
+                )
             out.append(self.ev("content_block_stop", '{"type":"content_block_stop","index":%d}' % (t + 1)))
-        out.append(self.ev("message_delta", _dumps(
-            {"type": "message_delta", "delta": {"stop_reason": self.stop_reason(), "stop_sequence": None},
-             "usage": {"output_tokens": self.usage["output_tokens"]}})))
+        out.append(
+            self.ev(
+                "message_delta",
+                _dumps(
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": self.stop_reason(), "stop_sequence": None},
+                        "usage": {"output_tokens": self.usage["output_tokens"]},
+                    }
+                ),
+            )
+        )
         out.append(self.ev("message_stop", '{"type":"message_stop"}'))
         return out
 
@@ -681,12 +760,17 @@ class _Anthropic(_Builder):
         if self.plan.think:
             content.insert(0, {"type": "thinking", "thinking": expected_reasoning(self.plan.think), "signature": SIGNATURE})
         if self.plan.tool:
-            content.append({"type": "tool_use", "id": "toolu_01", "name": TOOL_NAME,
-                            "input": json.loads(TOOL_ARGUMENTS)})
-        return {"id": "msg_1", "type": "message", "role": "assistant", "model": self.model,
-                "content": content, "stop_reason": self.stop_reason(), "stop_sequence": None,
-                "usage": {"input_tokens": self.usage["input_tokens"],
-                          "output_tokens": self.usage["output_tokens"]}}
+            content.append({"type": "tool_use", "id": "toolu_01", "name": TOOL_NAME, "input": json.loads(TOOL_ARGUMENTS)})
+        return {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": self.stop_reason(),
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.usage["input_tokens"], "output_tokens": self.usage["output_tokens"]},
+        }
 
 
 class _Chat(_Builder):
@@ -695,8 +779,9 @@ class _Chat(_Builder):
         so = body.get("stream_options")
         self.include_usage = isinstance(so, dict) and so.get("include_usage") is True
         self.reports_usage = self.include_usage
-        self.head = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":' + str(CREATED)
-                     + ',"model":' + self.model_json + ',')
+        self.head = (
+            'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":' + str(CREATED) + ',"model":' + self.model_json + ","
+        )
         self.delta_head = self.head + '"choices":[{"index":0,"delta":{"content":'
         self.delta_tail = '},"finish_reason":null}]}\n\n'
 
@@ -704,8 +789,7 @@ class _Chat(_Builder):
         return self.plan.stop_reason or ("tool_calls" if self.plan.tool else "stop")
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
-        return (self.head + '"choices":[{"index":0,"delta":' + _dumps(delta) + ',"finish_reason":'
-                + _dumps(finish) + "}]}\n\n")
+        return self.head + '"choices":[{"index":0,"delta":' + _dumps(delta) + ',"finish_reason":' + _dumps(finish) + "}]}\n\n"
 
     def reasoning_delta(self, k: int) -> dict[str, Any]:
         """DeepSeek's form (``content`` null beside ``reasoning_content``), or vLLM's ``reasoning``."""
@@ -735,23 +819,27 @@ class _Chat(_Builder):
     def closing(self) -> list[str]:
         out = []
         if self.plan.tool:
-            out.append(self.chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                                   "function": {"name": TOOL_NAME, "arguments": ""}}]}))
+            out.append(
+                self.chunk(
+                    {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": TOOL_NAME, "arguments": ""}}]}
+                )
+            )
             for frag in TOOL_ARGUMENT_FRAGMENTS:
                 out.append(self.chunk({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}))
         out.append(self.chunk({}, self.finish_reason()))
         if self.include_usage:
             i, o = self.usage["input_tokens"], self.usage["output_tokens"]
             details = (',"completion_tokens_details":{"reasoning_tokens":%d}' % self.plan.think) if self.plan.think else ""
-            out.append(self.head + '"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
-                       '"total_tokens":%d%s}}\n\n' % (i, o, i + o, details))
+            out.append(
+                self.head + '"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
+                '"total_tokens":%d%s}}\n\n' % (i, o, i + o, details)
+            )
         out.append("data: [DONE]\n\n")
         return out
 
     def error_event(self, message: str | None = None) -> str:
         if message is None:
-            return ('data: {"error":{"message":"The server had an error","type":"server_error",'
-                    '"param":null,"code":null}}\n\n')
+            return 'data: {"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}\n\n'
         return "data: " + _dumps({"error": {"message": message, "type": "server_error", "param": None, "code": None}}) + "\n\n"
 
     def full_json(self) -> dict[str, Any]:
@@ -759,14 +847,21 @@ class _Chat(_Builder):
         if self.plan.think:
             message[self.plan.think_as] = expected_reasoning(self.plan.think)
         if self.plan.tool:
-            message["tool_calls"] = [{"id": "call_1", "type": "function",
-                                      "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}]
+            message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}]
         i, o = self.usage["input_tokens"], self.usage["output_tokens"]
-        return {"id": "chatcmpl-1", "object": "chat.completion", "created": CREATED, "model": self.model,
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": self.finish_reason()}],
-                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o,
-                          **({"completion_tokens_details": {"reasoning_tokens": self.plan.think}} if self.plan.think else {})}}
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason()}],
+            "usage": {
+                "prompt_tokens": i,
+                "completion_tokens": o,
+                "total_tokens": i + o,
+                **({"completion_tokens_details": {"reasoning_tokens": self.plan.think}} if self.plan.think else {}),
+            },
+        }
 
 
 class _Responses(_Builder):
@@ -774,8 +869,10 @@ class _Responses(_Builder):
         super().__init__(plan, body, usage)
         self.seq = 0
         self.mi = 1 if plan.think else 0  # the message's output_index: a reasoning item comes first
-        self.delta_head = ('event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-                           '"item_id":"msg_1","output_index":%d,"content_index":0,"delta":' % self.mi)
+        self.delta_head = (
+            'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            '"item_id":"msg_1","output_index":%d,"content_index":0,"delta":' % self.mi
+        )
         self.delta_head_b = self.delta_head.encode()
 
     def ev(self, name: str, obj: dict[str, Any]) -> str:
@@ -784,31 +881,51 @@ class _Responses(_Builder):
         return f"event: {name}\ndata: {_dumps(obj)}\n\n"
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
-        return {"id": "resp_1", "object": "response", "created_at": CREATED, "status": status,
-                "error": None, "incomplete_details": None,
-                "instructions": self.body.get("instructions"), "max_output_tokens": None,
-                "model": self.model, "output": output, "parallel_tool_calls": True,
-                "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
-                "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}},
-                "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
-                "usage": usage, "user": None, "metadata": {}}
+        return {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": CREATED,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": self.body.get("instructions"),
+            "max_output_tokens": None,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": None,
+            "metadata": {},
+        }
 
     def message_item(self, status: str, text: str | None) -> dict[str, Any]:
         content = [] if text is None else [{"type": "output_text", "annotations": [], "text": text}]
         return {"id": "msg_1", "type": "message", "status": status, "content": content, "role": "assistant"}
 
     def tool_item(self, status: str, arguments: str) -> dict[str, Any]:
-        return {"id": "fc_1", "type": "function_call", "status": status, "arguments": arguments,
-                "call_id": "call_1", "name": TOOL_NAME}
+        return {"id": "fc_1", "type": "function_call", "status": status, "arguments": arguments, "call_id": "call_1", "name": TOOL_NAME}
 
     def usage_obj(self) -> dict[str, Any]:
         i, o = self.usage["input_tokens"], self.usage["output_tokens"]
-        return {"input_tokens": i, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": o,
-                "output_tokens_details": {"reasoning_tokens": self.plan.think}, "total_tokens": i + o}
+        return {
+            "input_tokens": i,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": o,
+            "output_tokens_details": {"reasoning_tokens": self.plan.think},
+            "total_tokens": i + o,
+        }
 
     def reasoning_item(self, summary: str | None) -> dict[str, Any]:
-        return {"id": "rs_1", "type": "reasoning",
-                "summary": [] if summary is None else [{"type": "summary_text", "text": summary}]}
+        return {"id": "rs_1", "type": "reasoning", "summary": [] if summary is None else [{"type": "summary_text", "text": summary}]}
 
     def output(self) -> list[dict[str, Any]]:
         out = [self.message_item("completed", self.text)]
@@ -822,33 +939,53 @@ class _Responses(_Builder):
         """A reasoning item with one summary part, as with ``reasoning: {"summary": "auto"}``."""
         ids = {"item_id": "rs_1", "output_index": 0, "summary_index": 0}
         summary = expected_reasoning(self.plan.think)
-        out = [self.ev("response.output_item.added", {"type": "response.output_item.added", "output_index": 0,
-                                                      "item": self.reasoning_item(None)}),
-               self.ev("response.reasoning_summary_part.added", {"type": "response.reasoning_summary_part.added", **ids,
-                                                                 "part": {"type": "summary_text", "text": ""}})]
-        out.extend(self.ev("response.reasoning_summary_text.delta", {"type": "response.reasoning_summary_text.delta",
-                                                                     **ids, "delta": reasoning_text(k)})
-                   for k in range(self.plan.think))
-        out += [self.ev("response.reasoning_summary_text.done", {"type": "response.reasoning_summary_text.done", **ids,
-                                                                 "text": summary}),
-                self.ev("response.reasoning_summary_part.done", {"type": "response.reasoning_summary_part.done", **ids,
-                                                                 "part": {"type": "summary_text", "text": summary}}),
-                self.ev("response.output_item.done", {"type": "response.output_item.done", "output_index": 0,
-                                                      "item": self.reasoning_item(summary)})]
+        out = [
+            self.ev(
+                "response.output_item.added", {"type": "response.output_item.added", "output_index": 0, "item": self.reasoning_item(None)}
+            ),
+            self.ev(
+                "response.reasoning_summary_part.added",
+                {"type": "response.reasoning_summary_part.added", **ids, "part": {"type": "summary_text", "text": ""}},
+            ),
+        ]
+        out.extend(
+            self.ev(
+                "response.reasoning_summary_text.delta",
+                {"type": "response.reasoning_summary_text.delta", **ids, "delta": reasoning_text(k)},
+            )
+            for k in range(self.plan.think)
+        )
+        out += [
+            self.ev("response.reasoning_summary_text.done", {"type": "response.reasoning_summary_text.done", **ids, "text": summary}),
+            self.ev(
+                "response.reasoning_summary_part.done",
+                {"type": "response.reasoning_summary_part.done", **ids, "part": {"type": "summary_text", "text": summary}},
+            ),
+            self.ev(
+                "response.output_item.done", {"type": "response.output_item.done", "output_index": 0, "item": self.reasoning_item(summary)}
+            ),
+        ]
         return out
 
     def preamble(self) -> list[str]:
         return [
-            self.ev("response.created", {"type": "response.created",
-                                         "response": self.response("in_progress", [], None)}),
-            self.ev("response.in_progress", {"type": "response.in_progress",
-                                             "response": self.response("in_progress", [], None)}),
+            self.ev("response.created", {"type": "response.created", "response": self.response("in_progress", [], None)}),
+            self.ev("response.in_progress", {"type": "response.in_progress", "response": self.response("in_progress", [], None)}),
             *(self.reasoning_events() if self.plan.think else []),
-            self.ev("response.output_item.added", {"type": "response.output_item.added", "output_index": self.mi,
-                                                   "item": self.message_item("in_progress", None)}),
-            self.ev("response.content_part.added", {
-                "type": "response.content_part.added", "item_id": "msg_1", "output_index": self.mi,
-                "content_index": 0, "part": {"type": "output_text", "annotations": [], "text": ""}}),
+            self.ev(
+                "response.output_item.added",
+                {"type": "response.output_item.added", "output_index": self.mi, "item": self.message_item("in_progress", None)},
+            ),
+            self.ev(
+                "response.content_part.added",
+                {
+                    "type": "response.content_part.added",
+                    "item_id": "msg_1",
+                    "output_index": self.mi,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "annotations": [], "text": ""},
+                },
+            ),
         ]
 
     def delta(self, i: int) -> str:
@@ -873,36 +1010,66 @@ class _Responses(_Builder):
         text = self.text
         mi = self.mi
         out = [
-            self.ev("response.output_text.done", {"type": "response.output_text.done", "item_id": "msg_1",
-                                                  "output_index": mi, "content_index": 0, "text": text}),
-            self.ev("response.content_part.done", {
-                "type": "response.content_part.done", "item_id": "msg_1", "output_index": mi, "content_index": 0,
-                "part": {"type": "output_text", "annotations": [], "text": text}}),
-            self.ev("response.output_item.done", {"type": "response.output_item.done", "output_index": mi,
-                                                  "item": self.message_item("completed", text)}),
+            self.ev(
+                "response.output_text.done",
+                {"type": "response.output_text.done", "item_id": "msg_1", "output_index": mi, "content_index": 0, "text": text},
+            ),
+            self.ev(
+                "response.content_part.done",
+                {
+                    "type": "response.content_part.done",
+                    "item_id": "msg_1",
+                    "output_index": mi,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "annotations": [], "text": text},
+                },
+            ),
+            self.ev(
+                "response.output_item.done",
+                {"type": "response.output_item.done", "output_index": mi, "item": self.message_item("completed", text)},
+            ),
         ]
         if self.plan.tool:
-            out.append(self.ev("response.output_item.added", {"type": "response.output_item.added",
-                                                              "output_index": mi + 1,
-                                                              "item": self.tool_item("in_progress", "")}))
+            out.append(
+                self.ev(
+                    "response.output_item.added",
+                    {"type": "response.output_item.added", "output_index": mi + 1, "item": self.tool_item("in_progress", "")},
+                )
+            )
             for frag in TOOL_ARGUMENT_FRAGMENTS:
-                out.append(self.ev("response.function_call_arguments.delta", {
-                    "type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": mi + 1,
-                    "delta": frag}))
-            out.append(self.ev("response.function_call_arguments.done", {
-                "type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": mi + 1,
-                "arguments": TOOL_ARGUMENTS}))
-            out.append(self.ev("response.output_item.done", {"type": "response.output_item.done",
-                                                             "output_index": mi + 1,
-                                                             "item": self.tool_item("completed", TOOL_ARGUMENTS)}))
-        out.append(self.ev("response.completed", {
-            "type": "response.completed",
-            "response": self.response("completed", self.output(), self.usage_obj())}))
+                out.append(
+                    self.ev(
+                        "response.function_call_arguments.delta",
+                        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": mi + 1, "delta": frag},
+                    )
+                )
+            out.append(
+                self.ev(
+                    "response.function_call_arguments.done",
+                    {
+                        "type": "response.function_call_arguments.done",
+                        "item_id": "fc_1",
+                        "output_index": mi + 1,
+                        "arguments": TOOL_ARGUMENTS,
+                    },
+                )
+            )
+            out.append(
+                self.ev(
+                    "response.output_item.done",
+                    {"type": "response.output_item.done", "output_index": mi + 1, "item": self.tool_item("completed", TOOL_ARGUMENTS)},
+                )
+            )
+        out.append(
+            self.ev(
+                "response.completed",
+                {"type": "response.completed", "response": self.response("completed", self.output(), self.usage_obj())},
+            )
+        )
         return out
 
     def error_event(self, message: str | None = None) -> str:
-        return self.ev("error", {"type": "error", "code": "server_error", "message": message or "The server had an error",
-                                 "param": None})
+        return self.ev("error", {"type": "error", "code": "server_error", "message": message or "The server had an error", "param": None})
 
     def full_json(self) -> dict[str, Any]:
         return self.response("completed", self.output(), self.usage_obj())
@@ -957,7 +1124,7 @@ class _Conn(asyncio.Protocol):
     the request being answered as ``client_closed`` even while it sleeps or hangs.
     """
 
-    def __init__(self, server: "FakeUpstream") -> None:
+    def __init__(self, server: FakeUpstream) -> None:
         self.server = server
         server.conn_seq += 1
         self.id = server.conn_seq
@@ -1162,7 +1329,7 @@ class _Out:
         n = self.split
         while i < len(data):
             size = min(n - self.pos % n, len(data) - i)
-            piece = data[i: i + size]
+            piece = data[i : i + size]
             i += size
             self.pos += size
             if not await self.conn.write(b"%x\r\n%b\r\n" % (size, piece)):
@@ -1184,8 +1351,9 @@ class _Paced:
 
     __slots__ = ("conn", "builder", "rec", "i", "upto", "pace_ms", "fut")
 
-    def __init__(self, conn: _Conn, builder: _Builder, rec: dict[str, Any], i: int, upto: int,
-                 pace_ms: int, fut: asyncio.Future[int]) -> None:
+    def __init__(
+        self, conn: _Conn, builder: _Builder, rec: dict[str, Any], i: int, upto: int, pace_ms: int, fut: asyncio.Future[int]
+    ) -> None:
         self.conn = conn
         self.builder = builder
         self.rec = rec
@@ -1207,8 +1375,7 @@ class _Ticker:
         self.loop = asyncio.get_running_loop()
         self.buckets: dict[int, list[_Paced]] = {}
 
-    def run(self, conn: _Conn, builder: _Builder, rec: dict[str, Any], i: int, upto: int,
-            pace_ms: int) -> asyncio.Future[int]:
+    def run(self, conn: _Conn, builder: _Builder, rec: dict[str, Any], i: int, upto: int, pace_ms: int) -> asyncio.Future[int]:
         """Write deltas ``i..upto-1``, ``pace_ms`` apart (the first after ``pace_ms``).
 
         The future gives the next index (``upto`` when done, less when the transport
@@ -1254,8 +1421,7 @@ class _Ticker:
 class FakeUpstream:
     """The in-process server state and connection handler (see the module docstring)."""
 
-    def __init__(self, key: str = "test-key", max_records: int = 100_000, anthropic_bearer: bool = False,
-                 label: str | None = None) -> None:
+    def __init__(self, key: str = "test-key", max_records: int = 100_000, anthropic_bearer: bool = False, label: str | None = None) -> None:
         self.key = key
         self.label = label
         self.anthropic_bearer = anthropic_bearer
@@ -1344,29 +1510,31 @@ class FakeUpstream:
         path, _, query = target.partition("?")
         return _Request(method, target, path, query, version, headers, raw, body, keep_alive)
 
-    def _json_response(self, status: int, obj: Any, keep_alive: bool,
-                       extra: Iterable[tuple[str, str]] = ()) -> bytes:
+    def _json_response(self, status: int, obj: Any, keep_alive: bool, extra: Iterable[tuple[str, str]] = ()) -> bytes:
         body = obj if isinstance(obj, bytes) else _dumps(obj).encode()
         return self._response(status, body, "application/json", keep_alive, extra)
 
     @staticmethod
-    def _response(status: int, body: bytes, ctype: str, keep_alive: bool,
-                  extra: Iterable[tuple[str, str]] = ()) -> bytes:
-        hdrs = [("content-type", ctype), ("content-length", str(len(body))),
-                ("connection", "keep-alive" if keep_alive else "close"), *extra]
+    def _response(status: int, body: bytes, ctype: str, keep_alive: bool, extra: Iterable[tuple[str, str]] = ()) -> bytes:
+        hdrs = [
+            ("content-type", ctype),
+            ("content-length", str(len(body))),
+            ("connection", "keep-alive" if keep_alive else "close"),
+            *extra,
+        ]
         return _head(status, hdrs) + body
 
     async def _dispatch(self, conn: _Conn, req: _Request) -> bool:
         provider = API_PATHS.get(req.path)
         if provider is not None:
             if req.method != "POST":
-                return await conn.write(self._json_response(
-                    405, error_body(provider, 405, "Method not allowed"), req.keep_alive))
+                return await conn.write(self._json_response(405, error_body(provider, 405, "Method not allowed"), req.keep_alive))
             return await self._api(conn, req, provider)
         if req.path.startswith("/_fake/"):
             return await self._control(conn, req)
-        return await conn.write(self._json_response(
-            404, {"error": {"message": f"unknown path {req.path}", "type": "not_found"}}, req.keep_alive))
+        return await conn.write(
+            self._json_response(404, {"error": {"message": f"unknown path {req.path}", "type": "not_found"}}, req.keep_alive)
+        )
 
     async def _control(self, conn: _Conn, req: _Request) -> bool:
         ka = req.keep_alive
@@ -1409,10 +1577,23 @@ class FakeUpstream:
         t0 = loop.time()
         self.seq += 1
         rec: dict[str, Any] = {
-            "seq": self.seq, "id": None, "conn": conn.id, "path": req.path, "method": req.method,
-            "headers": req.headers, "body": None, "stream": False, "attempt": None,
-            "status": None, "tokens_sent": 0, "completed": False, "outcome": "pending",
-            "client_closed": False, "closed_after_ms": None, "usage": None, "usage_sent": False,
+            "seq": self.seq,
+            "id": None,
+            "conn": conn.id,
+            "path": req.path,
+            "method": req.method,
+            "headers": req.headers,
+            "body": None,
+            "stream": False,
+            "attempt": None,
+            "status": None,
+            "tokens_sent": 0,
+            "completed": False,
+            "outcome": "pending",
+            "client_closed": False,
+            "closed_after_ms": None,
+            "usage": None,
+            "usage_sent": False,
         }
         self.records.append(rec)
         act = _Active(rec, t0)
@@ -1426,9 +1607,17 @@ class FakeUpstream:
             if rec.get("concurrent") is not None:
                 self.active[rec["id"]] -= 1
 
-    async def _send_error(self, conn: _Conn, req: _Request, provider: str, rec: dict[str, Any],
-                          act: _Active, status: int, message: str | None = None,
-                          extra: Iterable[tuple[str, str]] = ()) -> bool:
+    async def _send_error(
+        self,
+        conn: _Conn,
+        req: _Request,
+        provider: str,
+        rec: dict[str, Any],
+        act: _Active,
+        status: int,
+        message: str | None = None,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> bool:
         rec["status"] = status
         data = self._json_response(status, error_body(provider, status, message), req.keep_alive, extra)
         act.finished = True
@@ -1438,8 +1627,7 @@ class FakeUpstream:
             rec["outcome"] = "http_error"
         return ok
 
-    async def _api_inner(self, conn: _Conn, req: _Request, provider: str,
-                         rec: dict[str, Any], act: _Active) -> bool:
+    async def _api_inner(self, conn: _Conn, req: _Request, provider: str, rec: dict[str, Any], act: _Active) -> bool:
         try:
             body = json.loads(req.body) if req.body else None
         except ValueError:
@@ -1473,8 +1661,9 @@ class FakeUpstream:
         if plan.garbage or plan.head == "truncated":
             rec["outcome"] = "dropped"
             act.finished = True
-            await conn.write(b"SSH-2.0-OpenSSH_9.2p1\r\n" if plan.garbage
-                             else b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-enc")
+            await conn.write(
+                b"SSH-2.0-OpenSSH_9.2p1\r\n" if plan.garbage else b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-enc"
+            )
             conn.active = None
             conn.close()
             return False
@@ -1511,8 +1700,9 @@ class FakeUpstream:
             return await self._stream_encoded(conn, req, rec, act, plan, builder, rid)
         return await self._stream(conn, req, rec, act, plan, builder, rid)
 
-    async def _stream_encoded(self, conn: _Conn, req: _Request, rec: dict[str, Any], act: _Active, plan: Plan,
-                              builder: _Builder, rid: tuple[str, str]) -> bool:
+    async def _stream_encoded(
+        self, conn: _Conn, req: _Request, rec: dict[str, Any], act: _Active, plan: Plan, builder: _Builder, rid: tuple[str, str]
+    ) -> bool:
         """A stream framed without chunking (``framing=``) or gzip-compressed (``gzip=1``)."""
         nl = "\r\n" if plan.crlf else ("\r" if plan.cr else "\n")
         pieces: list[tuple[int, str]] = [(0, "".join(builder.preamble()))]
@@ -1540,7 +1730,7 @@ class FakeUpstream:
         rec["status"] = 200
         if not await conn.write(_head(200, headers)):
             return False
-        for n, ((delay, _), piece) in enumerate(zip(pieces, data)):
+        for n, ((delay, _), piece) in enumerate(zip(pieces, data, strict=False)):
             if delay:
                 await asyncio.sleep(delay / 1000)
                 if conn.eof:
@@ -1559,17 +1749,21 @@ class FakeUpstream:
             return False
         return True
 
-    async def _stream(self, conn: _Conn, req: _Request, rec: dict[str, Any], act: _Active, plan: Plan,
-                      builder: _Builder, rid: tuple[str, str]) -> bool:
+    async def _stream(
+        self, conn: _Conn, req: _Request, rec: dict[str, Any], act: _Active, plan: Plan, builder: _Builder, rid: tuple[str, str]
+    ) -> bool:
         nl = "\r\n" if plan.crlf else ("\r" if plan.cr else "\n")
         out = _Out(conn, plan.split, nl)
-        head = _head(200, [
-            ("content-type", "text/event-stream; charset=utf-8"),
-            ("transfer-encoding", "chunked"),
-            ("cache-control", "no-cache"),
-            ("connection", "keep-alive" if req.keep_alive else "close"),
-            rid,
-        ])
+        head = _head(
+            200,
+            [
+                ("content-type", "text/event-stream; charset=utf-8"),
+                ("transfer-encoding", "chunked"),
+                ("cache-control", "no-cache"),
+                ("connection", "keep-alive" if req.keep_alive else "close"),
+                rid,
+            ],
+        )
         rec["status"] = 200
         if not await out.events(builder.preamble(), head=head):
             return False
@@ -1640,10 +1834,17 @@ class FakeUpstream:
         return True
 
 
-async def start_server(host: str = "127.0.0.1", port: int = 0, *, key: str = "test-key",
-                       ssl_context: ssl.SSLContext | None = None, backlog: int = 4096,
-                       max_records: int = 100_000,
-                       anthropic_bearer: bool = False, label: str | None = None) -> tuple[asyncio.AbstractServer, FakeUpstream]:
+async def start_server(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    key: str = "test-key",
+    ssl_context: ssl.SSLContext | None = None,
+    backlog: int = 4096,
+    max_records: int = 100_000,
+    anthropic_bearer: bool = False,
+    label: str | None = None,
+) -> tuple[asyncio.AbstractServer, FakeUpstream]:
     """Start the fake inside the running event loop; returns ``(server, state)``."""
     state = FakeUpstream(key=key, max_records=max_records, anthropic_bearer=anthropic_bearer, label=label)
     loop = asyncio.get_running_loop()
@@ -1677,9 +1878,16 @@ async def _amain(args: argparse.Namespace) -> None:
         if args.client_ca:  # mutual TLS: a client must show a certificate this file vouches for
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(args.client_ca)
-    server, state = await start_server(args.host, args.port, key=args.key, ssl_context=ctx,
-                                       backlog=args.backlog, max_records=args.max_records,
-                                       anthropic_bearer=args.anthropic_bearer, label=args.label)
+    server, state = await start_server(
+        args.host,
+        args.port,
+        key=args.key,
+        ssl_context=ctx,
+        backlog=args.backlog,
+        max_records=args.max_records,
+        anthropic_bearer=args.anthropic_bearer,
+        label=args.label,
+    )
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"PORT {port}\n")
     sys.stdout.flush()
@@ -1707,8 +1915,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=4096)
     parser.add_argument("--max-records", type=int, default=100_000)
     parser.add_argument("--label", help="this server's label: prompt words name@LABEL=value apply to it only")
-    parser.add_argument("--anthropic-bearer", action="store_true",
-                        help="also accept 'Authorization: Bearer <key>' on /v1/messages")
+    parser.add_argument("--anthropic-bearer", action="store_true", help="also accept 'Authorization: Bearer <key>' on /v1/messages")
     args = parser.parse_args(argv)
     if bool(args.certfile) != bool(args.keyfile):
         parser.error("--certfile and --keyfile go together")
@@ -1736,10 +1943,17 @@ class FakeUpstreamProcess:
     certificate (mutual TLS).
     """
 
-    def __init__(self, tls: tuple[str, str] | None = None, key: str = "test-key",
-                 cafile: str | None = None, host: str = "127.0.0.1",
-                 extra_args: Iterable[str] = (), start_timeout: float = 10.0,
-                 client_cert: tuple[str, str] | None = None, label: str | None = None) -> None:
+    def __init__(
+        self,
+        tls: tuple[str, str] | None = None,
+        key: str = "test-key",
+        cafile: str | None = None,
+        host: str = "127.0.0.1",
+        extra_args: Iterable[str] = (),
+        start_timeout: float = 10.0,
+        client_cert: tuple[str, str] | None = None,
+        label: str | None = None,
+    ) -> None:
         self.tls = tls
         self.label = label
         self.key = key
@@ -1762,7 +1976,7 @@ class FakeUpstreamProcess:
     def base_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
-    def start(self) -> "FakeUpstreamProcess":
+    def start(self) -> FakeUpstreamProcess:
         cmd = [sys.executable, os.path.abspath(__file__), "--port", "0", "--host", self.host, "--key", self.key]
         if self.tls:
             cmd += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
@@ -1811,7 +2025,7 @@ class FakeUpstreamProcess:
             proc.stdout.close()
         self.proc = None
 
-    def __enter__(self) -> "FakeUpstreamProcess":
+    def __enter__(self) -> FakeUpstreamProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1838,8 +2052,9 @@ class FakeUpstreamProcess:
     def health(self) -> bool:
         return self._call("GET", "/_fake/health") == b"ok"
 
-    def wait_for_request(self, id: str | None, predicate: Callable[[dict[str, Any]], bool] = lambda r: True,
-                         timeout: float = 5.0, interval: float = 0.02) -> dict[str, Any]:
+    def wait_for_request(
+        self, id: str | None, predicate: Callable[[dict[str, Any]], bool] = lambda r: True, timeout: float = 5.0, interval: float = 0.02
+    ) -> dict[str, Any]:
         """Poll the log until a record with this id satisfies ``predicate``; return it."""
         deadline = time.monotonic() + timeout
         while True:

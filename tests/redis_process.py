@@ -2,6 +2,7 @@
 
 No persistence (``--save ""``, no AOF): each process starts empty and leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,8 @@ class RedisProcess:
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc = subprocess.Popen(
             [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

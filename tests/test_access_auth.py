@@ -7,6 +7,7 @@ pick another one by forging ``X-Forwarded-For`` unless the deployment says how m
 Identity is observed the way an operator would: through rate-limit buckets and the per-request
 JSON log line.
 """
+
 from __future__ import annotations
 
 import http.client as httpclient
@@ -14,12 +15,13 @@ import itertools
 import json
 import time
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import API_KEY, JWT_SECRET, GunicornServer, chat_body, http, make_jwt, sse_events, start_servers, stop_servers, uid
 from flask import Flask
 
-from conftest import API_KEY, JWT_SECRET, GunicornServer, chat_body, http, make_jwt, sse_events, start_servers, stop_servers, uid
 from flask_llm_proxy import ConfigError, LLMProxy
 
 SONNET = "claude-3-5-sonnet-20241022"
@@ -191,7 +193,9 @@ def test_models_claim_of_an_empty_list_allows_nothing(servers: Any, upstream: An
 _source_ips = (f"127.0.{a}.{b}" for a, b in itertools.product(range(1, 250), range(2, 250)))
 
 
-def raw_post(server: GunicornServer, path: str, body: dict[str, Any], *, source_ip: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+def raw_post(
+    server: GunicornServer, path: str, body: dict[str, Any], *, source_ip: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
     """POST from a chosen loopback source address (all of 127/8 is local): a distinct client."""
     conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=15, source_address=(source_ip, 0))
     try:
@@ -228,7 +232,9 @@ def test_forged_x_forwarded_for_does_not_change_the_identity(servers: Any) -> No
     results = []
     for k in range(4):
         rid = uid("xff-forged")
-        status, _, _ = raw_post(server, "/api/mock", mock_body(), source_ip=ip, headers={"X-Forwarded-For": f"203.0.113.{k + 1}", "X-Request-ID": rid})
+        status, _, _ = raw_post(
+            server, "/api/mock", mock_body(), source_ip=ip, headers={"X-Forwarded-For": f"203.0.113.{k + 1}", "X-Request-ID": rid}
+        )
         results.append((status, rid))
     assert [s for s, _ in results] == [200, 200, 429, 429], "each forged X-Forwarded-For got a fresh rate-limit bucket"
     for _, rid in results[:2]:
@@ -261,13 +267,26 @@ def test_with_one_trusted_proxy_the_last_forwarded_hop_is_the_identity(servers: 
     for forged_first in ("6.6.6.6", "7.7.7.7", "8.8.8.8"):
         rid = uid("xff-trusted")
         rids.append(rid)
-        statuses.append(raw_post(server, "/api/mock", mock_body(), source_ip=ip, headers={"X-Forwarded-For": f"{forged_first}, {client}", "X-Request-ID": rid})[0])
+        statuses.append(
+            raw_post(
+                server,
+                "/api/mock",
+                mock_body(),
+                source_ip=ip,
+                headers={"X-Forwarded-For": f"{forged_first}, {client}", "X-Request-ID": rid},
+            )[0]
+        )
     # the client can prepend anything, the hop our proxy appended stays the same: one bucket
     assert statuses == [200, 200, 429]
     assert logged_identity(server, rids[0]) == f"ip:{client}"
     # another last hop is another client
     rid = uid("xff-trusted-other")
-    assert raw_post(server, "/api/mock", mock_body(), source_ip=ip, headers={"X-Forwarded-For": f"{client}, 198.51.100.78", "X-Request-ID": rid})[0] == 200
+    assert (
+        raw_post(
+            server, "/api/mock", mock_body(), source_ip=ip, headers={"X-Forwarded-For": f"{client}, 198.51.100.78", "X-Request-ID": rid}
+        )[0]
+        == 200
+    )
     assert logged_identity(server, rid) == "ip:198.51.100.78"
 
 
@@ -281,8 +300,10 @@ def test_with_a_trusted_proxy_but_no_forwarded_header_the_peer_is_the_identity(s
 def test_with_auth_the_identity_is_the_token_subject(servers: Any) -> None:
     rid = uid("jwt-identity")
     r = http().post(
-        f"{servers['auth'].url}/api/mock", json=mock_body(),
-        headers={"Authorization": f"Bearer {make_jwt('carol')}", "X-Request-ID": rid, "X-Forwarded-For": "203.0.113.9"}, timeout=10,
+        f"{servers['auth'].url}/api/mock",
+        json=mock_body(),
+        headers={"Authorization": f"Bearer {make_jwt('carol')}", "X-Request-ID": rid, "X-Forwarded-For": "203.0.113.9"},
+        timeout=10,
     )
     assert r.status_code == 200
     assert logged_identity(servers["auth"], rid) == "carol"
@@ -309,7 +330,9 @@ def test_require_auth_without_a_jwt_manager_fails_at_init_naming_the_setting() -
 
 def test_require_auth_is_the_default() -> None:
     app = Flask(__name__)
-    app.config.update(LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"], "pace_ms": 0}}, LLM_PROXY_RATE_LIMIT="", LLM_PROXY_USAGE_STORE="none")
+    app.config.update(
+        LLM_PROXY_PROVIDERS={"mock": {"type": "mock", "models": ["*"], "pace_ms": 0}}, LLM_PROXY_RATE_LIMIT="", LLM_PROXY_USAGE_STORE="none"
+    )
     with pytest.raises(ConfigError, match="LLM_PROXY_REQUIRE_AUTH"):
         LLMProxy(app)
 
@@ -335,7 +358,9 @@ NATIVE_BAD = [
 
 
 @pytest.mark.parametrize("header,kind", NATIVE_BAD)
-def test_native_endpoint_refuses_bad_credentials_with_a_401_and_no_upstream_call(servers: Any, upstream: Any, header: str, kind: str) -> None:
+def test_native_endpoint_refuses_bad_credentials_with_a_401_and_no_upstream_call(
+    servers: Any, upstream: Any, header: str, kind: str
+) -> None:
     auth = BAD_CREDENTIALS[kind]()
     headers: dict[str, str] = {}
     if auth is not None:
@@ -350,8 +375,13 @@ def test_native_endpoint_refuses_bad_credentials_with_a_401_and_no_upstream_call
 
 def test_native_endpoint_accepts_a_valid_jwt_as_x_api_key(servers: Any, upstream: Any) -> None:
     rid = uid("native-x-api-key")
-    with http().post(f"{servers['auth'].url}/api/anthropic/v1/messages", json=native_body(rid), headers={"x-api-key": make_jwt("erin")},
-                     stream=True, timeout=20) as r:
+    with http().post(
+        f"{servers['auth'].url}/api/anthropic/v1/messages",
+        json=native_body(rid),
+        headers={"x-api-key": make_jwt("erin")},
+        stream=True,
+        timeout=20,
+    ) as r:
         assert r.status_code == 200, r.text[:300]
         assert b"message_stop" in r.raw.read()
     rec = upstream.requests(id=rid)
@@ -375,7 +405,9 @@ def blocklist_app() -> Iterator[tuple[Any, set[str], Any]]:
     app = Flask(__name__)
     app.config.update(
         LLM_PROXY_PROVIDERS={"anthropic": {"api_key": "sk-inprocess", "base_url": "http://127.0.0.1:9", "models": ["claude-*"]}},
-        LLM_PROXY_RATE_LIMIT="", LLM_PROXY_USAGE_STORE="none", JWT_SECRET_KEY=JWT_SECRET,
+        LLM_PROXY_RATE_LIMIT="",
+        LLM_PROXY_USAGE_STORE="none",
+        JWT_SECRET_KEY=JWT_SECRET,
     )
     jwt_manager = JWTManager(app)
     revoked: set[str] = set()
@@ -410,10 +442,12 @@ def test_a_revoked_or_refresh_token_in_the_authorization_header_is_refused(block
     assert len(mock.calls) == 0
 
 
-X_API_KEY_BUG = ("BUG: auth._claims_from_alt_header checks a JWT sent as x-api-key with flask_jwt_extended.decode_token "
-                 "only, skipping what verify_jwt_in_request enforces for the Authorization header: the token type "
-                 "(refresh tokens pass), the host's token_in_blocklist_loader (revoked tokens pass) and the custom "
-                 "claims verification")
+X_API_KEY_BUG = (
+    "BUG: auth._claims_from_alt_header checks a JWT sent as x-api-key with flask_jwt_extended.decode_token "
+    "only, skipping what verify_jwt_in_request enforces for the Authorization header: the token type "
+    "(refresh tokens pass), the host's token_in_blocklist_loader (revoked tokens pass) and the custom "
+    "claims verification"
+)
 
 
 def test_a_revoked_token_sent_as_x_api_key_is_refused(blocklist_app: Any) -> None:
@@ -440,8 +474,11 @@ def app_without_jwt(upstream: Any) -> Any:
 
     app = Flask("no-jwt-host")
     app.config.update(
-        LLM_PROXY_PROVIDERS=providers_for(upstream.base_url), LLM_PROXY_REQUIRE_AUTH=False,
-        LLM_PROXY_RATE_LIMIT="", LLM_PROXY_USAGE_STORE="none", LLM_PROXY_RETRY_BACKOFF=0.05,
+        LLM_PROXY_PROVIDERS=providers_for(upstream.base_url),
+        LLM_PROXY_REQUIRE_AUTH=False,
+        LLM_PROXY_RATE_LIMIT="",
+        LLM_PROXY_USAGE_STORE="none",
+        LLM_PROXY_RETRY_BACKOFF=0.05,
     )
     LLMProxy(app)
     assert "flask-jwt-extended" not in app.extensions
@@ -462,7 +499,9 @@ def test_without_a_jwt_manager_and_auth_off_models_with_an_authorization_header_
 
 
 @pytest.mark.parametrize("header", ["x-api-key", "Authorization"])
-def test_without_a_jwt_manager_and_auth_off_the_anthropic_native_endpoint_ignores_the_sdk_key(app_without_jwt: Any, upstream: Any, header: str) -> None:
+def test_without_a_jwt_manager_and_auth_off_the_anthropic_native_endpoint_ignores_the_sdk_key(
+    app_without_jwt: Any, upstream: Any, header: str
+) -> None:
     rid = uid(f"nojwt-native-{header}")
     value = "sk-ant-anything" if header == "x-api-key" else "Bearer sk-ant-anything"
     r = app_without_jwt.test_client().post("/api/anthropic/v1/messages", json=native_body(rid), headers={header: value})
@@ -505,13 +544,13 @@ def test_required_auth_without_a_jwt_manager_is_a_clear_401_not_a_crash(app_with
                 identify(settings)
 
 
-
 def test_requests_in_one_app_context_do_not_share_an_identity_or_an_error_shape() -> None:
     """A host test suite (or a middleware) may push one app context around several requests; Flask
     then shares ``g`` between them. Nothing the proxy keeps for a request may reach the next one:
     not the identity (limits, quotas and the ledger are charged to it), not the native endpoint's
     error shape."""
     from conftest import mock_host_app
+
     from flask_llm_proxy import usage_recorded
 
     app = mock_host_app(LLM_PROXY_RATE_LIMIT=None)

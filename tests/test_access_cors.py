@@ -6,15 +6,17 @@ opaque network error instead of "log in again" or "retry in 20 s"). Any other or
 ``Access-Control-Allow-Origin`` at all, and a proxy without configured origins sends no CORS
 headers whatsoever.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import JWT_SECRET, GunicornServer, base_env, chat_body, http, make_jwt, sse_events, uid
 from flask import Flask
 from flask_jwt_extended import JWTManager
 
-from conftest import JWT_SECRET, GunicornServer, base_env, chat_body, http, make_jwt, sse_events, uid
 from flask_llm_proxy import ConfigError, LLMProxy
 
 ORIGINS = ["https://app.example.com", "https://.*\\.example\\.org"]
@@ -24,8 +26,11 @@ RATE_HEADERS = {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset
 @pytest.fixture(scope="module")
 def cors_server(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
     env = base_env(
-        upstream.base_url, tmp_path_factory.mktemp("access-cors"),
-        LLM_PROXY_CORS_ORIGINS=ORIGINS, LLM_PROXY_REQUIRE_AUTH=True, LLM_PROXY_RATE_LIMIT="2/minute",
+        upstream.base_url,
+        tmp_path_factory.mktemp("access-cors"),
+        LLM_PROXY_CORS_ORIGINS=ORIGINS,
+        LLM_PROXY_REQUIRE_AUTH=True,
+        LLM_PROXY_RATE_LIMIT="2/minute",
     )
     server = GunicornServer(env, workers=1, name="cors")
     yield server
@@ -48,7 +53,9 @@ def cors_headers(resp: Any) -> dict[str, str]:
     return {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith("access-control-")}
 
 
-@pytest.mark.parametrize("origin", ["https://app.example.com", "https://chat.example.org", "https://a.b.example.org", "HTTPS://APP.EXAMPLE.COM"])
+@pytest.mark.parametrize(
+    "origin", ["https://app.example.com", "https://chat.example.org", "https://a.b.example.org", "HTTPS://APP.EXAMPLE.COM"]
+)
 def test_preflight_from_an_allowed_origin_allows_post_with_authorization_and_content_type(cors_server: Any, origin: str) -> None:
     r = preflight(cors_server, origin)
     assert r.status_code in (200, 204)
@@ -82,8 +89,13 @@ def test_a_disallowed_origin_gets_no_allow_origin_header(cors_server: Any, upstr
     assert "Access-Control-Allow-Origin" not in r.headers, r.headers
     assert "Access-Control-Allow-Headers" not in r.headers
     rid = uid("cors-denied")
-    with http().post(f"{cors_server.url}/api/anthropic", json=chat_body(f"id={rid} tokens=1"),
-                     headers={"Origin": origin, "Authorization": f"Bearer {make_jwt(uid('cors-denied'))}"}, stream=True, timeout=20) as r:
+    with http().post(
+        f"{cors_server.url}/api/anthropic",
+        json=chat_body(f"id={rid} tokens=1"),
+        headers={"Origin": origin, "Authorization": f"Bearer {make_jwt(uid('cors-denied'))}"},
+        stream=True,
+        timeout=20,
+    ) as r:
         sse_events(r)  # CORS is enforced by the browser; the server only withholds the header
         assert "Access-Control-Allow-Origin" not in r.headers, r.headers
 
@@ -96,8 +108,13 @@ def test_a_regex_origin_must_match_the_whole_origin_not_a_prefix(cors_server: An
 
 def test_responses_expose_the_rate_limit_headers_and_retry_after_to_the_page(cors_server: Any, upstream: Any) -> None:
     origin = "https://app.example.com"
-    with http().post(f"{cors_server.url}/api/anthropic", json=chat_body(f"id={uid('cors-ok')} tokens=2"),
-                     headers={"Origin": origin, "Authorization": f"Bearer {make_jwt(uid('cors-ok'))}"}, stream=True, timeout=20) as r:
+    with http().post(
+        f"{cors_server.url}/api/anthropic",
+        json=chat_body(f"id={uid('cors-ok')} tokens=2"),
+        headers={"Origin": origin, "Authorization": f"Bearer {make_jwt(uid('cors-ok'))}"},
+        stream=True,
+        timeout=20,
+    ) as r:
         assert r.status_code == 200
         assert sse_events(r)[-1] == "[DONE]"
         assert r.headers["Access-Control-Allow-Origin"] == origin
@@ -135,7 +152,11 @@ def test_without_configured_origins_there_are_no_cors_headers_at_all(proxy: Any)
     for origin in ("https://app.example.com", "https://evil.example.net"):
         r = http().options(
             f"{proxy.url}/api/anthropic",
-            headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Authorization, Content-Type"},
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "Authorization, Content-Type",
+            },
             timeout=10,
         )
         assert cors_headers(r) == {}, r.headers
@@ -173,7 +194,12 @@ def test_credentials_with_listed_origins_are_allowed_and_announced() -> None:
     app = cors_app(LLM_PROXY_CORS_ORIGINS=["https://app.example.com"], LLM_PROXY_CORS_CREDENTIALS=True)
     LLMProxy(app)
     r = app.test_client().options(
-        "/api/mock", headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Authorization"}
+        "/api/mock",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization",
+        },
     )
     assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert r.headers["Access-Control-Allow-Credentials"] == "true"

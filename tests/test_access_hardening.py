@@ -5,15 +5,16 @@ conftest. Every error path is run and the key is looked for in each response bod
 header and the server log; the fake upstream records what it received, and a second fake upstream
 stands for the place an attacker would like the proxy to call.
 """
+
 from __future__ import annotations
 
 import json
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
 from conftest import API_KEY, GunicornServer, base_env, chat_body, free_port, http, make_jwt, providers_for, uid
 from fake_upstream import FakeUpstreamProcess
 
@@ -40,12 +41,20 @@ def server(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "dead_oa": {"type": "openai", "api_key": API_KEY, "base_url": closed + "/v1", "models": ["gpt-4o"]},
         "capped": {"type": "anthropic", "api_key": API_KEY, "base_url": upstream.base_url, "models": ["claude-*"], **PROVIDER_CAPS},
         "capped_oa": {"type": "openai", "api_key": API_KEY, "base_url": upstream.base_url + "/v1", "models": ["gpt-4o"], **PROVIDER_CAPS},
-        "gateway": {"type": "openai", "api_key": API_KEY, "base_url": upstream.base_url + "/v1", "models": ["gpt-4o"],
-                    "headers": {"api-key": GATEWAY_SECRET}},
+        "gateway": {
+            "type": "openai",
+            "api_key": API_KEY,
+            "base_url": upstream.base_url + "/v1",
+            "models": ["gpt-4o"],
+            "headers": {"api-key": GATEWAY_SECRET},
+        },
     }
     env = base_env(
-        upstream.base_url, tmp_path_factory.mktemp("access-hardening"),
-        LLM_PROXY_PROVIDERS=providers, LLM_PROXY_MAX_BODY_BYTES=GLOBAL_MAX_BODY, LOG_LEVEL="DEBUG",
+        upstream.base_url,
+        tmp_path_factory.mktemp("access-hardening"),
+        LLM_PROXY_PROVIDERS=providers,
+        LLM_PROXY_MAX_BODY_BYTES=GLOBAL_MAX_BODY,
+        LOG_LEVEL="DEBUG",
     )
     s = GunicornServer(env, workers=1, name="hardening")
     yield s
@@ -57,7 +66,9 @@ def assert_no_key(where: str, text: str) -> None:
         assert fragment not in text, f"the API key (or a piece of it, {fragment!r}) leaked into {where}"
 
 
-def assert_contract_error(status: int, headers: Any, body: bytes, expected_status: int | tuple[int, ...], type_: str | None = None) -> dict[str, Any]:
+def assert_contract_error(
+    status: int, headers: Any, body: bytes, expected_status: int | tuple[int, ...], type_: str | None = None
+) -> dict[str, Any]:
     expected = (expected_status,) if isinstance(expected_status, int) else expected_status
     assert status in expected, (status, body[:500])
     assert headers["Content-Type"].startswith("application/json"), headers
@@ -102,7 +113,11 @@ ERROR_PATHS: dict[str, tuple[str, Any, Any]] = {
 
 
 def send(server: GunicornServer, provider: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
-    kw: dict[str, Any] = {"data": body, "headers": {"Content-Type": "application/json", **(headers or {})}} if isinstance(body, bytes) else {"json": body, "headers": headers or {}}
+    kw: dict[str, Any] = (
+        {"data": body, "headers": {"Content-Type": "application/json", **(headers or {})}}
+        if isinstance(body, bytes)
+        else {"json": body, "headers": headers or {}}
+    )
     with http().post(f"{server.url}/api/{provider}", stream=True, timeout=30, **kw) as r:
         return r.status_code, r.headers, r.raw.read()
 
@@ -136,9 +151,18 @@ def test_the_api_key_appears_in_no_response_body_header_or_log_line(server: Guni
 
 
 NATIVE_ERROR_PATHS = {
-    "anthropic-native-401-echo": ("anthropic/v1/messages", {"model": SONNET, "max_tokens": 5, "messages": [{"role": "user", "content": "status=401 echo_headers=1"}]}),
-    "anthropic-native-400-echo-stream": ("anthropic/v1/messages", {"model": SONNET, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "status=400 echo_headers=1"}]}),
-    "openai-native-500-echo": ("openai/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "status=500,500,500 echo_headers=1"}]}),
+    "anthropic-native-401-echo": (
+        "anthropic/v1/messages",
+        {"model": SONNET, "max_tokens": 5, "messages": [{"role": "user", "content": "status=401 echo_headers=1"}]},
+    ),
+    "anthropic-native-400-echo-stream": (
+        "anthropic/v1/messages",
+        {"model": SONNET, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "status=400 echo_headers=1"}]},
+    ),
+    "openai-native-500-echo": (
+        "openai/v1/chat/completions",
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "status=500,500,500 echo_headers=1"}]},
+    ),
     "responses-native-403-echo": ("openai/v1/responses", {"model": "gpt-4o", "input": "status=403 echo_headers=1"}),
     "native-unreachable": ("dead/v1/messages", {"model": SONNET, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
 }
@@ -157,10 +181,24 @@ def test_the_native_sdk_endpoints_leak_no_key_either(server: GunicornServer, nam
 
 NATIVE_STREAM_ERRORS = {
     # an error event in the middle of a stream the native endpoint relays byte for byte, quoting the headers it got
-    "messages": ("anthropic/v1/messages", {"model": SONNET, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]}),
-    "chat": ("openai/v1/chat/completions", {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]}),
+    "messages": (
+        "anthropic/v1/messages",
+        {
+            "model": SONNET,
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}],
+        },
+    ),
+    "chat": (
+        "openai/v1/chat/completions",
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]},
+    ),
     "responses": ("openai/v1/responses", {"model": "gpt-4o", "stream": True, "input": "tokens=6 error_after=2 echo_headers=1"}),
-    "chat-gateway-header": ("gateway/v1/chat/completions", {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]}),
+    "chat-gateway-header": (
+        "gateway/v1/chat/completions",
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "tokens=6 error_after=2 echo_headers=1"}]},
+    ),
 }
 
 
@@ -207,8 +245,16 @@ def test_url_fields_in_the_body_do_not_redirect_the_upstream_call(server: Gunico
     for provider, model, path in (("anthropic", SONNET, "/v1/messages"), ("openai", "gpt-4o", "/v1/chat/completions")):
         rid = uid("ssrf-body")
         body = chat_body(
-            f"id={rid} tokens=2", model=model, base_url=target, url=target + path, baseURL=target, api_base=target,
-            endpoint=target, host=target, provider="evil", path="/../../evil",
+            f"id={rid} tokens=2",
+            model=model,
+            base_url=target,
+            url=target + path,
+            baseURL=target,
+            api_base=target,
+            endpoint=target,
+            host=target,
+            provider="evil",
+            path="/../../evil",
         )
         status, _, raw = send(server, provider, body)
         assert status == 400 and json.loads(raw)["error"].startswith("base_url: "), raw[:300]  # refused by name
@@ -221,12 +267,19 @@ def test_url_fields_in_the_body_do_not_redirect_the_upstream_call(server: Gunico
     assert evil.requests() == []
 
 
-def test_host_and_forwarding_headers_do_not_redirect_the_upstream_call(server: GunicornServer, upstream: Any, evil: FakeUpstreamProcess) -> None:
+def test_host_and_forwarding_headers_do_not_redirect_the_upstream_call(
+    server: GunicornServer, upstream: Any, evil: FakeUpstreamProcess
+) -> None:
     evil_host = evil.base_url.split("//", 1)[1]
     rid = uid("ssrf-headers")
     headers = {
-        "Host": evil_host, "X-Forwarded-Host": evil_host, "X-Forwarded-Proto": "http", "X-Forwarded-Port": str(evil.port),
-        "Forwarded": f"host={evil_host};proto=http", "X-Original-URL": "/v1/evil", "X-Rewrite-URL": "/v1/evil",
+        "Host": evil_host,
+        "X-Forwarded-Host": evil_host,
+        "X-Forwarded-Proto": "http",
+        "X-Forwarded-Port": str(evil.port),
+        "Forwarded": f"host={evil_host};proto=http",
+        "X-Original-URL": "/v1/evil",
+        "X-Rewrite-URL": "/v1/evil",
         "X-Forwarded-Prefix": "/evil",
     }
     status, _, raw = send(server, "anthropic", chat_body(f"id={rid} tokens=2"), headers)
@@ -240,7 +293,8 @@ def raw_http(server: GunicornServer, request_target: str, body: dict[str, Any], 
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
         sock.sendall(
             f"POST {request_target} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{server.port}'}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
         )
         data = b""
         while chunk := sock.recv(65536):
@@ -262,7 +316,9 @@ def raw_http(server: GunicornServer, request_target: str, body: dict[str, Any], 
         "http://{evil}/api/anthropic",
     ],
 )
-def test_request_paths_cannot_reach_another_upstream_or_path(server: GunicornServer, upstream: Any, evil: FakeUpstreamProcess, target: str) -> None:
+def test_request_paths_cannot_reach_another_upstream_or_path(
+    server: GunicornServer, upstream: Any, evil: FakeUpstreamProcess, target: str
+) -> None:
     evil_host = evil.base_url.split("//", 1)[1]
     rid = uid("ssrf-path")
     status, data = raw_http(server, target.format(evil=evil_host), chat_body(f"id={rid} tokens=1"))
@@ -276,8 +332,12 @@ def test_request_paths_cannot_reach_another_upstream_or_path(server: GunicornSer
 
 def test_a_query_string_cannot_redirect_the_upstream_call(server: GunicornServer, upstream: Any, evil: FakeUpstreamProcess) -> None:
     rid = uid("ssrf-query")
-    r = http().post(f"{server.url}/api/anthropic", params={"base_url": evil.base_url, "url": evil.base_url + "/v1/messages"},
-                    json=chat_body(f"id={rid} tokens=1"), timeout=20)
+    r = http().post(
+        f"{server.url}/api/anthropic",
+        params={"base_url": evil.base_url, "url": evil.base_url + "/v1/messages"},
+        json=chat_body(f"id={rid} tokens=1"),
+        timeout=20,
+    )
     assert r.status_code == 200
     assert [rec["path"] for rec in upstream.requests(id=rid)] == ["/v1/messages"]
     assert evil.requests() == []
@@ -297,19 +357,41 @@ def test_a_model_name_shaped_like_a_path_stays_in_the_body(server: GunicornServe
 # A field the proxy does not know is refused with a 400 naming it (never dropped silently, never
 # forwarded); what each provider does with the known ones is tests/test_request_fields.py.
 
-SMUGGLED_ANTHROPIC = {"metadata": {"user_id": "spoofed"}, "api_key": "client-key", "betas": ["evil-beta"],
-                      "extra_headers": {"x-api-key": "client-key"}, "service_tier": "priority", "n": 8,
-                      "anthropic_version": "1999-01-01", "container": "c", "mcp_servers": [{"url": "http://evil"}]}
-SMUGGLED_OPENAI = {"n": 8, "logit_bias": {"50256": 100}, "user": "spoofed", "service_tier": "priority",
-                   "stream_options": {"include_usage": False}, "max_completion_tokens": 99999, "store": True,
-                   "metadata": {"a": "b"}, "functions": [{"name": "f"}], "api_key": "client-key", "logprobs": True,
-                   "top_logprobs": 20, "prediction": {"type": "content"}}
+SMUGGLED_ANTHROPIC = {
+    "metadata": {"user_id": "spoofed"},
+    "api_key": "client-key",
+    "betas": ["evil-beta"],
+    "extra_headers": {"x-api-key": "client-key"},
+    "service_tier": "priority",
+    "n": 8,
+    "anthropic_version": "1999-01-01",
+    "container": "c",
+    "mcp_servers": [{"url": "http://evil"}],
+}
+SMUGGLED_OPENAI = {
+    "n": 8,
+    "logit_bias": {"50256": 100},
+    "user": "spoofed",
+    "service_tier": "priority",
+    "stream_options": {"include_usage": False},
+    "max_completion_tokens": 99999,
+    "store": True,
+    "metadata": {"a": "b"},
+    "functions": [{"name": "f"}],
+    "api_key": "client-key",
+    "logprobs": True,
+    "top_logprobs": 20,
+    "prediction": {"type": "content"},
+}
 
 
-@pytest.mark.parametrize("provider, field, value", [("anthropic", k, v) for k, v in SMUGGLED_ANTHROPIC.items()]
-                         + [("openai", k, v) for k, v in SMUGGLED_OPENAI.items()])
-def test_an_unknown_body_field_is_refused_by_name_without_an_upstream_call(server: GunicornServer, upstream: Any,
-                                                                           provider: str, field: str, value: Any) -> None:
+@pytest.mark.parametrize(
+    "provider, field, value",
+    [("anthropic", k, v) for k, v in SMUGGLED_ANTHROPIC.items()] + [("openai", k, v) for k, v in SMUGGLED_OPENAI.items()],
+)
+def test_an_unknown_body_field_is_refused_by_name_without_an_upstream_call(
+    server: GunicornServer, upstream: Any, provider: str, field: str, value: Any
+) -> None:
     rid = uid(f"fields-{provider}")
     model = "gpt-4o" if provider == "openai" else "claude-3-5-sonnet-20241022"
     status, _, raw = send(server, provider, chat_body(f"id={rid} tokens=1", model=model, **{field: value}))
@@ -346,9 +428,17 @@ def test_known_fields_reach_openai_with_the_proxys_own_stream_options(server: Gu
     assert sent["stream_options"] == {"include_usage": True} and sent["max_tokens"] == 100
 
 
-@pytest.mark.parametrize("field, value", [("previous_response_id", "resp_victim"), ("background", True),
-                                          ("include", ["file_search_call.results"]), ("user", "spoofed"),
-                                          ("service_tier", "priority"), ("api_key", "k")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("previous_response_id", "resp_victim"),
+        ("background", True),
+        ("include", ["file_search_call.results"]),
+        ("user", "spoofed"),
+        ("service_tier", "priority"),
+        ("api_key", "k"),
+    ],
+)
 def test_unknown_fields_of_the_responses_form_are_refused_by_name(server: GunicornServer, upstream: Any, field: str, value: Any) -> None:
     rid = uid("fields-responses")
     body = {"model": "gpt-4o", "input": f"id={rid} tokens=1", "max_output_tokens": 40, field: value}
@@ -360,8 +450,13 @@ def test_unknown_fields_of_the_responses_form_are_refused_by_name(server: Gunico
 def test_client_credentials_and_headers_are_not_forwarded(server: GunicornServer, upstream: Any) -> None:
     rid = uid("headers-anthropic")
     headers = {
-        "Authorization": f"Bearer {make_jwt('dave')}", "x-api-key": "client-key", "anthropic-version": "1999-01-01",
-        "anthropic-beta": "evil-beta", "Cookie": "session=abc", "X-Forwarded-For": "203.0.113.5", "OpenAI-Organization": "org-evil",
+        "Authorization": f"Bearer {make_jwt('dave')}",
+        "x-api-key": "client-key",
+        "anthropic-version": "1999-01-01",
+        "anthropic-beta": "evil-beta",
+        "Cookie": "session=abc",
+        "X-Forwarded-For": "203.0.113.5",
+        "OpenAI-Organization": "org-evil",
     }
     status, _, _ = send(server, "anthropic", chat_body(f"id={rid} tokens=1"), headers)
     assert status == 200
@@ -375,7 +470,9 @@ def test_client_credentials_and_headers_are_not_forwarded(server: GunicornServer
 
 @pytest.mark.parametrize("provider,model", [("capped", SONNET), ("capped_oa", "gpt-4o")])
 @pytest.mark.parametrize("field", ["max_tokens", "max_new_tokens"])
-def test_a_provider_max_tokens_cap_refuses_more_with_a_400_and_no_upstream_call(server: GunicornServer, upstream: Any, provider: str, model: str, field: str) -> None:
+def test_a_provider_max_tokens_cap_refuses_more_with_a_400_and_no_upstream_call(
+    server: GunicornServer, upstream: Any, provider: str, model: str, field: str
+) -> None:
     rid = uid("cap-tokens")
     body = {"model": model, "messages": [{"role": "user", "content": f"id={rid}"}], field: 51}
     status, headers, raw = send(server, provider, body)
@@ -402,9 +499,16 @@ def test_a_provider_max_tokens_cap_holds_for_anthropic_when_the_client_sends_non
 
 
 @pytest.mark.parametrize("provider,model", [("capped", SONNET), ("capped_oa", "gpt-4o")])
-def test_a_provider_max_messages_cap_refuses_more_with_a_400_and_no_upstream_call(server: GunicornServer, upstream: Any, provider: str, model: str) -> None:
+def test_a_provider_max_messages_cap_refuses_more_with_a_400_and_no_upstream_call(
+    server: GunicornServer, upstream: Any, provider: str, model: str
+) -> None:
     rid = uid("cap-messages")
-    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "user", "content": f"id={rid}"}]
+    turns = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "user", "content": f"id={rid}"},
+    ]
     status, headers, raw = send(server, provider, {"model": model, "messages": turns, "max_tokens": 10})
     err = assert_contract_error(status, headers, raw, 400, "invalid_request")
     assert "messages" in err["error"]
@@ -426,7 +530,7 @@ def padded_body(rid: str, size: int, model: str = SONNET) -> bytes:
 
 def chunked(data: bytes, size: int = 1000) -> Iterator[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 BODY_LIMITS = [("capped", PROVIDER_CAPS["max_body_bytes"]), ("capped_oa", PROVIDER_CAPS["max_body_bytes"]), ("anthropic", GLOBAL_MAX_BODY)]
@@ -458,13 +562,17 @@ def test_a_chunked_body_within_the_limit_is_read_whole(server: GunicornServer, u
     assert len(upstream.requests(id=rid)) == 1
 
 
-CHUNKED_BUG = ("BUG: views.read_json relies on werkzeug raising RequestEntityTooLarge, but for a body without "
-               "Content-Length werkzeug's LimitedStream.readall() stops silently at max_content_length: the body is "
-               "truncated to the limit (400 'not valid JSON', or a truncated body that still parses is served)")
+CHUNKED_BUG = (
+    "BUG: views.read_json relies on werkzeug raising RequestEntityTooLarge, but for a body without "
+    "Content-Length werkzeug's LimitedStream.readall() stops silently at max_content_length: the body is "
+    "truncated to the limit (400 'not valid JSON', or a truncated body that still parses is served)"
+)
 
 
 @pytest.mark.parametrize("provider,limit", BODY_LIMITS)
-def test_a_chunked_body_over_the_size_limit_is_a_413_and_no_upstream_call(server: GunicornServer, upstream: Any, provider: str, limit: int) -> None:
+def test_a_chunked_body_over_the_size_limit_is_a_413_and_no_upstream_call(
+    server: GunicornServer, upstream: Any, provider: str, limit: int
+) -> None:
     model = "gpt-4o" if provider.endswith("_oa") else SONNET
     rid = uid("too-big-chunked")
     r = post_raw(server, provider, chunked(padded_body(rid, limit + 1, model)))
@@ -494,7 +602,9 @@ def test_retry_log_lines_name_the_request(server: GunicornServer) -> None:
     rid = uid("retry-log")
     status, headers, _ = send(server, "anthropic", chat_body(f"id={rid} status=500 tokens=2"), headers={"X-Request-ID": rid})
     assert status == 200 and headers["X-Request-ID"] == rid
-    status, _, _ = send(server, "anthropic", chat_body(f"id={rid}-event tokens=2 error_after=0 error_attempts=1"), headers={"X-Request-ID": rid + "-event"})
+    status, _, _ = send(
+        server, "anthropic", chat_body(f"id={rid}-event tokens=2 error_after=0 error_attempts=1"), headers={"X-Request-ID": rid + "-event"}
+    )
     assert status == 200
     time.sleep(0.1)
     log = server.log()

@@ -6,6 +6,7 @@ sharing one Redis; token quotas are charged with the upstream's real counts (als
 that left mid-stream) and refuse before the upstream is called; a Redis outage is a fast 503
 (fail closed) or a logged, served request (fail open), never a 500 or a hang.
 """
+
 from __future__ import annotations
 
 import http.client as httpclient
@@ -14,17 +15,30 @@ import json
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
+from conftest import (
+    GunicornServer,
+    chat_body,
+    free_port,
+    http,
+    make_jwt,
+    mock_host_app,
+    open_raw_stream,
+    sse_events,
+    start_servers,
+    stop_servers,
+    uid,
+)
 from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import parse
 
-from conftest import GunicornServer, mock_host_app, chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers, uid
 from flask_llm_proxy import LLMProxy
 
 FLEET_LIMIT = 20
@@ -46,8 +60,14 @@ def servers(upstream: Any, redis_server: Any, tmp_path_factory: pytest.TempPathF
     down = {"LLM_PROXY_RATE_LIMIT": "5/minute", "LLM_PROXY_TOKEN_QUOTA": "100000/day", "RATELIMIT_STORAGE_URI": dead_redis}
     specs = {
         # no auth required: identities are client addresses, or the JWT subject when a token is sent
-        "limit5": (1, {"LLM_PROXY_RATE_LIMIT": "5/minute", "RATELIMIT_STORAGE_URI": redis_server.url,
-                       "LLM_PROXY_CORS_ORIGINS": ["https://app.example.com"]}),
+        "limit5": (
+            1,
+            {
+                "LLM_PROXY_RATE_LIMIT": "5/minute",
+                "RATELIMIT_STORAGE_URI": redis_server.url,
+                "LLM_PROXY_CORS_ORIGINS": ["https://app.example.com"],
+            },
+        ),
         "fleet_a": (3, fleet),
         "fleet_b": (3, fleet),
         "down_closed": (1, {**down, "LLM_PROXY_FAIL_OPEN": False}),
@@ -83,7 +103,9 @@ def assert_contract_error(resp: Any, status: int, type_: str | None = None) -> d
 _source_ips = (f"127.1.{a}.{b}" for a, b in itertools.product(range(1, 250), range(2, 250)))
 
 
-def raw_request(server: GunicornServer, method: str, path: str, *, source_ip: str, headers: dict[str, str], body: Any = None) -> tuple[int, dict[str, str], bytes]:
+def raw_request(
+    server: GunicornServer, method: str, path: str, *, source_ip: str, headers: dict[str, str], body: Any = None
+) -> tuple[int, dict[str, str], bytes]:
     """A request from a chosen loopback source address (all of 127/8 is local): a distinct client."""
     conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=15, source_address=(source_ip, 0))
     try:
@@ -141,14 +163,20 @@ def test_other_identities_are_not_affected_by_one_identity_s_limit(servers: Any,
     assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "4"
     # and a different client address is a different identity too
     ip_a, ip_b = next(_source_ips), next(_source_ips)
-    assert [raw_request(server, "POST", "/api/mock", source_ip=ip_a, headers={}, body=mock_body())[0] for _ in range(6)] == [200] * 5 + [429]
+    assert [raw_request(server, "POST", "/api/mock", source_ip=ip_a, headers={}, body=mock_body())[0] for _ in range(6)] == [200] * 5 + [
+        429
+    ]
     assert raw_request(server, "POST", "/api/mock", source_ip=ip_b, headers={}, body=mock_body())[0] == 200
     assert post(server, "mock", mock_body(), spent).status_code == 429
 
 
 def test_preflight_options_requests_are_not_counted(servers: Any) -> None:
     server, ip = servers["limit5"], next(_source_ips)
-    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
+    preflight = {
+        "Origin": "https://app.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
     for _ in range(8):
         status, headers, _ = raw_request(server, "OPTIONS", "/api/mock", source_ip=ip, headers=preflight)
         assert status < 400 and "x-ratelimit-limit" not in headers
@@ -160,7 +188,9 @@ def test_preflight_options_requests_are_not_counted(servers: Any) -> None:
 def test_requests_refused_for_bad_credentials_are_not_counted(servers: Any) -> None:
     server, ip = servers["limit5"], next(_source_ips)
     for _ in range(6):
-        status, _, _ = raw_request(server, "POST", "/api/mock", source_ip=ip, headers={"Authorization": "Bearer not-a-token"}, body=mock_body())
+        status, _, _ = raw_request(
+            server, "POST", "/api/mock", source_ip=ip, headers={"Authorization": "Bearer not-a-token"}, body=mock_body()
+        )
         assert status == 401
     statuses = [raw_request(server, "POST", "/api/mock", source_ip=ip, headers={}, body=mock_body())[0] for _ in range(6)]
     assert statuses == [200] * 5 + [429]
@@ -202,7 +232,9 @@ def quota_spent(redis_url: str, identity: str) -> int:
         client.close()
 
 
-def test_token_quota_is_charged_the_upstream_s_real_counts_across_instances_then_refuses(servers: Any, upstream: Any, redis_server: Any) -> None:
+def test_token_quota_is_charged_the_upstream_s_real_counts_across_instances_then_refuses(
+    servers: Any, upstream: Any, redis_server: Any
+) -> None:
     a, b = servers["fleet_a"], servers["fleet_b"]
     sub = uid("quota")
     headers = bearer(sub)
@@ -245,7 +277,11 @@ def test_a_client_that_leaves_mid_stream_is_charged_what_was_streamed(servers: A
     sub = uid("quota-cut")
     rid = uid("quota-cut")
     sock, got = open_raw_stream(
-        server.url, "/api/anthropic", chat_body(f"id={rid} input_tokens=30 tokens=500 pace_ms=20"), headers=bearer(sub), until=b'"tokenId":9}'
+        server.url,
+        "/api/anthropic",
+        chat_body(f"id={rid} input_tokens=30 tokens=500 pace_ms=20"),
+        headers=bearer(sub),
+        until=b'"tokenId":9}',
     )
     sock.close()
     rec = upstream.wait_for_request(rid, lambda r: r["client_closed"], timeout=5)
@@ -261,7 +297,9 @@ def test_a_client_that_leaves_mid_stream_is_charged_what_was_streamed(servers: A
 
 
 @pytest.mark.parametrize("provider,model", [("anthropic", "claude-3-5-sonnet-20241022"), ("mock", "mock-1")])
-def test_redis_down_and_fail_closed_is_a_fast_contract_503_with_no_upstream_call(servers: Any, upstream: Any, provider: str, model: str) -> None:
+def test_redis_down_and_fail_closed_is_a_fast_contract_503_with_no_upstream_call(
+    servers: Any, upstream: Any, provider: str, model: str
+) -> None:
     server = servers["down_closed"]
     rids = [uid("down-closed") for _ in range(4)]
 
@@ -272,7 +310,7 @@ def test_redis_down_and_fail_closed_is_a_fast_contract_503_with_no_upstream_call
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, rids))
-    for status, elapsed, r in results:
+    for _status, elapsed, r in results:
         assert elapsed < 5, f"took {elapsed:.1f}s"
         assert_contract_error(r, 503)
         assert r.headers.get("Retry-After")
@@ -354,8 +392,9 @@ def test_the_proxy_s_own_limiter_does_not_apply_a_host_default_limit_to_every_ro
     """A host's RATELIMIT_DEFAULT / RATELIMIT_APPLICATION belong to the host's limiter. The
     extension's own limiter only stores the proxy's counts: through it they would become one bucket
     that every user of every route shares."""
-    app = mock_host_app(LLM_PROXY_RATE_LIMIT="50/minute", RATELIMIT_DEFAULT="2/minute", RATELIMIT_APPLICATION="3/minute",
-                        RATELIMIT_STORAGE_URI="memory://")
+    app = mock_host_app(
+        LLM_PROXY_RATE_LIMIT="50/minute", RATELIMIT_DEFAULT="2/minute", RATELIMIT_APPLICATION="3/minute", RATELIMIT_STORAGE_URI="memory://"
+    )
     LLMProxy(app)
 
     @app.get("/host-route")
@@ -452,8 +491,12 @@ def test_a_window_another_worker_opened_reports_that_window_s_reset(redis_server
 def test_on_redis_the_rate_count_and_the_quota_reading_share_one_round_trip(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fleet settings cost per request: one round trip before the upstream call (count + quota
     reading, pipelined) and one after it (the quota charge), not three."""
-    app = mock_host_app(LLM_PROXY_RATE_LIMIT="100/minute", LLM_PROXY_TOKEN_QUOTA="100000/day",
-                        RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid("one-trip"))
+    app = mock_host_app(
+        LLM_PROXY_RATE_LIMIT="100/minute",
+        LLM_PROXY_TOKEN_QUOTA="100000/day",
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_KEY_PREFIX=uid("one-trip"),
+    )
     LLMProxy(app)
     client = app.test_client()
     assert client.post("/api/mock", json=mock_body()).status_code == 200  # loads the counting script
@@ -475,8 +518,12 @@ def test_on_redis_the_rate_count_and_the_quota_reading_share_one_round_trip(redi
 
 def test_a_request_refused_by_one_rate_limit_is_not_counted_in_the_next(redis_server: Any) -> None:
     """Several windows, with a quota on the same Redis: counted in order, stopping at the refusal."""
-    app = mock_host_app(LLM_PROXY_RATE_LIMIT="2/minute;100/day", LLM_PROXY_TOKEN_QUOTA="100000/day",
-                        RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid("windows"))
+    app = mock_host_app(
+        LLM_PROXY_RATE_LIMIT="2/minute;100/day",
+        LLM_PROXY_TOKEN_QUOTA="100000/day",
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_KEY_PREFIX=uid("windows"),
+    )
     LLMProxy(app)
     client = app.test_client()
     assert [client.post("/api/mock", json=mock_body()).status_code for _ in range(5)] == [200, 200, 429, 429, 429]
@@ -485,8 +532,13 @@ def test_a_request_refused_by_one_rate_limit_is_not_counted_in_the_next(redis_se
 
 
 def test_a_flushed_redis_script_cache_neither_fails_nor_double_counts(redis_server: Any) -> None:
-    app = mock_host_app(LLM_PROXY_RATE_LIMIT="10/minute", LLM_PROXY_TOKEN_QUOTA="100000/day", LLM_PROXY_FAIL_OPEN=False,
-                        RATELIMIT_STORAGE_URI=redis_server.url, RATELIMIT_KEY_PREFIX=uid("flushed"))
+    app = mock_host_app(
+        LLM_PROXY_RATE_LIMIT="10/minute",
+        LLM_PROXY_TOKEN_QUOTA="100000/day",
+        LLM_PROXY_FAIL_OPEN=False,
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_KEY_PREFIX=uid("flushed"),
+    )
     LLMProxy(app)
     client = app.test_client()
     assert client.post("/api/mock", json=mock_body()).headers["X-RateLimit-Remaining"] == "9"

@@ -3,6 +3,7 @@
 Records are written straight into each store; every figure is compared with what
 tests/admin_seed.py computes from the same records on its own.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,13 +12,14 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from admin_seed import bucket_label, expected, seed
 from conftest import make_jwt, mock_host_app
+
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.accounting.exchange import UsageRecord
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
@@ -74,7 +76,9 @@ def check(summary: dict[str, Any], want: dict[str, Any], labels: list[str]) -> N
     assert summary["errors_by_type"] == tot["errors_by_type"]
     assert summary["error_rate"] == (round(tot["errors"] / tot["requests"], 4) if tot["requests"] else None)
     assert summary["ttfb_by_provider"] == tot["ttfb"]
-    assert {m["model"]: {k: m[k] for k in ("requests", "input_tokens", "output_tokens", "cost_usd")} for m in summary["by_model"]} == tot["by_model"]
+    assert {m["model"]: {k: m[k] for k in ("requests", "input_tokens", "output_tokens", "cost_usd")} for m in summary["by_model"]} == tot[
+        "by_model"
+    ]
     series = summary["by_hour"] if summary["range"]["grain"] == "hour" else summary["by_day"]
     assert [b["bucket"] for b in series] == labels
     for b in series:
@@ -151,11 +155,14 @@ def test_the_top_users_carry_their_share_of_budget_in_the_current_period(ledger:
         sp = spent.setdefault(r["identity"], {"usd": 0.0, "tokens": 0})
         sp["usd"] += r["cost_usd"] or 0
         sp["tokens"] += r["input_tokens"] + r["output_tokens"]
-    assert users["alice"]["budget"] == {"monthly_tokens": {"limit": 100000, "spent": spent["alice"]["tokens"],
-                                                          "share": round(spent["alice"]["tokens"] / 100000, 4)}}
+    assert users["alice"]["budget"] == {
+        "monthly_tokens": {"limit": 100000, "spent": spent["alice"]["tokens"], "share": round(spent["alice"]["tokens"] / 100000, 4)}
+    }
     assert users["bob"]["budget"] is None and users["bob"]["budget_share"] is None  # exempt from the default
     carol = users["carol"]["budget"]["daily_usd"]
-    assert carol["spent"] == pytest.approx(spent["carol"]["usd"]) and users["carol"]["budget_share"] == round(spent["carol"]["usd"] / 0.001, 4)
+    assert carol["spent"] == pytest.approx(spent["carol"]["usd"]) and users["carol"]["budget_share"] == round(
+        spent["carol"]["usd"] / 0.001, 4
+    )
 
 
 def test_records_that_arrive_late_or_from_two_processes_are_counted_once_in_sqlite(tmp_path: Path) -> None:
@@ -168,12 +175,15 @@ def test_records_that_arrive_late_or_from_two_processes_are_counted_once_in_sqli
     write_all(app, records[:20])
     client = app.test_client()
     assert client.get("/api/admin/summary.json?range=30d", headers=ADMIN).get_json()["requests"] == len(
-        [r for r in records[:20] if bucket_label(r["timestamp"], "day") in day_labels(now, 30)])
+        [r for r in records[:20] if bucket_label(r["timestamp"], "day") in day_labels(now, 30)]
+    )
     write_all(app, records[20:])  # among them records dated days ago
     stores = [SQLiteStore(str(db)) for _ in range(4)]
     answers: list[int] = []
-    threads = [threading.Thread(target=lambda s=s: answers.append(sum(c["requests"] for c in s.aggregates("day", 0, 10**6).models.values())))
-               for s in stores]
+    threads = [
+        threading.Thread(target=lambda s=s: answers.append(sum(c["requests"] for c in s.aggregates("day", 0, 10**6).models.values())))
+        for s in stores
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -191,7 +201,7 @@ def test_queue_waits_light_up_when_records_carry_them(ledger: tuple[str, str]) -
     waits = [5.0, 12.0, 300.4, 40.0, None]
     app, _ = admin_app(uri)
     store = app.extensions["llm_proxy"].accounting.store
-    for i, (r, w) in enumerate(zip(seed(now), waits)):
+    for i, (r, w) in enumerate(zip(seed(now), waits, strict=False)):
         store.write(UsageRecord(**dict(r, timestamp=now - 60 - i), queue_ms=w))
     s = app.test_client().get("/api/admin/summary.json?range=24h", headers=ADMIN).get_json()
     # binned: 300.4 -> 300 ms rounds to 7 significant bits: 300 = 0b100101100 -> steps of 4 -> 300
@@ -285,11 +295,22 @@ def test_the_page_is_a_static_shell_under_a_strict_policy_and_gets_no_cors(tmp_p
     assert c.get("/api/models", headers=origin).headers["Access-Control-Allow-Origin"] == "https://app.example.org"
 
 
-@pytest.mark.parametrize("query, param", [
-    ("range=1y", "range"), ("range=0d", "range"), ("range=401d", "range"), ("range=73h", "range"),
-    ("since=2026-13-01", "since"), ("until=2026-01-01", "since"), ("since=2026-02-01&until=2026-01-01", "until"),
-    ("range=7d&since=2026-01-01", "range"), ("since=2020-01-01&until=2026-01-01", "since"), ("top=0", "top"), ("top=x", "top"),
-])
+@pytest.mark.parametrize(
+    "query, param",
+    [
+        ("range=1y", "range"),
+        ("range=0d", "range"),
+        ("range=401d", "range"),
+        ("range=73h", "range"),
+        ("since=2026-13-01", "since"),
+        ("until=2026-01-01", "since"),
+        ("since=2026-02-01&until=2026-01-01", "until"),
+        ("range=7d&since=2026-01-01", "range"),
+        ("since=2020-01-01&until=2026-01-01", "since"),
+        ("top=0", "top"),
+        ("top=x", "top"),
+    ],
+)
 def test_a_bad_range_is_a_400_naming_the_parameter(query: str, param: str) -> None:
     app, _ = admin_app("none")
     r = app.test_client().get(f"/api/admin/summary.json?{query}", headers=ADMIN)
@@ -322,7 +343,7 @@ def test_the_csv_export_is_the_table_of_the_json(ledger: tuple[str, str]) -> Non
     assert [row[0] for row in rows[1:]] == day_labels(now, 7)
     want = expected(records, "day", day_labels(now, 7))
     for row in rows[1:]:
-        rec = dict(zip(rows[0], row))
+        rec = dict(zip(rows[0], row, strict=False))
         w = want["buckets"][rec["bucket"]]
         assert int(rec["requests"]) == w["requests"] and float(rec["cost_usd"]) == pytest.approx(w["cost_usd"], abs=1e-9)
         assert rec["ttfb_p95_ms:anthropic"] == str(w["ttfb"].get("anthropic", {}).get("p95_ms", "") or "")
@@ -359,4 +380,3 @@ def test_a_wrong_admin_setting_names_its_key() -> None:
         app = mock_host_app(**{key: value})
         with pytest.raises(ConfigError, match=key):
             LLMProxy(app)
-

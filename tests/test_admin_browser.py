@@ -9,20 +9,22 @@ computes from the same records on its own; and the browser asks nothing of any o
 
 The screenshot of the page goes to docs/_static/admin.png.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-
 from admin_seed import bucket_label, expected, seed
 from conftest import ROOT, GunicornServer, base_env, make_jwt, screenshot
+
 from flask_llm_proxy.accounting.exchange import UsageRecord
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 
@@ -144,17 +146,24 @@ def check_charts(page: Any, want: dict[str, Any]) -> None:
     total = want["total"]
     models = [m for m, _ in sorted(total["by_model"].items(), key=lambda kv: (-kv[1]["cost_usd"], -kv[1]["requests"], kv[0]))]
     assert marks(page, "requests") == bars_expected(
-        want, lambda f: [(m, f["by_model"].get(m, {}).get("requests", 0)) for m in models], lambda v: f"{v:,} requests")
+        want, lambda f: [(m, f["by_model"].get(m, {}).get("requests", 0)) for m in models], lambda v: f"{v:,} requests"
+    )
     assert marks(page, "tokens") == bars_expected(
-        want, lambda f: [(m, (f["by_model"][m]["input_tokens"] + f["by_model"][m]["output_tokens"]) if m in f["by_model"] else 0)
-                         for m in models], lambda v: f"{v:,} tokens")
+        want,
+        lambda f: [
+            (m, (f["by_model"][m]["input_tokens"] + f["by_model"][m]["output_tokens"]) if m in f["by_model"] else 0) for m in models
+        ],
+        lambda v: f"{v:,} tokens",
+    )
     cost = bars_expected(want, lambda f: [(m, f["by_model"].get(m, {}).get("cost_usd", 0)) for m in models], lambda v: f"{v:.6f} USD")
     for c in cost:
         c["value"] = js_num(float(c["value"]))
     assert marks(page, "cost") == cost
     assert marks(page, "users") == bars_expected(want, lambda f: [("active users", f["active_users"])], lambda v: f"{v:,} active users")
     types = [t for t, _ in sorted(total["errors_by_type"].items(), key=lambda kv: (-kv[1], kv[0]))]
-    assert marks(page, "errors") == bars_expected(want, lambda f: [(t, f["errors_by_type"].get(t, 0)) for t in types], lambda v: f"{v:,} errors")
+    assert marks(page, "errors") == bars_expected(
+        want, lambda f: [(t, f["errors_by_type"].get(t, 0)) for t in types], lambda v: f"{v:,} errors"
+    )
     assert marks(page, "cancelled") == bars_expected(want, lambda f: [("cancelled", f["cancelled"])], lambda v: f"{v:,} cancelled")
     assert marks(page, "cached") == bars_expected(want, lambda f: [("cache hits", f["cached"])], lambda v: f"{v:,} cache hits")
     assert marks(page, "worker_lost") == bars_expected(want, lambda f: [("worker lost", f["worker_lost"])], lambda v: f"{v:,} lost")
@@ -166,7 +175,9 @@ def check_charts(page: Any, want: dict[str, Any]) -> None:
                 t = fig["ttfb"].get(series_of)
                 if t:
                     v = t[f"{q}_ms"]
-                    points.append({"bucket": bucket, "series": f"{series_of} {q}", "value": str(v), "title": f"{bucket} · {series_of} {q}: {v} ms"})
+                    points.append(
+                        {"bucket": bucket, "series": f"{series_of} {q}", "value": str(v), "title": f"{bucket} · {series_of} {q}: {v} ms"}
+                    )
     assert marks(page, "ttfb", "circle.point") == points
     assert len(points) > 4
 
@@ -183,18 +194,28 @@ def check_numbers(page: Any, want: dict[str, Any], labels: list[str]) -> None:
     assert kpi.get("cache_hit_rate") == (str(round(total["cached"] / total["requests"], 4)) if total["cached"] else None)
     for p, t in total["ttfb"].items():
         assert (kpi[f"ttfb_p50:{p}"], kpi[f"ttfb_p95:{p}"]) == (str(t["p50_ms"]), str(t["p95_ms"]))
-    table = page.eval_on_selector_all("#table tbody tr", "rows => rows.map(r => Object.fromEntries([...r.cells].map(c => [c.dataset.column, c.textContent])))")
+    table = page.eval_on_selector_all(
+        "#table tbody tr", "rows => rows.map(r => Object.fromEntries([...r.cells].map(c => [c.dataset.column, c.textContent])))"
+    )
     assert [row["bucket"] for row in table] == labels
     for row in table:
         w = want["buckets"][row["bucket"]]
         assert (int(row["requests"]), int(row["active_users"]), int(row["errors"]), int(row["cancelled"])) == (
-            w["requests"], w["active_users"], w["errors"], w["cancelled"])
+            w["requests"],
+            w["active_users"],
+            w["errors"],
+            w["cancelled"],
+        )
         assert float(row["cost_usd"]) == pytest.approx(w["cost_usd"], abs=1e-9)
-    users = page.eval_on_selector_all("#top-users tbody tr", "rows => rows.map(r => [r.dataset.identity, r.cells[1].dataset.value, r.cells[3].dataset.value])")
+    users = page.eval_on_selector_all(
+        "#top-users tbody tr", "rows => rows.map(r => [r.dataset.identity, r.cells[1].dataset.value, r.cells[3].dataset.value])"
+    )
     ranked = sorted(want["users"].items(), key=lambda kv: (-kv[1]["cost_usd"], -kv[1]["requests"], kv[0]))
     assert [u[0] for u in users] == [k for k, _ in ranked]
     for identity, requests, cost in users:
-        assert int(requests) == want["users"][identity]["requests"] and float(cost) == pytest.approx(want["users"][identity]["cost_usd"], abs=1e-9)
+        assert int(requests) == want["users"][identity]["requests"] and float(cost) == pytest.approx(
+            want["users"][identity]["cost_usd"], abs=1e-9
+        )
     assert page.eval_on_selector("#top-users", "t => t.querySelector('b') === null")  # an identity is text, never markup
 
 

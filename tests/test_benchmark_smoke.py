@@ -3,6 +3,7 @@
 Only that it works is asserted: every scenario ran direct and through the proxy and produced
 numbers. No timing assertions: CI machines have 2 noisy cores.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,11 @@ def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_pa
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run(  # the A/B against this very commit: any clone has it
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--ab-base", "HEAD", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -64,7 +69,11 @@ def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_pa
 def test_wake_probe_runs_and_prints_one_line_per_busy_time() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "wake.py"), "--requests", "5", "--busy-us", "0,500"],
-        cwd=ROOT, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -76,11 +85,19 @@ def test_wake_probe_runs_and_prints_one_line_per_busy_time() -> None:
 def test_write_ahead_benchmark_runs_and_prints_one_row_per_store() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "write_ahead.py"), "--rounds", "1", "--requests", "5"],  # no figures asserted
-        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {cells[0]: cells[1:] for line in proc.stdout.splitlines() if line.startswith(("| sqlite ", "| redis "))
-            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+    rows = {
+        cells[0]: cells[1:]
+        for line in proc.stdout.splitlines()
+        if line.startswith(("| sqlite ", "| redis "))
+        for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]
+    }
     assert set(rows) == {"sqlite", "redis"}
     assert all(len(cells) == 9 and all(c.endswith(" ms") for c in cells) for cells in rows.values())

@@ -16,6 +16,7 @@ retry and timeout rules against a fake ``fetch``), run inside the browser with `
 
 The page's screenshot is saved to ``test-artifacts/browser-demo.png`` under the repository root.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,13 +24,13 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-
 from conftest import ROOT, GunicornServer, base_env, http, make_jwt, providers_for, screenshot
 from fake_upstream import FakeUpstreamProcess, expected_text
 
@@ -37,8 +38,13 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 MODEL = "claude-3-5-sonnet-20241022"
 PINNED = "You answer questions about ACME's products."
@@ -63,26 +69,32 @@ class Servers:
         return f"{origin or self.page.url}/?{urlencode(query)}"
 
 
-DEMO_ANSWER = ("Because the browser is not yours: anything it holds, its user can read. The page sends its "
-               "prompt to your Flask backend, which adds the provider's key, streams each token back as it "
-               "arrives, and records what the answer cost.")
+DEMO_ANSWER = (
+    "Because the browser is not yours: anything it holds, its user can read. The page sends its "
+    "prompt to your Flask backend, which adds the provider's key, streams each token back as it "
+    "arrives, and records what the answer cost."
+)
 
 
 def _start_servers(upstream_url: str, tmp_page: Path, tmp_proxy: Path) -> Servers:
-    providers = {**providers_for(upstream_url), "mock": {"type": "mock", "models": ["*"], "tokens": len(DEMO_ANSWER.split(" ")),
-                                                           "pace_ms": 15, "text": DEMO_ANSWER}}
+    providers = {
+        **providers_for(upstream_url),
+        "mock": {"type": "mock", "models": ["*"], "tokens": len(DEMO_ANSWER.split(" ")), "pace_ms": 15, "text": DEMO_ANSWER},
+    }
     page = GunicornServer(base_env(upstream_url, tmp_page, EXAMPLE_DEV_TOKENS="1", LLM_PROXY_PROVIDERS=providers), workers=1, name="page")
     try:
         proxy = GunicornServer(
             base_env(
-                upstream_url, tmp_proxy,
+                upstream_url,
+                tmp_proxy,
                 LLM_PROXY_REQUIRE_AUTH=True,
                 LLM_PROXY_CORS_ORIGINS=[page.url],
                 LLM_PROXY_RATE_LIMIT="3/minute",
                 LLM_PROXY_PROFILES=DEMO_PROFILES,
                 EXAMPLE_DEV_TOKENS="0",
             ),
-            workers=1, name="cors-proxy",
+            workers=1,
+            name="cors-proxy",
         )
     except BaseException:
         page.stop()
@@ -95,7 +107,9 @@ def stack(upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactor
     """Both gunicorns start in a thread while chromium launches (Playwright's sync objects belong
     to the thread that made them, so the browser stays in this one)."""
     with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(_start_servers, upstream.base_url, tmp_path_factory.mktemp("browser-page"), tmp_path_factory.mktemp("browser-proxy"))
+        future = pool.submit(
+            _start_servers, upstream.base_url, tmp_path_factory.mktemp("browser-page"), tmp_path_factory.mktemp("browser-proxy")
+        )
         try:
             with playwright_sync.sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -336,7 +350,9 @@ def test_client_module_unit(servers: Servers, page: Any) -> None:
 
     # 4xx never retried; Retry-After (header first, else the body's retryAfter) in seconds
     assert r["r429"]["calls"] == 1 and r["r429"]["error"]["retryAfter"] == 7 and r["r429"]["error"]["type"] == "rate_limited"
-    assert r["r429body"]["calls"] == 1 and r["r429body"]["error"]["retryAfter"] == 12 and r["r429body"]["error"]["type"] == "budget_exceeded"
+    assert (
+        r["r429body"]["calls"] == 1 and r["r429body"]["error"]["retryAfter"] == 12 and r["r429body"]["error"]["type"] == "budget_exceeded"
+    )
     assert r["r400"]["calls"] == 1 and r["r400"]["error"]["status"] == 400 and r["r400"]["error"]["code"] == "INVALID_REQUEST"
     assert r["r401"]["calls"] == 1 and r["r401"]["error"]["message"] == "the token has expired"
 
@@ -352,7 +368,11 @@ def test_client_module_unit(servers: Servers, page: Any) -> None:
         assert r[case]["calls"] == 1 and r[case]["error"]["name"] == "ProxyStreamError" and r[case]["error"]["code"] == "STREAM_INCOMPLETE"
 
     # timeouts: waiting for headers, and silence between chunks; keep-alive comments reset the idle timer
-    assert r["headersTimeout"]["calls"] == 1 and r["headersTimeout"]["error"]["name"] == "ProxyTimeoutError" and r["headersTimeout"]["error"]["phase"] == "headers"
+    assert (
+        r["headersTimeout"]["calls"] == 1
+        and r["headersTimeout"]["error"]["name"] == "ProxyTimeoutError"
+        and r["headersTimeout"]["error"]["phase"] == "headers"
+    )
     assert r["idle"]["calls"] == 1 and r["idle"]["tokens"] == "a" and r["idle"]["error"]["phase"] == "stream"
     assert r["keepalive"]["error"] is None and r["keepalive"]["tokens"] == "ab"
 
@@ -453,8 +473,9 @@ def test_the_demo_streams_a_readable_answer_for_the_readme(servers: Servers, pag
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg==")
 
 
-def test_an_attached_image_reaches_the_upstream_as_an_image_block(servers: Servers, page: Any, upstream: FakeUpstreamProcess,
-                                                                  tmp_path: Path) -> None:
+def test_an_attached_image_reaches_the_upstream_as_an_image_block(
+    servers: Servers, page: Any, upstream: FakeUpstreamProcess, tmp_path: Path
+) -> None:
     photo = tmp_path / "photo.png"
     photo.write_bytes(PNG)
     open_demo(page, servers.page_url())
@@ -478,8 +499,9 @@ def test_an_attached_image_reaches_the_upstream_as_an_image_block(servers: Serve
     assert isinstance(upstream.requests(id=scenario)[0]["body"]["messages"][0]["content"], str)
 
 
-def test_an_image_of_another_type_than_its_name_says_is_refused_in_plain_words(servers: Servers, page: Any,
-                                                                                upstream: FakeUpstreamProcess, tmp_path: Path) -> None:
+def test_an_image_of_another_type_than_its_name_says_is_refused_in_plain_words(
+    servers: Servers, page: Any, upstream: FakeUpstreamProcess, tmp_path: Path
+) -> None:
     fake = tmp_path / "notes.png"
     fake.write_bytes(b"%PDF-1.4 not an image at all")
     open_demo(page, servers.page_url())
@@ -541,9 +563,11 @@ def test_upstream_failure_is_shown(servers: Servers, page: Any, upstream: FakeUp
     # that clients do not multiply the attempts. A cross-origin page can only see that header when
     # CORS exposes it.
     calls = len(upstream.requests(id=scenario))
-    exposed = http().post(
-        servers.proxy.url + "/api/anthropic", data=b"{}", headers={"Origin": servers.page.url, "Content-Type": "application/json"}
-    ).headers.get("Access-Control-Expose-Headers", "")
+    exposed = (
+        http()
+        .post(servers.proxy.url + "/api/anthropic", data=b"{}", headers={"Origin": servers.page.url, "Content-Type": "application/json"})
+        .headers.get("Access-Control-Expose-Headers", "")
+    )
     assert "x-should-retry" in exposed.lower()
     assert calls == 3
 
@@ -611,7 +635,9 @@ def test_disallowed_origin_cannot_read_the_stream(servers: Servers, page: Any, u
     assert any("CORS policy" in m for m in page.console_messages_seen), page.console_messages_seen
 
 
-def test_a_pinned_profile_keeps_its_system_prompt_and_a_free_one_takes_the_pages(servers: Servers, page: Any, upstream: FakeUpstreamProcess) -> None:
+def test_a_pinned_profile_keeps_its_system_prompt_and_a_free_one_takes_the_pages(
+    servers: Servers, page: Any, upstream: FakeUpstreamProcess
+) -> None:
     open_demo(page, servers.page_url(provider="profiles/support"))
     sign_in(page, unique("profiles"))
     wait_models_loaded(page)

@@ -7,21 +7,35 @@ the operator chose a shared cache; ``Cache-Control`` opts out; only complete, su
 are stored; a hit is accounted as such; a Redis outage costs the cache, never the request; and
 identical requests in flight share one upstream call, in one process and across a fleet.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 import redis
-
-from conftest import API_KEY, chat_body, providers_for, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers, uid
+from conftest import (
+    API_KEY,
+    chat_body,
+    free_port,
+    http,
+    make_jwt,
+    open_raw_stream,
+    providers_for,
+    sse_events,
+    start_servers,
+    stop_servers,
+    uid,
+)
 from fake_upstream import expected_text
+
 from flask_llm_proxy.accounting.redis_store import RedisStore
 
 SONNET = "claude-3-5-sonnet-20241022"
@@ -54,8 +68,9 @@ def servers(upstream: Any, cache_db: str, tmp_path_factory: pytest.TempPathFacto
     stop_servers(started.values())
 
 
-def post(server: Any, body: dict[str, Any], *, provider: str = "anthropic", user: str | None = None,
-         headers: dict[str, str] | None = None) -> Any:
+def post(
+    server: Any, body: dict[str, Any], *, provider: str = "anthropic", user: str | None = None, headers: dict[str, str] | None = None
+) -> Any:
     h = dict(headers or {})
     if user:
         h["Authorization"] = f"Bearer {make_jwt(user)}"
@@ -98,7 +113,9 @@ def test_a_repeated_stream_is_replayed_from_the_cache_as_the_same_contract_event
     assert last_hit["usage"]["costUsd"] == 0.0 < last_live["usage"]["costUsd"]
 
 
-def test_stream_false_is_answered_from_an_answer_stored_by_a_stream_and_tool_calls_replay_as_tool_calls(servers: Any, upstream: Any) -> None:
+def test_stream_false_is_answered_from_an_answer_stored_by_a_stream_and_tool_calls_replay_as_tool_calls(
+    servers: Any, upstream: Any
+) -> None:
     s = uid("tools")
     h1, live = contract(servers["mem"], f"id={s} tokens=2 tool=1", model="gpt-4o", provider="openai")
     assert h1 == "miss"
@@ -303,8 +320,9 @@ def test_when_the_shared_call_fails_every_follower_gets_its_error_and_nothing_is
 def test_a_follower_gets_the_whole_answer_when_the_first_client_leaves(servers: Any, upstream: Any, cache_db: str) -> None:
     s = uid("leader-left")
     body = chat_body(f"id={s} tokens=20 pace_ms=50 input_tokens=9")
-    sock, _ = open_raw_stream(servers["fleet_a"].url, "/api/anthropic", body, until=b'"tokenId":1',
-                              headers={"Authorization": f"Bearer {make_jwt('leaver')}"})
+    sock, _ = open_raw_stream(
+        servers["fleet_a"].url, "/api/anthropic", body, until=b'"tokenId":1', headers={"Authorization": f"Bearer {make_jwt('leaver')}"}
+    )
     with ThreadPoolExecutor(1) as pool:
         follower = pool.submit(contract, servers["fleet_b"], f"id={s} tokens=20 pace_ms=50 input_tokens=9", user="leaver")
         time.sleep(0.3)
@@ -333,8 +351,9 @@ def test_a_follower_gets_the_whole_answer_when_the_first_client_leaves(servers: 
 def _provider(**kw: Any) -> Any:
     from flask_llm_proxy.config import load_settings
 
-    return load_settings({"LLM_PROXY_PROVIDERS": {"anthropic": {"api_key": API_KEY, "base_url": "http://x", "models": ["*"], **kw}}},
-                         environ={}).providers["anthropic"]
+    return load_settings(
+        {"LLM_PROXY_PROVIDERS": {"anthropic": {"api_key": API_KEY, "base_url": "http://x", "models": ["*"], **kw}}}, environ={}
+    ).providers["anthropic"]
 
 
 def test_cache_key_ignores_key_order_but_not_anything_that_changes_the_answer() -> None:
@@ -345,8 +364,17 @@ def test_cache_key_ignores_key_order_but_not_anything_that_changes_the_answer() 
     key = cache_key("contract/v1/messages", p, body, "alice")
     assert key == cache_key("contract/v1/messages", p, dict(reversed(list(body.items()))), "alice")
     assert re.fullmatch(r"[0-9a-f]{64}", key) and API_KEY not in key
-    for changed in ({"temperature": 0.6}, {"max_tokens": 11}, {"model": "n"}, {"seed": 1}, {"stop": ["x"]}, {"tools": []},
-                    {"messages": [{"role": "user", "content": "hi!"}]}, {"system": "be brief"}, {"tool_choice": "auto"}):
+    for changed in (
+        {"temperature": 0.6},
+        {"max_tokens": 11},
+        {"model": "n"},
+        {"seed": 1},
+        {"stop": ["x"]},
+        {"tools": []},
+        {"messages": [{"role": "user", "content": "hi!"}]},
+        {"system": "be brief"},
+        {"tool_choice": "auto"},
+    ):
         assert cache_key("contract/v1/messages", p, {**body, **changed}, "alice") != key, changed
     assert cache_key("contract/v1/messages", p, body, "bob") != key
     assert cache_key("native:messages", p, body, "alice") != key
@@ -366,8 +394,16 @@ def test_an_entry_round_trips_text_tool_calls_and_raw_event_bytes() -> None:
     from flask_llm_proxy.cache.entry import Meta, pack, storable, unpack
     from flask_llm_proxy.providers.base import Reasoning, ToolCall
 
-    chunks = ["Hello", " wörld 👋", ToolCall("call_1", "get_weather", {"city": "Oslo"}), b"event: ping\ndata: {}\n\n", "",
-              Reasoning("Let me think"), Reasoning("", signature="sig=="), Reasoning("", redacted="opaque")]
+    chunks = [
+        "Hello",
+        " wörld 👋",
+        ToolCall("call_1", "get_weather", {"city": "Oslo"}),
+        b"event: ping\ndata: {}\n\n",
+        "",
+        Reasoning("Let me think"),
+        Reasoning("", signature="sig=="),
+        Reasoning("", redacted="opaque"),
+    ]
     meta = Meta("tool_calls", (10, 5, 2, 0, 3), "text/event-stream")
     got_meta, got = unpack(pack(meta, chunks))
     assert got == chunks and got_meta == meta
@@ -394,9 +430,16 @@ def test_memory_store_drops_the_least_recently_used_first_and_expires() -> None:
     assert store.get("short") is None
 
 
-@pytest.mark.parametrize("key,value", [("LLM_PROXY_CACHE_URL", "memcached://x"), ("LLM_PROXY_CACHE_URL", "memory://?size=10"),
-                                       ("LLM_PROXY_CACHE_SCOPE", "global"), ("LLM_PROXY_CACHE_TTL", 0),
-                                       ("LLM_PROXY_CACHE_MAX_BYTES", -1)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("LLM_PROXY_CACHE_URL", "memcached://x"),
+        ("LLM_PROXY_CACHE_URL", "memory://?size=10"),
+        ("LLM_PROXY_CACHE_SCOPE", "global"),
+        ("LLM_PROXY_CACHE_TTL", 0),
+        ("LLM_PROXY_CACHE_MAX_BYTES", -1),
+    ],
+)
 def test_a_wrong_cache_setting_names_its_key(key: str, value: Any) -> None:
     from flask_llm_proxy.config import ConfigError, load_settings
 

@@ -3,6 +3,7 @@
 Every refusal is an ``InvalidRequest`` (400) whose message starts with the path of the bad field,
 so a client developer can fix the request without reading proxy code.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,13 @@ def conversation() -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Let me look."},
-            {"type": "tool_use", "id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}},
+            ],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "4 degrees, rain"}]},
     ]
 
@@ -64,8 +69,14 @@ def test_a_body_that_is_not_an_object_is_refused(body):
 
 @pytest.mark.parametrize(
     "model",
-    [pytest.param(None, id="null"), pytest.param(5, id="int"), pytest.param("", id="empty"), pytest.param("  ", id="blank"),
-     pytest.param("x" * 257, id="too-long"), pytest.param(["m"], id="list")],
+    [
+        pytest.param(None, id="null"),
+        pytest.param(5, id="int"),
+        pytest.param("", id="empty"),
+        pytest.param("  ", id="blank"),
+        pytest.param("x" * 257, id="too-long"),
+        pytest.param(["m"], id="list"),
+    ],
 )
 def test_a_bad_model_is_refused(model):
     refused(base(model=model), "model")
@@ -86,13 +97,31 @@ def test_stream_must_be_a_boolean(stream):
 @pytest.mark.parametrize(
     "name, value",
     [
-        ("temperature", "hot"), ("temperature", -0.1), ("temperature", 2.01), ("temperature", True),
-        ("temperature", float("nan")), ("temperature", float("inf")), ("temperature", [0.5]),
-        ("top_p", 1.5), ("top_p", -1), ("top_p", "0.9"),
-        ("top_k", 0), ("top_k", 1001), ("top_k", 2.5), ("top_k", "40"), ("top_k", False),
-        ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", CAP + 1), ("max_tokens", "100"), ("max_tokens", 10.5),
-        ("max_new_tokens", 0), ("max_new_tokens", CAP + 1),
-        ("seed", "1"), ("seed", 2**63), ("seed", 1.5),
+        ("temperature", "hot"),
+        ("temperature", -0.1),
+        ("temperature", 2.01),
+        ("temperature", True),
+        ("temperature", float("nan")),
+        ("temperature", float("inf")),
+        ("temperature", [0.5]),
+        ("top_p", 1.5),
+        ("top_p", -1),
+        ("top_p", "0.9"),
+        ("top_k", 0),
+        ("top_k", 1001),
+        ("top_k", 2.5),
+        ("top_k", "40"),
+        ("top_k", False),
+        ("max_tokens", 0),
+        ("max_tokens", -5),
+        ("max_tokens", CAP + 1),
+        ("max_tokens", "100"),
+        ("max_tokens", 10.5),
+        ("max_new_tokens", 0),
+        ("max_new_tokens", CAP + 1),
+        ("seed", "1"),
+        ("seed", 2**63),
+        ("seed", 1.5),
     ],
 )
 def test_out_of_range_or_wrongly_typed_sampling_fields_are_refused(name, value):
@@ -126,7 +155,9 @@ def test_max_tokens_and_max_new_tokens_that_agree_are_accepted():
     assert parse(base(max_tokens=100, max_new_tokens=100)).max_tokens == 100
 
 
-@pytest.mark.parametrize("stop", [5, [""], "", ["ok", 3], {"a": "b"}, ["s"] * 17], ids=["int", "empty", "empty-string", "mixed", "dict", "too-many"])
+@pytest.mark.parametrize(
+    "stop", [5, [""], "", ["ok", 3], {"a": "b"}, ["s"] * 17], ids=["int", "empty", "empty-string", "mixed", "dict", "too-many"]
+)
 def test_bad_stop_sequences_are_refused(stop):
     refused(base(stop=stop), "stop")
 
@@ -161,7 +192,9 @@ def test_a_message_that_is_not_an_object_is_refused():
     refused(with_message(2, ["assistant", "hi"]), "messages[2]")
 
 
-@pytest.mark.parametrize("content", ["", "   ", [], None, 42, {"type": "text", "text": "x"}], ids=["empty", "blank", "no-blocks", "null", "int", "bare-block"])
+@pytest.mark.parametrize(
+    "content", ["", "   ", [], None, 42, {"type": "text", "text": "x"}], ids=["empty", "blank", "no-blocks", "null", "int", "bare-block"]
+)
 def test_bad_message_content_is_refused(content):
     refused(with_message(1, {"role": "user", "content": content}), "messages[1].content")
 
@@ -206,7 +239,7 @@ def test_tool_result_in_an_assistant_message_is_refused():
     "change, path",
     [
         ({"arguments": ["Oslo"]}, "messages[2].content[1].arguments"),
-        ({"arguments": "{\"city\": \"Oslo\"}"}, "messages[2].content[1].arguments"),
+        ({"arguments": '{"city": "Oslo"}'}, "messages[2].content[1].arguments"),
         ({"id": None}, "messages[2].content[1].id"),
         ({"id": ""}, "messages[2].content[1].id"),
         ({"name": 3}, "messages[2].content[1].name"),
@@ -277,7 +310,8 @@ def test_auto_or_none_without_tools_asks_for_nothing_and_is_dropped(choice, tool
 
 
 @pytest.mark.parametrize(
-    "choice", [{"name": "nope"}, {"type": "tool", "name": "nope"}, {"type": "function", "function": {"name": "nope"}}],
+    "choice",
+    [{"name": "nope"}, {"type": "tool", "name": "nope"}, {"type": "function", "function": {"name": "nope"}}],
     ids=["neutral", "anthropic", "openai"],
 )
 def test_tool_choice_naming_a_tool_not_in_tools_is_refused(choice):
@@ -343,9 +377,16 @@ def test_a_parallel_tool_use_left_unanswered_is_refused():
     "messages, path",
     [
         (  # an id no tool_use has
-            conversation()[:3] + [{"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "call_1", "result": "ok"},
-                {"type": "tool_result", "tool_use_id": "zz", "result": "r"}]}],
+            conversation()[:3]
+            + [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "result": "ok"},
+                        {"type": "tool_result", "tool_use_id": "zz", "result": "r"},
+                    ],
+                }
+            ],
             "messages[3].content[1].tool_use_id",
         ),
         (  # no assistant message before it at all
@@ -353,15 +394,19 @@ def test_a_parallel_tool_use_left_unanswered_is_refused():
             "messages[0].content[0].tool_use_id",
         ),
         (  # a tool_use of an older assistant turn
-            conversation() + [
+            conversation()
+            + [
                 {"role": "assistant", "content": "It rains."},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "again"}]}],
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "again"}]},
+            ],
             "messages[5].content[0].tool_use_id",
         ),
         (  # a user message in between
-            conversation()[:3] + [
+            conversation()[:3]
+            + [
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "ok"}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "twice"}]}],
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "twice"}]},
+            ],
             "messages[4].content[0].tool_use_id",
         ),
     ],
@@ -464,16 +509,35 @@ def test_too_many_responses_input_items_are_refused():
 
 def test_the_responses_form_forwards_its_known_fields():
     body = {
-        "model": "gpt-4o", "input": [{"role": "user", "content": "Hi"}, {"type": "function_call_output", "call_id": "c", "output": "x"}],
-        "instructions": "Be brief.", "max_output_tokens": 64, "temperature": 0.5, "top_p": 0.9,
-        "tools": [{"type": "web_search"}], "tool_choice": "auto", "parallel_tool_calls": False,
-        "reasoning": {"effort": "low"}, "text": {"format": {"type": "text"}}, "store": False, "truncation": "auto", "stream": False,
+        "model": "gpt-4o",
+        "input": [{"role": "user", "content": "Hi"}, {"type": "function_call_output", "call_id": "c", "output": "x"}],
+        "instructions": "Be brief.",
+        "max_output_tokens": 64,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "tools": [{"type": "web_search"}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "low"},
+        "text": {"format": {"type": "text"}},
+        "store": False,
+        "truncation": "auto",
+        "stream": False,
     }
     req = parse(body, allow_responses=True)
     assert req.responses_body == {
-        "input": body["input"], "instructions": "Be brief.", "max_output_tokens": 64, "temperature": 0.5, "top_p": 0.9,
-        "tools": [{"type": "web_search"}], "tool_choice": "auto", "parallel_tool_calls": False,
-        "reasoning": {"effort": "low"}, "text": {"format": {"type": "text"}}, "store": False, "truncation": "auto",
+        "input": body["input"],
+        "instructions": "Be brief.",
+        "max_output_tokens": 64,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "tools": [{"type": "web_search"}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "low"},
+        "text": {"format": {"type": "text"}},
+        "store": False,
+        "truncation": "auto",
     }
     assert req.model == "gpt-4o" and req.stream is False and req.max_tokens == 64
     assert req.messages == []
@@ -500,9 +564,22 @@ def test_a_body_with_messages_and_input_is_refused_naming_input():
 
 def test_the_contract_example_is_accepted_and_normalised():
     body = base(
-        messages=conversation(), max_tokens=100, temperature=0.7, top_p=0.9, top_k=40, stop=["END"], seed=1,
-        tools=[{"name": "get_weather", "description": "...", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
-        tool_choice="auto", stream=True,
+        messages=conversation(),
+        max_tokens=100,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        stop=["END"],
+        seed=1,
+        tools=[
+            {
+                "name": "get_weather",
+                "description": "...",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            }
+        ],
+        tool_choice="auto",
+        stream=True,
     )
     original = copy.deepcopy(body)
     req = parse(body)
@@ -510,9 +587,13 @@ def test_the_contract_example_is_accepted_and_normalised():
     assert req.messages == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Let me look."},
-            {"type": "tool_use", "id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}},
+            ],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "4 degrees, rain", "is_error": False}]},
     ]
     assert (req.max_tokens, req.temperature, req.top_p, req.top_k, req.stop, req.seed) == (100, 0.7, 0.9, 40, ["END"], 1)
@@ -549,8 +630,12 @@ def test_stop_sequences_is_accepted_as_a_synonym_of_stop():
 @pytest.mark.parametrize(
     "choice, expected",
     [
-        ("any", "required"), ("required", "required"), ("auto", "auto"), ("none", "none"),
-        ({"name": "f"}, {"name": "f"}), ({"type": "tool", "name": "f"}, {"name": "f"}),
+        ("any", "required"),
+        ("required", "required"),
+        ("auto", "auto"),
+        ("none", "none"),
+        ({"name": "f"}, {"name": "f"}),
+        ({"type": "tool", "name": "f"}, {"name": "f"}),
         ({"type": "function", "function": {"name": "f"}}, {"name": "f"}),
     ],
 )
@@ -570,7 +655,9 @@ def test_anthropic_style_input_schema_is_accepted():
 
 
 def test_a_tool_without_parameters_gets_an_empty_object_schema():
-    assert parse(base(tools=[{"name": "f"}])).tools == [{"name": "f", "description": None, "parameters": {"type": "object", "properties": {}}}]
+    assert parse(base(tools=[{"name": "f"}])).tools == [
+        {"name": "f", "description": None, "parameters": {"type": "object", "properties": {}}}
+    ]
 
 
 def test_tool_use_input_is_accepted_as_a_synonym_of_arguments():
@@ -627,7 +714,8 @@ def test_an_unknown_key_inside_a_block_is_refused_by_path():
 def test_cache_control_on_a_block_is_kept_for_the_provider():
     msg = {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
     assert parse(base(messages=[msg])).messages == [
-        {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]
+        {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
+    ]
     msg["content"][0]["cache_control"] = {"type": "persistent"}
     refused(base(messages=[msg]), "messages[0].content[0].cache_control")
 
@@ -671,6 +759,8 @@ def test_parallel_tool_results_in_consecutive_user_messages_answer_one_assistant
     """OpenAI's one ``tool`` message per call arrives as one user message per tool_result."""
     msgs = conversation()[:3]
     msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
-    msgs += [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "result": "sun"}]},
-             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "rain"}]}]
+    msgs += [
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "result": "sun"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "rain"}]},
+    ]
     assert [m["role"] for m in parse(base(messages=msgs)).messages][-2:] == ["user", "user"]

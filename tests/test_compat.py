@@ -2,9 +2,11 @@
 and the reading of bodies in flask_llm_proxy/body.py). Each test names the assumption: when an
 upgrade breaks one, it fails here, loudly, before a user sees it in production.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import requests
 

@@ -3,6 +3,7 @@
 A wrong setting fails at startup with a ``ConfigError`` naming the key, never at the first request;
 a misspelt key is a warning naming the key that was probably meant.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -125,7 +126,10 @@ def test_base_urls_fall_back_to_the_environment_then_to_the_official_ones():
     s = load_settings({"LLM_PROXY_PROVIDERS": {"openai": {"models": ["*"]}, "anthropic": {"models": ["*"]}}}, environ=env)
     assert s.providers["openai"].base_url == "http://vllm.internal:8000/v1"
     assert s.providers["anthropic"].base_url == "https://api.anthropic.com"
-    s = load_settings({"LLM_PROXY_PROVIDERS": {"anthropic": {"models": ["*"]}}}, environ={"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": "http://gw.test"})
+    s = load_settings(
+        {"LLM_PROXY_PROVIDERS": {"anthropic": {"models": ["*"]}}},
+        environ={"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": "http://gw.test"},
+    )
     assert s.providers["anthropic"].base_url == "http://gw.test"
 
 
@@ -147,7 +151,10 @@ def test_a_bad_base_url_names_the_key(url):
         ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "http://localhost:11434/v1"}, "max_tokens"),
         ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "https://openrouter.ai/api/v1"}, "max_tokens"),
         ({"type": "openai", "api_key": "k", "models": ["*"], "max_tokens_field": "max_tokens"}, "max_tokens"),
-        ({"type": "openai", "api_key": "k", "models": ["*"], "base_url": "http://l/v1", "max_tokens_field": "max_completion_tokens"}, "max_completion_tokens"),
+        (
+            {"type": "openai", "api_key": "k", "models": ["*"], "base_url": "http://l/v1", "max_tokens_field": "max_completion_tokens"},
+            "max_completion_tokens",
+        ),
         ({"type": "anthropic", "api_key": "k", "models": ["*"]}, "max_tokens"),
     ],
 )
@@ -156,7 +163,10 @@ def test_max_tokens_field_follows_the_base_url_unless_set(entry, field_name):
 
 
 def test_official_openai_url_from_the_environment_gets_max_completion_tokens():
-    s = load_settings({"LLM_PROXY_PROVIDERS": {"openai": {"models": ["*"]}}}, environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "https://api.openai.com/v1"})
+    s = load_settings(
+        {"LLM_PROXY_PROVIDERS": {"openai": {"models": ["*"]}}},
+        environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "https://api.openai.com/v1"},
+    )
     assert s.providers["openai"].max_tokens_field == "max_completion_tokens"
 
 
@@ -197,8 +207,14 @@ def test_bad_extra_headers_are_refused(headers):
 @pytest.mark.parametrize(
     "api_key",
     [
-        f"sk-ant-{SECRET}\n", f"sk-ant-{SECRET}\r\n", f"\tsk-ant-{SECRET}", f"sk-ant-{SECRET[:5]}\x00{SECRET[5:]}",
-        f"sk-ant-{SECRET}\u2019", f"sk\u2013ant-{SECRET}", f"sk-ant-{SECRET} ", f" sk-ant-{SECRET}",
+        f"sk-ant-{SECRET}\n",
+        f"sk-ant-{SECRET}\r\n",
+        f"\tsk-ant-{SECRET}",
+        f"sk-ant-{SECRET[:5]}\x00{SECRET[5:]}",
+        f"sk-ant-{SECRET}\u2019",
+        f"sk\u2013ant-{SECRET}",
+        f"sk-ant-{SECRET} ",
+        f" sk-ant-{SECRET}",
     ],
 )
 def test_an_api_key_that_cannot_be_sent_names_the_provider_but_never_shows_the_key(api_key):
@@ -231,16 +247,32 @@ def test_a_header_name_that_is_no_http_token_is_refused(name):
 
 
 def test_good_extra_headers_are_kept():
-    headers = {"OpenAI-Organization": "org-1", "X-Title": "Café demo", "HTTP-Referer": "https://app.test", "X-Tags": "a\tb"}  # a tab is legal
+    headers = {
+        "OpenAI-Organization": "org-1",
+        "X-Title": "Café demo",
+        "HTTP-Referer": "https://app.test",
+        "X-Tags": "a\tb",
+    }  # a tab is legal
     assert providers(openai=dict(OPENAI, headers=headers)).providers["openai"].headers == headers
 
 
 @pytest.mark.parametrize(
     "url",
     [
-        "http://127.0.0.1:99999/v1", "http://gw.test:0/v1", "http://gw.test:port/v1", "https://api.openai.com/v1 extra",
-        " https://api.openai.com/v1", "https://api.openai.com/v1\n", "ws://gw.test/v1", "file:///etc/passwd", "http://:80",
-        "https://api.openai.com/v1?x=1", "https://gw.test/v1#frag", "https://gw.test/v1?", "https://exämple.test/v1", "http://[::1/v1",
+        "http://127.0.0.1:99999/v1",
+        "http://gw.test:0/v1",
+        "http://gw.test:port/v1",
+        "https://api.openai.com/v1 extra",
+        " https://api.openai.com/v1",
+        "https://api.openai.com/v1\n",
+        "ws://gw.test/v1",
+        "file:///etc/passwd",
+        "http://:80",
+        "https://api.openai.com/v1?x=1",
+        "https://gw.test/v1#frag",
+        "https://gw.test/v1?",
+        "https://exämple.test/v1",
+        "http://[::1/v1",
     ],
 )
 def test_a_base_url_that_cannot_be_used_names_the_provider_and_the_key(url):
@@ -249,11 +281,18 @@ def test_a_base_url_that_cannot_be_used_names_the_provider_and_the_key(url):
 
 
 def test_a_bad_base_url_from_the_environment_names_the_variable():
-    provider_error(".base_url", "openai", {"models": ["*"]}, "OPENAI_BASE_URL", environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://vllm:99999/v1"})
+    provider_error(
+        ".base_url",
+        "openai",
+        {"models": ["*"]},
+        "OPENAI_BASE_URL",
+        environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://vllm:99999/v1"},
+    )
 
 
 @pytest.mark.parametrize(
-    "url", ["http://localhost:11434/v1", "http://[::1]:8080/v1", "https://gw.example.com:65535/", "http://10.0.0.5", "HTTPS://API.example.com/v1"]
+    "url",
+    ["http://localhost:11434/v1", "http://[::1]:8080/v1", "https://gw.example.com:65535/", "http://10.0.0.5", "HTTPS://API.example.com/v1"],
 )
 def test_usable_base_urls_are_accepted(url):
     assert providers(openai=dict(OPENAI, base_url=url)).providers["openai"].base_url == url.rstrip("/")
@@ -459,9 +498,16 @@ def test_prices_given_as_strings_are_stored_as_numbers():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("LLM_PROXY_READ_TIMEOUT", "nan"), ("LLM_PROXY_READ_TIMEOUT", float("nan")), ("LLM_PROXY_READ_TIMEOUT", "inf"),
-     ("LLM_PROXY_CONNECT_TIMEOUT", float("inf")), ("LLM_PROXY_RETRY_BACKOFF", "NaN"), ("LLM_PROXY_RETRY_AFTER_MAX", "Infinity"),
-     ("LLM_PROXY_KEEPALIVE", "inf"), ("LLM_PROXY_KEEPALIVE", "-inf")],
+    [
+        ("LLM_PROXY_READ_TIMEOUT", "nan"),
+        ("LLM_PROXY_READ_TIMEOUT", float("nan")),
+        ("LLM_PROXY_READ_TIMEOUT", "inf"),
+        ("LLM_PROXY_CONNECT_TIMEOUT", float("inf")),
+        ("LLM_PROXY_RETRY_BACKOFF", "NaN"),
+        ("LLM_PROXY_RETRY_AFTER_MAX", "Infinity"),
+        ("LLM_PROXY_KEEPALIVE", "inf"),
+        ("LLM_PROXY_KEEPALIVE", "-inf"),
+    ],
 )
 def test_a_number_that_is_not_finite_names_its_key(key, value):
     # nan passed every ">= minimum" check (all comparisons with nan are False), then broke each
@@ -479,11 +525,20 @@ def test_a_budget_price_or_mock_pace_that_is_not_finite_names_its_key():
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("LLM_PROXY_REQUIRE_AUTH", "maybe"), ("LLM_PROXY_METRICS", 2), ("LLM_PROXY_MAX_RETRIES", -1),
-        ("LLM_PROXY_MAX_RETRIES", 1.5), ("LLM_PROXY_MAX_BODY_BYTES", 0), ("LLM_PROXY_READ_TIMEOUT", 0),
-        ("LLM_PROXY_READ_TIMEOUT", "soon"), ("LLM_PROXY_RETRY_BACKOFF", -1), ("LLM_PROXY_KEEPALIVE", "often"),
-        ("LLM_PROXY_MODELS_CLAIM", 5), ("LLM_PROXY_USAGE_STORE", "postgres://db"), ("LLM_PROXY_METRICS_ALLOW", [1]),
-        ("LLM_PROXY_DEFAULT_MAX_TOKENS", 0), ("LLM_PROXY_MAX_TOKENS", "lots"),
+        ("LLM_PROXY_REQUIRE_AUTH", "maybe"),
+        ("LLM_PROXY_METRICS", 2),
+        ("LLM_PROXY_MAX_RETRIES", -1),
+        ("LLM_PROXY_MAX_RETRIES", 1.5),
+        ("LLM_PROXY_MAX_BODY_BYTES", 0),
+        ("LLM_PROXY_READ_TIMEOUT", 0),
+        ("LLM_PROXY_READ_TIMEOUT", "soon"),
+        ("LLM_PROXY_RETRY_BACKOFF", -1),
+        ("LLM_PROXY_KEEPALIVE", "often"),
+        ("LLM_PROXY_MODELS_CLAIM", 5),
+        ("LLM_PROXY_USAGE_STORE", "postgres://db"),
+        ("LLM_PROXY_METRICS_ALLOW", [1]),
+        ("LLM_PROXY_DEFAULT_MAX_TOKENS", 0),
+        ("LLM_PROXY_MAX_TOKENS", "lots"),
     ],
 )
 def test_a_wrongly_typed_setting_names_its_key(key, value):
@@ -500,8 +555,7 @@ BOOLEAN_KEYS = sorted(k for k, v in DEFAULTS.items() if isinstance(v, bool))
 
 def test_every_boolean_key_takes_the_same_explicit_words():
     """An empty or odd value (``LLM_PROXY_REQUIRE_AUTH=``) must never switch a boolean off."""
-    from flask_llm_proxy.config import KEYS
-    from flask_llm_proxy.config import checks
+    from flask_llm_proxy.config import KEYS, checks
 
     assert "LLM_PROXY_REQUIRE_AUTH" in BOOLEAN_KEYS
     assert all(k.check is checks.boolean for k in KEYS if isinstance(k.default, bool))
@@ -520,7 +574,7 @@ def test_every_boolean_key_refuses_anything_but_an_explicit_word(key, value):
 
 @pytest.mark.parametrize("key", BOOLEAN_KEYS)
 def test_every_boolean_key_accepts_the_usual_words_in_any_case(key):
-    attr = key[len("LLM_PROXY_"):].lower()
+    attr = key[len("LLM_PROXY_") :].lower()
     for value in (True, 1, "1", "true", "True", " YES ", "on"):
         assert getattr(load(**{key: value}), attr) is True, value
     for value in (False, 0, "0", "false", "FALSE", "no", " Off "):
@@ -542,7 +596,9 @@ def test_metrics_allow_keeps_addresses_and_networks():
     assert s.metrics_allow == ("127.0.0.1", "::1", "10.0.0.0/8", "10.1.2.3/8", "fd00::/8")
 
 
-@pytest.mark.parametrize("store", ["memory://", "nonesuch", "none-of-that", "None", "NONE", "sqlite://relative.db", "sqlite:///", "postgres://db", 5])
+@pytest.mark.parametrize(
+    "store", ["memory://", "nonesuch", "none-of-that", "None", "NONE", "sqlite://relative.db", "sqlite:///", "postgres://db", 5]
+)
 def test_a_usage_store_that_open_store_cannot_open_names_the_key(store):
     # these used to pass load_settings and then fail in ledger.open_store without naming the key
     config_error("LLM_PROXY_USAGE_STORE", **{"LLM_PROXY_USAGE_STORE": store})
@@ -550,9 +606,16 @@ def test_a_usage_store_that_open_store_cannot_open_names_the_key(store):
 
 @pytest.mark.parametrize(
     "store, expected",
-    [(None, None), ("", None), ("none", "none"), ("sqlite:///usage.sqlite3", "sqlite:///usage.sqlite3"),
-     ("sqlite:////var/lib/llm/usage.sqlite3", "sqlite:////var/lib/llm/usage.sqlite3"), ("redis://localhost:6379/0", "redis://localhost:6379/0"),
-     ("rediss://cache.example.com", "rediss://cache.example.com"), ("unix:///run/redis.sock", "unix:///run/redis.sock")],
+    [
+        (None, None),
+        ("", None),
+        ("none", "none"),
+        ("sqlite:///usage.sqlite3", "sqlite:///usage.sqlite3"),
+        ("sqlite:////var/lib/llm/usage.sqlite3", "sqlite:////var/lib/llm/usage.sqlite3"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("rediss://cache.example.com", "rediss://cache.example.com"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
 )
 def test_every_usage_store_open_store_understands_is_accepted(store, expected):
     assert load(LLM_PROXY_USAGE_STORE=store).usage_store == expected
@@ -571,8 +634,11 @@ def test_an_accepted_local_usage_store_opens(tmp_path):
 
 @pytest.mark.parametrize(
     "typo, meant",
-    [("LLM_PROXY_RATE_LIMT", "LLM_PROXY_RATE_LIMIT"), ("LLM_PROXY_PROVIDER", "LLM_PROXY_PROVIDERS"),
-     ("LLM_PROXY_CORS_ORIGIN", "LLM_PROXY_CORS_ORIGINS")],
+    [
+        ("LLM_PROXY_RATE_LIMT", "LLM_PROXY_RATE_LIMIT"),
+        ("LLM_PROXY_PROVIDER", "LLM_PROXY_PROVIDERS"),
+        ("LLM_PROXY_CORS_ORIGIN", "LLM_PROXY_CORS_ORIGINS"),
+    ],
 )
 def test_an_unknown_key_warns_naming_the_closest_key(typo, meant):
     with pytest.warns(UserWarning, match=f"unknown setting {typo}; did you mean {meant}\\?"):
@@ -681,11 +747,16 @@ def test_two_apps_keep_their_own_settings(no_key_env):
     assert LLMProxy.state(b).settings.url_prefix == "/b"
 
 
-@pytest.mark.parametrize("ptype, header, hint", [
-    ("openai", "Authorization", "'api_key'"), ("anthropic", "X-Api-Key", "'api_key'"),
-    ("anthropic", "anthropic-version", "'anthropic_version'"), ("openai", "Content-Type", "set by the proxy"),
-    ("anthropic", "X-Request-ID", "set by the proxy"),
-])
+@pytest.mark.parametrize(
+    "ptype, header, hint",
+    [
+        ("openai", "Authorization", "'api_key'"),
+        ("anthropic", "X-Api-Key", "'api_key'"),
+        ("anthropic", "anthropic-version", "'anthropic_version'"),
+        ("openai", "Content-Type", "set by the proxy"),
+        ("anthropic", "X-Request-ID", "set by the proxy"),
+    ],
+)
 def test_a_header_the_proxy_sends_itself_cannot_be_configured_twice(ptype: str, header: str, hint: str) -> None:
     """Header names are case-insensitive: a configured 'Authorization' would go out next to the
     proxy's own 'authorization', and which one the upstream reads is anyone's guess."""

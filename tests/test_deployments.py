@@ -5,11 +5,13 @@ Two fake upstreams play two deployments of one provider (``--label a`` / ``--lab
 down and the request moves to the next one at once; while it cools it is not called; when all are
 cooling the typed error comes back; keys never appear in what names a deployment.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import API_KEY, chat_body, http, sse_events, uid
@@ -36,8 +38,12 @@ def deployment_b() -> Iterator[FakeUpstreamProcess]:
 
 def providers(a: Any, b: Any, other: Any) -> dict[str, Any]:
     return {
-        "anthropic": {"api_key": API_KEY, "base_url": a.base_url, "models": ["claude-*"],
-                      "deployments": [{"label": "a"}, {"label": "b", "base_url": b.base_url, "api_key": KEY_B}]},
+        "anthropic": {
+            "api_key": API_KEY,
+            "base_url": a.base_url,
+            "models": ["claude-*"],
+            "deployments": [{"label": "a"}, {"label": "b", "base_url": b.base_url, "api_key": KEY_B}],
+        },
         "openai": {"api_key": API_KEY, "base_url": other.base_url + "/v1", "models": ["gpt-4o"]},
     }
 
@@ -46,10 +52,16 @@ def providers(a: Any, b: Any, other: Any) -> dict[str, Any]:
 def two(start_proxy: Any, deployment_a: Any, deployment_b: Any, upstream: Any, tmp_path: Path) -> Any:
     def start(**overrides: Any) -> Any:
         db = tmp_path / "ledger.sqlite3"
-        server = start_proxy(deployment_a.base_url, workers=1, LLM_PROXY_PROVIDERS=providers(deployment_a, deployment_b, upstream),
-                             LLM_PROXY_USAGE_STORE=f"sqlite:///{db}", **overrides)
+        server = start_proxy(
+            deployment_a.base_url,
+            workers=1,
+            LLM_PROXY_PROVIDERS=providers(deployment_a, deployment_b, upstream),
+            LLM_PROXY_USAGE_STORE=f"sqlite:///{db}",
+            **overrides,
+        )
         server.store = SQLiteStore(str(db))
         return server
+
     return start
 
 
@@ -82,8 +94,11 @@ def test_a_deployment_answering_529_cools_down_and_the_next_one_serves(two: Any,
     for i in range(1, 5):
         r = post(server, f"id={tag}-{i} tokens=2", f"{tag}-{i}", stream=False)
         assert r.status_code == 200 and r.headers["X-LLM-Proxy-Deployment"] == "b"
-    native = http().post(f"{server.url}/api/anthropic/v1/messages", timeout=30,
-                         json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 50, "messages": [{"role": "user", "content": f"id={tag}-n"}]})
+    native = http().post(
+        f"{server.url}/api/anthropic/v1/messages",
+        timeout=30,
+        json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 50, "messages": [{"role": "user", "content": f"id={tag}-n"}]},
+    )
     assert native.status_code == 200 and native.headers["X-LLM-Proxy-Deployment"] == "b"
     assert (calls(deployment_a, tag), calls(deployment_b, tag)) == (1, 6)
     ledger = records(server, tag, 5)
@@ -166,14 +181,17 @@ def test_a_request_the_upstream_refused_does_not_fall_back(two: Any, upstream: A
     assert upstream.requests(id=tag) == []
 
 
-@pytest.mark.parametrize(("entry", "key", "problem"), [
-    ({"deployments": []}, ".deployments", "non-empty list"),
-    ({"deployments": [{"label": "a"}, {"label": "a"}]}, ".deployments[1].label", "earlier deployment"),
-    ({"deployments": [{"label": "with space"}]}, ".deployments[0].label", "response header"),
-    ({"deployments": [{"models": ["x"]}]}, ".deployments[0]", "unknown option"),
-    ({"deployments": [{}, {"base_url": "ftp://x"}]}, ".deployments[1].base_url", "http"),
-    ({"deployments": [{}, {"api_key": "sk-bad\n"}]}, ".deployments[1].api_key", "the key itself is not shown"),
-])
+@pytest.mark.parametrize(
+    ("entry", "key", "problem"),
+    [
+        ({"deployments": []}, ".deployments", "non-empty list"),
+        ({"deployments": [{"label": "a"}, {"label": "a"}]}, ".deployments[1].label", "earlier deployment"),
+        ({"deployments": [{"label": "with space"}]}, ".deployments[0].label", "response header"),
+        ({"deployments": [{"models": ["x"]}]}, ".deployments[0]", "unknown option"),
+        ({"deployments": [{}, {"base_url": "ftp://x"}]}, ".deployments[1].base_url", "http"),
+        ({"deployments": [{}, {"api_key": "sk-bad\n"}]}, ".deployments[1].api_key", "the key itself is not shown"),
+    ],
+)
 def test_a_wrong_deployment_names_its_place(entry: dict[str, Any], key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"LLM_PROXY_PROVIDERS": {"anthropic": {"api_key": "sk-good", "models": ["*"], **entry}}}, environ={})
@@ -182,9 +200,19 @@ def test_a_wrong_deployment_names_its_place(entry: dict[str, Any], key: str, pro
 
 
 def test_deployments_inherit_what_they_omit_and_every_key_is_scrubbed() -> None:
-    s = load_settings({"LLM_PROXY_PROVIDERS": {"anthropic": {
-        "api_key": "sk-one", "models": ["*"], "headers": {"anthropic-beta": "x"},
-        "deployments": [{"label": "primary"}, {"label": "eu", "base_url": "https://eu.example.test", "api_key": "sk-two"}]}}}, environ={})
+    s = load_settings(
+        {
+            "LLM_PROXY_PROVIDERS": {
+                "anthropic": {
+                    "api_key": "sk-one",
+                    "models": ["*"],
+                    "headers": {"anthropic-beta": "x"},
+                    "deployments": [{"label": "primary"}, {"label": "eu", "base_url": "https://eu.example.test", "api_key": "sk-two"}],
+                }
+            }
+        },
+        environ={},
+    )
     p = s.providers["anthropic"]
     assert [(d.label, d.base_url, d.api_key, dict(d.headers)) for d in p.deployments] == [
         ("primary", "https://api.anthropic.com", "sk-one", {"anthropic-beta": "x"}),
@@ -194,13 +222,16 @@ def test_deployments_inherit_what_they_omit_and_every_key_is_scrubbed() -> None:
     assert "sk-" not in repr(p)
 
 
-@pytest.mark.parametrize(("fallbacks", "problem"), [
-    ({"nope": ["openai:gpt-4o"]}, "no such provider"),
-    ({"anthropic": "openai:gpt-4o"}, "list"),
-    ({"anthropic": ["openai"]}, "provider:model"),
-    ({"anthropic": ["anthropic:claude-x"]}, "another configured provider"),
-    ({"anthropic": ["openai:gpt-2"]}, "does not allow"),
-])
+@pytest.mark.parametrize(
+    ("fallbacks", "problem"),
+    [
+        ({"nope": ["openai:gpt-4o"]}, "no such provider"),
+        ({"anthropic": "openai:gpt-4o"}, "list"),
+        ({"anthropic": ["openai"]}, "provider:model"),
+        ({"anthropic": ["anthropic:claude-x"]}, "another configured provider"),
+        ({"anthropic": ["openai:gpt-2"]}, "does not allow"),
+    ],
+)
 def test_a_wrong_fallback_names_its_key(fallbacks: Any, problem: str) -> None:
     providers = {"anthropic": {"api_key": "k", "models": ["*"]}, "openai": {"api_key": "k", "models": ["gpt-4o"]}}
     with pytest.raises(ConfigError) as info:

@@ -1,6 +1,7 @@
 """The documentation: it builds with warnings as errors, its configuration reference (generated
 from ``config.KEYS``) names every setting with its real default and type, and the README stays a
 short page whose settings table tells the truth."""
+
 from __future__ import annotations
 
 import re
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT
+
 from flask_llm_proxy.config import DEFAULTS, KEYS
 
 README = (ROOT / "README.md").read_text()
@@ -50,7 +51,20 @@ class TableRows(HTMLParser):
 @pytest.fixture(scope="module")
 def built_docs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("docs-html")
-    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d", str(out / ".doctrees"), str(ROOT / "docs"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-b",
+        "html",
+        "-d",
+        str(out / ".doctrees"),
+        str(ROOT / "docs"),
+        str(out),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return out, result
 
@@ -58,8 +72,21 @@ def built_docs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproce
 def test_the_docs_build_without_warnings(built_docs: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, result = built_docs
     assert result.returncode == 0, f"sphinx-build -W failed:\n{result.stderr}{result.stdout}"
-    for page in ("index", "quickstart", "configuration", "providers", "profiles", "clients", "deployment", "operations",
-                 "security", "contract", "errors", "api", "changelog"):
+    for page in (
+        "index",
+        "quickstart",
+        "configuration",
+        "providers",
+        "profiles",
+        "clients",
+        "deployment",
+        "operations",
+        "security",
+        "contract",
+        "errors",
+        "api",
+        "changelog",
+    ):
         assert (out / f"{page}.html").is_file(), page
 
 

@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -75,26 +76,19 @@ def parse_sse(raw: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def anthropic(session: requests.Session, up: FakeUpstreamProcess, prompt: str, stream: bool = True,
-              **kw: Any) -> requests.Response:
-    body = {"model": "claude-test", "max_tokens": 100, "stream": stream,
-            "messages": [{"role": "user", "content": prompt}], **kw}
-    return session.post(up.base_url + "/v1/messages", json=body, headers=ANTHROPIC_HEADERS, stream=True,
-                        timeout=10)
+def anthropic(session: requests.Session, up: FakeUpstreamProcess, prompt: str, stream: bool = True, **kw: Any) -> requests.Response:
+    body = {"model": "claude-test", "max_tokens": 100, "stream": stream, "messages": [{"role": "user", "content": prompt}], **kw}
+    return session.post(up.base_url + "/v1/messages", json=body, headers=ANTHROPIC_HEADERS, stream=True, timeout=10)
 
 
-def chat(session: requests.Session, up: FakeUpstreamProcess, prompt: str, stream: bool = True,
-         **kw: Any) -> requests.Response:
+def chat(session: requests.Session, up: FakeUpstreamProcess, prompt: str, stream: bool = True, **kw: Any) -> requests.Response:
     body = {"model": "gpt-test", "stream": stream, "messages": [{"role": "user", "content": prompt}], **kw}
-    return session.post(up.base_url + "/v1/chat/completions", json=body, headers=OPENAI_HEADERS, stream=True,
-                        timeout=10)
+    return session.post(up.base_url + "/v1/chat/completions", json=body, headers=OPENAI_HEADERS, stream=True, timeout=10)
 
 
-def responses(session: requests.Session, up: FakeUpstreamProcess, prompt: Any, stream: bool = True,
-              **kw: Any) -> requests.Response:
+def responses(session: requests.Session, up: FakeUpstreamProcess, prompt: Any, stream: bool = True, **kw: Any) -> requests.Response:
     body = {"model": "gpt-test", "stream": stream, "input": prompt, **kw}
-    return session.post(up.base_url + "/v1/responses", json=body, headers=OPENAI_HEADERS, stream=True,
-                        timeout=10)
+    return session.post(up.base_url + "/v1/responses", json=body, headers=OPENAI_HEADERS, stream=True, timeout=10)
 
 
 def read_raw(resp: requests.Response) -> tuple[bytes, list[bytes]]:
@@ -109,8 +103,7 @@ def text_of(provider: str, events: list[dict[str, Any]]) -> str:
         if ev["data"] == "[DONE]":
             continue
         d = json.loads(ev["data"])
-        if provider == "anthropic" and d.get("type") == "content_block_delta" \
-                and d["delta"]["type"] == "text_delta":
+        if provider == "anthropic" and d.get("type") == "content_block_delta" and d["delta"]["type"] == "text_delta":
             out.append(d["delta"]["text"])
         elif provider == "chat" and d.get("choices") and "content" in d["choices"][0]["delta"]:
             out.append(d["choices"][0]["delta"]["content"] or "")
@@ -145,16 +138,18 @@ def test_anthropic_stream_exact(upstream: FakeUpstreamProcess, session: requests
     assert r.headers["transfer-encoding"] == "chunked"
     raw, chunks = read_raw(r)
     expected = (
-        'event: message_start\n'
+        "event: message_start\n"
         'data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
         '"content":[],"model":"claude-test","stop_reason":null,"stop_sequence":null,'
         '"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
-        'event: content_block_start\n'
+        "event: content_block_start\n"
         'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
         'event: ping\ndata: {"type": "ping"}\n\n'
-        + "".join('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-                  '"delta":{"type":"text_delta","text":%s}}\n\n' % json.dumps(token_text(i), ensure_ascii=False)
-                  for i in range(3))
+        + "".join(
+            'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            '"delta":{"type":"text_delta","text":%s}}\n\n' % json.dumps(token_text(i), ensure_ascii=False)
+            for i in range(3)
+        )
         + 'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
         'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
         '"stop_sequence":null},"usage":{"output_tokens":3}}\n\n'
@@ -165,8 +160,7 @@ def test_anthropic_stream_exact(upstream: FakeUpstreamProcess, session: requests
     assert text_of("anthropic", parse_sse(raw)) == expected_text(3)
 
 
-def test_chat_stream_exact_with_and_without_usage(upstream: FakeUpstreamProcess,
-                                                  session: requests.Session) -> None:
+def test_chat_stream_exact_with_and_without_usage(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
     head = '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-test",'
     for include in (False, True):
         kw = {"stream_options": {"include_usage": True}} if include else {}
@@ -177,12 +171,13 @@ def test_chat_stream_exact_with_and_without_usage(upstream: FakeUpstreamProcess,
         expected = (
             f'data: {head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
             '"finish_reason":null}]}\n\n'
-            + "".join(f'data: {head}"choices":[{{"index":0,"delta":{{"content":'
-                      f'{json.dumps(token_text(i), ensure_ascii=False)}}},"finish_reason":null}}]}}\n\n'
-                      for i in range(2))
+            + "".join(
+                f'data: {head}"choices":[{{"index":0,"delta":{{"content":'
+                f'{json.dumps(token_text(i), ensure_ascii=False)}}},"finish_reason":null}}]}}\n\n'
+                for i in range(2)
+            )
             + f'data: {head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}\n\n'
-            + (f'data: {head}"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":2,'
-               '"total_tokens":5}}\n\n' if include else "")
+            + (f'data: {head}"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}\n\n' if include else "")
             + "data: [DONE]\n\n"
         )
         assert raw.decode() == expected
@@ -196,51 +191,77 @@ def test_responses_stream(upstream: FakeUpstreamProcess, session: requests.Sessi
     assert b"[DONE]" not in raw
     events = parse_sse(raw)
     types = [e["event"] for e in events]
-    assert types == (["response.created", "response.in_progress", "response.output_item.added",
-                      "response.content_part.added"] + ["response.output_text.delta"] * 4
-                     + ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                        "response.completed"])
+    assert types == (
+        ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+        + ["response.output_text.delta"] * 4
+        + ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    )
     datas = [json.loads(e["data"]) for e in events]
     assert [d["sequence_number"] for d in datas] == list(range(len(datas)))
-    assert all(d["type"] == e["event"] for d, e in zip(datas, events))
+    assert all(d["type"] == e["event"] for d, e in zip(datas, events, strict=False))
     first_delta = raw.decode().split("event: response.output_text.delta\n", 1)[1].split("\n\n", 1)[0]
-    assert first_delta == ('data: {"type":"response.output_text.delta","item_id":"msg_1","output_index":0,'
-                           '"content_index":0,"delta":"Hello0","sequence_number":4}')
+    assert first_delta == (
+        'data: {"type":"response.output_text.delta","item_id":"msg_1","output_index":0,'
+        '"content_index":0,"delta":"Hello0","sequence_number":4}'
+    )
     assert text_of("responses", events) == expected_text(4)
     assert datas[0]["response"]["status"] == "in_progress"
     done = datas[-1]["response"]
     assert done["status"] == "completed"
     assert done["output"][0]["content"][0]["text"] == expected_text(4)
     # 2 words of instructions + 3 words of input
-    assert done["usage"] == {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
-                             "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0},
-                             "total_tokens": 9}
+    assert done["usage"] == {
+        "input_tokens": 5,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 9,
+    }
 
 
 def test_anthropic_thinking_stream_exact(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
     """The event sequence of Anthropic's extended-thinking stream
     (https://docs.claude.com/en/docs/build-with-claude/extended-thinking#streaming-thinking)."""
     raw, _ = read_raw(anthropic(session, upstream, "tokens=2 think=3"))
-    ev = 'event: {}\ndata: {}\n\n'.format
+    ev = "event: {}\ndata: {}\n\n".format
     expected = (
-        ev("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
-           '"content":[],"model":"claude-test","stop_reason":null,"stop_sequence":null,'
-           '"usage":{"input_tokens":2,"output_tokens":1}}}')
-        + ev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking",'
-             '"thinking":"","signature":""}}')
+        ev(
+            "message_start",
+            '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+            '"content":[],"model":"claude-test","stop_reason":null,"stop_sequence":null,'
+            '"usage":{"input_tokens":2,"output_tokens":1}}}',
+        )
+        + ev(
+            "content_block_start",
+            '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}',
+        )
         + ev("ping", '{"type": "ping"}')
-        + "".join(ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta",'
-                     '"thinking":%s}}' % json.dumps(reasoning_text(k), ensure_ascii=False, separators=(",", ":")))
-                  for k in range(3))
-        + ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta",'
-             '"signature":"%s"}}' % SIGNATURE)
+        + "".join(
+            ev(
+                "content_block_delta",
+                '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta",'
+                '"thinking":%s}}' % json.dumps(reasoning_text(k), ensure_ascii=False, separators=(",", ":")),
+            )
+            for k in range(3)
+        )
+        + ev(
+            "content_block_delta",
+            '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"%s"}}' % SIGNATURE,
+        )
         + ev("content_block_stop", '{"type":"content_block_stop","index":0}')
         + ev("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}')
-        + "".join(ev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"text_delta",'
-                     '"text":%s}}' % json.dumps(token_text(i), ensure_ascii=False)) for i in range(2))
+        + "".join(
+            ev(
+                "content_block_delta",
+                '{"type":"content_block_delta","index":1,"delta":{"type":"text_delta",'
+                '"text":%s}}' % json.dumps(token_text(i), ensure_ascii=False),
+            )
+            for i in range(2)
+        )
         + ev("content_block_stop", '{"type":"content_block_stop","index":1}')
-        + ev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
-             '"usage":{"output_tokens":5}}')
+        + ev(
+            "message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":5}}'
+        )
         + ev("message_stop", '{"type":"message_stop"}')
     )
     assert raw.decode() == expected
@@ -248,8 +269,7 @@ def test_anthropic_thinking_stream_exact(upstream: FakeUpstreamProcess, session:
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
-def test_chat_reasoning_deltas_and_reasoning_tokens(upstream: FakeUpstreamProcess, session: requests.Session,
-                                                    field: str) -> None:
+def test_chat_reasoning_deltas_and_reasoning_tokens(upstream: FakeUpstreamProcess, session: requests.Session, field: str) -> None:
     raw, _ = read_raw(chat(session, upstream, f"tokens=2 think=3 think_as={field}", stream_options={"include_usage": True}))
     datas = [json.loads(e["data"]) for e in parse_sse(raw) if e["data"] != "[DONE]"]
     deltas = [d["choices"][0]["delta"] for d in datas if d["choices"]]
@@ -259,8 +279,12 @@ def test_chat_reasoning_deltas_and_reasoning_tokens(upstream: FakeUpstreamProces
         assert all(d["content"] is None for d in reasoning)
     assert deltas.index(reasoning[-1]) < next(i for i, d in enumerate(deltas) if d.get("content"))
     assert text_of("chat", parse_sse(raw)) == expected_text(2)
-    assert datas[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
-                                  "completion_tokens_details": {"reasoning_tokens": 3}}
+    assert datas[-1]["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 5,
+        "total_tokens": 8,
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
 
 
 def test_responses_reasoning_summary_events(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
@@ -268,10 +292,17 @@ def test_responses_reasoning_summary_events(upstream: FakeUpstreamProcess, sessi
     events = parse_sse(raw)
     datas = [json.loads(e["data"]) for e in events]
     assert [e["event"] for e in events][:12] == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.reasoning_summary_part.added",
-        *["response.reasoning_summary_text.delta"] * 3, "response.reasoning_summary_text.done",
-        "response.reasoning_summary_part.done", "response.output_item.done", "response.output_item.added",
-        "response.content_part.added"]
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_summary_part.added",
+        *["response.reasoning_summary_text.delta"] * 3,
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert datas[2]["item"] == {"id": "rs_1", "type": "reasoning", "summary": []}
     assert "".join(d["delta"] for d in datas[4:7]) == expected_reasoning(3)
     assert all(d["item_id"] == "rs_1" and d["summary_index"] == 0 for d in datas[4:7])
@@ -324,33 +355,31 @@ def test_tool_calls(upstream: FakeUpstreamProcess, session: requests.Session, pr
     if provider == "anthropic":
         start = next(d for d in datas if d["type"] == "content_block_start" and d["index"] == 1)
         assert start["content_block"] == {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}
-        frags = [d["delta"]["partial_json"] for d in datas
-                 if d["type"] == "content_block_delta" and d["delta"]["type"] == "input_json_delta"]
+        frags = [
+            d["delta"]["partial_json"] for d in datas if d["type"] == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
+        ]
         assert datas[-2]["delta"]["stop_reason"] == "tool_use"
         assert datas[-2]["usage"]["output_tokens"] == 7
     elif provider == "chat":
-        calls = [d["choices"][0]["delta"]["tool_calls"][0] for d in datas
-                 if d["choices"] and "tool_calls" in d["choices"][0]["delta"]]
-        assert calls[0] == {"index": 0, "id": "call_1", "type": "function",
-                            "function": {"name": "get_weather", "arguments": ""}}
+        calls = [d["choices"][0]["delta"]["tool_calls"][0] for d in datas if d["choices"] and "tool_calls" in d["choices"][0]["delta"]]
+        assert calls[0] == {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
         frags = [c["function"]["arguments"] for c in calls[1:]]
         assert datas[-1]["choices"][0]["finish_reason"] == "tool_calls"
     else:
         added = [d for d in datas if d["type"] == "response.output_item.added"][1]
         assert added["item"]["type"] == "function_call" and added["item"]["call_id"] == "call_1"
         frags = [d["delta"] for d in datas if d["type"] == "response.function_call_arguments.delta"]
-        assert [d for d in datas if d["type"] == "response.function_call_arguments.done"][0]["arguments"] \
-            == TOOL_ARGUMENTS
+        assert [d for d in datas if d["type"] == "response.function_call_arguments.done"][0]["arguments"] == TOOL_ARGUMENTS
         assert datas[-1]["response"]["output"][1]["arguments"] == TOOL_ARGUMENTS
     assert len(frags) >= 3 and "".join(frags) == TOOL_ARGUMENTS
     assert json.loads("".join(frags)) == {"city": "Oslo", "unit": "celsius"}
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "chat", "responses"])
-@pytest.mark.parametrize("knobs", ["split=3", "split=1 crlf=1", "cr=1 ping=1 unknown=1", "multiline=1 split=7",
-                                   "crlf=1 multiline=1 ping=1"])
-def test_framing_variants_parse_to_same_text(upstream: FakeUpstreamProcess, session: requests.Session,
-                                             provider: str, knobs: str) -> None:
+@pytest.mark.parametrize(
+    "knobs", ["split=3", "split=1 crlf=1", "cr=1 ping=1 unknown=1", "multiline=1 split=7", "crlf=1 multiline=1 ping=1"]
+)
+def test_framing_variants_parse_to_same_text(upstream: FakeUpstreamProcess, session: requests.Session, provider: str, knobs: str) -> None:
     call = {"anthropic": anthropic, "chat": chat, "responses": responses}[provider]
     raw, chunks = read_raw(call(session, upstream, f"tokens=12 {knobs}"))
     events = parse_sse(raw)
@@ -386,8 +415,11 @@ def test_split_cuts_multibyte_characters(upstream: FakeUpstreamProcess, session:
 
 
 def test_auth(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
-    r = session.post(upstream.base_url + "/v1/messages", json={"stream": True, "messages": []},
-                     headers={"x-api-key": "nope", "anthropic-version": "2023-06-01"})
+    r = session.post(
+        upstream.base_url + "/v1/messages",
+        json={"stream": True, "messages": []},
+        headers={"x-api-key": "nope", "anthropic-version": "2023-06-01"},
+    )
     assert r.status_code == 401
     assert r.json() == {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
     r = session.post(upstream.base_url + "/v1/messages", json={"messages": []}, headers={"x-api-key": KEY})
@@ -455,16 +487,18 @@ def test_error_after(upstream: FakeUpstreamProcess, session: requests.Session, p
     assert text_of(provider, events) == expected_text(2)
     last = events[-1]
     if provider == "anthropic":
-        assert last == {"event": "error", "data": '{"type":"error","error":{"type":"overloaded_error",'
-                                                  '"message":"Overloaded"}}'}
+        assert last == {"event": "error", "data": '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'}
     elif provider == "chat":
-        assert raw.endswith(b'data: {"error":{"message":"The server had an error","type":"server_error",'
-                            b'"param":null,"code":null}}\n\n')
+        assert raw.endswith(b'data: {"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}\n\n')
     else:
         assert last["event"] == "error"
-        assert json.loads(last["data"]) == {"type": "error", "code": "server_error",
-                                            "message": "The server had an error", "param": None,
-                                            "sequence_number": 6}
+        assert json.loads(last["data"]) == {
+            "type": "error",
+            "code": "server_error",
+            "message": "The server had an error",
+            "param": None,
+            "sequence_number": 6,
+        }
 
 
 def test_client_close_during_hang_is_recorded(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
@@ -484,8 +518,10 @@ def test_client_close_during_hang_is_recorded(upstream: FakeUpstreamProcess, ses
 
 def test_hang_headers_and_close_with_raw_socket(upstream: FakeUpstreamProcess) -> None:
     body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "id=hang2 hang=headers"}]})
-    req = (f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\nanthropic-version: 1\r\n"
-           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+    req = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\nanthropic-version: 1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", upstream.port))
     sock.sendall(req)
     sock.settimeout(0.3)
@@ -513,8 +549,7 @@ def test_pacing(upstream: FakeUpstreamProcess, session: requests.Session) -> Non
 def test_keep_alive_and_chunked_request_body(upstream: FakeUpstreamProcess) -> None:
     sock = socket.create_connection(("127.0.0.1", upstream.port))
     f = sock.makefile("rb")
-    body = json.dumps({"model": "m", "stream": False,
-                       "messages": [{"role": "user", "content": "id=ka tokens=2"}]}).encode()
+    body = json.dumps({"model": "m", "stream": False, "messages": [{"role": "user", "content": "id=ka tokens=2"}]}).encode()
     for i in range(3):
         if i == 1:  # chunked request body, split in two chunks
             half = len(body) // 2
@@ -522,8 +557,14 @@ def test_keep_alive_and_chunked_request_body(upstream: FakeUpstreamProcess) -> N
             framing = b"Transfer-Encoding: chunked\r\n"
         else:
             payload, framing = body, b"Content-Length: %d\r\n" % len(body)
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                     + b"\r\n" + framing + b"\r\n" + payload)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\n"
+            + framing
+            + b"\r\n"
+            + payload
+        )
         status = f.readline()
         assert status == b"HTTP/1.1 200 OK\r\n"
         headers = {}
@@ -539,10 +580,17 @@ def test_keep_alive_and_chunked_request_body(upstream: FakeUpstreamProcess) -> N
 
 
 def test_request_record_and_usage(upstream: FakeUpstreamProcess, session: requests.Session) -> None:
-    body = {"model": "claude-test", "max_tokens": 5, "stream": True, "system": "sys words here",
-            "messages": [{"role": "user", "content": "earlier turn"},
-                         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
-                         {"role": "user", "content": [{"type": "text", "text": "id=rec1 tokens=4"}]}]}
+    body = {
+        "model": "claude-test",
+        "max_tokens": 5,
+        "stream": True,
+        "system": "sys words here",
+        "messages": [
+            {"role": "user", "content": "earlier turn"},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+            {"role": "user", "content": [{"type": "text", "text": "id=rec1 tokens=4"}]},
+        ],
+    }
     r = session.post(upstream.base_url + "/v1/messages", json=body, headers=ANTHROPIC_HEADERS, stream=True)
     read_raw(r)
     (rec,) = upstream.requests(id="rec1")
@@ -573,27 +621,47 @@ def test_health(upstream: FakeUpstreamProcess) -> None:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not available")
 def test_tls(tmp_path: Path, session: requests.Session) -> None:
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with FakeUpstreamProcess(tls=(str(cert), str(key)), key="tls-secret") as up:
         assert up.base_url.startswith("https://127.0.0.1:")
         body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "id=tls tokens=6"}]}
-        r = session.post(up.base_url + "/v1/chat/completions", json=body,
-                         headers={"Authorization": "Bearer tls-secret"}, stream=True, verify=str(cert))
+        r = session.post(
+            up.base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer tls-secret"}, stream=True, verify=str(cert)
+        )
         assert r.status_code == 200
         assert text_of("chat", parse_sse(read_raw(r)[0])) == expected_text(6)
         # client close over TLS is noticed too
         body["messages"][0]["content"] = "id=tls2 hang_after=1"
-        r = session.post(up.base_url + "/v1/chat/completions", json=body,
-                         headers={"Authorization": "Bearer tls-secret"}, stream=True, verify=str(cert))
+        r = session.post(
+            up.base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer tls-secret"}, stream=True, verify=str(cert)
+        )
         next(r.raw.stream(None, decode_content=False))
         r.close()
         assert up.wait_for_request("tls2", lambda x: x["client_closed"], timeout=2)
         assert [x["completed"] for x in up.requests(id="tls")] == [True]
         with pytest.raises(requests.exceptions.SSLError):
             session.get(up.base_url + "/_fake/health")  # default CA bundle does not trust it
-
 
 
 def test_anthropic_bearer_flag(session: requests.Session) -> None:

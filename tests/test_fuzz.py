@@ -13,26 +13,30 @@ Deeply nested JSON (deeper than orjson serializes, 255 levels) has its own test 
 that names the depth limit, before any upstream call; the general strategies stay below that depth
 so they keep guarding everything else.
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jwt as pyjwt
 import pytest
 import responses
+from conftest import API_KEY, JWT_SECRET
 from flask import Flask
 from flask_jwt_extended import JWTManager
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import API_KEY, JWT_SECRET
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.web.json_body import MAX_DEPTH
 
 UPSTREAM = "http://127.0.0.1:9"  # the discard port: nothing listens; `responses` answers instead
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+)
 
 ANTHROPIC_SSE = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
@@ -57,10 +61,22 @@ RESPONSES_SSE = (
 )
 STREAMS = {"/v1/messages": ANTHROPIC_SSE, "/v1/chat/completions": CHAT_SSE, "/v1/responses": RESPONSES_SSE}
 WHOLE = {
-    "/v1/messages": {"id": "msg_1", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "Hi"}], "model": "m",
-                     "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 1}},
-    "/v1/chat/completions": {"id": "c1", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}},
+    "/v1/messages": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Hi"}],
+        "model": "m",
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    },
+    "/v1/chat/completions": {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    },
     "/v1/responses": {"id": "r1", "status": "completed", "output": [], "usage": {"input_tokens": 3, "output_tokens": 1}},
 }
 
@@ -139,10 +155,43 @@ def check_neutral(status: int, body: bytes, upstream_called: int, path: str) -> 
 # --- strategies ---------------------------------------------------------------------------------
 
 KEYS = [
-    "model", "messages", "role", "content", "type", "text", "id", "name", "arguments", "input", "result", "tool_use_id",
-    "is_error", "max_tokens", "max_new_tokens", "max_output_tokens", "temperature", "top_p", "top_k", "stop", "seed",
-    "tools", "tool_choice", "stream", "parameters", "input_schema", "description", "function", "instructions", "reasoning",
-    "store", "truncation", "parallel_tool_calls", "system", "stop_sequences", "base_url", "url",
+    "model",
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "id",
+    "name",
+    "arguments",
+    "input",
+    "result",
+    "tool_use_id",
+    "is_error",
+    "max_tokens",
+    "max_new_tokens",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "stream",
+    "parameters",
+    "input_schema",
+    "description",
+    "function",
+    "instructions",
+    "reasoning",
+    "store",
+    "truncation",
+    "parallel_tool_calls",
+    "system",
+    "stop_sequences",
+    "base_url",
+    "url",
 ]
 NUMBERS = (
     st.integers()  # unbounded: huge ints included
@@ -167,6 +216,7 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 NESTED = st.builds(nested, st.integers(1, 200), SCALARS)  # below the known-bug depth (see the end)
 ANY = JSON | NESTED
 
+
 def mostly(valid: Any, k: int = 4) -> Any:
     """Valid most of the time (so the deep code paths are reached), arbitrary JSON otherwise."""
     return st.one_of(*([valid] * k), ANY)
@@ -175,9 +225,11 @@ def mostly(valid: Any, k: int = 4) -> Any:
 WORD = st.sampled_from(["hi", "id=x tokens=2", "日本語 👋", "a\nb", "get_weather"]) | st.text(min_size=1, max_size=30).filter(str.strip)
 TEXT = WORD | st.sampled_from(["", "   ", "\u0000"]) | st.text(max_size=40)
 OBJECT = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), ANY, max_size=4)
-MODELS = mostly(st.sampled_from(["claude-3-5-sonnet-20241022", "claude-x", "gpt-4o", "gpt-4o-mini", "mock-1"]), 6) | st.sampled_from(
-    ["", " ", "x" * 300, "claude-/../../evil", "gpt-4o\u0000"]
-) | st.text(max_size=12)
+MODELS = (
+    mostly(st.sampled_from(["claude-3-5-sonnet-20241022", "claude-x", "gpt-4o", "gpt-4o-mini", "mock-1"]), 6)
+    | st.sampled_from(["", " ", "x" * 300, "claude-/../../evil", "gpt-4o\u0000"])
+    | st.text(max_size=12)
+)
 TEXT_BLOCK = st.fixed_dictionaries({"type": st.just("text"), "text": mostly(WORD)})
 TOOL_USE = st.fixed_dictionaries({"type": st.just("tool_use"), "id": mostly(WORD), "name": mostly(WORD), "arguments": mostly(OBJECT)})
 TOOL_RESULT = st.fixed_dictionaries(
@@ -187,39 +239,69 @@ ODD_BLOCK = st.fixed_dictionaries(
     {"type": st.sampled_from(["image", "input_text", "thinking"]) | ANY},
     optional={"text": ANY, "id": ANY, "name": ANY, "arguments": ANY, "input": ANY, "tool_use_id": ANY, "result": ANY, "content": ANY},
 )
-USER = st.fixed_dictionaries({"role": st.just("user"), "content": mostly(WORD | st.lists(TEXT_BLOCK | TOOL_RESULT, min_size=1, max_size=3))})
-ASSISTANT = st.fixed_dictionaries({"role": st.just("assistant"), "content": mostly(WORD | st.lists(TEXT_BLOCK | TOOL_USE, min_size=1, max_size=3))})
+USER = st.fixed_dictionaries(
+    {"role": st.just("user"), "content": mostly(WORD | st.lists(TEXT_BLOCK | TOOL_RESULT, min_size=1, max_size=3))}
+)
+ASSISTANT = st.fixed_dictionaries(
+    {"role": st.just("assistant"), "content": mostly(WORD | st.lists(TEXT_BLOCK | TOOL_USE, min_size=1, max_size=3))}
+)
 SYSTEM = st.fixed_dictionaries({"role": st.just("system"), "content": mostly(WORD | st.lists(TEXT_BLOCK, min_size=1, max_size=2))})
 ODD_MESSAGE = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "system", "tool", "developer"]) | ANY, "content": TEXT | st.lists(ODD_BLOCK, max_size=2) | ANY},
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "tool", "developer"]) | ANY,
+        "content": TEXT | st.lists(ODD_BLOCK, max_size=2) | ANY,
+    },
     optional={"name": ANY, "tool_calls": ANY},
 )
 CONVERSATION = st.builds(
     lambda system, turns, last: system + turns + [last],
-    st.lists(SYSTEM, max_size=1), st.lists(USER | ASSISTANT | ODD_MESSAGE, max_size=3), USER,
+    st.lists(SYSTEM, max_size=1),
+    st.lists(USER | ASSISTANT | ODD_MESSAGE, max_size=3),
+    USER,
 )
-TOOL = mostly(st.fixed_dictionaries({"name": mostly(WORD)}, optional={"description": mostly(WORD), "parameters": mostly(OBJECT)})) | st.fixed_dictionaries(
-    {"type": st.just("function"), "function": ANY}
-)
+TOOL = mostly(
+    st.fixed_dictionaries({"name": mostly(WORD)}, optional={"description": mostly(WORD), "parameters": mostly(OBJECT)})
+) | st.fixed_dictionaries({"type": st.just("function"), "function": ANY})
 NUMBER_FIELD = mostly(st.integers(1, 100) | st.floats(0, 1), 2) | NUMBERS
 OPTIONAL_FIELDS = {
-    "max_tokens": NUMBER_FIELD, "max_new_tokens": NUMBER_FIELD, "temperature": NUMBER_FIELD, "top_p": NUMBER_FIELD,
-    "top_k": NUMBER_FIELD, "seed": NUMBER_FIELD, "stop": mostly(WORD | st.lists(WORD, max_size=3)) | st.lists(TEXT, max_size=20),
-    "tools": mostly(st.lists(TOOL, min_size=1, max_size=3)), "tool_choice": mostly(st.sampled_from(["auto", "none", "required", "any"]) | st.fixed_dictionaries({"name": WORD})),
-    "stream": mostly(st.booleans()), "base_url": TEXT | ANY, "metadata": ANY, "n": NUMBERS,
+    "max_tokens": NUMBER_FIELD,
+    "max_new_tokens": NUMBER_FIELD,
+    "temperature": NUMBER_FIELD,
+    "top_p": NUMBER_FIELD,
+    "top_k": NUMBER_FIELD,
+    "seed": NUMBER_FIELD,
+    "stop": mostly(WORD | st.lists(WORD, max_size=3)) | st.lists(TEXT, max_size=20),
+    "tools": mostly(st.lists(TOOL, min_size=1, max_size=3)),
+    "tool_choice": mostly(st.sampled_from(["auto", "none", "required", "any"]) | st.fixed_dictionaries({"name": WORD})),
+    "stream": mostly(st.booleans()),
+    "base_url": TEXT | ANY,
+    "metadata": ANY,
+    "n": NUMBERS,
 }
 CHAT_BODY = st.fixed_dictionaries({"model": MODELS, "messages": mostly(CONVERSATION, 6)}, optional=OPTIONAL_FIELDS)
 INPUT_ITEM = mostly(
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer", "assistant"]), "content": mostly(WORD | st.lists(ANY, min_size=1, max_size=3))})
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "system", "developer", "assistant"]),
+            "content": mostly(WORD | st.lists(ANY, min_size=1, max_size=3)),
+        }
+    )
 ) | st.fixed_dictionaries({"type": mostly(WORD)}, optional={"role": ANY, "content": ANY, "text": ANY})
 RESPONSES_BODY = st.fixed_dictionaries(
     {"model": MODELS, "input": mostly(WORD | st.lists(INPUT_ITEM, min_size=1, max_size=4))},
     optional={
-        "instructions": mostly(WORD), "max_output_tokens": NUMBER_FIELD, "temperature": NUMBER_FIELD,
+        "instructions": mostly(WORD),
+        "max_output_tokens": NUMBER_FIELD,
+        "temperature": NUMBER_FIELD,
         "tools": mostly(st.lists(st.fixed_dictionaries({"type": WORD}, optional={"name": ANY, "parameters": ANY}), max_size=2)),
-        "tool_choice": mostly(st.sampled_from(["auto", "none", "required"]) | OBJECT), "reasoning": mostly(OBJECT), "text": mostly(OBJECT),
-        "store": mostly(st.booleans()), "truncation": mostly(st.sampled_from(["auto", "disabled"])), "parallel_tool_calls": mostly(st.booleans()),
-        "stream": mostly(st.booleans()), "previous_response_id": ANY,
+        "tool_choice": mostly(st.sampled_from(["auto", "none", "required"]) | OBJECT),
+        "reasoning": mostly(OBJECT),
+        "text": mostly(OBJECT),
+        "store": mostly(st.booleans()),
+        "truncation": mostly(st.sampled_from(["auto", "disabled"])),
+        "parallel_tool_calls": mostly(st.booleans()),
+        "stream": mostly(st.booleans()),
+        "previous_response_id": ANY,
     },
 )
 
@@ -229,17 +311,33 @@ def to_bytes(value: Any) -> bytes:
 
 
 VALID = b'{"model":"claude-3-5-sonnet-20241022","messages":[{"role":"user","content":"hi"}],"max_tokens":5'
-RAW_SPECIALS = st.sampled_from([
-    VALID + b',"temperature":NaN}', VALID + b',"temperature":Infinity}', VALID + b',"top_p":-Infinity}',
-    VALID + b',"seed":1' + b"0" * 5000 + b"}", VALID + b',"max_tokens":1' + b"0" * 400 + b"}",
-    VALID + b',"seed":18446744073709551615}', VALID + b',"seed":-9223372036854775809}',
-    VALID + b',"model":"gpt-4o","model":"claude-x"}',
-    b'{"model":"mock-1","messages":[{"role":"user","content":"\xff\xfe\xc3\x28"}]}',
-    b'{"model":"mock-1","messages":[{"role":"user","content":"\\ud800"}]}',
-    b'{"model":"mock-1","messages":[{"role":"user","content":"\\udc00\\ud800"}]}',
-    b"\xef\xbb\xbf" + VALID + b"}", VALID, VALID + b"}}", VALID + b"} trailing", b"", b" ", b"null", b"[]", b"0", b'"x"',
-    b"[" * 2000 + b"]" * 2000, b'{"a":' * 1100 + b"1" + b"}" * 1100,
-])
+RAW_SPECIALS = st.sampled_from(
+    [
+        VALID + b',"temperature":NaN}',
+        VALID + b',"temperature":Infinity}',
+        VALID + b',"top_p":-Infinity}',
+        VALID + b',"seed":1' + b"0" * 5000 + b"}",
+        VALID + b',"max_tokens":1' + b"0" * 400 + b"}",
+        VALID + b',"seed":18446744073709551615}',
+        VALID + b',"seed":-9223372036854775809}',
+        VALID + b',"model":"gpt-4o","model":"claude-x"}',
+        b'{"model":"mock-1","messages":[{"role":"user","content":"\xff\xfe\xc3\x28"}]}',
+        b'{"model":"mock-1","messages":[{"role":"user","content":"\\ud800"}]}',
+        b'{"model":"mock-1","messages":[{"role":"user","content":"\\udc00\\ud800"}]}',
+        b"\xef\xbb\xbf" + VALID + b"}",
+        VALID,
+        VALID + b"}}",
+        VALID + b"} trailing",
+        b"",
+        b" ",
+        b"null",
+        b"[]",
+        b"0",
+        b'"x"',
+        b"[" * 2000 + b"]" * 2000,
+        b'{"a":' * 1100 + b"1" + b"}" * 1100,
+    ]
+)
 
 
 @st.composite
@@ -265,11 +363,23 @@ HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blac
 
 @st.composite
 def tokens(draw: Any) -> str:
-    claims = draw(st.fixed_dictionaries({}, optional={
-        "sub": TEXT | ANY, "exp": NUMBERS | ANY, "iat": NUMBERS | ANY, "nbf": NUMBERS | ANY, "jti": TEXT | ANY,
-        "type": st.sampled_from(["access", "refresh"]) | ANY, "fresh": ANY, "aud": ANY, "iss": ANY,
-        "llm_models": st.lists(st.sampled_from(["*", "claude-*", "gpt-4o", "mock-*", "[", "\\"]), max_size=3) | ANY,
-    }))
+    claims = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "sub": TEXT | ANY,
+                "exp": NUMBERS | ANY,
+                "iat": NUMBERS | ANY,
+                "nbf": NUMBERS | ANY,
+                "jti": TEXT | ANY,
+                "type": st.sampled_from(["access", "refresh"]) | ANY,
+                "fresh": ANY,
+                "aud": ANY,
+                "iss": ANY,
+                "llm_models": st.lists(st.sampled_from(["*", "claude-*", "gpt-4o", "mock-*", "[", "\\"]), max_size=3) | ANY,
+            },
+        )
+    )
     if draw(st.booleans()):  # mostly well-formed access tokens, so the claim checks get exercised
         now = int(time.time())
         claims = {"sub": "fuzzer", "type": "access", "iat": now, "nbf": now, "exp": now + 600, "jti": "j", **claims}
@@ -284,7 +394,10 @@ def tokens(draw: Any) -> str:
 def headers(draw: Any) -> dict[str, str]:
     h: dict[str, str] = {}
     if draw(st.booleans()):
-        h["Content-Type"] = draw(st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]) | HEADER_TEXT)
+        h["Content-Type"] = draw(
+            st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+            | HEADER_TEXT
+        )
     auth = draw(st.sampled_from(["none", "none", "token", "garbage"]))
     if auth == "token":
         h["Authorization"] = "Bearer " + draw(tokens())
@@ -316,8 +429,16 @@ def test_any_body_and_headers_get_2xx_or_a_contract_4xx_and_a_4xx_never_calls_up
 
 @FUZZ
 @given(path=NEUTRAL_PATHS, body=CHAT_BODY, token=tokens(), xff=HEADER_TEXT)
-def test_tokens_with_arbitrary_claims_get_2xx_or_a_contract_4xx(client: Any, upstream_calls: list[str], path: str, body: Any, token: str, xff: str) -> None:
-    status, raw, called = call(client, upstream_calls, path, to_bytes(body), {"Authorization": f"Bearer {token}", "X-Forwarded-For": xff, "Content-Type": "application/json"})
+def test_tokens_with_arbitrary_claims_get_2xx_or_a_contract_4xx(
+    client: Any, upstream_calls: list[str], path: str, body: Any, token: str, xff: str
+) -> None:
+    status, raw, called = call(
+        client,
+        upstream_calls,
+        path,
+        to_bytes(body),
+        {"Authorization": f"Bearer {token}", "X-Forwarded-For": xff, "Content-Type": "application/json"},
+    )
     check_neutral(status, raw, called, path)
 
 
@@ -352,9 +473,33 @@ def test_native_sdk_endpoints_get_2xx_or_a_provider_shaped_4xx_and_a_4xx_never_c
 @pytest.mark.parametrize(
     "path,body",
     [
-        ("/api/mock", {"model": "mock-1", "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "result": nested(300)}]}]}),
-        ("/api/anthropic", {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "f", "parameters": nested(300)}]}),
-        ("/api/openai", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "c", "name": "f", "arguments": {"a": nested(300)}}]}, {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c", "result": "ok"}]}]}),
+        (
+            "/api/mock",
+            {
+                "model": "mock-1",
+                "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "result": nested(300)}]}],
+            },
+        ),
+        (
+            "/api/anthropic",
+            {
+                "model": "claude-x",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"name": "f", "parameters": nested(300)}],
+            },
+        ),
+        (
+            "/api/openai",
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "c", "name": "f", "arguments": {"a": nested(300)}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c", "result": "ok"}]},
+                ],
+            },
+        ),
         ("/api/openai", {"model": "gpt-4o", "input": [{"role": "user", "content": [nested(300)]}]}),
     ],
     ids=["mock-tool-result", "anthropic-tool-parameters", "openai-tool-arguments", "responses-input"],

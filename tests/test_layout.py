@@ -1,6 +1,7 @@
 """The package's shape, as a reader and a maintainer rely on it: imports only go downward (no
 circle between its modules), no module grows past what one reads in a sitting, importing it is
 quiet, and other libraries' private attributes are reached only in ``_compat.py``."""
+
 from __future__ import annotations
 
 import ast
@@ -56,7 +57,7 @@ def test_the_packages_imports_form_no_circle() -> None:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                circles.append(path[path.index(nxt):] + [nxt])
+                circles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -73,14 +74,21 @@ def test_no_module_is_over_about_400_lines() -> None:
 
 
 def test_importing_the_package_warns_about_nothing() -> None:
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", "import flask_llm_proxy, flask_llm_proxy.cli"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", "import flask_llm_proxy, flask_llm_proxy.cli"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 # what reaching into gevent, urllib3, requests, limits, flask-jwt-extended or werkzeug looks like
-PRIVATE = re.compile(r"\._(wait|read_event|connection|original_response|fp|sock|key_prefix|sslobj)\b|internal_utils|"
-                     r"\.lua_[a-z_]+|prefixed_key|__dict__\[|request\.__dict__|_get_current_object\(\)\._")
+PRIVATE = re.compile(
+    r"\._(wait|read_event|connection|original_response|fp|sock|key_prefix|sslobj)\b|internal_utils|"
+    r"\.lua_[a-z_]+|prefixed_key|__dict__\[|request\.__dict__|_get_current_object\(\)\._"
+)
 
 
 def test_other_libraries_private_attributes_are_reached_only_in_compat() -> None:

@@ -8,17 +8,18 @@ and response_format reach the upstream; a thinking stream is the same stream as 
 client that did not ask, and carries reasoning events for one that did; reasoning tokens are
 billed as output; the native endpoints pass all of it through unchanged.
 """
+
 from __future__ import annotations
 
 import base64
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import API_KEY, GunicornServer, base_env, http, sse_events, uid
 from fake_upstream import SIGNATURE, FakeUpstreamProcess, expected_reasoning, expected_text
 
@@ -43,16 +44,32 @@ def server(upstream: FakeUpstreamProcess, ledger: Path) -> Iterator[GunicornServ
         "anthropic": {"api_key": API_KEY, "base_url": base, "models": ["claude-*"]},
         "openai": {"api_key": API_KEY, "base_url": base + "/v1", "models": ["gpt-4o", "gpt-4o-mini", "o4-mini"]},
         "text-only": {"type": "anthropic", "api_key": API_KEY, "base_url": base, "models": ["claude-*"], "attachments": False},
-        "small-images": {"type": "openai", "api_key": API_KEY, "base_url": base + "/v1", "models": ["gpt-4o"],
-                         "attachments": ["image"], "max_attachment_bytes": 1000},
+        "small-images": {
+            "type": "openai",
+            "api_key": API_KEY,
+            "base_url": base + "/v1",
+            "models": ["gpt-4o"],
+            "attachments": ["image"],
+            "max_attachment_bytes": 1000,
+        },
     }
     profiles = {
         "no-photos": {"provider": "anthropic", "model": SONNET, "attachments": False},
-        "estimating": {"provider": "anthropic", "model": SONNET, "client_system": "allow", "max_input_tokens": 3000,
-                       "max_attachment_bytes": 100_000},
+        "estimating": {
+            "provider": "anthropic",
+            "model": SONNET,
+            "client_system": "allow",
+            "max_input_tokens": 3000,
+            "max_attachment_bytes": 100_000,
+        },
     }
-    srv = GunicornServer(base_env(base, ledger.parent, LLM_PROXY_PROVIDERS=providers, LLM_PROXY_PROFILES=profiles,
-                                  LLM_PROXY_USAGE_STORE=f"sqlite:///{ledger}"), workers=1, name="multimodal")
+    srv = GunicornServer(
+        base_env(
+            base, ledger.parent, LLM_PROXY_PROVIDERS=providers, LLM_PROXY_PROFILES=profiles, LLM_PROXY_USAGE_STORE=f"sqlite:///{ledger}"
+        ),
+        workers=1,
+        name="multimodal",
+    )
     yield srv
     srv.stop()
 
@@ -95,11 +112,15 @@ def agentary_view(events: list[Any]) -> tuple[str, int]:
 # --- images and documents in ------------------------------------------------------------------
 
 IMAGE_FORMS = [  # (the block the client sends, the source it stands for)
-    ({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64["png"]}},
-     {"type": "base64", "media_type": "image/png", "data": B64["png"]}),
+    (
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64["png"]}},
+        {"type": "base64", "media_type": "image/png", "data": B64["png"]},
+    ),
     ({"type": "image", "source": {"type": "url", "url": IMAGE_URL}}, {"type": "url", "url": IMAGE_URL}),
-    ({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + B64["jpeg"]}},
-     {"type": "base64", "media_type": "image/jpeg", "data": B64["jpeg"]}),
+    (
+        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + B64["jpeg"]}},
+        {"type": "base64", "media_type": "image/jpeg", "data": B64["jpeg"]},
+    ),
     ({"type": "image_url", "image_url": {"url": IMAGE_URL}}, {"type": "url", "url": IMAGE_URL}),
 ]
 
@@ -133,10 +154,12 @@ def test_image_detail_reaches_openai_and_is_refused_by_anthropic(server: Gunicor
 
 def test_images_in_the_responses_form_reach_openai_unchanged(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
     rid = uid("img-responses")
-    parts = [{"type": "input_text", "text": f"What is it? id={rid} tokens=3"},
-             {"type": "input_image", "image_url": "data:image/png;base64," + B64["png"], "detail": "high"},
-             {"type": "input_image", "image_url": IMAGE_URL},
-             {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64," + B64["pdf"]}]
+    parts = [
+        {"type": "input_text", "text": f"What is it? id={rid} tokens=3"},
+        {"type": "input_image", "image_url": "data:image/png;base64," + B64["png"], "detail": "high"},
+        {"type": "input_image", "image_url": IMAGE_URL},
+        {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64," + B64["pdf"]},
+    ]
     body = {"model": "gpt-4o", "input": [{"role": "user", "content": parts}], "max_output_tokens": 50}
     status, events = post(server, "openai", body)
     assert status == 200 and agentary_view(events)[0] == expected_text(3)
@@ -152,7 +175,9 @@ def test_a_pdf_reaches_anthropic_as_a_document_and_openai_as_a_file(server: Guni
     rid = uid("pdf-openai")
     assert post(server, "openai", {"model": "gpt-4o", "messages": user(rid, doc)})[0] == 200
     assert sent_body(upstream, rid)["messages"][0]["content"][1] == {
-        "type": "file", "file": {"filename": "Q3.pdf", "file_data": "data:application/pdf;base64," + B64["pdf"]}}
+        "type": "file",
+        "file": {"filename": "Q3.pdf", "file_data": "data:application/pdf;base64," + B64["pdf"]},
+    }
     # OpenAI's own shape, to Anthropic
     rid = uid("pdf-file")
     file_part = {"type": "file", "file": {"filename": "Q3.pdf", "file_data": "data:application/pdf;base64," + B64["pdf"]}}
@@ -171,24 +196,43 @@ def test_an_oversized_image_is_a_400_naming_it_without_an_upstream_call(server: 
     assert "Anthropic takes at most 5.2 MB per image" in err, err
     small = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG + b"\x00" * 1000).decode()}}
     rid = uid("big-host")
-    err = refused(server, upstream, "small-images", {"model": "gpt-4o", "messages": user(rid, small)}, rid, "messages[0].content[1].image_url.url")
+    err = refused(
+        server, upstream, "small-images", {"model": "gpt-4o", "messages": user(rid, small)}, rid, "messages[0].content[1].image_url.url"
+    )
     assert "this provider takes images up to 1,000 bytes" in err, err
 
 
 @pytest.mark.parametrize("provider, model", [("anthropic", SONNET), ("openai", "gpt-4o")])
-@pytest.mark.parametrize("block, path, says", [
-    ({"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": B64["png"]}},
-     "messages[0].content[1].source.media_type", "image/png"),
-    ({"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,PHN2Zz48L3N2Zz4="}},
-     "messages[0].content[1].image_url.url", "image/webp"),
-    ({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64["jpeg"]}},
-     "messages[0].content[1].source.data", "image/jpeg data"),
-    ({"type": "image_url", "image_url": {"url": "data:image/png;base64," + B64["pdf"]}},
-     "messages[0].content[1].image_url.url", "application/pdf data"),
-    ({"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}, "messages[0].content[1].image_url.url", "http(s) URL"),
-], ids=["bmp", "svg-data-url", "jpeg-said-png", "pdf-said-png", "file-url"])
-def test_a_wrong_type_image_is_a_400_naming_it_without_an_upstream_call(server: GunicornServer, upstream: FakeUpstreamProcess,
-                                                                        provider: str, model: str, block: dict, path: str, says: str) -> None:
+@pytest.mark.parametrize(
+    "block, path, says",
+    [
+        (
+            {"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": B64["png"]}},
+            "messages[0].content[1].source.media_type",
+            "image/png",
+        ),
+        (
+            {"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,PHN2Zz48L3N2Zz4="}},
+            "messages[0].content[1].image_url.url",
+            "image/webp",
+        ),
+        (
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": B64["jpeg"]}},
+            "messages[0].content[1].source.data",
+            "image/jpeg data",
+        ),
+        (
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + B64["pdf"]}},
+            "messages[0].content[1].image_url.url",
+            "application/pdf data",
+        ),
+        ({"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}, "messages[0].content[1].image_url.url", "http(s) URL"),
+    ],
+    ids=["bmp", "svg-data-url", "jpeg-said-png", "pdf-said-png", "file-url"],
+)
+def test_a_wrong_type_image_is_a_400_naming_it_without_an_upstream_call(
+    server: GunicornServer, upstream: FakeUpstreamProcess, provider: str, model: str, block: dict, path: str, says: str
+) -> None:
     rid = uid("wrong-type")
     err = refused(server, upstream, provider, {"model": model, "messages": user(rid, block)}, rid, path)
     assert says in err, err
@@ -203,8 +247,18 @@ def test_attachments_the_host_turned_off_are_a_400(server: GunicornServer, upstr
     rid = uid("off")
     refused(server, upstream, "small-images", {"model": "gpt-4o", "messages": user(rid, pdf)}, rid, "messages[0].content[1]")
     rid = uid("off")
-    body = {"model": "gpt-4o", "input": [{"role": "user", "content": [
-        {"type": "input_text", "text": f"id={rid}"}, {"type": "input_file", "file_data": "data:application/pdf;base64," + B64["pdf"]}]}]}
+    body = {
+        "model": "gpt-4o",
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": f"id={rid}"},
+                    {"type": "input_file", "file_data": "data:application/pdf;base64," + B64["pdf"]},
+                ],
+            }
+        ],
+    }
     refused(server, upstream, "small-images", body, rid, "input[0].content[1]")
 
 
@@ -212,7 +266,10 @@ def test_a_profile_can_turn_attachments_off_and_down(server: GunicornServer, ups
     rid = uid("profile-off")
     err = refused(server, upstream, "profiles/no-photos", {"messages": user(rid, IMAGE_FORMS[0][0])}, rid, "messages[0].content[1]")
     assert "turned them off" in err
-    big = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG + b"\x00" * 200_000).decode()}}
+    big = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG + b"\x00" * 200_000).decode()},
+    }
     rid = uid("profile-cap")
     err = refused(server, upstream, "profiles/estimating", {"messages": user(rid, big)}, rid, "messages[0].content[1].source")
     assert "up to 100.0 kB" in err
@@ -220,7 +277,10 @@ def test_a_profile_can_turn_attachments_off_and_down(server: GunicornServer, ups
 
 def test_a_profiles_input_estimate_counts_an_image_not_its_base64(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
     """80 kB of base64 would be 20,000 "tokens" as text; the profile allows 3,000."""
-    photo = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG + b"\x00" * 60_000).decode()}}
+    photo = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG + b"\x00" * 60_000).decode()},
+    }
     rid = uid("profile-estimate")
     cached = {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]}
     status, _ = post(server, "profiles/estimating", {"messages": [cached, *user(rid, photo)]})
@@ -242,7 +302,9 @@ def test_the_native_endpoints_honour_attachments_turned_off(server: GunicornServ
     assert r.status_code == 400 and "1,000 bytes" in r.json()["error"]["message"], r.text
     rid = uid("native-ok")
     small = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + B64["png"]}}
-    r = http().post(f"{server.url}/api/small-images/v1/chat/completions", json={"model": "gpt-4o", "messages": user(rid, small)}, timeout=30)
+    r = http().post(
+        f"{server.url}/api/small-images/v1/chat/completions", json={"model": "gpt-4o", "messages": user(rid, small)}, timeout=30
+    )
     assert r.status_code == 200 and sent_body(upstream, rid)["messages"][0]["content"][1] == small
 
 
@@ -259,10 +321,16 @@ def test_file_id_references_are_refused(server: GunicornServer, upstream: FakeUp
 def test_thinking_and_cache_control_reach_anthropic(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
     rid = uid("thinking")
     ephemeral = {"type": "ephemeral"}
-    body = {"model": SONNET, "max_tokens": 4000, "thinking": {"type": "enabled", "budget_tokens": 2048},
-            "messages": [{"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": ephemeral}]},
-                         *user(rid, {**IMAGE_FORMS[0][0], "cache_control": ephemeral})],
-            "tools": [{"name": "lookup", "parameters": {"type": "object"}, "cache_control": ephemeral}]}
+    body = {
+        "model": SONNET,
+        "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": ephemeral}]},
+            *user(rid, {**IMAGE_FORMS[0][0], "cache_control": ephemeral}),
+        ],
+        "tools": [{"name": "lookup", "parameters": {"type": "object"}, "cache_control": ephemeral}],
+    }
     status, events = post(server, "anthropic", body)
     assert status == 200, events
     sent = sent_body(upstream, rid)
@@ -280,8 +348,10 @@ def test_thinking_that_leaves_no_room_for_the_answer_is_a_400(server: GunicornSe
 
 def test_reasoning_effort_and_response_format_reach_openai(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
     rid = uid("rf-openai")
-    rf = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True,
-                                                  "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}
+    rf = {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "strict": True, "schema": {"type": "object", "properties": {"a": {"type": "string"}}}},
+    }
     status, _ = post(server, "openai", {"model": "o4-mini", "messages": user(rid), "reasoning_effort": "high", "response_format": rf})
     assert status == 200
     sent = sent_body(upstream, rid)
@@ -299,15 +369,27 @@ def test_response_format_becomes_anthropics_output_config_or_a_400(server: Gunic
     sent = sent_body(upstream, rid)
     assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}} and "response_format" not in sent
     rid = uid("rf-anthropic-json")
-    err = refused(server, upstream, "anthropic", {"model": SONNET, "messages": user(rid), "response_format": {"type": "json_object"}},
-                  rid, "response_format")
+    err = refused(
+        server,
+        upstream,
+        "anthropic",
+        {"model": SONNET, "messages": user(rid), "response_format": {"type": "json_object"}},
+        rid,
+        "response_format",
+    )
     assert "schema" in err
 
 
 def test_thinking_on_openai_and_reasoning_effort_on_anthropic_are_400s(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
     rid = uid("cross")
-    refused(server, upstream, "openai", {"model": "gpt-4o", "messages": user(rid), "thinking": {"type": "enabled", "budget_tokens": 2048}},
-            rid, "thinking")
+    refused(
+        server,
+        upstream,
+        "openai",
+        {"model": "gpt-4o", "messages": user(rid), "thinking": {"type": "enabled", "budget_tokens": 2048}},
+        rid,
+        "thinking",
+    )
     refused(server, upstream, "anthropic", {"model": SONNET, "messages": user(rid), "reasoning_effort": "low"}, rid, "reasoning_effort")
 
 
@@ -329,7 +411,9 @@ def thinking_body(provider: str, model: str, rid: str, knobs: str, **extra: Any)
 
 
 @pytest.mark.parametrize("provider, model, knobs, _", THINKING_CASES, ids=["anthropic", "deepseek-style", "vllm-style"])
-def test_a_thinking_stream_is_todays_stream_for_a_client_that_did_not_ask(server: GunicornServer, provider: str, model: str, knobs: str, _: bool) -> None:
+def test_a_thinking_stream_is_todays_stream_for_a_client_that_did_not_ask(
+    server: GunicornServer, provider: str, model: str, knobs: str, _: bool
+) -> None:
     status, events = post(server, provider, thinking_body(provider, model, uid("quiet"), knobs))
     assert status == 200
     status, plain = post(server, provider, {"model": model, "messages": [{"role": "user", "content": f"id={uid('plain')} tokens=4"}]})
@@ -341,7 +425,9 @@ def test_a_thinking_stream_is_todays_stream_for_a_client_that_did_not_ask(server
 
 
 @pytest.mark.parametrize("provider, model, knobs, apart", THINKING_CASES, ids=["anthropic", "deepseek-style", "vllm-style"])
-def test_a_client_that_asks_gets_the_thinking_as_reasoning_events(server: GunicornServer, provider: str, model: str, knobs: str, apart: bool) -> None:
+def test_a_client_that_asks_gets_the_thinking_as_reasoning_events(
+    server: GunicornServer, provider: str, model: str, knobs: str, apart: bool
+) -> None:
     status, events = post(server, provider, thinking_body(provider, model, uid("think"), knobs, include_reasoning=True))
     assert status == 200
     answer, n = agentary_view(events)
@@ -383,12 +469,24 @@ def test_stream_false_carries_the_reasoning_and_the_blocks_to_send_back(server: 
 def test_thinking_blocks_go_back_to_anthropic_with_the_tool_results(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
     rid = uid("thinking-turn")
     thinking = {"type": "thinking", "thinking": expected_reasoning(6), "signature": SIGNATURE}
-    body = {**thinking_body("anthropic", SONNET, rid, ""), "messages": [
-        {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": [thinking, {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "arguments": {"city": "Oslo"}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "result": "rain"},
-                                     {"type": "text", "text": f"id={rid} tokens=2"}]}],
-        "tools": [{"name": "get_weather", "parameters": {"type": "object"}}]}
+    body = {
+        **thinking_body("anthropic", SONNET, rid, ""),
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": [thinking, {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "arguments": {"city": "Oslo"}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "result": "rain"},
+                    {"type": "text", "text": f"id={rid} tokens=2"},
+                ],
+            },
+        ],
+        "tools": [{"name": "get_weather", "parameters": {"type": "object"}}],
+    }
     assert post(server, "anthropic", body)[0] == 200
     assert sent_body(upstream, rid)["messages"][1]["content"][0] == thinking
 
@@ -418,9 +516,12 @@ def test_reasoning_tokens_are_billed_as_output_and_kept_in_the_ledger(server: Gu
 def test_a_stream_cut_while_thinking_estimates_the_thinking_as_output(server: GunicornServer, ledger: Path) -> None:
     """The client did not ask for the reasoning, so none of it was relayed; the upstream billed it."""
     rid = uid("cut-thinking")
-    body = {**thinking_body("anthropic", SONNET, rid, ""), "messages": [{"role": "user", "content": f"id={rid} tokens=10 think=30 drop_after=2"}]}
+    body = {
+        **thinking_body("anthropic", SONNET, rid, ""),
+        "messages": [{"role": "user", "content": f"id={rid} tokens=10 think=30 drop_after=2"}],
+    }
     with http().post(f"{server.url}/api/anthropic", json=body, headers={"X-Request-ID": rid}, timeout=30) as r:
-        r.content
+        _ = r.content  # read to the end (the upstream cuts it)
     row = ledger_row(ledger, rid)
     assert row["estimated"] == 1 and row["error_type"] == "network_error"
     assert row["output_tokens"] >= 32
@@ -429,13 +530,28 @@ def test_a_stream_cut_while_thinking_estimates_the_thinking_as_output(server: Gu
 # --- the native endpoints pass it all through ---------------------------------------------------
 
 
-def test_native_endpoints_pass_attachments_thinking_and_formats_through_unchanged(server: GunicornServer, upstream: FakeUpstreamProcess) -> None:
+def test_native_endpoints_pass_attachments_thinking_and_formats_through_unchanged(
+    server: GunicornServer, upstream: FakeUpstreamProcess
+) -> None:
     rid = uid("native-messages")
-    body = {"model": SONNET, "max_tokens": 4096, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 2048},
-            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
-            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
-            "messages": [{"role": "user", "content": [{"type": "text", "text": f"id={rid} tokens=2 think=3"}, IMAGE_FORMS[0][0],
-                                                      {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}]}]}
+    body = {
+        "model": SONNET,
+        "max_tokens": 4096,
+        "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": f"id={rid} tokens=2 think=3"},
+                    IMAGE_FORMS[0][0],
+                    {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}},
+                ],
+            }
+        ],
+    }
     headers = {"anthropic-version": "2023-06-01"}
     with http().post(f"{server.url}/api/anthropic/v1/messages", json=body, headers=headers, stream=True, timeout=30) as r:
         assert r.status_code == 200
@@ -444,9 +560,20 @@ def test_native_endpoints_pass_attachments_thinking_and_formats_through_unchange
     assert b'"type":"thinking_delta"' in raw and SIGNATURE.encode() in raw  # the upstream's own events
 
     rid = uid("native-chat")
-    body = {"model": "gpt-4o", "reasoning_effort": "low", "response_format": {"type": "json_object"},
-            "messages": [{"role": "user", "content": [{"type": "text", "text": f"id={rid} tokens=2"},
-                                                      {"type": "image_url", "image_url": {"url": IMAGE_URL, "detail": "low"}}]}]}
+    body = {
+        "model": "gpt-4o",
+        "reasoning_effort": "low",
+        "response_format": {"type": "json_object"},
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": f"id={rid} tokens=2"},
+                    {"type": "image_url", "image_url": {"url": IMAGE_URL, "detail": "low"}},
+                ],
+            }
+        ],
+    }
     with http().post(f"{server.url}/api/openai/v1/chat/completions", json=body, timeout=30) as r:
         assert r.status_code == 200, r.text
     assert sent_body(upstream, rid) == body

@@ -5,26 +5,46 @@ naming the field and the profile, and the upstream is never called (the fake cou
 what a profile pins (the system prompt, the tools, caps) is what the upstream receives, on the
 contract endpoint and the SDKs' native endpoints alike, for all three upstream APIs.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
 from conftest import GunicornServer, base_env, http, make_jwt, sse_events, uid
 
 SUPPORT = {
-    "provider": "anthropic", "model": "claude-haiku-4-5", "system": "You answer questions about ACME's products.",
-    "client_system": "forbid", "tools": ["lookup_order"], "max_input_tokens": 200, "max_tokens": 80,
+    "provider": "anthropic",
+    "model": "claude-haiku-4-5",
+    "system": "You answer questions about ACME's products.",
+    "client_system": "forbid",
+    "tools": ["lookup_order"],
+    "max_input_tokens": 200,
+    "max_tokens": 80,
     "temperature": [0, 0.7],
 }
 PROFILES = {
     "support": SUPPORT,
-    "notes": {"provider": "anthropic", "model": ["claude-haiku-4-5", "claude-sonnet-4-5"], "system": "Summarise notes.",
-              "client_system": "append", "tools": "*"},
+    "notes": {
+        "provider": "anthropic",
+        "model": ["claude-haiku-4-5", "claude-sonnet-4-5"],
+        "system": "Summarise notes.",
+        "client_system": "append",
+        "tools": "*",
+    },
     "gpt-notes": {"provider": "openai", "model": "gpt-4o", "system": "Summarise notes.", "client_system": "append"},
-    "orders": {"provider": "openai", "model": "gpt-4o", "server_tools": [
-        {"name": "lookup_order", "description": "Find an order", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}]},
+    "orders": {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "server_tools": [
+            {
+                "name": "lookup_order",
+                "description": "Find an order",
+                "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+            }
+        ],
+    },
 }
 
 
@@ -65,8 +85,12 @@ def never_called(upstream: Any, rid: str) -> None:
 
 def test_a_request_within_the_profile_streams_with_the_pinned_system_prompt_and_caps(server: Any, upstream: Any) -> None:
     rid = uid("support-ok")
-    with http().post(f"{server.url}/api/profiles/support", json={"messages": [{"role": "user", "content": f"id={rid} tokens=3"}]},
-                     stream=True, timeout=20) as r:
+    with http().post(
+        f"{server.url}/api/profiles/support",
+        json={"messages": [{"role": "user", "content": f"id={rid} tokens=3"}]},
+        stream=True,
+        timeout=20,
+    ) as r:
         assert r.status_code == 200, r.text
         assert sse_events(r)[-1] == "[DONE]"
     body = upstream.requests(id=rid)[0]["body"]
@@ -92,7 +116,9 @@ def test_a_tool_the_profile_does_not_list_is_refused(server: Any, upstream: Any)
 
 def test_a_model_outside_the_profile_is_refused(server: Any, upstream: Any) -> None:
     rid = uid("model")
-    body = refused(post(server, "profiles/support", ask(f"id={rid}", model="claude-sonnet-4-5")), 400, "not one of the models of the profile")
+    body = refused(
+        post(server, "profiles/support", ask(f"id={rid}", model="claude-sonnet-4-5")), 400, "not one of the models of the profile"
+    )
     assert body["type"] == "model_not_allowed"
     never_called(upstream, rid)
 
@@ -104,10 +130,13 @@ def test_a_prompt_over_the_profiles_input_estimate_is_refused_with_413(server: A
     never_called(upstream, rid)
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("temperature", 0.9, "temperature: must be between 0 and 0.7"),
-    ("max_tokens", 500, "max_tokens: at most 80 output tokens"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("temperature", 0.9, "temperature: must be between 0 and 0.7"),
+        ("max_tokens", 500, "max_tokens: at most 80 output tokens"),
+    ],
+)
 def test_parameters_outside_the_profiles_bounds_are_refused(server: Any, upstream: Any, field: str, value: Any, words: str) -> None:
     rid = uid("bounds")
     refused(post(server, "profiles/support", ask(f"id={rid}", **{field: value})), 400, words)
@@ -117,17 +146,22 @@ def test_parameters_outside_the_profiles_bounds_are_refused(server: Any, upstrea
 def test_a_profile_the_users_token_does_not_grant_is_refused(server: Any, upstream: Any) -> None:
     rid = uid("claim")
     token = make_jwt("bob", llm_profiles=["notes"])
-    body = refused(post(server, "profiles/support", ask(f"id={rid}"), Authorization=f"Bearer {token}"), 403, "does not allow the profile 'support'")
+    body = refused(
+        post(server, "profiles/support", ask(f"id={rid}"), Authorization=f"Bearer {token}"), 403, "does not allow the profile 'support'"
+    )
     assert body["type"] == "profile_not_allowed"
     never_called(upstream, rid)
     listed = http().get(f"{server.url}/api/models", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
     assert sorted(listed["profiles"]) == ["notes"]
 
 
-@pytest.mark.parametrize("path, body, words", [
-    ("anthropic", ask("hi"), "this proxy serves only its profiles"),
-    ("openai", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, "this proxy serves only its profiles"),
-])
+@pytest.mark.parametrize(
+    "path, body, words",
+    [
+        ("anthropic", ask("hi"), "this proxy serves only its profiles"),
+        ("openai", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, "this proxy serves only its profiles"),
+    ],
+)
 def test_without_a_profile_a_profiles_only_proxy_refuses(strict: Any, path: str, body: Any, words: str) -> None:
     r = refused(post(strict, path, body), 403, words)
     assert r["type"] == "profile_required"
@@ -174,12 +208,20 @@ def test_append_on_openai_chat_and_responses(server: Any, upstream: Any) -> None
 
 def test_the_servers_tools_replace_the_clients_and_the_client_may_declare_none(server: Any, upstream: Any) -> None:
     rid = uid("server-tools")
-    with http().post(f"{server.url}/api/profiles/orders", json={"model": "gpt-4o", "messages": [{"role": "user", "content": f"id={rid} tokens=2"}]},
-                     stream=True, timeout=20) as r:
+    with http().post(
+        f"{server.url}/api/profiles/orders",
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": f"id={rid} tokens=2"}]},
+        stream=True,
+        timeout=20,
+    ) as r:
         assert r.status_code == 200 and sse_events(r)[-1] == "[DONE]"
     assert [t["function"]["name"] for t in upstream.requests(id=rid)[0]["body"]["tools"]] == ["lookup_order"]
     rid = uid("client-tools")
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"id={rid}"}], "tools": [{"name": "x", "parameters": {"type": "object"}}]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": f"id={rid}"}],
+        "tools": [{"name": "x", "parameters": {"type": "object"}}],
+    }
     refused(post(server, "profiles/orders", body), 400, "the profile supplies its own tools")
     never_called(upstream, rid)
 
@@ -189,8 +231,9 @@ def test_the_servers_tools_replace_the_clients_and_the_client_may_declare_none(s
 
 def test_the_native_endpoints_of_a_profile_apply_the_same_rules(server: Any, upstream: Any) -> None:
     rid = uid("native-sys")
-    r = http().post(f"{server.url}/api/profiles/support/v1/messages", timeout=20,
-                    json={**ask(f"id={rid}"), "max_tokens": 5, "system": "Write poems."})
+    r = http().post(
+        f"{server.url}/api/profiles/support/v1/messages", timeout=20, json={**ask(f"id={rid}"), "max_tokens": 5, "system": "Write poems."}
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
     assert "system: the client may not set a system prompt" in r.json()["error"]["message"]
     never_called(upstream, rid)
@@ -199,14 +242,21 @@ def test_the_native_endpoints_of_a_profile_apply_the_same_rules(server: Any, ups
     assert r.status_code == 200, r.text
     assert upstream.requests(id=rid)[0]["body"]["system"] == SUPPORT["system"]
     rid = uid("native-chat")
-    r = http().post(f"{server.url}/api/profiles/gpt-notes/v1/chat/completions", timeout=20,
-                    json={"model": "gpt-4o", "messages": [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": f"id={rid} tokens=2"}]})
+    r = http().post(
+        f"{server.url}/api/profiles/gpt-notes/v1/chat/completions",
+        timeout=20,
+        json={
+            "model": "gpt-4o",
+            "messages": [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": f"id={rid} tokens=2"}],
+        },
+    )
     assert r.status_code == 200, r.text
     assert upstream.requests(id=rid)[0]["body"]["messages"][0]["content"].endswith("Be terse.")
 
 
 def test_a_profile_naming_an_unknown_provider_fails_at_start_naming_the_key() -> None:
     from conftest import mock_host_app
+
     from flask_llm_proxy import ConfigError, LLMProxy
 
     app = mock_host_app(LLM_PROXY_PROFILES={"p": {"provider": "nope", "model": "m"}})
@@ -220,15 +270,19 @@ def test_a_profile_naming_an_unknown_provider_fails_at_start_naming_the_key() ->
 
 def host_app(upstream: Any, **config: Any) -> Any:
     """A host that signs users in with a session cookie (as Flask-Login does), not with JWTs."""
+    from conftest import API_KEY
     from flask import Flask, session
 
-    from conftest import API_KEY
     from flask_llm_proxy import LLMProxy
 
     app = Flask("session-host")
-    app.config.update(SECRET_KEY="test-session-secret", LLM_PROXY_USAGE_STORE="none", LLM_PROXY_RATE_LIMIT=None,
-                      LLM_PROXY_PROVIDERS={"anthropic": {"api_key": API_KEY, "base_url": upstream.base_url, "models": ["claude-*"]}},
-                      **config)
+    app.config.update(
+        SECRET_KEY="test-session-secret",
+        LLM_PROXY_USAGE_STORE="none",
+        LLM_PROXY_RATE_LIMIT=None,
+        LLM_PROXY_PROVIDERS={"anthropic": {"api_key": API_KEY, "base_url": upstream.base_url, "models": ["claude-*"]}},
+        **config,
+    )
     proxy = LLMProxy()
 
     @proxy.identity_loader

@@ -8,21 +8,23 @@ worker that dies holding slots gives them back within the lease; a client that l
 waiting leaves the queue at once; the wait is in the ledger and in the metrics; a Redis outage is
 the limiter's 503 (or, with ``LLM_PROXY_FAIL_OPEN``, no cap), never a 500 or a hang.
 """
+
 from __future__ import annotations
 
+import os
 import re
 import signal
-import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import chat_body, free_port, http, make_jwt, open_raw_stream, sse_events, start_servers, stop_servers, uid
 from fake_upstream import expected_text
+
 from flask_llm_proxy.accounting.redis_store import RedisStore
 
 LEASE = 2.0
@@ -46,12 +48,12 @@ def servers(upstream: Any, tmp_path: Path) -> Iterator[Any]:
     stop_servers(started)
 
 
-def stream(server: Any, prompt: str, *, model: str = "claude-3-5-sonnet-20241022", headers: dict[str, str] | None = None,
-           timeout: float = 60) -> tuple[int, str, dict[str, str], float]:
+def stream(
+    server: Any, prompt: str, *, model: str = "claude-3-5-sonnet-20241022", headers: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, dict[str, str], float]:
     """One contract stream: (status, its text or error body, headers, seconds)."""
     t0 = time.monotonic()
-    r = http().post(f"{server.url}/api/anthropic", json=chat_body(prompt, model=model), headers=headers or {}, stream=True,
-                    timeout=timeout)
+    r = http().post(f"{server.url}/api/anthropic", json=chat_body(prompt, model=model), headers=headers or {}, stream=True, timeout=timeout)
     if r.status_code != 200:
         return r.status_code, r.text, dict(r.headers), time.monotonic() - t0
     events = sse_events(r)
@@ -71,11 +73,15 @@ def metric(server: Any, name: str, labels: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_cap_of_4_across_two_servers_of_two_workers_holds_and_serves_all_24_streams(servers: Any, upstream: Any,
-                                                                                      redis_server: Any) -> None:
+def test_cap_of_4_across_two_servers_of_two_workers_holds_and_serves_all_24_streams(servers: Any, upstream: Any, redis_server: Any) -> None:
     url = db(redis_server, 1)
-    env = {"LLM_PROXY_MAX_CONCURRENT": 4, "LLM_PROXY_QUEUE_URL": url, "LLM_PROXY_QUEUE_LEASE": LEASE,
-           "LLM_PROXY_USAGE_STORE": url, "LLM_PROXY_METRICS": True}
+    env = {
+        "LLM_PROXY_MAX_CONCURRENT": 4,
+        "LLM_PROXY_QUEUE_URL": url,
+        "LLM_PROXY_QUEUE_LEASE": LEASE,
+        "LLM_PROXY_USAGE_STORE": url,
+        "LLM_PROXY_METRICS": True,
+    }
     s = servers({"a": (2, env), "b": (2, env)})
     scenario = uid("cap4")
 
@@ -99,11 +105,11 @@ def test_cap_of_4_across_two_servers_of_two_workers_holds_and_serves_all_24_stre
     assert metric(s["a"], "llm_proxy_queue_waiting", 'provider="anthropic"') == 0
 
 
-def test_requests_that_get_no_slot_within_the_queue_timeout_get_a_503_with_retry_after(servers: Any, upstream: Any,
-                                                                                        redis_server: Any) -> None:
+def test_requests_that_get_no_slot_within_the_queue_timeout_get_a_503_with_retry_after(
+    servers: Any, upstream: Any, redis_server: Any
+) -> None:
     url = db(redis_server, 2)
-    env = {"LLM_PROXY_MAX_CONCURRENT": 4, "LLM_PROXY_QUEUE_URL": url, "LLM_PROXY_QUEUE_TIMEOUT": 0.5,
-           "LLM_PROXY_USAGE_STORE": url}
+    env = {"LLM_PROXY_MAX_CONCURRENT": 4, "LLM_PROXY_QUEUE_URL": url, "LLM_PROXY_QUEUE_TIMEOUT": 0.5, "LLM_PROXY_USAGE_STORE": url}
     s = servers({"a": (2, env), "b": (2, env)})
     scenario = uid("qtimeout")
 
@@ -129,14 +135,15 @@ def test_requests_that_get_no_slot_within_the_queue_timeout_get_a_503_with_retry
     assert all(r["queue_ms"] >= 450 and r["input_tokens"] == 0 for r in by_status[(503, "queue_timeout")])
 
 
-def test_slots_of_a_worker_killed_while_streaming_come_back_within_the_lease(servers: Any, upstream: Any,
-                                                                              redis_server: Any) -> None:
+def test_slots_of_a_worker_killed_while_streaming_come_back_within_the_lease(servers: Any, upstream: Any, redis_server: Any) -> None:
     url = db(redis_server, 3)
     env = {"LLM_PROXY_MAX_CONCURRENT": 4, "LLM_PROXY_QUEUE_URL": url, "LLM_PROXY_QUEUE_LEASE": LEASE}
     s = servers({"doomed": (1, env), "other": (1, env)})
     held = uid("held")
-    socks = [open_raw_stream(s["doomed"].url, "/api/anthropic", chat_body(f"id={held} tokens=400 pace_ms=50 n={i}"),
-                             until=b'"tokenId":1')[0] for i in range(4)]
+    socks = [
+        open_raw_stream(s["doomed"].url, "/api/anthropic", chat_body(f"id={held} tokens=400 pace_ms=50 n={i}"), until=b'"tokenId":1')[0]
+        for i in range(4)
+    ]
     assert upstream.concurrency(held)["active"] == 4  # the doomed worker holds all 4 slots
     after = uid("after")
     result: dict[str, Any] = {}
@@ -163,11 +170,24 @@ def test_slots_of_a_worker_killed_while_streaming_come_back_within_the_lease(ser
         sock.close()
 
 
-def test_a_client_that_leaves_while_waiting_leaves_the_queue_at_once(servers: Any, upstream: Any, redis_server: Any,
-                                                                      tmp_path: Path) -> None:
+def test_a_client_that_leaves_while_waiting_leaves_the_queue_at_once(
+    servers: Any, upstream: Any, redis_server: Any, tmp_path: Path
+) -> None:
     url = db(redis_server, 4)
-    s = servers({"w": (1, {"LLM_PROXY_MAX_CONCURRENT": 1, "LLM_PROXY_QUEUE_URL": url, "LLM_PROXY_QUEUE_LEASE": LEASE,
-                           "LLM_PROXY_USAGE_STORE": url, "LLM_PROXY_METRICS": True})})["w"]
+    s = servers(
+        {
+            "w": (
+                1,
+                {
+                    "LLM_PROXY_MAX_CONCURRENT": 1,
+                    "LLM_PROXY_QUEUE_URL": url,
+                    "LLM_PROXY_QUEUE_LEASE": LEASE,
+                    "LLM_PROXY_USAGE_STORE": url,
+                    "LLM_PROXY_METRICS": True,
+                },
+            )
+        }
+    )["w"]
     holder, _ = open_raw_stream(s.url, "/api/anthropic", chat_body(f"id={uid('hold')} tokens=400 pace_ms=50"), until=b'"tokenId":0')
     leaver = open_raw_stream_no_wait(s.url, chat_body(f"id={uid('leaver')} tokens=1"))
     assert wait_until(lambda: metric(s, "llm_proxy_queue_waiting", 'provider="anthropic"') == 1)
@@ -195,8 +215,10 @@ def open_raw_stream_no_wait(url: str, body: dict[str, Any]) -> Any:
     host, port = url.split("//", 1)[1].split(":")
     payload = json.dumps(body).encode()
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"POST /api/anthropic HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        f"POST /api/anthropic HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     return sock
 
 
@@ -234,8 +256,15 @@ def test_without_redis_the_cap_is_per_process_with_a_warning_and_native_endpoint
     scenario = uid("native-cap")
 
     def one(i: int) -> str:
-        r = http().post(f"{s.url}/api/openai/v1/chat/completions", timeout=30,
-                        json={"model": "gpt-4o", "stream": i % 2 == 0, "messages": [{"role": "user", "content": f"id={scenario} tokens=4 pace_ms=100 n={i}"}]})
+        r = http().post(
+            f"{s.url}/api/openai/v1/chat/completions",
+            timeout=30,
+            json={
+                "model": "gpt-4o",
+                "stream": i % 2 == 0,
+                "messages": [{"role": "user", "content": f"id={scenario} tokens=4 pace_ms=100 n={i}"}],
+            },
+        )
         assert r.status_code == 200, r.text
         return r.text
 
@@ -296,8 +325,12 @@ def test_a_wrong_queue_setting_names_its_key() -> None:
     providers = {"mock": {"type": "mock", "models": ["*"]}}
     with pytest.raises(ConfigError, match="LLM_PROXY_MAX_CONCURRENT.*no provider named \\['nope'\\]"):
         load_settings({"LLM_PROXY_PROVIDERS": providers, "LLM_PROXY_MAX_CONCURRENT": {"nope": 2}}, environ={})
-    for key, value in (("LLM_PROXY_MAX_CONCURRENT", 0), ("LLM_PROXY_QUEUE_LEASE", 60), ("LLM_PROXY_QUEUE_URL", "amqp://x"),
-                       ("LLM_PROXY_MAX_CONCURRENT_PER_USER", "many")):
+    for key, value in (
+        ("LLM_PROXY_MAX_CONCURRENT", 0),
+        ("LLM_PROXY_QUEUE_LEASE", 60),
+        ("LLM_PROXY_QUEUE_URL", "amqp://x"),
+        ("LLM_PROXY_MAX_CONCURRENT_PER_USER", "many"),
+    ):
         with pytest.raises(ConfigError) as err:
             load_settings({"LLM_PROXY_PROVIDERS": providers, key: value}, environ={})
         assert err.value.key.startswith(key)

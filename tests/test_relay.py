@@ -1,4 +1,5 @@
 """The per-token writer and the exactly-once accounting, without any network."""
+
 from __future__ import annotations
 
 import json
@@ -87,11 +88,12 @@ def test_the_native_passthrough_relays_whole_events_and_redacts_a_key_however_th
     the middle of an event waits for its end, and the events come out in their order."""
     import threading
 
-    from flask_llm_proxy.stream.passthrough import passthrough
-    from flask_llm_proxy.upstream.body import UpstreamBody
+    from wire import response_of
+
     from flask_llm_proxy.providers.anthropic import AnthropicTranslator
     from flask_llm_proxy.stream.contract import PING
-    from wire import response_of
+    from flask_llm_proxy.stream.passthrough import passthrough
+    from flask_llm_proxy.upstream.body import UpstreamBody
 
     secret = "sk-ant-api03-secret-0123456789abcdef"
     ok = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'

@@ -5,6 +5,7 @@ to the proxy, the body is still there for the host after the proxy read it, a se
 the body over in pieces is read to the end, and a body shorter than declared is a 400, not a hang
 or a 500.
 """
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,9 @@ import json
 from typing import Any
 
 import pytest
+from conftest import mock_host_app
 from flask import Flask, g, request
 
-from conftest import mock_host_app
 from flask_llm_proxy import LLMProxy
 
 BODY = json.dumps({"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -48,9 +49,18 @@ class Trickle(io.RawIOBase):
 
 def call(app: Flask, wsgi_input: Any, length: int | str, **extra: Any) -> tuple[str, bytes]:
     environ = {
-        "REQUEST_METHOD": "POST", "PATH_INFO": "/api/mock", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": wsgi_input, "wsgi.errors": io.StringIO(),
-        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(length), "REMOTE_ADDR": "127.0.0.1", **extra,
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/api/mock",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": wsgi_input,
+        "wsgi.errors": io.StringIO(),
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(length),
+        "REMOTE_ADDR": "127.0.0.1",
+        **extra,
     }
     status: list[str] = []
     body = app.wsgi_app(environ, lambda s, h, e=None: status.append(s))  # type: ignore[arg-type]
@@ -119,7 +129,9 @@ def test_a_chunked_body_that_also_declares_a_length_is_read_whole() -> None:
     assert len(tokens(data)) == 3
 
 
-@pytest.mark.parametrize("content_type", ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""]
+)
 def test_a_body_a_browser_may_send_cross_site_without_a_preflight_is_refused(content_type: str) -> None:
     """text/plain, forms and an untyped body are what another site can make its visitors' browsers
     POST without a CORS preflight; refused, no page elsewhere can spend this proxy's budget."""
@@ -129,7 +141,9 @@ def test_a_body_a_browser_may_send_cross_site_without_a_preflight_is_refused(con
     assert err["type"] == "unsupported_media_type" and "Content-Type: application/json" in err["error"]
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"]
+)
 def test_json_content_types_are_accepted(content_type: str) -> None:
     status, data = call(make_app(), io.BytesIO(BODY), len(BODY), CONTENT_TYPE=content_type)
     assert status.startswith("200") and len(tokens(data)) == 3

@@ -10,14 +10,15 @@ The shared ``proxy`` reaches the fake upstream as an OpenAI-compatible server (n
 URL), which takes ``top_k`` and ``repetition_penalty``; OpenAI's own API refusing them is in
 test_translation.py.
 """
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
 import pytest
-
 from conftest import chat_body, http, sse_events, uid
+
 from flask_llm_proxy.contract import request, responses_form
 
 SONNET = "claude-sonnet-4-5"
@@ -29,34 +30,57 @@ REFUSED = "refused"  # a 400 naming the field, no upstream call
 # a check of None marks a field of the proxy's own: its effect is checked on the answer (own_effect)
 MESSAGES_FORM: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "model": ({}, {"anthropic": lambda b: b["model"] == SONNET, "openai": lambda b: b["model"] == "gpt-4o"}),
-    "messages": ({}, {"anthropic": lambda b: "tokens=1" in b["messages"][0]["content"], "openai": lambda b: "tokens=1" in b["messages"][0]["content"]}),
+    "messages": (
+        {},
+        {"anthropic": lambda b: "tokens=1" in b["messages"][0]["content"], "openai": lambda b: "tokens=1" in b["messages"][0]["content"]},
+    ),
     "max_tokens": ({"max_tokens": 77}, {"anthropic": lambda b: b["max_tokens"] == 77, "openai": lambda b: b["max_tokens"] == 77}),
     "max_new_tokens": ({"max_new_tokens": 66}, {"anthropic": lambda b: b["max_tokens"] == 66, "openai": lambda b: b["max_tokens"] == 66}),
     "temperature": ({"temperature": 0.5}, {"anthropic": lambda b: b["temperature"] == 0.5, "openai": lambda b: b["temperature"] == 0.5}),
     "top_p": ({"top_p": 0.9}, {"anthropic": lambda b: b["top_p"] == 0.9, "openai": lambda b: b["top_p"] == 0.9}),
     "top_k": ({"top_k": 40}, {"anthropic": lambda b: b["top_k"] == 40, "openai": lambda b: b["top_k"] == 40}),
     "stop": ({"stop": ["END"]}, {"anthropic": lambda b: b["stop_sequences"] == ["END"], "openai": lambda b: b["stop"] == ["END"]}),
-    "stop_sequences": ({"stop_sequences": ["END"]},
-                       {"anthropic": lambda b: b["stop_sequences"] == ["END"], "openai": lambda b: b["stop"] == ["END"]}),
+    "stop_sequences": (
+        {"stop_sequences": ["END"]},
+        {"anthropic": lambda b: b["stop_sequences"] == ["END"], "openai": lambda b: b["stop"] == ["END"]},
+    ),
     "seed": ({"seed": 7}, {"anthropic": REFUSED, "openai": lambda b: b["seed"] == 7}),
-    "tools": ({"tools": TOOLS}, {
-        "anthropic": lambda b: b["tools"] == [{"name": "lookup", "description": "Look it up.", "input_schema": TOOLS[0]["parameters"]}],
-        "openai": lambda b: b["tools"] == [{"type": "function", "function": TOOLS[0]}]}),
-    "tool_choice": ({"tools": TOOLS, "tool_choice": {"name": "lookup"}}, {
-        "anthropic": lambda b: b["tool_choice"] == {"type": "tool", "name": "lookup"},
-        "openai": lambda b: b["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}}),
-    "parallel_tool_calls": ({"tools": TOOLS, "parallel_tool_calls": False}, {
-        "anthropic": lambda b: b["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True},
-        "openai": lambda b: b["parallel_tool_calls"] is False}),
+    "tools": (
+        {"tools": TOOLS},
+        {
+            "anthropic": lambda b: b["tools"] == [{"name": "lookup", "description": "Look it up.", "input_schema": TOOLS[0]["parameters"]}],
+            "openai": lambda b: b["tools"] == [{"type": "function", "function": TOOLS[0]}],
+        },
+    ),
+    "tool_choice": (
+        {"tools": TOOLS, "tool_choice": {"name": "lookup"}},
+        {
+            "anthropic": lambda b: b["tool_choice"] == {"type": "tool", "name": "lookup"},
+            "openai": lambda b: b["tool_choice"] == {"type": "function", "function": {"name": "lookup"}},
+        },
+    ),
+    "parallel_tool_calls": (
+        {"tools": TOOLS, "parallel_tool_calls": False},
+        {
+            "anthropic": lambda b: b["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True},
+            "openai": lambda b: b["parallel_tool_calls"] is False,
+        },
+    ),
     "presence_penalty": ({"presence_penalty": 0.5}, {"anthropic": REFUSED, "openai": lambda b: b["presence_penalty"] == 0.5}),
     "frequency_penalty": ({"frequency_penalty": 0.5}, {"anthropic": REFUSED, "openai": lambda b: b["frequency_penalty"] == 0.5}),
     "repetition_penalty": ({"repetition_penalty": 1.1}, {"anthropic": REFUSED, "openai": lambda b: b["repetition_penalty"] == 1.1}),
-    "thinking": ({"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}, {
-        "anthropic": lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024}, "openai": REFUSED}),
+    "thinking": (
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
+        {"anthropic": lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024}, "openai": REFUSED},
+    ),
     "reasoning_effort": ({"reasoning_effort": "low"}, {"anthropic": REFUSED, "openai": lambda b: b["reasoning_effort"] == "low"}),
-    "response_format": ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}}, {
-        "anthropic": lambda b: b["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}},
-        "openai": lambda b: b["response_format"] == {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}}),
+    "response_format": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}},
+        {
+            "anthropic": lambda b: b["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}},
+            "openai": lambda b: b["response_format"] == {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}},
+        },
+    ),
     "stream": ({"stream": False}, {"anthropic": None, "openai": None}),
     "include_reasoning": ({"include_reasoning": True}, {"anthropic": None, "openai": None}),
     "enable_thinking": ({"enable_thinking": False}, {"anthropic": None, "openai": None}),
@@ -78,8 +102,10 @@ RESPONSES_FORM: dict[str, tuple[dict[str, Any], Any]] = {
     "text": ({"text": {"verbosity": "low"}}, lambda b: b["text"] == {"verbosity": "low"}),
     "store": ({"store": False}, lambda b: b["store"] is False),
     "truncation": ({"truncation": "auto"}, lambda b: b["truncation"] == "auto"),
-    "response_format": ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}}},
-                        lambda b: b["text"] == {"format": {"type": "json_schema", "name": "a", "schema": SCHEMA, "strict": True}}),
+    "response_format": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}}},
+        lambda b: b["text"] == {"format": {"type": "json_schema", "name": "a", "schema": SCHEMA, "strict": True}},
+    ),
     "stream": ({"stream": False}, None),
     "include_reasoning": ({"include_reasoning": True}, None),
     "enable_thinking": ({"enable_thinking": False}, None),
@@ -111,7 +137,9 @@ def own_effect(field: str, answer: Any) -> None:
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 @pytest.mark.parametrize("field", sorted(MESSAGES_FORM))
-def test_each_field_of_the_messages_form_reaches_the_upstream_or_is_refused_by_name(proxy: Any, upstream: Any, field: str, provider: str) -> None:
+def test_each_field_of_the_messages_form_reaches_the_upstream_or_is_refused_by_name(
+    proxy: Any, upstream: Any, field: str, provider: str
+) -> None:
     extra, checks = MESSAGES_FORM[field]
     check = checks[provider]
     rid = uid(f"field-{field}")
@@ -152,14 +180,27 @@ def test_what_agentary_js_sends_by_default_is_accepted(proxy: Any, upstream: Any
     """Its workflow steps send enable_thinking: false, a temperature, max_new_tokens and stream:
     false (tools force it); modelProvider 'openai' sends the same in the Responses form."""
     rid = uid("agentary")
-    body = {"model": SONNET, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"id={rid} tokens=2"}],
-            "enable_thinking": False, "temperature": 0.1, "max_new_tokens": 1024, "stream": False, "tools": TOOLS}
+    body = {
+        "model": SONNET,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"id={rid} tokens=2"}],
+        "enable_thinking": False,
+        "temperature": 0.1,
+        "max_new_tokens": 1024,
+        "stream": False,
+        "tools": TOOLS,
+    }
     status, answer = send(proxy, "anthropic", body)
     assert status == 200 and answer["content"], answer
     assert "enable_thinking" not in upstream.requests(id=rid)[0]["body"]
     rid = uid("agentary-oa")
-    body = {"model": "gpt-4o", "input": [{"type": "message", "role": "user", "content": f"id={rid} tokens=2"}],
-            "enable_thinking": False, "temperature": 0.1, "stream": False, "max_output_tokens": 1024}
+    body = {
+        "model": "gpt-4o",
+        "input": [{"type": "message", "role": "user", "content": f"id={rid} tokens=2"}],
+        "enable_thinking": False,
+        "temperature": 0.1,
+        "stream": False,
+        "max_output_tokens": 1024,
+    }
     status, answer = send(proxy, "openai", body)
     assert status == 200 and answer["content"], answer
 

@@ -3,20 +3,28 @@
 The JWT is the SDK's credential (``api_key=`` / ``auth_token=``); the provider key stays on the
 server. Streaming and not, text and tool calls, and the SDK's own exception classes for errors.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import openai
 import pytest
-
 from conftest import API_KEY, make_jwt
 from fake_upstream import expected_text
 
 SONNET = "claude-3-5-sonnet-20241022"
-WEATHER_TOOL_ANTHROPIC = {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
-WEATHER_TOOL_OPENAI = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER_TOOL_ANTHROPIC = {
+    "name": "get_weather",
+    "description": "Weather",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+WEATHER_TOOL_OPENAI = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +47,9 @@ def gpt(proxy: Any, user: str = "sdk-user") -> openai.OpenAI:
 
 
 def test_anthropic_messages_create(sdk_proxy: Any, upstream: Any) -> None:
-    msg = claude(sdk_proxy, "a1").messages.create(model=SONNET, max_tokens=50, messages=[{"role": "user", "content": "id=sdk-create tokens=6 input_tokens=12"}])
+    msg = claude(sdk_proxy, "a1").messages.create(
+        model=SONNET, max_tokens=50, messages=[{"role": "user", "content": "id=sdk-create tokens=6 input_tokens=12"}]
+    )
     assert msg.content[0].text == expected_text(6)
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (12, 6)
     rec = upstream.requests(id="sdk-create")[0]
@@ -52,7 +62,9 @@ def test_anthropic_messages_stream_text_and_tool_call(sdk_proxy: Any) -> None:
     with client.messages.stream(model=SONNET, max_tokens=50, messages=[{"role": "user", "content": "tokens=9 split=5"}]) as stream:
         text = "".join(stream.text_stream)
     assert text == expected_text(9)
-    with client.messages.stream(model=SONNET, max_tokens=50, tools=[WEATHER_TOOL_ANTHROPIC], messages=[{"role": "user", "content": "tokens=1 tool=1"}]) as stream:
+    with client.messages.stream(
+        model=SONNET, max_tokens=50, tools=[WEATHER_TOOL_ANTHROPIC], messages=[{"role": "user", "content": "tokens=1 tool=1"}]
+    ) as stream:
         final = stream.get_final_message()
     tool = [b for b in final.content if b.type == "tool_use"][0]
     assert (tool.name, tool.input) == ("get_weather", {"city": "Oslo", "unit": "celsius"})
@@ -79,11 +91,15 @@ def test_openai_tool_calls_with_and_without_streaming(sdk_proxy: Any) -> None:
     import json
 
     client = gpt(sdk_proxy, "o2")
-    done = client.chat.completions.create(model="gpt-4o", tools=[WEATHER_TOOL_OPENAI], messages=[{"role": "user", "content": "tokens=1 tool=1"}])
+    done = client.chat.completions.create(
+        model="gpt-4o", tools=[WEATHER_TOOL_OPENAI], messages=[{"role": "user", "content": "tokens=1 tool=1"}]
+    )
     call = done.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo", "unit": "celsius"}
     args = ""
-    for chunk in client.chat.completions.create(model="gpt-4o", stream=True, tools=[WEATHER_TOOL_OPENAI], messages=[{"role": "user", "content": "tokens=1 tool=1"}]):
+    for chunk in client.chat.completions.create(
+        model="gpt-4o", stream=True, tools=[WEATHER_TOOL_OPENAI], messages=[{"role": "user", "content": "tokens=1 tool=1"}]
+    ):
         for c in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
             args += c.function.arguments or ""
     assert json.loads(args) == {"city": "Oslo", "unit": "celsius"}
@@ -102,13 +118,17 @@ def test_disallowed_model_raises_the_sdks_bad_request_error(sdk_proxy: Any, upst
         claude(sdk_proxy, "e1").messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "id=sdk-bad"}])
     assert "not allowed" in str(a.value)
     with pytest.raises(openai.BadRequestError):
-        gpt(sdk_proxy, "e1").chat.completions.create(model="claude-3-5-sonnet-20241022", messages=[{"role": "user", "content": "id=sdk-bad"}])
+        gpt(sdk_proxy, "e1").chat.completions.create(
+            model="claude-3-5-sonnet-20241022", messages=[{"role": "user", "content": "id=sdk-bad"}]
+        )
     assert upstream.requests(id="sdk-bad") == []
 
 
 def test_a_model_name_with_a_line_break_is_a_bad_request_before_any_upstream_call(sdk_proxy: Any, upstream: Any) -> None:
     with pytest.raises(anthropic.BadRequestError) as a:  # "claude-*" would match it
-        claude(sdk_proxy, "e1").messages.create(model="claude-3-5-sonnet\n", max_tokens=5, messages=[{"role": "user", "content": "id=sdk-nl"}])
+        claude(sdk_proxy, "e1").messages.create(
+            model="claude-3-5-sonnet\n", max_tokens=5, messages=[{"role": "user", "content": "id=sdk-nl"}]
+        )
     assert "model" in str(a.value)
     assert upstream.requests(id="sdk-nl") == []
 
@@ -127,13 +147,19 @@ def test_a_bad_jwt_raises_the_sdks_authentication_error(sdk_proxy: Any) -> None:
     with pytest.raises(anthropic.AuthenticationError):
         claude(sdk_proxy, api_key="not-a-jwt").messages.create(model=SONNET, max_tokens=5, messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(api_key=make_jwt("x", secret="wrong-secret-wrong-secret-wrong-secret"), base_url=f"{sdk_proxy.url}/api/openai/v1",
-                      max_retries=0, timeout=20).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        openai.OpenAI(
+            api_key=make_jwt("x", secret="wrong-secret-wrong-secret-wrong-secret"),
+            base_url=f"{sdk_proxy.url}/api/openai/v1",
+            max_retries=0,
+            timeout=20,
+        ).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
 
 
 def test_upstream_failure_raises_the_sdks_server_error_without_retry_storm(sdk_proxy: Any, upstream: Any) -> None:
     client = anthropic.Anthropic(api_key=make_jwt("e3"), base_url=f"{sdk_proxy.url}/api/anthropic", max_retries=2, timeout=20)
     with pytest.raises(anthropic.InternalServerError) as exc:
-        client.messages.create(model=SONNET, max_tokens=5, messages=[{"role": "user", "content": "id=sdk-500 status=500,500,500,500,500,500"}])
+        client.messages.create(
+            model=SONNET, max_tokens=5, messages=[{"role": "user", "content": "id=sdk-500 status=500,500,500,500,500,500"}]
+        )
     assert exc.value.response.headers["x-should-retry"] == "false"
     assert len(upstream.requests(id="sdk-500")) == 3  # the proxy's 3 attempts; the SDK did not multiply them

@@ -7,6 +7,7 @@ bodies ended by closing the connection. Whatever the split and the framing, the 
 exactly the events the whole stream holds (the SSE specification's "event stream interpretation").
 The bodies are read by the real http.client + urllib3 + requests stack (tests/wire.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,23 +16,35 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from flask_llm_proxy.upstream.body import body_lines
-from flask_llm_proxy.stream.contract import DONE, PING, encode_event, encode_token
-from flask_llm_proxy.upstream.sse import events, parse
 from wire import FRAMINGS, response_of
+
+from flask_llm_proxy.stream.contract import DONE, PING, encode_event, encode_token
+from flask_llm_proxy.upstream.body import body_lines
+from flask_llm_proxy.upstream.sse import events, parse
 
 # --- realistic upstream streams (as in CONTRACT.md), with multi-byte text and JSON escapes ----
 
 ANTHROPIC_EVENTS = [
-    ("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-3-5-sonnet-20241022","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}'),
+    (
+        "message_start",
+        '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-3-5-sonnet-20241022","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}',
+    ),
     ("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'),
     ("ping", '{"type": "ping"}'),
     ("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello, wörld 👋"}}'),
-    ("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" \\"quoted\\"\\nnew line \\u00e9 \\ud83d\\ude00"}}'),
+    (
+        "content_block_delta",
+        '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" \\"quoted\\"\\nnew line \\u00e9 \\ud83d\\ude00"}}',
+    ),
     ("content_block_stop", '{"type":"content_block_stop","index":0}'),
-    ("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}'),
-    ("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"city\\": \\"Zür"}}'),
+    (
+        "content_block_start",
+        '{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}',
+    ),
+    (
+        "content_block_delta",
+        '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"city\\": \\"Zür"}}',
+    ),
     ("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"ich\\"}"}}'),
     ("content_block_stop", '{"type":"content_block_stop","index":1}'),
     ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}'),
@@ -53,11 +66,17 @@ OPENAI_STREAM = "".join(f"data: {d}\n\n" for d in OPENAI_DATA).encode("utf-8")
 
 RESPONSES_EVENTS = [
     ("response.created", '{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}'),
-    ("response.output_item.added", '{"type":"response.output_item.added","output_index":0,"item":{"type":"message","id":"msg_1","role":"assistant","content":[]}}'),
+    (
+        "response.output_item.added",
+        '{"type":"response.output_item.added","output_index":0,"item":{"type":"message","id":"msg_1","role":"assistant","content":[]}}',
+    ),
     ("response.output_text.delta", '{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"Hello, wörld 👋"}'),
     ("response.output_text.delta", '{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":" \\"ok\\"\\r\\n€"}'),
     ("response.output_item.done", '{"type":"response.output_item.done","output_index":0,"item":{"type":"message","id":"msg_1"}}'),
-    ("response.completed", '{"type":"response.completed","response":{"id":"resp_1","status":"completed","usage":{"input_tokens":12,"output_tokens":5,"total_tokens":17}}}'),
+    (
+        "response.completed",
+        '{"type":"response.completed","response":{"id":"resp_1","status":"completed","usage":{"input_tokens":12,"output_tokens":5,"total_tokens":17}}}',
+    ),
 ]
 RESPONSES_STREAM = "".join(f"event: {t}\ndata: {d}\n\n" for t, d in RESPONSES_EVENTS).encode("utf-8")
 
@@ -117,23 +136,24 @@ def test_split_at_every_byte_offset_gives_the_same_events(stream, eol, framing):
     raw = with_line_ends(raw, eol)
     for cut in range(len(raw) + 1):
         got = decode(raw[:cut], raw[cut:], framing=framing)
-        assert got == expected, f"split at byte {cut}: {raw[max(0, cut - 10):cut + 10]!r}"
+        assert got == expected, f"split at byte {cut}: {raw[max(0, cut - 10) : cut + 10]!r}"
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
 def test_one_byte_at_a_time_gives_the_same_events(stream, eol, framing):
     raw, expected = stream
     raw = with_line_ends(raw, eol)
-    assert decode(*(raw[i:i + 1] for i in range(len(raw))), framing=framing) == expected
+    assert decode(*(raw[i : i + 1] for i in range(len(raw))), framing=framing) == expected
 
 
 @settings(max_examples=60, deadline=None)
-@given(cuts=st.lists(st.integers(min_value=0, max_value=len(ANTHROPIC_STREAM) * 2), max_size=40),
-       eol=st.sampled_from([b"\n", b"\r\n", b"\r"]))
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=len(ANTHROPIC_STREAM) * 2), max_size=40), eol=st.sampled_from([b"\n", b"\r\n", b"\r"])
+)
 def test_any_chunking_of_the_anthropic_stream_gives_the_same_events(cuts, eol):
     raw = with_line_ends(ANTHROPIC_STREAM, eol)
     bounds = sorted({min(c, len(raw)) for c in cuts} | {0, len(raw)})
-    chunks = [raw[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     for framing in FRAMINGS:
         assert decode(*chunks, framing=framing) == ANTHROPIC_EVENTS
 
@@ -153,8 +173,8 @@ def test_empty_reads_change_nothing():
 
 
 def test_multibyte_character_split_between_chunks_is_decoded_once_whole():
-    raw = "data: 👋ö\n\n".encode("utf-8")
-    start = raw.index("👋".encode("utf-8"))
+    raw = "data: 👋ö\n\n".encode()
+    start = raw.index("👋".encode())
     for cut in range(start + 1, start + 6):  # inside the 4-byte emoji and the 2-byte umlaut
         assert decode(raw[:cut], raw[cut:]) == [("message", "👋ö")]
 
@@ -229,7 +249,7 @@ def test_keepalive_comments_alone_dispatch_nothing():
 
 
 def test_unknown_event_types_are_passed_through():
-    raw = b"event: content_block_future\ndata: {\"a\":1}\n\nevent: error\ndata: {}\n\n"
+    raw = b'event: content_block_future\ndata: {"a":1}\n\nevent: error\ndata: {}\n\n'
     assert decode(raw) == [("content_block_future", '{"a":1}'), ("error", "{}")]
 
 
@@ -238,7 +258,7 @@ def test_event_type_applies_to_one_event_only():
 
 
 def test_data_without_a_space_after_the_colon():
-    assert decode(b"data:{\"x\":1}\n\nevent:tick\ndata:2\n\n") == [("message", '{"x":1}'), ("tick", "2")]
+    assert decode(b'data:{"x":1}\n\nevent:tick\ndata:2\n\n') == [("message", '{"x":1}'), ("tick", "2")]
 
 
 def test_only_one_leading_space_is_removed_from_a_value():
@@ -264,7 +284,7 @@ def test_id_retry_and_unknown_fields_are_ignored():
 
 def test_a_stream_cut_in_the_middle_of_an_event_gives_only_the_whole_events_before_it():
     raw = ANTHROPIC_STREAM
-    ends = [i + 2 for i in range(len(raw) - 1) if raw[i:i + 2] == b"\n\n"]
+    ends = [i + 2 for i in range(len(raw) - 1) if raw[i : i + 2] == b"\n\n"]
     for cut in range(len(raw) + 1):
         whole = sum(1 for e in ends if e <= cut)
         assert decode(raw[:cut], framing="close") == ANTHROPIC_EVENTS[:whole], f"cut at {cut}"
@@ -288,19 +308,21 @@ TRICKY = ['say "hi"', "two\nlines", "cr\rlf\r\n", "tab\t", "wörld 👋", "back\
 def test_encode_token_is_one_data_line_with_valid_json(text):
     out = encode_token(text, 7)
     assert out.startswith(b"data: ") and out.endswith(b"\n\n")
-    line = out[len(b"data: "):-2]
+    line = out[len(b"data: ") : -2]
     assert b"\n" not in line and b"\r" not in line, "a raw line break would split the event"
     assert json.loads(line.decode("utf-8")) == {"token": text, "tokenId": 7}
 
 
 @pytest.mark.parametrize("text", TRICKY)
 def test_encode_token_round_trips_through_the_decoder(text):
-    assert decode(encode_token(text, 0)) == [("message", json.dumps({"token": text, "tokenId": 0}, ensure_ascii=False, separators=(",", ":")))]
+    assert decode(encode_token(text, 0)) == [
+        ("message", json.dumps({"token": text, "tokenId": 0}, ensure_ascii=False, separators=(",", ":")))
+    ]
 
 
 def test_encode_token_escapes_quotes_and_newlines_and_keeps_emoji_as_utf8():
     out = encode_token('a "b"\nc 👋', 3)
-    assert out == 'data: {"token":"a \\"b\\"\\nc 👋","tokenId":3}\n\n'.encode("utf-8")
+    assert out == 'data: {"token":"a \\"b\\"\\nc 👋","tokenId":3}\n\n'.encode()
 
 
 def test_encode_event_writes_data_with_a_space_and_compact_json():
@@ -312,5 +334,3 @@ def test_done_and_ping_are_as_the_contract_says():
     assert DONE == b"data: [DONE]\n\n"
     assert PING == b": ping\n\n"
     assert decode(PING) == []  # a keep-alive is never a data event for the client
-
-

@@ -5,6 +5,7 @@ A stream that runs past ``LLM_PROXY_MAX_STREAM_SECONDS`` ends with the contract'
 ``LLM_PROXY_MAX_STREAMS_PER_WORKER`` a new request gets 503 ``overloaded`` at once while the
 streams already running go on untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,12 @@ def test_max_tokens_has_a_documented_default_cap() -> None:
     with app.test_client() as c:
         r = c.post("/api/mock", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000_000})
         assert r.status_code == 400 and "max_tokens" in r.get_json()["error"] and "32768" in r.get_json()["error"]
-        assert c.post("/api/mock", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32768,
-                                         "stream": False}).status_code == 200
+        assert (
+            c.post(
+                "/api/mock", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32768, "stream": False}
+            ).status_code
+            == 200
+        )
 
 
 def test_the_default_cap_is_not_sent_when_a_client_asks_for_no_limit_but_a_set_one_is() -> None:
@@ -62,8 +67,13 @@ def test_a_stream_past_max_stream_seconds_ends_with_a_timeout_line_and_its_recor
     db = tmp_path / "cap.sqlite3"
     server = start_proxy(upstream.base_url, LLM_PROXY_MAX_STREAM_SECONDS=2, LLM_PROXY_USAGE_STORE=f"sqlite:///{db}")
     tag = uid("cap")
-    r = http().post(f"{server.url}/api/anthropic", json=chat_body(f"id={tag} tokens=400 pace_ms=25"),
-                    headers={"X-Request-ID": tag}, stream=True, timeout=30)
+    r = http().post(
+        f"{server.url}/api/anthropic",
+        json=chat_body(f"id={tag} tokens=400 pace_ms=25"),
+        headers={"X-Request-ID": tag},
+        stream=True,
+        timeout=30,
+    )
     assert r.status_code == 200
     events = sse_events(r)
     tokens = [e for e in events if isinstance(e, dict)]
@@ -81,9 +91,17 @@ def test_a_stream_past_max_stream_seconds_ends_with_a_timeout_line_and_its_recor
 def test_a_native_stream_past_the_limit_ends_with_the_providers_error_event(start_proxy: Any, upstream: Any) -> None:
     server = start_proxy(upstream.base_url, LLM_PROXY_MAX_STREAM_SECONDS=1.5)
     tag = uid("cap-native")
-    r = http().post(f"{server.url}/api/anthropic/v1/messages", stream=True, timeout=30,
-                    json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 500, "stream": True,
-                          "messages": [{"role": "user", "content": f"id={tag} tokens=400 pace_ms=25"}]})
+    r = http().post(
+        f"{server.url}/api/anthropic/v1/messages",
+        stream=True,
+        timeout=30,
+        json={
+            "model": "claude-3-5-sonnet-20241022",
+            "max_tokens": 500,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"id={tag} tokens=400 pace_ms=25"}],
+        },
+    )
     raw = r.raw.read().decode()
     last = raw.strip().split("\n\n")[-1]
     assert last.startswith("event: error\ndata: ")
@@ -129,9 +147,13 @@ def test_past_max_streams_per_worker_a_burst_gets_503_overloaded_at_once(start_p
     assert http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=10).status_code == 200
 
 
-@pytest.mark.parametrize(("configured", "connections", "cap"), [(None, None, 900), (None, 2000, 1800), (None, 30, 20), (None, 5, 1),
-                                                              (50, 2000, 50), (0, 2000, 0)])
-def test_the_streams_per_worker_default_derives_from_worker_connections(monkeypatch: Any, configured: Any, connections: Any, cap: int) -> None:
+@pytest.mark.parametrize(
+    ("configured", "connections", "cap"),
+    [(None, None, 900), (None, 2000, 1800), (None, 30, 20), (None, 5, 1), (50, 2000, 50), (0, 2000, 0)],
+)
+def test_the_streams_per_worker_default_derives_from_worker_connections(
+    monkeypatch: Any, configured: Any, connections: Any, cap: int
+) -> None:
     from flask_llm_proxy import gunicorn as hooks
 
     monkeypatch.setattr(hooks, "WORKER_CONNECTIONS", connections)

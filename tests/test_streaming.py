@@ -4,6 +4,7 @@ These are the behaviours a browser relies on: every token arrives, in order, in 
 shape, as it is produced; failures end in an answer the client can act on; a browser that goes
 away stops the upstream call.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import API_KEY, chat_body, http, make_jwt, open_raw_stream, sse_events, uid
 from fake_upstream import CHAT, error_body, expected_text
 
@@ -63,7 +63,9 @@ def test_responses_api_form_is_forwarded_to_responses(proxy: Any, upstream: Any)
 
 
 def test_upstream_request_carries_config_key_and_never_the_clients_credentials(proxy: Any, upstream: Any) -> None:
-    with post(proxy, "anthropic", chat_body("id=hdrs tokens=1"), headers={"Authorization": f"Bearer {make_jwt()}", "x-api-key": "client-key"}) as r:
+    with post(
+        proxy, "anthropic", chat_body("id=hdrs tokens=1"), headers={"Authorization": f"Bearer {make_jwt()}", "x-api-key": "client-key"}
+    ) as r:
         sse_events(r)
     rec = upstream.requests(id="hdrs")[0]
     assert rec["headers"]["x-api-key"] == API_KEY
@@ -179,10 +181,13 @@ def test_upstream_drop_mid_stream_ends_with_a_network_error_line(proxy: Any, pro
 
 # the fake's in-stream errors: Anthropic {"type":"overloaded_error","message":"Overloaded"}, OpenAI
 # {"type":"server_error","message":"The server had an error"}
-@pytest.mark.parametrize("provider,model,status,code,upstream_message", [
-    (*ANTHROPIC, 503, "UPSTREAM_OVERLOADED", "Overloaded"),
-    (*OPENAI, 502, "UPSTREAM_ERROR", "The server had an error"),
-])
+@pytest.mark.parametrize(
+    "provider,model,status,code,upstream_message",
+    [
+        (*ANTHROPIC, 503, "UPSTREAM_OVERLOADED", "Overloaded"),
+        (*OPENAI, 502, "UPSTREAM_ERROR", "The server had an error"),
+    ],
+)
 def test_error_event_inside_the_stream_becomes_an_error_line(
     proxy: Any, provider: str, model: str, status: int, code: str, upstream_message: str
 ) -> None:
@@ -207,7 +212,9 @@ def test_an_error_event_before_the_first_token_is_retried_like_a_5xx(proxy: Any,
 
 
 @pytest.mark.parametrize("provider,model,status", [(*ANTHROPIC, 503), (*OPENAI, 502)])
-def test_an_error_event_before_the_first_token_every_time_is_an_http_status(proxy: Any, upstream: Any, provider: str, model: str, status: int) -> None:
+def test_an_error_event_before_the_first_token_every_time_is_an_http_status(
+    proxy: Any, upstream: Any, provider: str, model: str, status: int
+) -> None:
     """Still failing after the retries: the status and JSON body CONTRACT.md asks for before any
     byte of the stream (not a 200 stream ending in an error line), marked as retried already."""
     rid = uid("first-event-always")
@@ -273,13 +280,14 @@ def test_upstream_connections_are_reused_between_requests(start_proxy: Any, upst
     assert len(conns) == 1, conns  # one keep-alive connection served all four
 
 
-
 def test_example_app_dev_tokens_are_only_handed_to_this_machine(tmp_path: Any) -> None:
     """The demo's sign-in mints a token for any user name: a request from another address (a BIND
     opened to the network) gets a 404, as if it were off."""
     from example_app.app import create_app
 
-    app = create_app({"EXAMPLE_DEV_TOKENS": True, "LLM_PROXY_USAGE_STORE": "none", "LLM_PROXY_RATE_LIMIT": None, "JWT_SECRET_KEY": "k" * 32})
+    app = create_app(
+        {"EXAMPLE_DEV_TOKENS": True, "LLM_PROXY_USAGE_STORE": "none", "LLM_PROXY_RATE_LIMIT": None, "JWT_SECRET_KEY": "k" * 32}
+    )
     client = app.test_client()
     local = client.post("/dev/token", json={"user": "alice"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert local.status_code == 200 and local.get_json()["user"] == "alice"
@@ -293,7 +301,12 @@ def test_example_app_dev_tokens_work_on_every_worker_without_a_configured_secret
     statuses = set()
     for _ in range(9):
         token = http().post(f"{server.url}/dev/token", json={"user": "dev"}, timeout=10).json()["token"]
-        r = http().post(f"{server.url}/api/mock", json=chat_body("hi", model="m", stream=False), headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r = http().post(
+            f"{server.url}/api/mock",
+            json=chat_body("hi", model="m", stream=False),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         statuses.add(r.status_code)
     assert statuses == {200}
 

@@ -4,12 +4,13 @@ This is where gevent + requests + gunicorn break in production (FIELD-NOTES: wit
 urllib3 is imported before the worker patches ``ssl``). The shipped gunicorn.conf.py patches
 first; a bare ``-k gevent --preload`` is detected, repaired, and named in one log line.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
 from conftest import API_KEY, chat_body, http, sse_events
 from fake_upstream import FakeUpstreamProcess, expected_text
 
@@ -65,7 +66,9 @@ def test_tls_connections_to_the_upstream_are_kept_alive(start_proxy: Any, tls_up
 def tls_proxy(tls_upstream: Any, tls_cert: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from conftest import GunicornServer, base_env
 
-    server = GunicornServer(base_env(tls_upstream.base_url, tmp_path_factory.mktemp("tls-proxy"), REQUESTS_CA_BUNDLE=tls_cert[0]), workers=1)
+    server = GunicornServer(
+        base_env(tls_upstream.base_url, tmp_path_factory.mktemp("tls-proxy"), REQUESTS_CA_BUNDLE=tls_cert[0]), workers=1
+    )
     yield server
     server.stop()
 
@@ -79,7 +82,9 @@ def test_a_paced_stream_over_tls_arrives_whole(tls_proxy: Any) -> None:
 
 
 def test_a_paced_tls_stream_that_goes_silent_gets_keepalives_then_a_timeout(tls_proxy: Any) -> None:
-    with http().post(f"{tls_proxy.url}/api/openai", json=chat_body("tokens=10 pace_ms=40 hang_after=5", model="gpt-4o"), stream=True, timeout=20) as r:
+    with http().post(
+        f"{tls_proxy.url}/api/openai", json=chat_body("tokens=10 pace_ms=40 hang_after=5", model="gpt-4o"), stream=True, timeout=20
+    ) as r:
         raw = r.raw.read()
     assert raw.count(b": ping\n\n") >= 2  # every 0.5 s during the 2 s of silence
     assert raw.rstrip().splitlines()[-1].startswith(b"error: ") and b'"TIMEOUT"' in raw.rstrip().splitlines()[-1]
@@ -93,7 +98,7 @@ def test_a_burst_over_tls_is_written_in_a_few_writes_not_one_per_record(tls_prox
     with http().post(f"{tls_proxy.url}/api/anthropic", json=chat_body(f"tokens={tokens}"), stream=True, timeout=20) as r:
         frames = list(r.raw.read_chunked(decode_content=False))
     text = b"".join(frames).decode()
-    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) == tokens + 2  # every token, the final event, [DONE]
     assert len(frames) <= tokens // 2, f"{len(frames)} writes for {tokens} tokens"  # one per record: 301
 
@@ -102,8 +107,10 @@ def test_a_burst_over_tls_is_written_in_a_few_writes_not_one_per_record(tls_prox
 
 
 def _provider_env(base_url: str, **tls: Any) -> dict[str, Any]:
-    return {"anthropic": {"api_key": API_KEY, "base_url": base_url, "models": ["claude-*"], **tls},
-            "openai": {"api_key": API_KEY, "base_url": base_url + "/v1", "models": ["gpt-4o"], **tls}}
+    return {
+        "anthropic": {"api_key": API_KEY, "base_url": base_url, "models": ["claude-*"], **tls},
+        "openai": {"api_key": API_KEY, "base_url": base_url + "/v1", "models": ["gpt-4o"], **tls},
+    }
 
 
 def test_a_providers_own_ca_bundle_is_trusted_without_the_environment(start_proxy: Any, tls_upstream: Any, tls_cert: Any) -> None:
@@ -123,8 +130,26 @@ def client_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
     d = tmp_path_factory.mktemp("mtls")
     cert, key = d / "client.pem", d / "client.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=llm-proxy-client"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=llm-proxy-client",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(cert), str(key)
 
 

@@ -4,6 +4,7 @@
 side"); a translator's ``feed()`` turns upstream SSE events into text deltas and tool calls, and
 keeps the finish reason, the billed usage and whether the final event was seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from flask_llm_proxy.contract.request import ChatRequest, parse_chat_request
 from flask_llm_proxy.config import Settings, load_settings
+from flask_llm_proxy.contract.request import ChatRequest, parse_chat_request
 from flask_llm_proxy.errors import InvalidRequest, UpstreamError
 from flask_llm_proxy.providers import adapter_for
 from flask_llm_proxy.providers.anthropic import AnthropicAdapter, AnthropicTranslator
@@ -50,9 +51,13 @@ def tool_conversation() -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Let me look."},
-            {"type": "tool_use", "id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}},
+            ],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "result": "4 degrees, rain"}]},
     ]
 
@@ -93,10 +98,12 @@ def test_anthropic_has_no_system_field_without_system_messages():
 
 
 def test_anthropic_tool_definitions_use_input_schema():
-    body = anthropic_body(tools=[
-        {"name": "get_weather", "description": "Weather now", "parameters": WEATHER_SCHEMA},
-        {"type": "function", "function": {"name": "noop"}},
-    ])
+    body = anthropic_body(
+        tools=[
+            {"name": "get_weather", "description": "Weather now", "parameters": WEATHER_SCHEMA},
+            {"type": "function", "function": {"name": "noop"}},
+        ]
+    )
     assert body["tools"] == [
         {"name": "get_weather", "description": "Weather now", "input_schema": WEATHER_SCHEMA},
         {"name": "noop", "input_schema": {"type": "object", "properties": {}}},
@@ -107,9 +114,13 @@ def test_anthropic_tool_use_carries_input_and_tool_result_carries_content():
     body = anthropic_body(messages=tool_conversation())
     assert body["messages"] == [
         {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Let me look."},
-            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}},
+            ],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "4 degrees, rain"}]},
     ]
 
@@ -141,8 +152,13 @@ def test_anthropic_stop_becomes_stop_sequences():
 
 @pytest.mark.parametrize(
     "choice, expected",
-    [("auto", {"type": "auto"}), ("any", {"type": "any"}), ("required", {"type": "any"}), ("none", {"type": "none"}),
-     ({"name": "get_weather"}, {"type": "tool", "name": "get_weather"})],
+    [
+        ("auto", {"type": "auto"}),
+        ("any", {"type": "any"}),
+        ("required", {"type": "any"}),
+        ("none", {"type": "none"}),
+        ({"name": "get_weather"}, {"type": "tool", "name": "get_weather"}),
+    ],
 )
 def test_anthropic_tool_choice_is_an_object(choice, expected):
     body = anthropic_body(tools=[{"name": "get_weather"}], tool_choice=choice)
@@ -208,7 +224,9 @@ def test_anthropic_parallel_tool_results_are_accepted():
 
 def test_anthropic_first_non_system_message_must_be_from_the_user():
     with pytest.raises(InvalidRequest) as info:
-        anthropic_body(messages=[{"role": "system", "content": "x"}, {"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hello"}])
+        anthropic_body(
+            messages=[{"role": "system", "content": "x"}, {"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hello"}]
+        )
     assert info.value.extra["param"] == "messages"
 
 
@@ -218,8 +236,10 @@ def test_anthropic_body_always_streams():
     assert body["model"] == "claude-3-5-sonnet-20241022"
 
 
-@pytest.mark.parametrize("field, value", [("seed", 3), ("presence_penalty", 0.5), ("frequency_penalty", 0.5),
-                                          ("repetition_penalty", 1.1), ("reasoning_effort", "low")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("seed", 3), ("presence_penalty", 0.5), ("frequency_penalty", 0.5), ("repetition_penalty", 1.1), ("reasoning_effort", "low")],
+)
 def test_anthropic_refuses_by_name_the_fields_its_api_does_not_take(field, value):
     with pytest.raises(InvalidRequest) as info:
         anthropic_body(**{field: value})
@@ -249,8 +269,11 @@ def test_chat_conversation_with_tools_is_translated():
     assert body["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": "Let me look.", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "4 degrees, rain"},
     ]
 
@@ -322,8 +345,13 @@ def test_top_k_and_repetition_penalty_reach_a_compatible_server_and_are_refused_
 
 @pytest.mark.parametrize(
     "choice, expected",
-    [("auto", "auto"), ("none", "none"), ("any", "required"), ("required", "required"),
-     ({"name": "f"}, {"type": "function", "function": {"name": "f"}})],
+    [
+        ("auto", "auto"),
+        ("none", "none"),
+        ("any", "required"),
+        ("required", "required"),
+        ({"name": "f"}, {"type": "function", "function": {"name": "f"}}),
+    ],
 )
 def test_chat_tool_choice(choice, expected):
     assert chat_body(tools=[{"name": "f"}], tool_choice=choice)["tool_choice"] == expected
@@ -340,8 +368,16 @@ def test_chat_auth_header_is_a_bearer_token():
 
 
 def test_responses_body_forwards_its_fields_plus_model_and_stream():
-    r = req(messages=None, model="gpt-4o", input="Hi", instructions="Be brief.", max_new_tokens=20, stream=False,
-            include_reasoning=True, enable_thinking=False)
+    r = req(
+        messages=None,
+        model="gpt-4o",
+        input="Hi",
+        instructions="Be brief.",
+        max_new_tokens=20,
+        stream=False,
+        include_reasoning=True,
+        enable_thinking=False,
+    )
     body = ResponsesAdapter().build(r, OPENAI, SETTINGS)
     assert body == {"input": "Hi", "instructions": "Be brief.", "max_output_tokens": 20, "model": "gpt-4o", "stream": True}
 
@@ -375,7 +411,10 @@ def a_text(text: str, index: int = 0) -> tuple[str, dict]:
 
 
 def a_stop_reason(reason: str, output_tokens: int = 15) -> tuple[str, dict]:
-    return ("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": {"output_tokens": output_tokens}})
+    return (
+        "message_delta",
+        {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": {"output_tokens": output_tokens}},
+    )
 
 
 A_BLOCK_START = ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
@@ -385,7 +424,9 @@ A_STOP = ("message_stop", {"type": "message_stop"})
 
 def test_anthropic_text_deltas_become_text_items():
     t = AnthropicTranslator()
-    items = feed_all(t, [a_start(), A_BLOCK_START, ("ping", {"type": "ping"}), a_text("Hello"), a_text(", wörld 👋"), a_text(""), A_BLOCK_STOP])
+    items = feed_all(
+        t, [a_start(), A_BLOCK_START, ("ping", {"type": "ping"}), a_text("Hello"), a_text(", wörld 👋"), a_text(""), A_BLOCK_STOP]
+    )
     assert items == ["Hello", ", wörld 👋"]
     assert not t.done
 
@@ -409,8 +450,14 @@ def test_anthropic_cache_token_counts_are_kept():
 
 @pytest.mark.parametrize(
     "reason, expected",
-    [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls"), ("refusal", "content_filter"),
-     ("pause_turn", "pause_turn")],
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "pause_turn"),
+    ],
 )
 def test_anthropic_finish_reasons_are_mapped(reason, expected):
     t = AnthropicTranslator()
@@ -422,14 +469,35 @@ def test_anthropic_tool_call_is_assembled_from_json_fragments():
     t = AnthropicTranslator()
     events = [
         a_start(),
-        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+            },
+        ),
         ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city": "Zü'}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": 'rich", "days": [1,'}}),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city": "Zü'}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": 'rich", "days": [1,'}},
+        ),
     ]
     assert feed_all(t, events) == []
-    items = feed_all(t, [("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " 2]}"}}),
-                         ("content_block_stop", {"type": "content_block_stop", "index": 1})])
+    items = feed_all(
+        t,
+        [
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " 2]}"}},
+            ),
+            ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ],
+    )
     assert items == [ToolCall("toolu_1", "get_weather", {"city": "Zürich", "days": [1, 2]})]
     feed_all(t, [a_stop_reason("tool_use"), A_STOP])
     assert t.finish_reason == "tool_calls" and t.done
@@ -437,33 +505,52 @@ def test_anthropic_tool_call_is_assembled_from_json_fragments():
 
 def test_anthropic_tool_call_without_input_deltas_has_empty_arguments():
     t = AnthropicTranslator()
-    items = feed_all(t, [
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "now", "input": {}}}),
-        A_BLOCK_STOP,
-    ])
+    items = feed_all(
+        t,
+        [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "now", "input": {}}},
+            ),
+            A_BLOCK_STOP,
+        ],
+    )
     assert items == [ToolCall("t", "now", {})]
 
 
 def test_anthropic_text_and_tool_blocks_interleave_by_index():
     t = AnthropicTranslator()
-    items = feed_all(t, [
-        A_BLOCK_START, a_text("Let me look."),
-        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"a":1}'}}),
-        A_BLOCK_STOP,
-        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-    ])
+    items = feed_all(
+        t,
+        [
+            A_BLOCK_START,
+            a_text("Let me look."),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}},
+            ),
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"a":1}'}},
+            ),
+            A_BLOCK_STOP,
+            ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ],
+    )
     assert items == ["Let me look.", ToolCall("t1", "f", {"a": 1})]
 
 
 def test_anthropic_thinking_and_signature_deltas_are_not_text():
     t = AnthropicTranslator()
-    items = feed_all(t, [
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "abc"}}),
-        A_BLOCK_STOP,
-    ])
+    items = feed_all(
+        t,
+        [
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "abc"}}),
+            A_BLOCK_STOP,
+        ],
+    )
     assert items == []
 
 
@@ -475,7 +562,11 @@ def test_anthropic_unknown_events_are_ignored():
 
 @pytest.mark.parametrize(
     "etype, status, type_",
-    [("overloaded_error", 503, "upstream_overloaded"), ("rate_limit_error", 429, "upstream_rate_limited"), ("api_error", 502, "upstream_error")],
+    [
+        ("overloaded_error", 503, "upstream_overloaded"),
+        ("rate_limit_error", 429, "upstream_rate_limited"),
+        ("api_error", 502, "upstream_error"),
+    ],
 )
 def test_anthropic_error_event_raises_an_upstream_error(etype, status, type_):
     t = AnthropicTranslator()
@@ -499,8 +590,16 @@ def test_anthropic_error_event_without_data_still_raises():
 
 
 def c_chunk(delta: dict, reason: str | None = None, **extra: Any) -> tuple[str, dict]:
-    return ("message", {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o",
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **extra})
+    return (
+        "message",
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            **extra,
+        },
+    )
 
 
 def c_call(index: int, args: str, id: str | None = None, name: str | None = None) -> dict:
@@ -511,14 +610,29 @@ def c_call(index: int, args: str, id: str | None = None, name: str | None = None
     return {"tool_calls": [call]}
 
 
-C_USAGE = ("message", {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
-                       "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11, "prompt_tokens_details": {"cached_tokens": 4}}})
+C_USAGE = (
+    "message",
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11, "prompt_tokens_details": {"cached_tokens": 4}},
+    },
+)
 C_DONE = ("message", "[DONE]")
 
 
 def test_chat_text_deltas_become_text_items():
     t = ChatTranslator()
-    items = feed_all(t, [c_chunk({"role": "assistant", "content": ""}), c_chunk({"content": "Hello"}), c_chunk({"content": " wörld 👋"}), c_chunk({"content": None})])
+    items = feed_all(
+        t,
+        [
+            c_chunk({"role": "assistant", "content": ""}),
+            c_chunk({"content": "Hello"}),
+            c_chunk({"content": " wörld 👋"}),
+            c_chunk({"content": None}),
+        ],
+    )
     assert items == ["Hello", " wörld 👋"]
     assert not t.done and t.finish_reason is None
 
@@ -575,7 +689,9 @@ def test_chat_tool_calls_are_flushed_by_done_when_there_is_no_finish_reason():
     assert feed_all(t, [C_DONE]) == [ToolCall("c1", "f", {"a": 1})]
 
 
-@pytest.mark.parametrize("args, parsed", [("", {}), ("  ", {}), ("not json", "not json"), ('{"a": [1, {"b": null}]}', {"a": [1, {"b": None}]})])
+@pytest.mark.parametrize(
+    "args, parsed", [("", {}), ("  ", {}), ("not json", "not json"), ('{"a": [1, {"b": null}]}', {"a": [1, {"b": None}]})]
+)
 def test_chat_tool_arguments_are_parsed_when_they_are_json(args, parsed):
     t = ChatTranslator()
     items = feed_all(t, [c_chunk(c_call(0, args, id="c1", name="f")), c_chunk({}, "tool_calls")])
@@ -590,10 +706,12 @@ def test_chat_text_and_finish_reason_in_one_chunk():
 
 @pytest.mark.parametrize(
     "error, status, type_",
-    [({"message": "boom", "type": "server_error"}, 502, "upstream_error"),
-     ({"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}, 502, "upstream_error"),
-     ({"message": "slow down", "code": "rate_limit_exceeded"}, 429, "upstream_rate_limited"),
-     ({"message": "busy", "type": "overloaded"}, 503, "upstream_overloaded")],
+    [
+        ({"message": "boom", "type": "server_error"}, 502, "upstream_error"),
+        ({"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}, 502, "upstream_error"),
+        ({"message": "slow down", "code": "rate_limit_exceeded"}, 429, "upstream_rate_limited"),
+        ({"message": "busy", "type": "overloaded"}, 503, "upstream_overloaded"),
+    ],
 )
 def test_chat_error_chunk_raises_an_upstream_error(error, status, type_):
     t = ChatTranslator()
@@ -611,7 +729,10 @@ def test_chat_error_given_as_a_string_still_raises():
 
 def test_chat_chunks_without_choices_or_usage_are_ignored():
     t = ChatTranslator()
-    assert feed_all(t, [("message", {"id": "x", "object": "chat.completion.chunk", "choices": []}), ("message", {"object": "keepalive"})]) == []
+    assert (
+        feed_all(t, [("message", {"id": "x", "object": "chat.completion.chunk", "choices": []}), ("message", {"object": "keepalive"})])
+        == []
+    )
     assert not t.done
 
 
@@ -629,17 +750,20 @@ R_USAGE = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17, "input_to
 
 def test_responses_text_deltas_and_completed_usage():
     t = ResponsesTranslator()
-    items = feed_all(t, [
-        r("response.created", response={"id": "resp_1", "status": "in_progress"}),
-        r("response.in_progress", response={"id": "resp_1"}),
-        r("response.output_item.added", output_index=0, item={"type": "message", "id": "m"}),
-        r("response.content_part.added", output_index=0, content_index=0, part={"type": "output_text", "text": ""}),
-        r("response.output_text.delta", output_index=0, content_index=0, delta="Hello"),
-        r("response.output_text.delta", output_index=0, content_index=0, delta=""),
-        r("response.output_text.delta", output_index=0, content_index=0, delta=" wörld 👋"),
-        r("response.output_text.done", output_index=0, content_index=0, text="Hello wörld 👋"),
-        r("response.output_item.done", output_index=0, item={"type": "message", "id": "m"}),
-    ])
+    items = feed_all(
+        t,
+        [
+            r("response.created", response={"id": "resp_1", "status": "in_progress"}),
+            r("response.in_progress", response={"id": "resp_1"}),
+            r("response.output_item.added", output_index=0, item={"type": "message", "id": "m"}),
+            r("response.content_part.added", output_index=0, content_index=0, part={"type": "output_text", "text": ""}),
+            r("response.output_text.delta", output_index=0, content_index=0, delta="Hello"),
+            r("response.output_text.delta", output_index=0, content_index=0, delta=""),
+            r("response.output_text.delta", output_index=0, content_index=0, delta=" wörld 👋"),
+            r("response.output_text.done", output_index=0, content_index=0, text="Hello wörld 👋"),
+            r("response.output_item.done", output_index=0, item={"type": "message", "id": "m"}),
+        ],
+    )
     assert items == ["Hello", " wörld 👋"]
     assert not t.done and not t.usage.reported
     feed_all(t, [r("response.completed", response={"id": "resp_1", "status": "completed", "usage": R_USAGE})])
@@ -649,12 +773,23 @@ def test_responses_text_deltas_and_completed_usage():
 
 def test_responses_function_call_is_assembled_from_argument_deltas():
     t = ResponsesTranslator()
-    items = feed_all(t, [
-        r("response.output_item.added", output_index=1, item={"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather", "arguments": ""}),
-        r("response.function_call_arguments.delta", output_index=1, delta='{"city":'),
-        r("response.function_call_arguments.delta", output_index=1, delta=' "Oslo"}'),
-        r("response.output_item.done", output_index=1, item={"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather"}),
-    ])
+    items = feed_all(
+        t,
+        [
+            r(
+                "response.output_item.added",
+                output_index=1,
+                item={"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather", "arguments": ""},
+            ),
+            r("response.function_call_arguments.delta", output_index=1, delta='{"city":'),
+            r("response.function_call_arguments.delta", output_index=1, delta=' "Oslo"}'),
+            r(
+                "response.output_item.done",
+                output_index=1,
+                item={"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather"},
+            ),
+        ],
+    )
     assert items == [ToolCall("call_1", "get_weather", {"city": "Oslo"})]
     feed_all(t, [r("response.completed", response={"usage": R_USAGE})])
     assert t.finish_reason == "tool_calls" and t.done
@@ -662,11 +797,18 @@ def test_responses_function_call_is_assembled_from_argument_deltas():
 
 def test_responses_function_call_arguments_of_the_done_item_win():
     t = ResponsesTranslator()
-    items = feed_all(t, [
-        r("response.output_item.added", output_index=0, item={"type": "function_call", "call_id": "c", "name": "f"}),
-        r("response.function_call_arguments.delta", output_index=0, delta='{"partial'),
-        r("response.output_item.done", output_index=0, item={"type": "function_call", "call_id": "c", "name": "f", "arguments": '{"a": 2}'}),
-    ])
+    items = feed_all(
+        t,
+        [
+            r("response.output_item.added", output_index=0, item={"type": "function_call", "call_id": "c", "name": "f"}),
+            r("response.function_call_arguments.delta", output_index=0, delta='{"partial'),
+            r(
+                "response.output_item.done",
+                output_index=0,
+                item={"type": "function_call", "call_id": "c", "name": "f", "arguments": '{"a": 2}'},
+            ),
+        ],
+    )
     assert items == [ToolCall("c", "f", {"a": 2})]
 
 
@@ -698,13 +840,16 @@ def test_responses_error_event_raises_an_upstream_error(code, status):
 
 def test_responses_unknown_events_are_ignored():
     t = ResponsesTranslator()
-    items = feed_all(t, [
-        r("response.reasoning_summary_text.delta", delta="thinking..."),
-        r("response.web_search_call.in_progress", output_index=0),
-        r("response.future_event", x=1),
-        ("message", "{}"),
-        ("keepalive", "not json"),
-    ])
+    items = feed_all(
+        t,
+        [
+            r("response.reasoning_summary_text.delta", delta="thinking..."),
+            r("response.web_search_call.in_progress", output_index=0),
+            r("response.future_event", x=1),
+            ("message", "{}"),
+            ("keepalive", "not json"),
+        ],
+    )
     assert items == [] and not t.done
 
 
@@ -761,8 +906,10 @@ def test_consecutive_messages_of_one_role_become_one_anthropic_turn():
     """Parallel tool results sent as one user message each (OpenAI's shape) answer one assistant turn."""
     msgs = tool_conversation()
     msgs[2]["content"].append({"type": "tool_use", "id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}})
-    msgs += [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "result": "sun"}]},
-             {"role": "user", "content": "and tomorrow?"}]
+    msgs += [
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "result": "sun"}]},
+        {"role": "user", "content": "and tomorrow?"},
+    ]
     body = anthropic_body(messages=msgs)
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     assert body["messages"][2]["content"] == [

@@ -6,16 +6,17 @@ Retries happen only before the first byte: 5xx, 429 and 529 and connection failu
 with backoff, other 4xx never; every error the client sees is mapped to a status it can act on and
 never contains the API key.
 """
+
 from __future__ import annotations
 
 import email.utils
 import json
 import os
-import socket
 import threading
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -58,8 +59,15 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def call(max_retries: int = 2, **kw: Any) -> tuple[requests.Response, int]:
     """The open answer and how many retries it took (``on_retry`` calls)."""
     seen: list[ProxyError] = []
-    options: dict[str, Any] = {"secrets": (SECRET,), "connect_timeout": 1.0, "read_timeout": 1.0, "max_retries": max_retries,
-                               "backoff": 0.0, "retry_after_max": 5.0, "on_retry": seen.append}
+    options: dict[str, Any] = {
+        "secrets": (SECRET,),
+        "connect_timeout": 1.0,
+        "read_timeout": 1.0,
+        "max_retries": max_retries,
+        "backoff": 0.0,
+        "retry_after_max": 5.0,
+        "on_retry": seen.append,
+    }
     options.update(kw)
     client = UpstreamClient(pool_maxsize=4)
     target = client.target(PROVIDER, "/v1/messages", {"x-api-key": SECRET}, "text/event-stream")
@@ -74,7 +82,11 @@ def fail(max_retries: int = 2, **kw: Any) -> UpstreamError:
 
 def add(mock: responses.RequestsMock, status: int = 200, body: Any = None, **kw: Any) -> None:
     if body is None:
-        body = b"event: message_stop\ndata: {}\n\n" if status < 300 else json.dumps({"type": "error", "error": {"type": "api_error", "message": f"status {status}"}})
+        body = (
+            b"event: message_stop\ndata: {}\n\n"
+            if status < 300
+            else json.dumps({"type": "error", "error": {"type": "api_error", "message": f"status {status}"}})
+        )
     mock.add(responses.POST, URL, status=status, body=body, content_type="text/event-stream" if status < 300 else "application/json", **kw)
 
 
@@ -275,7 +287,20 @@ def test_the_anthropic_error_message_is_kept(mock):
 
 
 def test_the_openai_error_message_is_kept(mock):
-    add(mock, 404, json.dumps({"error": {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error", "param": None, "code": "model_not_found"}}))
+    add(
+        mock,
+        404,
+        json.dumps(
+            {
+                "error": {
+                    "message": "The model `gpt-9` does not exist",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "model_not_found",
+                }
+            }
+        ),
+    )
     err = fail()
     assert err.message == "upstream: The model `gpt-9` does not exist"
 
@@ -298,7 +323,11 @@ def test_an_empty_error_body_names_the_status(mock):
 
 @pytest.mark.parametrize("status", [400, 401, 500])
 def test_an_api_key_echoed_in_a_json_error_is_redacted(mock, status):
-    add(mock, status, json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}. Check it.", "type": "invalid_request_error"}}))
+    add(
+        mock,
+        status,
+        json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}. Check it.", "type": "invalid_request_error"}}),
+    )
     err = fail(max_retries=0)
     assert SECRET not in err.message and SECRET not in err.to_json().decode()
     assert "Incorrect API key provided: [redacted]. Check it." in err.message
@@ -325,7 +354,7 @@ def test_no_part_of_an_api_key_survives_truncation_of_a_non_json_error(mock, kep
 
 # --- reading the body ------------------------------------------------------------------------
 
-EVENTS = [b"event: message_start\ndata: {\"a\":1}\n\n", "data: wörld 👋\n\n".encode(), b"data: 3\n\n"]
+EVENTS = [b'event: message_start\ndata: {"a":1}\n\n', "data: wörld 👋\n\n".encode(), b"data: 3\n\n"]
 
 
 def read(body: UpstreamBody) -> list[Any]:
@@ -357,7 +386,7 @@ def test_a_mid_stream_failure_raises_network_error_after_the_events_received(fra
 
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_a_silent_upstream_past_the_read_timeout_raises_a_timeout(framing):
-    body = UpstreamBody(response_of(EVENTS[:1], framing, error=socket.timeout("timed out")), 5.0)
+    body = UpstreamBody(response_of(EVENTS[:1], framing, error=TimeoutError("timed out")), 5.0)
     with pytest.raises(UpstreamTimeout):
         read(body)
 
@@ -466,16 +495,24 @@ def test_retry_after_as_an_asctime_date_is_read_as_utc(non_utc_local_time):
 def test_only_transient_in_stream_errors_are_worth_another_attempt() -> None:
     from flask_llm_proxy.providers.base import stream_error
 
-    assert [stream_error(502, t, "m").transient for t in ("overloaded_error", "api_error", "rate_limit_exceeded", "server_error")] == [True] * 4
+    assert [stream_error(502, t, "m").transient for t in ("overloaded_error", "api_error", "rate_limit_exceeded", "server_error")] == [
+        True
+    ] * 4
     assert [stream_error(502, t, "m").transient for t in ("invalid_request_error", "invalid_prompt", "permission_error")] == [False] * 3
 
 
 def test_the_secrets_of_a_provider_are_its_key_and_its_credential_headers_longest_first() -> None:
     from flask_llm_proxy.config import provider_secrets
 
-    secrets = provider_secrets("sk-key-1", {
-        "Helicone-Auth": "Bearer sk-helicone-2", "api-key": "sk-key-1.sig-3", "anthropic-beta": "prompt-caching-2024-07-31",
-        "OpenAI-Organization": "org-4"})
+    secrets = provider_secrets(
+        "sk-key-1",
+        {
+            "Helicone-Auth": "Bearer sk-helicone-2",
+            "api-key": "sk-key-1.sig-3",
+            "anthropic-beta": "prompt-caching-2024-07-31",
+            "OpenAI-Organization": "org-4",
+        },
+    )
     assert set(secrets) == {"sk-key-1", "Bearer sk-helicone-2", "sk-helicone-2", "sk-key-1.sig-3"}
     assert list(secrets) == sorted(secrets, key=len, reverse=True)
     from flask_llm_proxy.errors import scrub

@@ -6,6 +6,7 @@ so a worker killed with streams in flight (SIGKILL, the OOM killer) still leaves
 request log line) exactly once; a whole host that died is closed by another host once its lease
 ran out. And any number of workers may set up a fresh SQLite ledger at once.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -13,9 +14,10 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from conftest import GunicornServer, base_env, chat_body, http, open_raw_stream, uid
@@ -45,8 +47,11 @@ def workers_of(server: GunicornServer) -> list[int]:
 
 def metric(server: GunicornServer, name: str, **labels: str) -> float:
     text = http().get(f"{server.url}/api/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )
 
 
 def inflight(store: Any) -> list[dict[str, Any]]:
@@ -56,16 +61,21 @@ def inflight(store: Any) -> list[dict[str, Any]]:
             conn.row_factory = sqlite3.Row
             return [dict(r) for r in conn.execute("SELECT * FROM llm_proxy_inflight")]
     r = store._redis
-    return [InflightEntry.from_dict(__import__("json").loads(v)).to_dict()
-            for key in r.scan_iter("llm_proxy:inflight:*") for v in r.hgetall(key).values()]
+    return [
+        InflightEntry.from_dict(__import__("json").loads(v)).to_dict()
+        for key in r.scan_iter("llm_proxy:inflight:*")
+        for v in r.hgetall(key).values()
+    ]
 
 
 def open_streams(server: GunicornServer, tag: str, n: int, *, tokens: int = 3000) -> list[Any]:
     """``n`` slow streams at once, each read until its sixth token."""
+
     def one(i: int) -> Any:
         body = chat_body(f"id={tag}-{i} tokens={tokens} pace_ms=50 input_tokens=30")
-        sock, _ = open_raw_stream(server.url, "/api/anthropic", body, until=b'"tokenId":5', timeout=30,
-                                  headers={"X-Request-ID": f"{tag}-{i}"})
+        sock, _ = open_raw_stream(
+            server.url, "/api/anthropic", body, until=b'"tokenId":5', timeout=30, headers={"X-Request-ID": f"{tag}-{i}"}
+        )
         return sock
 
     with ThreadPoolExecutor(n) as pool:
@@ -77,8 +87,9 @@ def lost_records(store: Any, tag: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_a_killed_worker_leaves_one_worker_lost_record_per_stream_in_flight(kind: str, start_proxy: Any, upstream: Any,
-                                                                           tmp_path: Path, request: Any) -> None:
+def test_a_killed_worker_leaves_one_worker_lost_record_per_stream_in_flight(
+    kind: str, start_proxy: Any, upstream: Any, tmp_path: Path, request: Any
+) -> None:
     if kind == "redis":
         redis_server = request.getfixturevalue("redis_server")
         redis_server.flush()
@@ -87,8 +98,14 @@ def test_a_killed_worker_leaves_one_worker_lost_record_per_stream_in_flight(kind
     else:
         uri = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
         store = SQLiteStore(str(tmp_path / "ledger.sqlite3"))
-    server = start_proxy(upstream.base_url, workers=1, LLM_PROXY_USAGE_STORE=uri, LLM_PROXY_METRICS=True,
-                         LLM_PROXY_TOKEN_QUOTA="500/day", LLM_PROXY_BUDGETS={"default": {"daily_tokens": 10**9}})
+    server = start_proxy(
+        upstream.base_url,
+        workers=1,
+        LLM_PROXY_USAGE_STORE=uri,
+        LLM_PROXY_METRICS=True,
+        LLM_PROXY_TOKEN_QUOTA="500/day",
+        LLM_PROXY_BUDGETS={"default": {"daily_tokens": 10**9}},
+    )
     tag = uid(f"lost-{kind}")
     socks = open_streams(server, tag, 20)
     try:
@@ -96,6 +113,7 @@ def test_a_killed_worker_leaves_one_worker_lost_record_per_stream_in_flight(kind
         # tokens relayed so far
         def written() -> list[dict[str, Any]]:
             return [e for e in inflight(store) if e["output_tokens"] >= 6 and e["input_tokens"] == 30]
+
         live = wait_for(lambda: len(written()) == 20 and written(), 10)
         assert live and len(live) == 20
         assert {e["request_id"] for e in live} == {f"{tag}-{i}" for i in range(20)}
@@ -162,8 +180,13 @@ def test_a_request_that_ends_normally_leaves_exactly_its_final_record(upstream: 
     server = GunicornServer(env, workers=1)
     try:
         tag = uid("done")
-        r = http().post(f"{server.url}/api/anthropic", json=chat_body(f"id={tag} tokens=30 pace_ms=60 input_tokens=12"),
-                        headers={"X-Request-ID": tag}, stream=True, timeout=20)
+        r = http().post(
+            f"{server.url}/api/anthropic",
+            json=chat_body(f"id={tag} tokens=30 pace_ms=60 input_tokens=12"),
+            headers={"X-Request-ID": tag},
+            stream=True,
+            timeout=20,
+        )
         lines = r.iter_lines()
         assert next(lines).startswith(b"data: ")
         assert wait_for(lambda: [e for e in inflight(store) if e["request_id"] == tag], 5)  # in flight while it streams
@@ -218,7 +241,9 @@ def test_eight_gunicorn_workers_cold_start_on_a_fresh_sqlite_ledger(upstream: An
                 pids = workers_of(server)
                 return len(pids) == 8 and all(
                     any(os.path.realpath(os.path.join(f"/proc/{pid}/fd", fd)) == str(db) for fd in os.listdir(f"/proc/{pid}/fd"))
-                    for pid in pids)
+                    for pid in pids
+                )
+
             assert wait_for(ready, 30), server.log()
             assert server.proc.poll() is None
             log = server.log()
@@ -252,8 +277,12 @@ def test_a_sweep_records_announces_and_charges_a_dead_workers_request_once(tmp_p
 
     from flask_llm_proxy import LLMProxy, usage_recorded
 
-    app = mock_host_app(LLM_PROXY_USAGE_STORE=f"sqlite:///{tmp_path / 'u.sqlite3'}", LLM_PROXY_HOST_NAME="this-host",
-                        LLM_PROXY_RATE_LIMIT=None, LLM_PROXY_TOKEN_QUOTA="1000/day")
+    app = mock_host_app(
+        LLM_PROXY_USAGE_STORE=f"sqlite:///{tmp_path / 'u.sqlite3'}",
+        LLM_PROXY_HOST_NAME="this-host",
+        LLM_PROXY_RATE_LIMIT=None,
+        LLM_PROXY_TOKEN_QUOTA="1000/day",
+    )
     LLMProxy(app)
     st = app.extensions["llm_proxy"]
     seen: list[UsageRecord] = []
@@ -262,7 +291,9 @@ def test_a_sweep_records_announces_and_charges_a_dead_workers_request_once(tmp_p
     st.accounting.store.begin(_entry(os.getpid(), "mine"))  # a live worker's (this process): left alone
     st.accounting.write_ahead.sweep(time.time())
     st.accounting.write_ahead.sweep(time.time())
-    assert [(r.request_id, r.error_type, r.estimated, r.input_tokens, r.output_tokens) for r in seen] == [("gone-1", "worker_lost", True, 12, 7)]
+    assert [(r.request_id, r.error_type, r.estimated, r.input_tokens, r.output_tokens) for r in seen] == [
+        ("gone-1", "worker_lost", True, 12, 7)
+    ]
     assert seen[0].cost_usd == pytest.approx(round(12 * 3e-6 + 7 * 15e-6, 6))
     assert [r["request_id"] for r in st.accounting.store.records(0)] == ["gone-1"]
     assert [e["request_id"] for e in inflight(st.accounting.store)] == ["mine"]
@@ -302,12 +333,35 @@ def test_a_ledger_of_an_earlier_version_gets_the_new_columns_and_keeps_its_rows(
             " identity TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, endpoint TEXT, input_tokens INTEGER NOT NULL,"
             " output_tokens INTEGER NOT NULL, cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,"
             " estimated INTEGER NOT NULL, cost_usd REAL, status INTEGER NOT NULL, error_type TEXT, ttfb_ms REAL, duration_ms REAL,"
-            " retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL)")
-        conn.execute("INSERT INTO llm_proxy_usage (request_id, timestamp, identity, provider, model, input_tokens, output_tokens,"
-                     " estimated, status, retries, cached) VALUES ('old', 1.0, 'bob', 'anthropic', 'm', 1, 2, 0, 200, 0, 0)")
+            " retries INTEGER NOT NULL, finish_reason TEXT, cached INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO llm_proxy_usage (request_id, timestamp, identity, provider, model, input_tokens, output_tokens,"
+            " estimated, status, retries, cached) VALUES ('old', 1.0, 'bob', 'anthropic', 'm', 1, 2, 0, 200, 0, 0)"
+        )
     store = SQLiteStore(str(path))
-    store.write(UsageRecord("new", "bob", "anthropic", "m", 3, 4, False, None, 200, None, None, 1.0, 0, None, False, 2.0,
-                            deployment="eu", fallback_from="openai:gpt-4o"))
+    store.write(
+        UsageRecord(
+            "new",
+            "bob",
+            "anthropic",
+            "m",
+            3,
+            4,
+            False,
+            None,
+            200,
+            None,
+            None,
+            1.0,
+            0,
+            None,
+            False,
+            2.0,
+            deployment="eu",
+            fallback_from="openai:gpt-4o",
+        )
+    )
     rows = {r["request_id"]: r for r in store.records(0)}
     assert (rows["old"]["deployment"], rows["old"]["output_tokens"]) == (None, 2)
     assert (rows["new"]["deployment"], rows["new"]["fallback_from"]) == ("eu", "openai:gpt-4o")
@@ -402,7 +456,13 @@ def test_redis_in_flight_and_final_writes_of_many_greenlets_at_once_each_land_on
     from conftest import ROOT
 
     redis_server.flush()
-    proc = subprocess.run([sys.executable, "-c", _CHANNEL_STRESS, redis_server.url], cwd=ROOT, capture_output=True, text=True,
-                          timeout=90, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHANNEL_STRESS, redis_server.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"finished": 300, "written": 300, "unsure": 0, "records": 300, "inflight": 0}

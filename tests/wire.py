@@ -5,12 +5,14 @@ test chooses: the real http.client + urllib3 + requests stack, with a fake socke
 produce a chunked body; this can, so the unit tests read every framing (chunked, Content-Length,
 ended by close) exactly as the proxy reads a real upstream.
 """
+
 from __future__ import annotations
 
 import http.client
 import io
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import requests
 import urllib3
@@ -57,8 +59,14 @@ def frame(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
-def response_of(pieces: list[Any], framing: str = "chunked", *, status: int = 200,
-                headers: dict[str, str] | None = None, error: BaseException | None = None) -> requests.Response:
+def response_of(
+    pieces: list[Any],
+    framing: str = "chunked",
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    error: BaseException | None = None,
+) -> requests.Response:
     """A streamed ``requests.Response`` whose body is ``pieces`` (bytes, or events to wait for):
     one chunk per piece (``chunked``), or one socket read per piece (``length``, ``close``)."""
     body_len = sum(len(p) for p in pieces if isinstance(p, bytes))
@@ -76,8 +84,15 @@ def response_of(pieces: list[Any], framing: str = "chunked", *, status: int = 20
     raw = http.client.HTTPResponse(_Socket(Reads(reads, error)), method="POST")  # type: ignore[arg-type]
     raw.begin()
     u3 = urllib3.HTTPResponse(
-        body=raw, headers=urllib3.HTTPHeaderDict(raw.msg.items()), status=raw.status, version=raw.version,
-        reason=raw.reason, preload_content=False, decode_content=False, original_response=raw, request_method="POST",
+        body=raw,
+        headers=urllib3.HTTPHeaderDict(raw.msg.items()),
+        status=raw.status,
+        version=raw.version,
+        reason=raw.reason,
+        preload_content=False,
+        decode_content=False,
+        original_response=raw,
+        request_method="POST",
     )
     request = requests.Request("POST", "http://upstream.test/v1/messages").prepare()
     return HTTPAdapter().build_response(request, u3)

@@ -7,10 +7,12 @@ key added to the registry appears here without anyone editing the docs, so the r
 cannot drift from the code. Each key is also a ``setting`` target: ``:setting:`LLM_PROXY_KEEPALIVE```
 links to its row from any page.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from docutils import nodes
 from docutils.parsers.rst import directives

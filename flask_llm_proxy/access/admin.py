@@ -6,10 +6,12 @@ every check flask-jwt-extended applies (signature, expiry, blocklist) applies he
 token the request is anonymous (401), unless the host's callback admits it from something else it
 knows (a Flask-Login session, say); with one, the callback or else the claim decides (403 when no).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import current_app
 

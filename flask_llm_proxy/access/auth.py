@@ -7,10 +7,12 @@ way werkzeug's ``ProxyFix`` does, so a forged ``X-Forwarded-For`` cannot choose 
 Without auth and without a ``JWTManager`` on the app, ``Authorization`` and ``x-api-key`` are
 ignored (the SDKs always send one): there is nothing to verify a token with.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import current_app, g, request
 
@@ -29,7 +31,7 @@ except ImportError:  # pragma: no cover - PyJWT comes with flask-jwt-extended
 
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
 
-JWT_ERRORS: tuple[type[BaseException], ...] = (JWTExtendedException, PyJWTError)
+JWT_ERRORS: tuple[type[Exception], ...] = (JWTExtendedException, PyJWTError)
 
 #: the key ``JWTManager.init_app`` registers itself under in ``app.extensions``
 JWT_EXTENSION_KEY = "flask-jwt-extended"

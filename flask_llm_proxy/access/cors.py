@@ -1,4 +1,5 @@
 """CORS pinned to ``LLM_PROXY_CORS_ORIGINS`` with flask-cors, on the proxy's blueprint only."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,17 @@ from flask import Blueprint
 
 from ..config import Settings, is_ipv6_origin
 
-EXPOSED_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID", "x-should-retry",
-                   "X-LLM-Proxy-Cache", "X-LLM-Proxy-Deployment", "X-LLM-Proxy-Fallback"]
+EXPOSED_HEADERS = [
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "X-Request-ID",
+    "x-should-retry",
+    "X-LLM-Proxy-Cache",
+    "X-LLM-Proxy-Deployment",
+    "X-LLM-Proxy-Fallback",
+]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "x-api-key", "anthropic-version", "Cache-Control"]
 _EXACT_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
 

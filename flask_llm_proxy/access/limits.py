@@ -14,6 +14,7 @@ count gives what is left, and the window's end is known from the hit that opened
 Redis (``redis://``) one rate limit's count and the token quota's reading share one pipelined
 round trip, before the body is read; the quota check later in the request uses that reading.
 """
+
 from __future__ import annotations
 
 import logging

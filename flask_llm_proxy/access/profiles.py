@@ -6,11 +6,13 @@ client may not set one; ``append``: its text goes after the pinned one, marked a
 naming the field and the profile. The same rules apply to the contract's neutral request
 (:func:`apply_to_chat`) and to the provider-native bodies of the SDK endpoints (:func:`apply_to_native`).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .. import _json
 from ..config import ProfileConfig, ProviderConfig, Settings
@@ -129,8 +131,11 @@ def _check_input(profile: ProfileConfig, *parts: Any) -> None:
         return
     n = estimate_tokens(*parts)
     if n > cap:
-        raise PayloadTooLarge(f"the prompt is about {n} tokens (estimated at {CHARS_PER_TOKEN} characters per token); "
-                              f"the profile {profile.name!r} allows {cap}", type="prompt_too_long")
+        raise PayloadTooLarge(
+            f"the prompt is about {n} tokens (estimated at {CHARS_PER_TOKEN} characters per token); "
+            f"the profile {profile.name!r} allows {cap}",
+            type="prompt_too_long",
+        )
 
 
 def _system(profile: ProfileConfig, client: list[tuple[str, str]]) -> tuple[str | None, list[str]]:
@@ -167,8 +172,9 @@ def apply_to_chat(profile: ProfileConfig, req: ChatRequest) -> None:
     _check_tool_names(profile, [t["name"] for t in req.tools or ()])
     if profile.server_tools:
         req.tools = [dict(t) for t in profile.server_tools]
-    for name, value in _check_caps(profile, {"max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-                                             "top_k": req.top_k}, "max_tokens").items():
+    for name, value in _check_caps(
+        profile, {"max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k}, "max_tokens"
+    ).items():
         setattr(req, name, value)
     _check_input(profile, *(m["content"] for m in req.messages), req.tools)
 
@@ -196,11 +202,16 @@ def apply_to_native(profile: ProfileConfig, api: str, body: dict[str, Any]) -> N
         if first or keep:
             body["system"] = "\n\n".join(([first] if first else []) + keep)
         names = [t.get("name", "") for t in body.get("tools") or () if isinstance(t, Mapping)]
-        tools = [{"name": t["name"], "description": t.get("description") or "", "input_schema": t["parameters"]} for t in profile.server_tools]
+        tools = [
+            {"name": t["name"], "description": t.get("description") or "", "input_schema": t["parameters"]} for t in profile.server_tools
+        ]
         mt_field = "max_tokens"
     else:
-        client = [(f"messages[{i}]", _text(m.get("content") or "")) for i, m in enumerate(messages)
-                  if isinstance(m, Mapping) and m.get("role") in ("system", "developer")]
+        client = [
+            (f"messages[{i}]", _text(m.get("content") or ""))
+            for i, m in enumerate(messages)
+            if isinstance(m, Mapping) and m.get("role") in ("system", "developer")
+        ]
         first, keep = _system(profile, client)
         rest = [m for m in messages if not (isinstance(m, Mapping) and m.get("role") in ("system", "developer"))]
         body["messages"] = [{"role": "system", "content": t} for t in ([first] if first else []) + keep] + rest
@@ -224,8 +235,11 @@ def _apply_responses(profile: ProfileConfig, body: dict[str, Any]) -> None:
     if profile.max_messages is not None and len(items) > profile.max_messages:
         raise _fail("input", profile, f"at most {profile.max_messages} items, got {len(items)}")
     client = [("instructions", body["instructions"])] if body.get("instructions") else []
-    client += [(f"input[{i}]", _text(it.get("content") or "")) for i, it in enumerate(items)
-               if isinstance(it, Mapping) and it.get("role") in ("system", "developer")]
+    client += [
+        (f"input[{i}]", _text(it.get("content") or ""))
+        for i, it in enumerate(items)
+        if isinstance(it, Mapping) and it.get("role") in ("system", "developer")
+    ]
     first, keep = _system(profile, client)
     if isinstance(inp, list):
         body["input"] = [it for it in items if not (isinstance(it, Mapping) and it.get("role") in ("system", "developer"))]

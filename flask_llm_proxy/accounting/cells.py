@@ -11,18 +11,30 @@ micro-dollars (a record's cost is already rounded to the micro-dollar) and times
 :func:`ms_bin` (whole milliseconds below 128 ms, within about 1 % above), which is what the
 percentiles are taken over.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 HOUR = 3600
 DAY = 86400
 GRAINS = {"hour": HOUR, "day": DAY}
 
 #: counters kept per (bucket, provider, model)
-MODEL_METRICS = ("requests", "input_tokens", "output_tokens", "cost_micro", "unpriced", "errors", "cancelled", "cached",
-                 "worker_lost", "estimated")
+MODEL_METRICS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cost_micro",
+    "unpriced",
+    "errors",
+    "cancelled",
+    "cached",
+    "worker_lost",
+    "estimated",
+)
 #: counters kept per (bucket, identity)
 USER_METRICS = ("requests", "tokens", "cost_micro")
 
@@ -59,9 +71,7 @@ def ms_bin(ms: float) -> int:
 def ms_bin_sql(col: str) -> str:
     """:func:`ms_bin` as an SQLite expression (integers and shifts only, so both agree exactly)."""
     v = f"(CASE WHEN {col} > 0 THEN CAST({col} + 0.5 AS INTEGER) ELSE 0 END)"
-    cases = " ".join(
-        f"WHEN {v} < {1 << (BITS + s)} THEN (({v} + {1 << (s - 1)}) >> {s}) << {s}" for s in range(1, _MAX_SHIFT)
-    )
+    cases = " ".join(f"WHEN {v} < {1 << (BITS + s)} THEN (({v} + {1 << (s - 1)}) >> {s}) << {s}" for s in range(1, _MAX_SHIFT))
     return f"(CASE WHEN {v} < {1 << BITS} THEN {v} {cases} ELSE {v} END)"
 
 
@@ -153,8 +163,9 @@ class Cells:
         provider, model, identity = str(rec.get("provider")), str(rec.get("model")), str(rec.get("identity"))
         counts = record_counts(rec)
         self.add_model((b, provider, model), counts)
-        self.add_user((b, identity), {"requests": 1, "tokens": counts["input_tokens"] + counts["output_tokens"],
-                                      "cost_micro": counts["cost_micro"]})
+        self.add_user(
+            (b, identity), {"requests": 1, "tokens": counts["input_tokens"] + counts["output_tokens"], "cost_micro": counts["cost_micro"]}
+        )
         if rec.get("error_type"):
             self.add_error((b, str(rec["error_type"])), 1)
         if rec.get("ttfb_ms") is not None:

@@ -4,12 +4,14 @@ An :class:`Exchange` is created once a request passed validation; whatever happe
 complete stream, an upstream error, a timeout, a browser that left) it is finalized exactly
 once, which is what makes the usage ledger, quotas, budgets and metrics add up.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ProxyError, UpstreamTimeout, scrub
 
@@ -83,9 +85,24 @@ class RequestInfo:
 class UpstreamCall:
     """The upstream call as it goes: written by the upstream and stream layers, read at the end."""
 
-    __slots__ = ("translator", "resp", "secrets", "retries", "status", "error", "complete", "client_aborted",
-                 "tokens_streamed", "ttfb_ms", "text_parts", "cached", "queue_ms",
-                 "deployment", "release", "expired")
+    __slots__ = (
+        "translator",
+        "resp",
+        "secrets",
+        "retries",
+        "status",
+        "error",
+        "complete",
+        "client_aborted",
+        "tokens_streamed",
+        "ttfb_ms",
+        "text_parts",
+        "cached",
+        "queue_ms",
+        "deployment",
+        "release",
+        "expired",
+    )
 
     def __init__(self, *, keep_text: bool = False) -> None:
         self.translator: Translator | None = None  #: reads the answer's usage and finish reason

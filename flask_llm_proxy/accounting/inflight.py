@@ -6,6 +6,7 @@ whoever notices (gunicorn's master through :func:`flask_llm_proxy.gunicorn.child
 sweep, another host once the lease ran out) turns it into a ``worker_lost`` record with
 :func:`lost_record`: nothing else is needed to close it, not even the app's configuration.
 """
+
 from __future__ import annotations
 
 import os

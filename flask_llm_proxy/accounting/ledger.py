@@ -1,4 +1,5 @@
 """The usage ledger: the store ``LLM_PROXY_USAGE_STORE`` names."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ def open_store(uri: str | None, instance_path: str, stream_maxlen: int | None = 
     if uri == "none":
         return NullStore()
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if not os.path.isabs(path):
             path = os.path.join(instance_path, path)
         return SQLiteStore(path)

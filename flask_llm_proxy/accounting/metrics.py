@@ -5,12 +5,14 @@ writes each worker's values to files there and ``/metrics`` merges them, so a sc
 on any worker sees the whole server. Labels are bounded: provider, an allow-listed model name
 (or the pattern it matched), status and error type; never an identity.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import logging
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -35,15 +37,27 @@ class Metrics:
         self.cost = Counter("llm_proxy_cost_usd", "Cost in USD of the proxied requests (priced models)", ["provider", "model"])
         self.inflight = Gauge("llm_proxy_inflight_streams", "Streams open right now", ["provider"], multiprocess_mode="livesum")
         self.ledger_errors = Counter("llm_proxy_ledger_errors", "Usage records a sink failed to store", [])
-        self.refused = Counter("llm_proxy_refused", "Requests answered with an error before any upstream call (invalid, "
-                               "unauthenticated, over a limit, quota or budget)", ["provider", "type"])
-        self.cache = Counter("llm_proxy_cache", "Response cache decisions: hit (stored answer), shared (an identical "
-                             "request's live answer), miss, bypass (opted out or off for the provider), unavailable "
-                             "(the cache's Redis is down)", ["provider", "result"])
-        self.queue_seconds = Histogram("llm_proxy_queue_seconds", "Time waiting for a concurrency slot", ["provider"],
-                                       buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
-        self.queue_waiting = Gauge("llm_proxy_queue_waiting", "Requests waiting for a concurrency slot right now", ["provider"],
-                                   multiprocess_mode="livesum")
+        self.refused = Counter(
+            "llm_proxy_refused",
+            "Requests answered with an error before any upstream call (invalid, unauthenticated, over a limit, quota or budget)",
+            ["provider", "type"],
+        )
+        self.cache = Counter(
+            "llm_proxy_cache",
+            "Response cache decisions: hit (stored answer), shared (an identical "
+            "request's live answer), miss, bypass (opted out or off for the provider), unavailable "
+            "(the cache's Redis is down)",
+            ["provider", "result"],
+        )
+        self.queue_seconds = Histogram(
+            "llm_proxy_queue_seconds",
+            "Time waiting for a concurrency slot",
+            ["provider"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        self.queue_waiting = Gauge(
+            "llm_proxy_queue_waiting", "Requests waiting for a concurrency slot right now", ["provider"], multiprocess_mode="livesum"
+        )
 
 
 def get_metrics() -> Metrics | None:

@@ -6,12 +6,14 @@ entries (exact names or fnmatch patterns; ``None``: no price): its entries are l
 shipped ones, so ``"claude-sonnet-4-5*"`` there also prices ``claude-sonnet-4-5``. A model without a
 price costs ``None`` (and a warning is logged once per model), never a guess.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -36,7 +38,10 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     **_family(["claude-opus-4-1", "claude-opus-4-0", "claude-opus-4", "claude-3-opus"], 15.0, 75.0, 1.50, 18.75),
     **_family(
         ["claude-sonnet-4-6", "claude-sonnet-4-5", "claude-sonnet-4-0", "claude-sonnet-4", "claude-3-7-sonnet", "claude-3-5-sonnet"],
-        3.0, 15.0, 0.30, 3.75,
+        3.0,
+        15.0,
+        0.30,
+        3.75,
     ),
     **_family(["claude-haiku-4-5"], 1.0, 5.0, 0.10, 1.25),
     **_family(["claude-3-5-haiku"], 0.80, 4.0, 0.08, 1.0),

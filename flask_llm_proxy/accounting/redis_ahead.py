@@ -8,6 +8,7 @@ and no round trip; Redis applies a connection's commands in order, so a final wr
 overtakes its in-flight record. A begin whose reply turns out to be an error (or was lost with the
 connection) is remembered: that request's final write then does not depend on it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -17,9 +17,11 @@ Provider names cannot hold ``|`` (the configuration refuses it) and the model, e
 identity come last in their field, so any text there is read back whole. Hourly hashes are kept
 :data:`HOUR_TTL` (the 24-hour view needs 25 hours), daily ones :data:`DAY_TTL`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .cells import USER_METRICS, Cells, bucket_of, ms_bin, record_counts
 
@@ -83,10 +85,10 @@ def read_cells(redis: Any, prefix: str, grain: str, first: int, last: int) -> Ce
         # a day of a busy fleet is thousands of users: this loop is the summary's cost
         for raw, n in replies[2 * i + 1].items():
             metric, _, identity = raw.partition(b"|")
-            key = (b, identity.decode())
-            cell = users.get(key)
+            user_key = (b, identity.decode())
+            cell = users.get(user_key)
             if cell is None:
-                cell = users[key] = dict.fromkeys(USER_METRICS, 0)
+                cell = users[user_key] = dict.fromkeys(USER_METRICS, 0)
             cell[_METRIC_NAMES.get(metric) or metric.decode()] = int(n)
     return cells
 

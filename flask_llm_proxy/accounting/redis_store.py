@@ -1,9 +1,11 @@
 """The Redis usage store: for a fleet of hosts, counters for budgets and a trimmed stream of records."""
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from .. import _json
 from . import redis_rollup
@@ -19,9 +21,12 @@ from .store import Spend, Store, day_key, month_key
 # is the one that removes the in-flight entry (a request's final record and a sweep's worker_lost
 # record can race only when a worker stalled past its lease: exactly one of them is written), or,
 # ``force``, whether or not it was there (an in-flight write whose fate is unknown, redis_ahead).
-_WRITE = """
+_WRITE = (
+    """
 local function rollup(KEYS, ARGV)
-""" + redis_rollup.SCRIPT + """
+"""
+    + redis_rollup.SCRIPT
+    + """
 end
 if ARGV[1] ~= '' and redis.call('HDEL', KEYS[1], ARGV[1]) == 0 and ARGV[7] ~= '1' then return 0 end
 local tokens = tonumber(ARGV[2]) + tonumber(ARGV[3])
@@ -46,6 +51,7 @@ for i = 9 + nf, #ARGV do rest[#rest + 1] = ARGV[i] end
 rollup({KEYS[7], KEYS[8], KEYS[9], KEYS[10]}, rest)
 return 1
 """
+)
 # An in-flight record, and its worker's place in the lease table, in one round trip.
 _BEGIN = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])"
 # Progress of in-flight records that still exist (one whose request just ended must not come back)
@@ -107,8 +113,9 @@ class RedisStore(Store):
         keys, args = self._write_args(record, wal_id, lost=lost)
         return bool(self._write(keys=keys, args=args))
 
-    def _write_args(self, record: UsageRecord, wal_id: str | None, *, lost: bool = False,
-                    force: bool = False) -> tuple[list[str], list[Any]]:
+    def _write_args(
+        self, record: UsageRecord, wal_id: str | None, *, lost: bool = False, force: bool = False
+    ) -> tuple[list[str], list[Any]]:
         ts = record.timestamp
         d = record.to_dict()
         fields = {k: ("" if v is None else (int(v) if isinstance(v, bool) else v)) for k, v in d.items()}
@@ -121,8 +128,14 @@ class RedisStore(Store):
             self.lost,
         ]
         args: list[Any] = [
-            wal_id or "", record.input_tokens, record.output_tokens, repr(record.cost_usd) if record.cost_usd else "",
-            self.stream_maxlen or "", _json.dumps(d) if lost else "", "1" if force else "0", 2 * len(fields),
+            wal_id or "",
+            record.input_tokens,
+            record.output_tokens,
+            repr(record.cost_usd) if record.cost_usd else "",
+            self.stream_maxlen or "",
+            _json.dumps(d) if lost else "",
+            "1" if force else "0",
+            2 * len(fields),
         ]
         for k, v in fields.items():
             args += (k, v)
@@ -133,8 +146,12 @@ class RedisStore(Store):
 
     def begin(self, entry: InflightEntry) -> None:
         worker = worker_of(entry.wal_id)
-        self._ahead.send("begin", [self._inflight(worker), self.workers], [entry.wal_id, _json.dumps(entry.to_dict()), entry.updated, worker],
-                         begin=entry.wal_id)
+        self._ahead.send(
+            "begin",
+            [self._inflight(worker), self.workers],
+            [entry.wal_id, _json.dumps(entry.to_dict()), entry.updated, worker],
+            begin=entry.wal_id,
+        )
 
     def progress(self, host: str, pid: int, entries: list[InflightEntry], now: float) -> None:
         worker = f"{host}|{pid}"
@@ -198,8 +215,10 @@ class RedisStore(Store):
         pipe.hmget(self._month(now, identity), "cost_usd", "tokens")
         (d_cost, d_tok), (m_cost, m_tok) = pipe.execute()
         return Spend(
-            daily_usd=float(d_cost or 0), daily_tokens=int(d_tok or 0),
-            monthly_usd=float(m_cost or 0), monthly_tokens=int(m_tok or 0),
+            daily_usd=float(d_cost or 0),
+            daily_tokens=int(d_tok or 0),
+            monthly_usd=float(m_cost or 0),
+            monthly_tokens=int(m_tok or 0),
         )
 
     def records(self, since: float) -> Iterator[dict[str, Any]]:
@@ -208,10 +227,10 @@ class RedisStore(Store):
             batch = self._redis.xrange(self.stream, min=start, max="+", count=1000)
             if not batch:
                 return
-            for entry_id, fields in batch:
-                yield _decode_stream_fields(fields)
-            last = batch[-1][0].decode()
-            ms, seq = last.split("-")
+            for _entry_id, fields in batch:
+                yield _decode_stream_fields(fields or {})
+            last = batch[-1][0]
+            ms, seq = (last.decode() if isinstance(last, bytes) else str(last)).split("-")
             start = f"{ms}-{int(seq) + 1}"
 
     def aggregates(self, grain: str, first: int, last: int, top: int = 10) -> Cells:
@@ -239,12 +258,21 @@ def _stream_start(since: float) -> str:
     return f"{min(int(ms), _MAX_STREAM_MS) if math.isfinite(ms) else _MAX_STREAM_MS}-0"
 
 
-_INT_FIELDS = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "status", "retries", "reasoning_tokens",
-               "saved_input_tokens", "saved_output_tokens"}
+_INT_FIELDS = {
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "status",
+    "retries",
+    "reasoning_tokens",
+    "saved_input_tokens",
+    "saved_output_tokens",
+}
 _FLOAT_FIELDS = {"timestamp", "cost_usd", "ttfb_ms", "duration_ms", "saved_cost_usd", "queue_ms"}
 
 
-def _decode_stream_fields(fields: dict[bytes, bytes]) -> dict[str, Any]:
+def _decode_stream_fields(fields: Mapping[Any, Any]) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     for k, v in fields.items():
         key, val = k.decode(), v.decode()
@@ -259,4 +287,3 @@ def _decode_stream_fields(fields: dict[bytes, bytes]) -> dict[str, Any]:
         else:
             rec[key] = val
     return rec
-

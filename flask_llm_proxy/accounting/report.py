@@ -5,15 +5,17 @@ A range is a whole number of buckets: the last 24 hours are the current hour and
 it (UTC), 7 or 30 days are today and the days before it, a custom range is whole UTC days. Both
 stores aggregate by the same buckets, so the figures are exact, not sampled or interpolated.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .cells import CANCELLED, DAY, GRAINS, HOUR, MODEL_METRICS, Cells, percentile, user_figures
 from .store import Store
@@ -140,15 +142,29 @@ class _Group:
     def as_dict(self) -> dict[str, Any]:
         c = self.counts
         return {
-            "requests": c["requests"], "active_users": self.active,
-            "input_tokens": c["input_tokens"], "output_tokens": c["output_tokens"], "cost_usd": _usd(c["cost_micro"]),
-            "unpriced": c["unpriced"], "estimated": c["estimated"],
-            "errors": c["errors"], "error_rate": _rate(c["errors"], c["requests"]),
-            "cancelled": c["cancelled"], "cached": c["cached"], "cache_hit_rate": _rate(c["cached"], c["requests"]),
+            "requests": c["requests"],
+            "active_users": self.active,
+            "input_tokens": c["input_tokens"],
+            "output_tokens": c["output_tokens"],
+            "cost_usd": _usd(c["cost_micro"]),
+            "unpriced": c["unpriced"],
+            "estimated": c["estimated"],
+            "errors": c["errors"],
+            "error_rate": _rate(c["errors"], c["requests"]),
+            "cancelled": c["cancelled"],
+            "cached": c["cached"],
+            "cache_hit_rate": _rate(c["cached"], c["requests"]),
             "worker_lost": c["worker_lost"],
             "errors_by_type": dict(sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "by_model": {m: {"requests": v["requests"], "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"],
-                             "cost_usd": _usd(v["cost_micro"])} for m, v in sorted(self.by_model.items())},
+            "by_model": {
+                m: {
+                    "requests": v["requests"],
+                    "input_tokens": v["input_tokens"],
+                    "output_tokens": v["output_tokens"],
+                    "cost_usd": _usd(v["cost_micro"]),
+                }
+                for m, v in sorted(self.by_model.items())
+            },
             "ttfb": {p: _times(h) for p, h in sorted(self.ttfb.items())},
             "queue": _times(self.queue),
         }
@@ -189,8 +205,9 @@ def _budget(identity: str, budgets: Mapping[str, Mapping[str, float | None]], st
     return {k: {"limit": lim, "spent": round(spend[k], 6), "share": round(spend[k] / lim, 4) if lim else None} for k, lim in limits.items()}
 
 
-def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | None = None, top: int = 10,
-                    now: float | None = None) -> dict[str, Any]:
+def summarize_range(
+    store: Store, rng: Range, *, budgets: Mapping[str, Any] | None = None, top: int = 10, now: float | None = None
+) -> dict[str, Any]:
     """The summary of ``rng`` from ``store`` (blocking: SQLite reads its file)."""
     now = time.time() if now is None else now
     cells = store.aggregates(rng.grain, rng.first, rng.last, top)
@@ -212,14 +229,26 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
     out["ttfb_by_provider"] = totals["ttfb"]
     cost = total.counts["cost_micro"]
     out["by_model"] = [
-        {"model": m, "requests": v["requests"], "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"],
-         "cost_usd": _usd(v["cost_micro"]), "share_of_cost": _rate(v["cost_micro"], cost)}
+        {
+            "model": m,
+            "requests": v["requests"],
+            "input_tokens": v["input_tokens"],
+            "output_tokens": v["output_tokens"],
+            "cost_usd": _usd(v["cost_micro"]),
+            "share_of_cost": _rate(v["cost_micro"], cost),
+        }
         for m, v in sorted(total.by_model.items(), key=lambda kv: (-kv[1]["cost_micro"], -kv[1]["requests"], kv[0]))
     ]
     ranked = uf.ranked[:top]
     out["top_users"] = [
-        {"identity": identity, "requests": u["requests"], "tokens": u["tokens"], "cost_usd": _usd(u["cost_micro"]),
-         "share_of_cost": _rate(u["cost_micro"], cost), "budget": _budget(identity, budgets or {}, store, now)}
+        {
+            "identity": identity,
+            "requests": u["requests"],
+            "tokens": u["tokens"],
+            "cost_usd": _usd(u["cost_micro"]),
+            "share_of_cost": _rate(u["cost_micro"], cost),
+            "budget": _budget(identity, budgets or {}, store, now),
+        }
         for identity, u in ranked
     ]
     for u in out["top_users"]:
@@ -244,15 +273,42 @@ def summarize_range(store: Store, rng: Range, *, budgets: Mapping[str, Any] | No
 def table(summary: Mapping[str, Any]) -> dict[str, Any]:
     """One row per bucket: the page's table, its CSV export and the CLI report print these."""
     providers = list(summary["ttfb_by_provider"])
-    columns = ["bucket", "requests", "active_users", "input_tokens", "output_tokens", "cost_usd", "errors", "error_rate",
-               "cancelled", "cached", "cache_hit_rate", "worker_lost", "queue_p50_ms", "queue_p95_ms"]
+    columns = [
+        "bucket",
+        "requests",
+        "active_users",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "errors",
+        "error_rate",
+        "cancelled",
+        "cached",
+        "cache_hit_rate",
+        "worker_lost",
+        "queue_p50_ms",
+        "queue_p95_ms",
+    ]
     for p in providers:
         columns += [f"ttfb_p50_ms:{p}", f"ttfb_p95_ms:{p}"]
     rows = []
     for e in summary.get("by_hour") or summary["by_day"]:
-        row = [e["bucket"], e["requests"], e["active_users"], e["input_tokens"], e["output_tokens"], e["cost_usd"], e["errors"],
-               e["error_rate"], e["cancelled"], e["cached"], e["cache_hit_rate"], e["worker_lost"], e["queue"]["p50_ms"],
-               e["queue"]["p95_ms"]]
+        row = [
+            e["bucket"],
+            e["requests"],
+            e["active_users"],
+            e["input_tokens"],
+            e["output_tokens"],
+            e["cost_usd"],
+            e["errors"],
+            e["error_rate"],
+            e["cancelled"],
+            e["cached"],
+            e["cache_hit_rate"],
+            e["worker_lost"],
+            e["queue"]["p50_ms"],
+            e["queue"]["p95_ms"],
+        ]
         for p in providers:
             t = e["ttfb"].get(p) or {}
             row += [t.get("p50_ms"), t.get("p95_ms")]
@@ -304,12 +360,16 @@ def to_text(summary: Mapping[str, Any]) -> str:
     t = s["table"]
     out += _grid(t["columns"], t["rows"]) + [""]
     if s["top_users"]:
-        out += _grid(["top user", "requests", "tokens", "cost_usd", "share_of_cost", "budget_share"],
-                     ([u["identity"], u["requests"], u["tokens"], u["cost_usd"], u["share_of_cost"], u["budget_share"]] for u in s["top_users"]))
+        out += _grid(
+            ["top user", "requests", "tokens", "cost_usd", "share_of_cost", "budget_share"],
+            ([u["identity"], u["requests"], u["tokens"], u["cost_usd"], u["share_of_cost"], u["budget_share"]] for u in s["top_users"]),
+        )
         out.append("")
     if s["by_model"]:
-        out += _grid(["model", "requests", "input_tokens", "output_tokens", "cost_usd", "share_of_cost"],
-                     ([m["model"], m["requests"], m["input_tokens"], m["output_tokens"], m["cost_usd"], m["share_of_cost"]] for m in s["by_model"]))
+        out += _grid(
+            ["model", "requests", "input_tokens", "output_tokens", "cost_usd", "share_of_cost"],
+            ([m["model"], m["requests"], m["input_tokens"], m["output_tokens"], m["cost_usd"], m["share_of_cost"]] for m in s["by_model"]),
+        )
         out.append("")
     if s["errors_by_type"]:
         out += _grid(["error type", "requests"], ([k, v] for k, v in s["errors_by_type"].items()))

@@ -14,6 +14,7 @@ chunks of :data:`CHUNK` rows, each in its own ``BEGIN IMMEDIATE`` transaction, s
 
 Rows are assumed to be appended, never changed in place or deleted and reused.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -31,7 +32,8 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS llm_proxy_roll_error (grain TEXT NOT NULL, bucket INTEGER NOT NULL, error_type TEXT NOT NULL,"
     " n INTEGER NOT NULL, PRIMARY KEY (grain, bucket, error_type)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS llm_proxy_roll_user (grain TEXT NOT NULL, bucket INTEGER NOT NULL, identity TEXT NOT NULL, "
-    + ", ".join(f"{m} INTEGER NOT NULL" for m in USER_METRICS) + ", PRIMARY KEY (grain, bucket, identity)) WITHOUT ROWID",
+    + ", ".join(f"{m} INTEGER NOT NULL" for m in USER_METRICS)
+    + ", PRIMARY KEY (grain, bucket, identity)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS llm_proxy_roll_ttfb (grain TEXT NOT NULL, bucket INTEGER NOT NULL, provider TEXT NOT NULL,"
     " ms INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (grain, bucket, provider, ms)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS llm_proxy_roll_queue (grain TEXT NOT NULL, bucket INTEGER NOT NULL, ms INTEGER NOT NULL,"
@@ -51,28 +53,38 @@ def _upsert(table: str, keys: tuple[str, ...], values: tuple[str, ...], select: 
 
 
 _MODEL_SQL = _upsert(
-    "llm_proxy_roll_model", ("provider", "model"), MODEL_METRICS,
+    "llm_proxy_roll_model",
+    ("provider", "model"),
+    MODEL_METRICS,
     f"SELECT :grain, {_BUCKET}, provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens),"
     " SUM(CASE WHEN cost_usd IS NULL THEN 0 ELSE CAST(ROUND(cost_usd * 1000000) AS INTEGER) END), SUM(cost_usd IS NULL),"
     f" SUM(error_type IS NOT NULL AND error_type <> '{CANCELLED}'), SUM(error_type IS '{CANCELLED}'), SUM(cached <> 0),"
     f" SUM(error_type IS '{WORKER_LOST}'), SUM(estimated <> 0) {_RANGE} GROUP BY 2, 3, 4",
 )
 _ERROR_SQL = _upsert(
-    "llm_proxy_roll_error", ("error_type",), ("n",),
+    "llm_proxy_roll_error",
+    ("error_type",),
+    ("n",),
     f"SELECT :grain, {_BUCKET}, error_type, COUNT(*) {_RANGE} AND error_type IS NOT NULL GROUP BY 2, 3",
 )
 _USER_SQL = _upsert(
-    "llm_proxy_roll_user", ("identity",), USER_METRICS,
+    "llm_proxy_roll_user",
+    ("identity",),
+    USER_METRICS,
     f"SELECT :grain, {_BUCKET}, identity, COUNT(*), SUM(input_tokens + output_tokens),"
     f" SUM(CASE WHEN cost_usd IS NULL THEN 0 ELSE CAST(ROUND(cost_usd * 1000000) AS INTEGER) END) {_RANGE} GROUP BY 2, 3",
 )
 _TTFB_SQL = _upsert(
-    "llm_proxy_roll_ttfb", ("provider", "ms"), ("n",),
+    "llm_proxy_roll_ttfb",
+    ("provider", "ms"),
+    ("n",),
     f"SELECT :grain, {_BUCKET}, provider, {ms_bin_sql('ttfb_ms')}, COUNT(*) {_RANGE} AND ttfb_ms IS NOT NULL GROUP BY 2, 3, 4",
 )
 # queue_ms arrives with the request queue; a ledger without the column has no queue waits
 _QUEUE_SQL = _upsert(
-    "llm_proxy_roll_queue", ("ms",), ("n",),
+    "llm_proxy_roll_queue",
+    ("ms",),
+    ("n",),
     f"SELECT :grain, {_BUCKET}, {ms_bin_sql('queue_ms')}, COUNT(*) {_RANGE} AND queue_ms IS NOT NULL GROUP BY 2, 3",
 )
 
@@ -103,8 +115,11 @@ def catch_up(conn: sqlite3.Connection, chunk: int = CHUNK) -> int:
                 for sql in statements:
                     conn.execute(sql, params)
             added += conn.execute("SELECT COUNT(*) FROM llm_proxy_usage WHERE rowid > ? AND rowid <= ?", (lo, hi)).fetchone()[0]
-            conn.execute("INSERT INTO llm_proxy_roll_mark (id, last_rowid) VALUES (1, ?)"
-                         " ON CONFLICT (id) DO UPDATE SET last_rowid = excluded.last_rowid", (hi,))
+            conn.execute(
+                "INSERT INTO llm_proxy_roll_mark (id, last_rowid) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET last_rowid = excluded.last_rowid",
+                (hi,),
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -122,7 +137,7 @@ def read_cells(conn: sqlite3.Connection, grain: str, first: int, last: int, top:
         for b, provider, model, *values in conn.execute(
             f"SELECT bucket, provider, model, {', '.join(MODEL_METRICS)} FROM llm_proxy_roll_model {where}", args
         ):
-            cells.models[(b, provider, model)] = dict(zip(MODEL_METRICS, values))
+            cells.models[(b, provider, model)] = dict(zip(MODEL_METRICS, values, strict=False))
         for b, error_type, n in conn.execute(f"SELECT bucket, error_type, n FROM llm_proxy_roll_error {where}", args):
             cells.errors[(b, error_type)] = n
         users = f"FROM llm_proxy_roll_user {where}"
@@ -131,9 +146,14 @@ def read_cells(conn: sqlite3.Connection, grain: str, first: int, last: int, top:
             active=dict(conn.execute(f"SELECT bucket, COUNT(*) {users} GROUP BY bucket", args).fetchall()),
             active_days=dict(conn.execute(f"SELECT {days}, COUNT(DISTINCT identity) {users} GROUP BY 1", args).fetchall()),
             active_total=conn.execute(f"SELECT COUNT(DISTINCT identity) {users}", args).fetchone()[0],
-            ranked=[(identity, dict(zip(USER_METRICS, values))) for identity, *values in conn.execute(
-                f"SELECT identity, {', '.join(f'SUM({m})' for m in USER_METRICS)} {users} GROUP BY identity"
-                " ORDER BY SUM(cost_micro) DESC, SUM(requests) DESC, identity LIMIT ?", (*args, top))],
+            ranked=[
+                (identity, dict(zip(USER_METRICS, values, strict=False)))
+                for identity, *values in conn.execute(
+                    f"SELECT identity, {', '.join(f'SUM({m})' for m in USER_METRICS)} {users} GROUP BY identity"
+                    " ORDER BY SUM(cost_micro) DESC, SUM(requests) DESC, identity LIMIT ?",
+                    (*args, top),
+                )
+            ],
         )
         for b, provider, ms, n in conn.execute(f"SELECT bucket, provider, ms, n FROM llm_proxy_roll_ttfb {where}", args):
             cells.ttfb.setdefault((b, provider), {})[ms] = n

@@ -1,4 +1,5 @@
 """The SQLite usage store: one file per host, shared by its gunicorn workers (WAL mode)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,9 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .._compat import gevent_active, run_later
 from . import sqlite_rollup
@@ -41,8 +43,12 @@ CREATE TABLE IF NOT EXISTS llm_proxy_usage (
 #: at start (ALTER TABLE ... ADD COLUMN with a default is instant in SQLite, whatever the size)
 _ADDED_COLUMNS = (
     ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("saved_input_tokens", "INTEGER NOT NULL DEFAULT 0"), ("saved_output_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("saved_cost_usd", "REAL"), ("queue_ms", "REAL"), ("deployment", "TEXT"), ("fallback_from", "TEXT"),
+    ("saved_input_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("saved_output_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("saved_cost_usd", "REAL"),
+    ("queue_ms", "REAL"),
+    ("deployment", "TEXT"),
+    ("fallback_from", "TEXT"),
 )
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS llm_proxy_usage_identity_ts ON llm_proxy_usage (identity, timestamp)",
@@ -258,9 +264,7 @@ class SQLiteStore(Store):
 
     def _close(self, host: str, pid: int, stale_before: float | None = None) -> int:
         with _transaction(self._conn()) as conn:
-            rows = conn.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM llm_proxy_inflight WHERE host = ? AND pid = ?", (host, pid)
-            ).fetchall()
+            rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM llm_proxy_inflight WHERE host = ? AND pid = ?", (host, pid)).fetchall()
             entries = [InflightEntry(*row) for row in rows]
             if stale_before is not None and any(e.updated >= stale_before for e in entries):
                 return 0  # the worker renewed its lease after all
@@ -277,28 +281,31 @@ class SQLiteStore(Store):
         with _transaction(conn):
             rows = conn.execute(
                 f"SELECT l.usage_id, {', '.join('u.' + f for f in FIELDS)} FROM llm_proxy_lost l"
-                " JOIN llm_proxy_usage u ON u.rowid = l.usage_id ORDER BY l.usage_id LIMIT ?", (limit,)
+                " JOIN llm_proxy_usage u ON u.rowid = l.usage_id ORDER BY l.usage_id LIMIT ?",
+                (limit,),
             ).fetchall()
             conn.executemany("DELETE FROM llm_proxy_lost WHERE usage_id = ?", [(row[0],) for row in rows])
         return [UsageRecord(**_decoded(dict(zip(FIELDS, row[1:], strict=True)))) for row in rows]
 
     def spend(self, identity: str, now: float) -> Spend:
         day0, _, month0, _ = period_starts(now)
-        row = self._conn().execute(
-            "SELECT COALESCE(SUM(CASE WHEN timestamp >= ? THEN cost_usd END), 0),"
-            " COALESCE(SUM(CASE WHEN timestamp >= ? THEN input_tokens + output_tokens END), 0),"
-            " COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens + output_tokens), 0)"
-            " FROM llm_proxy_usage WHERE identity = ? AND timestamp >= ?",
-            (day0, day0, identity, month0),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COALESCE(SUM(CASE WHEN timestamp >= ? THEN cost_usd END), 0),"
+                " COALESCE(SUM(CASE WHEN timestamp >= ? THEN input_tokens + output_tokens END), 0),"
+                " COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens + output_tokens), 0)"
+                " FROM llm_proxy_usage WHERE identity = ? AND timestamp >= ?",
+                (day0, day0, identity, month0),
+            )
+            .fetchone()
+        )
         return Spend(daily_usd=row[0], daily_tokens=row[1], monthly_usd=row[2], monthly_tokens=row[3])
 
     def records(self, since: float) -> Iterator[dict[str, Any]]:
-        cur = self._conn().execute(
-            f"SELECT {', '.join(FIELDS)} FROM llm_proxy_usage WHERE timestamp >= ? ORDER BY timestamp", (since,)
-        )
+        cur = self._conn().execute(f"SELECT {', '.join(FIELDS)} FROM llm_proxy_usage WHERE timestamp >= ? ORDER BY timestamp", (since,))
         for row in cur:
-            yield _decoded(dict(zip(FIELDS, row)))
+            yield _decoded(dict(zip(FIELDS, row, strict=False)))
 
     def aggregates(self, grain: str, first: int, last: int, top: int = 10) -> Cells:
         """The operator page's figures from the rollup (:mod:`.sqlite_rollup`), brought up to date first."""

@@ -5,11 +5,13 @@ and month" (budgets, before the upstream call) and "list the records since T" (t
 (:mod:`.sqlite_store`) is for one host, Redis (:mod:`.redis_store`) for a fleet; :mod:`.ledger`
 opens the one a URI names.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .cells import GRAINS, Cells, cells_from_records
 from .exchange import UsageRecord
@@ -18,10 +20,32 @@ from .inflight import InflightEntry
 log = logging.getLogger("flask_llm_proxy")
 
 FIELDS = (
-    "request_id", "timestamp", "identity", "provider", "model", "endpoint", "input_tokens", "output_tokens",
-    "cache_read_tokens", "cache_write_tokens", "estimated", "cost_usd", "status", "error_type", "ttfb_ms",
-    "duration_ms", "retries", "finish_reason", "cached", "reasoning_tokens", "saved_input_tokens", "saved_output_tokens",
-    "saved_cost_usd", "queue_ms", "deployment", "fallback_from",
+    "request_id",
+    "timestamp",
+    "identity",
+    "provider",
+    "model",
+    "endpoint",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "estimated",
+    "cost_usd",
+    "status",
+    "error_type",
+    "ttfb_ms",
+    "duration_ms",
+    "retries",
+    "finish_reason",
+    "cached",
+    "reasoning_tokens",
+    "saved_input_tokens",
+    "saved_output_tokens",
+    "saved_cost_usd",
+    "queue_ms",
+    "deployment",
+    "fallback_from",
 )
 
 
@@ -131,7 +155,19 @@ def summarize(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]
     """Group records for the CLI: requests, tokens, cost (None when any cost is unknown)."""
     groups: dict[str, dict[str, Any]] = {}
     for r in records:
-        g = groups.setdefault(str(r.get(by)), {by: str(r.get(by)), "requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "unpriced": 0, "estimated": 0, "errors": 0})
+        g = groups.setdefault(
+            str(r.get(by)),
+            {
+                by: str(r.get(by)),
+                "requests": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cost_usd": 0.0,
+                "unpriced": 0,
+                "estimated": 0,
+                "errors": 0,
+            },
+        )
         g["requests"] += 1
         g["input_tokens"] += r.get("input_tokens") or 0
         g["output_tokens"] += r.get("output_tokens") or 0
@@ -145,4 +181,3 @@ def summarize(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]
     for g in rows:
         g["cost_usd"] = round(g["cost_usd"], 6)
     return rows
-

@@ -5,6 +5,7 @@ of it delays a token. Store writes run in their own greenlet under gevent (SQLit
 pool whenever they would have to wait for a lock); a failing store is logged and counted and never
 breaks a response.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,12 @@ class Accounting:
         self.store: Store = open_store(settings.usage_store, app.instance_path, settings.usage_stream_maxlen)
         self.metrics = get_metrics() if settings.metrics else None
         self.write_ahead = WriteAhead(
-            self.store, self.prices, enabled=settings.write_ahead, host=settings.host_name or default_host_name(),
-            lease=settings.worker_lease, max_stream_seconds=settings.max_stream_seconds,
+            self.store,
+            self.prices,
+            enabled=settings.write_ahead,
+            host=settings.host_name or default_host_name(),
+            lease=settings.worker_lease,
+            max_stream_seconds=settings.max_stream_seconds,
         )
         self.write_ahead.on_error = self._count_store_error
         if self.write_ahead.enabled:
@@ -62,15 +67,22 @@ class Accounting:
             spend = run_blocking(self.store.spend, identity, now) if self.store.blocking else self.store.spend(identity, now)
         except Exception as exc:  # noqa: BLE001 - a store outage is the operator's to see
             if self.settings.fail_open:
-                log.warning("usage store unavailable for the budget of %s (%s); serving (LLM_PROXY_FAIL_OPEN)", identity, type(exc).__name__)
+                log.warning(
+                    "usage store unavailable for the budget of %s (%s); serving (LLM_PROXY_FAIL_OPEN)", identity, type(exc).__name__
+                )
                 return
             log.error("usage store unavailable for the budget of %s (%s); refusing", identity, type(exc).__name__)
-            raise ServiceUnavailable("budgets cannot be checked right now; try again shortly", type="budget_unavailable", headers={"Retry-After": "5"}) from None
+            raise ServiceUnavailable(
+                "budgets cannot be checked right now; try again shortly", type="budget_unavailable", headers={"Retry-After": "5"}
+            ) from None
         _, next_day, _, next_month = period_starts(now)
         # Every spent limit blocks until its own period ends: the refusal names the one that
         # blocks longest, so a client retrying after Retry-After is not refused again.
-        spent = [(next_day if _BUDGET_PERIOD[k] == "daily" else next_month, k, lim)
-                 for k, lim in limits.items() if lim is not None and spend[k] >= lim]
+        spent = [
+            (next_day if _BUDGET_PERIOD[k] == "daily" else next_month, k, lim)
+            for k, lim in limits.items()
+            if lim is not None and spend[k] >= lim
+        ]
         if not spent:
             return
         resets, key, limit = max(spent, key=lambda s: s[0])  # the first listed among equals
@@ -131,8 +143,10 @@ class Accounting:
             if done is None:
                 done = run_blocking(store.finish, record, wal_id) if store.blocking else store.finish(record, wal_id)
             if not done:
-                log.warning("request %s ended after a sweep had closed it as worker_lost (its worker missed its lease); "
-                            "that record stands", record.request_id)
+                log.warning(
+                    "request %s ended after a sweep had closed it as worker_lost (its worker missed its lease); that record stands",
+                    record.request_id,
+                )
         except Exception as exc:  # noqa: BLE001
             log.error("usage store failed to record request %s: %s: %s", record.request_id, type(exc).__name__, exc)
             self._count_store_error()

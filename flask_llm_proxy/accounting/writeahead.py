@@ -7,6 +7,7 @@ records of dead workers as ``worker_lost`` and announces closed ones (quota, met
 ``usage_recorded`` signal) exactly once. The token path itself does nothing for any of this: the
 loop reads the counters the relay keeps anyway.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,8 @@ import os
 import random
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._compat import make_event, run_blocking, spawn_reader
 from .exchange import CHARS_PER_TOKEN, Exchange, UsageRecord
@@ -32,8 +34,9 @@ TAKE = 100  #: closed records announced per store call
 class WriteAhead:
     """The in-flight records of one app's open requests in this process."""
 
-    def __init__(self, store: Store, prices: PriceTable, *, enabled: bool, host: str, lease: float,
-                 max_stream_seconds: float | None) -> None:
+    def __init__(
+        self, store: Store, prices: PriceTable, *, enabled: bool, host: str, lease: float, max_stream_seconds: float | None
+    ) -> None:
         self.store = store
         self.prices = prices
         self.enabled = enabled and store.write_ahead
@@ -76,8 +79,11 @@ class WriteAhead:
                     self._call(self.store.begin, entry)
             except Exception as exc:  # noqa: BLE001 - a store outage must not refuse the request
                 self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
-                log.error("usage store failed to write an in-flight record (%s); requests are served without one for %.0f s",
-                          type(exc).__name__, PAUSE_AFTER_FAILURE)
+                log.error(
+                    "usage store failed to write an in-flight record (%s); requests are served without one for %.0f s",
+                    type(exc).__name__,
+                    PAUSE_AFTER_FAILURE,
+                )
                 self.on_error()
             else:
                 self.open[ex] = entry
@@ -94,10 +100,19 @@ class WriteAhead:
         price = self.prices.price_of(req.model)
         return InflightEntry(
             wal_id=f"{self.host}|{pid}|{random.getrandbits(64):016x}",
-            request_id=req.request_id, identity=req.identity, provider=req.provider, model=req.model,
-            endpoint=req.endpoint, input_tokens=max(1, req.input_chars // CHARS_PER_TOKEN), output_tokens=0,
-            price_in=price["input"] if price else None, price_out=price["output"] if price else None,
-            host=self.host, pid=pid, started=req.wall_started, updated=time.time(),
+            request_id=req.request_id,
+            identity=req.identity,
+            provider=req.provider,
+            model=req.model,
+            endpoint=req.endpoint,
+            input_tokens=max(1, req.input_chars // CHARS_PER_TOKEN),
+            output_tokens=0,
+            price_in=price["input"] if price else None,
+            price_out=price["output"] if price else None,
+            host=self.host,
+            pid=pid,
+            started=req.wall_started,
+            updated=time.time(),
         )
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:

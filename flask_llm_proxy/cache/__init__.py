@@ -12,11 +12,13 @@ For each cacheable request :meth:`ResponseCache.turn` decides, before any upstre
   provider turned the cache off, or the cache's Redis is down (then logged once per outage and
   counted, and the request is served live: the cache never makes a request fail).
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .._compat import spawn
 from ..config import ProviderConfig, Settings
@@ -43,8 +45,17 @@ class Turn:
 
     __slots__ = ("cache", "result", "key", "entry", "flight", "leads", "store")
 
-    def __init__(self, cache: ResponseCache, result: str, key: str | None = None, *, entry: tuple[Meta, list[Any]] | None = None,
-                 flight: Flight | None = None, leads: bool = False, store: bool = False) -> None:
+    def __init__(
+        self,
+        cache: ResponseCache,
+        result: str,
+        key: str | None = None,
+        *,
+        entry: tuple[Meta, list[Any]] | None = None,
+        flight: Flight | None = None,
+        leads: bool = False,
+        store: bool = False,
+    ) -> None:
         self.cache = cache
         self.result = result  #: hit, shared, miss, bypass, unavailable (the metric's label)
         self.key = key
@@ -208,8 +219,9 @@ class ResponseCache:
         self._down_until = time.monotonic() + OUTAGE_PAUSE
         if not self._down:
             self._down = True
-            log.error("cache: Redis unavailable (%s: %s); serving without the cache, retrying in %.0f s",
-                      type(exc).__name__, exc, OUTAGE_PAUSE)
+            log.error(
+                "cache: Redis unavailable (%s: %s); serving without the cache, retrying in %.0f s", type(exc).__name__, exc, OUTAGE_PAUSE
+            )
 
     def _up(self) -> None:
         if self._down:

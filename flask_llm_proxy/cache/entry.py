@@ -6,11 +6,13 @@ Chunks are what the endpoint's encoder takes: text deltas (``str``), tool calls
 own event bytes (``bytes``) for the native ones. Encoded as frames (a type byte, a 4-byte length,
 the payload) so bytes never go through JSON and decoding is a slice per frame.
 """
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .. import _json
 from ..providers.base import Reasoning, ToolCall, Translator
@@ -36,8 +38,9 @@ class Meta:
     @classmethod
     def of(cls, translator: Translator, content_type: str | None = None) -> Meta:
         u = translator.usage
-        return cls(translator.finish_reason, (u.input_tokens, u.output_tokens, u.cache_read, u.cache_write, u.reasoning_tokens),
-                   content_type)
+        return cls(
+            translator.finish_reason, (u.input_tokens, u.output_tokens, u.cache_read, u.cache_write, u.reasoning_tokens), content_type
+        )
 
     def fill(self, translator: Translator) -> None:
         """Give a replay's translator the stored answer's ending (the relay reads it at the end)."""
@@ -80,7 +83,7 @@ def decode_chunks(data: bytes) -> list[Any]:
     while pos < end:
         kind, n = _HEAD.unpack_from(data, pos)
         pos += _HEAD.size
-        raw = bytes(view[pos:pos + n])
+        raw = bytes(view[pos : pos + n])
         pos += n
         if kind == _TEXT:
             out.append(raw.decode("utf-8"))
@@ -103,7 +106,7 @@ def unpack(blob: bytes) -> tuple[Meta, list[Any]]:
     if blob[:4] != _MAGIC:
         raise ValueError("not a cache entry of this version")
     (n,) = _LEN.unpack_from(blob, 4)
-    return Meta.from_json(blob[8:8 + n]), decode_chunks(blob[8 + n:])
+    return Meta.from_json(blob[8 : 8 + n]), decode_chunks(blob[8 + n :])
 
 
 def storable(meta: Meta) -> bool:

@@ -13,6 +13,7 @@ late follower still gets the whole answer from the stream), deleted after a fail
 request calls the upstream again). A leader that died stops renewing it: its followers see the
 lock gone without an end and fail (or, having received nothing, ask again themselves).
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,8 +81,16 @@ def stream_key(key: str, owner: str) -> str:
 def encode_error(err: ProxyError | None, rejoin: bool) -> bytes:
     if err is None:
         return _json.dumps({"rj": True})
-    return _json.dumps({"s": err.status, "t": err.type, "m": err.message, "u": isinstance(err, UpstreamError),
-                        "fs": bool(getattr(err, "from_stream", False)), "rj": rejoin})
+    return _json.dumps(
+        {
+            "s": err.status,
+            "t": err.type,
+            "m": err.message,
+            "u": isinstance(err, UpstreamError),
+            "fs": bool(getattr(err, "from_stream", False)),
+            "rj": rejoin,
+        }
+    )
 
 
 def decode_error(data: bytes) -> tuple[ProxyError | None, bool]:
@@ -117,8 +126,7 @@ class FleetFlights:
     def lookup(self, key: str) -> tuple[int, Any]:
         """``(1, blob)`` stored, ``(2, None)`` this process leads, ``(3, owner)`` another leads."""
         self._scripts()
-        res = self._lookup(keys=[RedisStore.key(key), lock_key(key)],
-                           args=[self.node.id, LEASE_MS, Node.inbox(""), key, INBOX_TTL_MS])
+        res = self._lookup(keys=[RedisStore.key(key), lock_key(key)], args=[self.node.id, LEASE_MS, Node.inbox(""), key, INBOX_TTL_MS])
         return int(res[0]), (res[1] if len(res) > 1 else None)
 
     def led(self, flight: Flight) -> None:

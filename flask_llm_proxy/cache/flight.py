@@ -6,10 +6,12 @@ request that calls the upstream writes it (:mod:`.tee`); every other reader (ide
 the publisher that copies it to Redis for other processes) waits on an event that is swapped per
 batch only while someone reads, so a flight nobody follows costs a list append per batch.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .._compat import make_event
 from ..errors import NetworkError, ProxyError
@@ -22,8 +24,21 @@ class LeaderGone(Exception):
 
 
 class Flight:
-    __slots__ = ("key", "batches", "meta", "error", "rejoin", "done", "opened", "readers", "remote", "publishing", "fleet",
-                 "ended_at", "_changed")
+    __slots__ = (
+        "key",
+        "batches",
+        "meta",
+        "error",
+        "rejoin",
+        "done",
+        "opened",
+        "readers",
+        "remote",
+        "publishing",
+        "fleet",
+        "ended_at",
+        "_changed",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key

@@ -8,6 +8,7 @@ It also covers the kind of endpoint (a contract answer and a native one are stor
 forms), the provider's name, type and base URL, and, in ``identity`` scope, the identity. Never the
 API key. Redis sees only the hex digest, never a prompt.
 """
+
 from __future__ import annotations
 
 import hashlib

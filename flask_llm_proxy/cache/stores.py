@@ -3,6 +3,7 @@
 A store answers ``get(key)`` and ``put(key, blob, ttl)``; a Redis that fails raises, and the cache
 (:mod:`flask_llm_proxy.cache`) turns that into a bypass, never into an error for the client.
 """
+
 from __future__ import annotations
 
 import threading
@@ -82,7 +83,7 @@ class RedisStore:
         return f"{PREFIX}:cache:{digest}"
 
     def get(self, key: str) -> bytes | None:
-        return self.redis.get(self.key(key))  # type: ignore[no-any-return]
+        return self.redis.get(self.key(key))
 
     def put(self, key: str, blob: bytes, ttl: float) -> None:
         self.redis.set(self.key(key), blob, px=int(ttl * 1000))

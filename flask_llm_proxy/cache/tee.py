@@ -7,11 +7,13 @@ read the same answer, the upstream is not dropped: the rest is read in the backg
 and the leaving request's record waits for the end (:meth:`Exchange.hold`), so it holds every
 token the upstream billed.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._compat import spawn_reader
 from ..errors import NetworkError, ProxyError, UpstreamError
@@ -50,11 +52,20 @@ class Tee:
     ``feed``, for raw events read after the client left (the passthrough no longer reads them).
     """
 
-    __slots__ = ("turn", "ex", "inner", "first", "translator", "content_type", "feed", "_chunks", "_gen", "_ended",
-                 "_draining")
+    __slots__ = ("turn", "ex", "inner", "first", "translator", "content_type", "feed", "_chunks", "_gen", "_ended", "_draining")
 
-    def __init__(self, turn: Turn, ex: Exchange, inner: Iterable[Any], translator: Translator, first: tuple[Any, ...] = (),
-                 *, raw: bool = False, feed: Callable[[str, str], list[Any]] | None = None, content_type: str | None = None) -> None:
+    def __init__(
+        self,
+        turn: Turn,
+        ex: Exchange,
+        inner: Iterable[Any],
+        translator: Translator,
+        first: tuple[Any, ...] = (),
+        *,
+        raw: bool = False,
+        feed: Callable[[str, str], list[Any]] | None = None,
+        content_type: str | None = None,
+    ) -> None:
         self.turn = turn
         self.ex = ex
         self.inner = inner

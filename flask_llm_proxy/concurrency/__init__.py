@@ -8,12 +8,14 @@ upstream, waits in arrival order while none is free, and gives it back the momen
 in any way (its record is made). Counted on Redis for the fleet (:mod:`.redis_slots`), or in this
 process (:mod:`.local`).
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .._compat import watch_client_close
 from ..config import Settings
@@ -80,8 +82,10 @@ class Gate:
             self.slots: Any = RedisSlots(url, settings.queue_lease)
         else:
             self.slots = LocalSlots()
-            msg = ("LLM_PROXY_MAX_CONCURRENT%s is counted per worker process (no Redis: set LLM_PROXY_QUEUE_URL or "
-                   "RATELIMIT_STORAGE_URI to a redis:// URL for a fleet-wide cap)" % ("_PER_USER" if not self.caps else ""))
+            msg = (
+                "LLM_PROXY_MAX_CONCURRENT%s is counted per worker process (no Redis: set LLM_PROXY_QUEUE_URL or "
+                "RATELIMIT_STORAGE_URI to a redis:// URL for a fleet-wide cap)" % ("_PER_USER" if not self.caps else "")
+            )
             (log.warning if default else log.info)(msg)
         self._down = False
 
@@ -119,7 +123,8 @@ class Gate:
             retry = max(1, math.ceil(min(self.timeout, 30.0)))
             raise QueueTimeout(
                 f"no upstream slot for '{provider}' came free within {self.timeout:g} s; the proxy is at its concurrency limit",
-                headers={"Retry-After": str(retry)}, extra={"retryAfter": retry, "waitedMs": round(waited)},
+                headers={"Retry-After": str(retry)},
+                extra={"retryAfter": retry, "waitedMs": round(waited)},
             ) from None
         except Exception as exc:  # noqa: BLE001 - the slots' Redis is down
             self._outage(exc)
@@ -154,8 +159,7 @@ class Gate:
     def _outage(self, exc: BaseException) -> None:
         if self.fail_open:
             if not self._down:
-                log.warning("queue: Redis unavailable (%s); serving without the concurrency cap (LLM_PROXY_FAIL_OPEN)",
-                            type(exc).__name__)
+                log.warning("queue: Redis unavailable (%s); serving without the concurrency cap (LLM_PROXY_FAIL_OPEN)", type(exc).__name__)
             self._down = True
             return
         log.error("queue: Redis unavailable (%s); refusing requests (LLM_PROXY_FAIL_OPEN is off)", type(exc).__name__)

@@ -1,11 +1,13 @@
 """Slots counted in this process (``LLM_PROXY_QUEUE_URL = "memory://"``, or no Redis): the same
 first-come-first-served wait as the fleet's, for one worker."""
+
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._compat import make_event
 
@@ -40,8 +42,9 @@ class LocalSlots:
         self._seq += 1
         return str(self._seq)
 
-    def acquire(self, ticket: str, wanted: Sequence[tuple[str, int]], deadline: float, gone: Any,
-                on_wait: Callable[[], None]) -> Callable[[], None]:
+    def acquire(
+        self, ticket: str, wanted: Sequence[tuple[str, int]], deadline: float, gone: Any, on_wait: Callable[[], None]
+    ) -> Callable[[], None]:
         """Take one slot of each ``(name, cap)`` in order, waiting (FIFO) until ``deadline``
         (``time.monotonic()``) or until ``gone`` (an event) is set. Returns the release; raises
         :class:`TimeoutError` or :class:`ConnectionAbortedError`, holding nothing."""

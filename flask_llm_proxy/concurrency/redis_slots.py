@@ -12,10 +12,12 @@ end (at most ``LLM_PROXY_QUEUE_LEASE``), swept by any process that has waiters. 
 waits, a finished request's slot goes back with the process's next acquire (one round trip per
 request instead of two); see :class:`RedisSlots`.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._compat import make_event
 from ..fleet import INBOX_TTL_MS, PREFIX, Node, node_for, redis_client
@@ -81,7 +83,9 @@ end
 # ARGV: lease ms, wait ms, ticket, node, prefix, inbox prefix, inbox ttl, n, then n values: the
 # (ticket, name, cap) triples of slots this process gives back first, then the (name, cap) pairs
 # wanted. -> 0: holds a slot of each; k: waits (queued) at the k-th.
-ACQUIRE = _PRELUDE + """
+ACQUIRE = (
+    _PRELUDE
+    + """
 local lease, ticket, prefix, inbox, ttl = tonumber(ARGV[1]), ARGV[3], ARGV[5], ARGV[6], ARGV[7]
 local now = clock()
 local n = tonumber(ARGV[8])
@@ -118,16 +122,22 @@ for i = 9 + n, #ARGV, 2 do
 end
 return 0
 """
+)
 
 # ARGV: lease ms, prefix, inbox prefix, inbox ttl, sweep (1: nudge holders where some wait), then
 # (ticket, name, cap) triples.
-RELEASE = _PRELUDE + """
+RELEASE = (
+    _PRELUDE
+    + """
 give_back(6, #ARGV, ARGV[2], clock(), tonumber(ARGV[1]), ARGV[3], ARGV[4], ARGV[5] == '1')
 return 0
 """
+)
 
 # ARGV: lease ms, prefix, then (name, ticket) pairs: push the leases of slots still held.
-RENEW = _PRELUDE + """
+RENEW = (
+    _PRELUDE
+    + """
 local now = clock()
 for i = 3, #ARGV, 2 do
   local h = ARGV[2] .. ARGV[i] .. ':h'
@@ -136,6 +146,7 @@ for i = 3, #ARGV, 2 do
 end
 return 0
 """
+)
 
 #: seconds releases stay immediate after this process saw someone wait
 URGENT = 10.0
@@ -178,8 +189,9 @@ class RedisSlots:
     def _flat(wanted: Sequence[tuple[str, int]]) -> list[Any]:
         return [x for pair in wanted for x in pair]
 
-    def acquire(self, ticket: str, wanted: Sequence[tuple[str, int]], deadline: float, gone: Any,
-                on_wait: Callable[[], None]) -> Callable[[], None]:
+    def acquire(
+        self, ticket: str, wanted: Sequence[tuple[str, int]], deadline: float, gone: Any, on_wait: Callable[[], None]
+    ) -> Callable[[], None]:
         """As :meth:`LocalSlots.acquire`; Redis errors propagate (the gate fails closed or open)."""
         acquire, release, _ = self._run()
         node = self.node

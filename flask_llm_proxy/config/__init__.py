@@ -1,14 +1,16 @@
 """Configuration: every ``LLM_PROXY_*`` key (:mod:`.keys`), checked once at ``init_app`` into a
 frozen :class:`Settings`, so no request re-parses it and a wrong value names its key at start-up.
 """
+
 from __future__ import annotations
 
 import difflib
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from .keys import BY_NAME, DEFAULTS, KEYS, PREFIX, Key
@@ -124,5 +126,18 @@ def _caps(v: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, int]:
     return dict(v)
 
 
-__all__ = ["BY_NAME", "ConfigError", "DEFAULTS", "KEYS", "Key", "PREFIX", "ProfileConfig", "ProviderConfig", "Settings", "is_ipv6_origin",
-           "load_settings", "provider_secrets", "warn_unknown_keys"]
+__all__ = [
+    "BY_NAME",
+    "ConfigError",
+    "DEFAULTS",
+    "KEYS",
+    "Key",
+    "PREFIX",
+    "ProfileConfig",
+    "ProviderConfig",
+    "Settings",
+    "is_ipv6_origin",
+    "load_settings",
+    "provider_secrets",
+    "warn_unknown_keys",
+]

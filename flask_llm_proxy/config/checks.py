@@ -1,12 +1,14 @@
 """Small checkers of configuration values: each takes the key and a value, returns the parsed form,
 and raises :class:`ConfigError` naming the key and what is wrong (never quoting a secret)."""
+
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -123,7 +125,7 @@ def budgets(key: str, v: Any) -> dict[str, dict[str, float | None]]:
         if bad:
             raise ConfigError(f"{key}[{ident!r}]", f"unknown limit(s) {sorted(bad)}; known: {sorted(_BUDGET_KEYS)}")
         out[str(ident)] = {  # None: no limit of that kind (an override of the default's)
-            k: number(f"{key}[{ident!r}].{k}", lim, optional=True) for k, lim in limits.items()  # type: ignore[misc]
+            k: number(f"{key}[{ident!r}].{k}", lim, optional=True) for k, lim in limits.items()
         }
     return out
 
@@ -149,7 +151,6 @@ def pricing(key: str, v: Any) -> dict[str, dict[str, float] | None]:
     return out
 
 
-
 def addresses(key: str, v: Any) -> tuple[str, ...]:
     """Addresses or CIDR networks, checked now: metrics.address_allowed skips an entry it cannot
     parse, so a typo like "10.0.0.0/33" would otherwise lock everyone out without a word."""
@@ -172,14 +173,9 @@ def usage_store(key: str, v: Any) -> str | None:
             return v
         if v.startswith("sqlite:///"):
             if v == "sqlite:///":
-                raise ConfigError(
-                    key, "'sqlite:///' needs a file: 'sqlite:///usage.sqlite3' (in the instance folder) or an absolute path"
-                )
+                raise ConfigError(key, "'sqlite:///' needs a file: 'sqlite:///usage.sqlite3' (in the instance folder) or an absolute path")
             return v
-    raise ConfigError(
-        key, f"expected None, 'sqlite:///path', 'redis://...', 'rediss://...', 'unix://...' or 'none', got {v!r}"
-    )
-
+    raise ConfigError(key, f"expected None, 'sqlite:///path', 'redis://...', 'rediss://...', 'unix://...' or 'none', got {v!r}")
 
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -217,7 +213,7 @@ def one_of(*choices: str) -> Any:
     def check(key: str, v: Any) -> str:
         if v not in choices:
             raise ConfigError(key, f"expected one of {list(choices)}, got {v!r}")
-        return v  # type: ignore[no-any-return]
+        return v
 
     return check
 

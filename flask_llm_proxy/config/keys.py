@@ -4,10 +4,12 @@ One :class:`Key` per setting, in the order the documentation lists them: ``init_
 defaults and the checks from :data:`KEYS`, and ``docs/configuration.rst`` is generated from it,
 so the code and the reference cannot drift apart.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 from . import checks
@@ -28,7 +30,7 @@ class Key:
     @property
     def attr(self) -> str:
         """The :class:`~flask_llm_proxy.config.Settings` attribute holding the parsed value."""
-        return self.name[len(PREFIX):].lower()
+        return self.name[len(PREFIX) :].lower()
 
 
 def _positive(name: str, v: Any) -> int:
@@ -63,6 +65,8 @@ def _providers_later(name: str, v: Any) -> Any:
     return v  # needs the environment: parsed by load_settings (config/providers.py)
 
 
+# one line per key where it fits, as the reference lists them
+# fmt: off
 KEYS: tuple[Key, ...] = (
     # --- providers and requests
     Key("LLM_PROXY_PROVIDERS", {}, "dict", "The providers: ``{name: options}``; each becomes ``POST <prefix>/<name>``. "
@@ -180,6 +184,7 @@ KEYS: tuple[Key, ...] = (
     Key("LLM_PROXY_ADMIN_CLAIM", "llm_proxy_admin", "str or None", "JWT claim that must be ``true`` to read the operator "
         "figures, unless ``@proxy.admin_required`` decides; ``None``: only the callback admits anyone.", _claim, "admin"),
 )
+# fmt: on
 
 BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 #: key -> default, as ``init_app`` applies them with ``app.config.setdefault``

@@ -1,4 +1,5 @@
 """``LLM_PROXY_CORS_ORIGINS``: exact origins and regular expressions, checked at ``init_app``."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -69,4 +70,3 @@ def is_ipv6_origin(o: str) -> bool:
     except ValueError:  # no number, or out of range
         return False
     return port != 0 and not (parts.path or parts.query or parts.fragment or o.endswith(("?", "#")))
-

@@ -5,11 +5,13 @@ client may add to it, the tools the client may declare (or the tools the server 
 caps: estimated input tokens, messages, output tokens, and ranges of the sampling parameters.
 Each entry is checked once at ``init_app`` into a :class:`ProfileConfig`.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..contract.request import parse_tools
 from ..errors import ConfigError, ProxyError
@@ -19,8 +21,20 @@ from .providers import ProviderConfig, parse_attachments
 CLIENT_SYSTEM = ("forbid", "append", "allow")
 RANGED = ("temperature", "top_p", "top_k")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_KEYS = {"provider", "model", "system", "client_system", "tools", "server_tools", "max_input_tokens", "max_messages",
-         "max_tokens", "attachments", "max_attachment_bytes", *RANGED}
+_KEYS = {
+    "provider",
+    "model",
+    "system",
+    "client_system",
+    "tools",
+    "server_tools",
+    "max_input_tokens",
+    "max_messages",
+    "max_tokens",
+    "attachments",
+    "max_attachment_bytes",
+    *RANGED,
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,7 @@ def _profile(key: str, name: Any, entry: Any, providers: Mapping[str, ProviderCo
     if unknown:
         raise ConfigError(key, f"unknown option(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
     provider = entry.get("provider")
-    if provider not in providers:
+    if not isinstance(provider, str) or provider not in providers:
         raise ConfigError(f"{key}.provider", f"must name one of LLM_PROXY_PROVIDERS ({sorted(providers)}), got {provider!r}")
     models = entry.get("model")
     if isinstance(models, str):
@@ -108,7 +122,7 @@ def _profile(key: str, name: Any, entry: Any, providers: Mapping[str, ProviderCo
     return ProfileConfig(
         name=name,
         provider=provider,
-        models=tuple(models),
+        models=tuple(models or ()),
         system=system,
         client_system=client_system,
         tools=None if tools is None else tuple(tools),

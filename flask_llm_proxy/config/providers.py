@@ -1,4 +1,5 @@
 """``LLM_PROXY_PROVIDERS``: one :class:`ProviderConfig` per entry, checked once at ``init_app``."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -8,8 +9,9 @@ import os
 import re
 import unicodedata
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..contract.blocks import ATTACHMENT_KINDS
@@ -78,11 +80,25 @@ class ProviderConfig:
         return self._pattern is not None and self._pattern.fullmatch(model) is not None
 
 
-
 _PROVIDER_KEYS = {
-    "type", "base_url", "api_key", "models", "max_tokens", "max_messages", "max_body_bytes",
-    "headers", "anthropic_version", "max_tokens_field", "verify", "cert", "tokens", "pace_ms", "text",
-    "attachments", "max_attachment_bytes", "cache",
+    "type",
+    "base_url",
+    "api_key",
+    "models",
+    "max_tokens",
+    "max_messages",
+    "max_body_bytes",
+    "headers",
+    "anthropic_version",
+    "max_tokens_field",
+    "verify",
+    "cert",
+    "tokens",
+    "pace_ms",
+    "text",
+    "attachments",
+    "max_attachment_bytes",
+    "cache",
 }
 _DEPLOYMENT_KEYS = {"label", "base_url", "api_key", "headers", "anthropic_version", "verify", "cert"}
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -151,8 +167,9 @@ def _with_deployments(name: str, entry: Mapping[str, Any], environ: Mapping[str,
             raise ConfigError(where, f"expected a dict, got {type(item).__name__}")
         unknown = set(item) - _DEPLOYMENT_KEYS
         if unknown:
-            raise ConfigError(where, f"unknown option(s) {sorted(unknown)}; a deployment sets {sorted(_DEPLOYMENT_KEYS)}, "
-                                     "the rest is the entry's")
+            raise ConfigError(
+                where, f"unknown option(s) {sorted(unknown)}; a deployment sets {sorted(_DEPLOYMENT_KEYS)}, the rest is the entry's"
+            )
         label = item.get("label", str(i))
         if not isinstance(label, str) or not _LABEL_RE.match(label):
             raise ConfigError(f"{where}.label", "letters, digits, '_', '-', '.', ':' (it is sent in a response header)")
@@ -161,8 +178,10 @@ def _with_deployments(name: str, entry: Mapping[str, Any], environ: Mapping[str,
         merged = {**shared, **{k: v for k, v in item.items() if k != "label"}}
         deployments.append(replace(_single(name, merged, environ, where), label=label))
     if "max_tokens_field" not in shared and len({d.max_tokens_field for d in deployments}) > 1:
-        raise ConfigError(f"{key}.max_tokens_field", "the deployments differ (OpenAI's own API and a compatible server): set it "
-                                                     "on the entry, one body is sent to every deployment")
+        raise ConfigError(
+            f"{key}.max_tokens_field",
+            "the deployments differ (OpenAI's own API and a compatible server): set it on the entry, one body is sent to every deployment",
+        )
     # Every deployment's errors are scrubbed of every deployment's secrets.
     secrets = tuple(sorted({v for d in deployments for v in d.secrets}, key=len, reverse=True))
     deployments = [replace(d, secrets=secrets) for d in deployments]
@@ -173,8 +192,7 @@ def _single(name: str, entry: Any, environ: Mapping[str, str], key: str) -> Prov
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in RESERVED_NAMES:
         raise ConfigError(
             "LLM_PROXY_PROVIDERS",
-            f"{name!r} is not a usable provider name (letters, digits, '_', '-', '.'; not one of "
-            f"{sorted(RESERVED_NAMES)})",
+            f"{name!r} is not a usable provider name (letters, digits, '_', '-', '.'; not one of {sorted(RESERVED_NAMES)})",
         )
     if not isinstance(entry, Mapping):
         raise ConfigError(key, f"expected a dict, got {type(entry).__name__}")
@@ -292,9 +310,11 @@ def _tls_options(key: str, entry: Mapping[str, Any], base_url: str) -> tuple[boo
     elif not isinstance(verify, bool):
         raise ConfigError(f"{key}.verify", f"expected True, False or the path of a CA bundle, got {verify!r}")
     elif verify is False and base_url.startswith("https://"):
-        msg = (f"{key}.verify is False: TLS certificates of {base_url} are NOT checked, so anyone on the network "
-               "path can read the API key and the conversations. Use it only for a local server with a self-signed "
-               "certificate; give its CA bundle's path instead where you can.")
+        msg = (
+            f"{key}.verify is False: TLS certificates of {base_url} are NOT checked, so anyone on the network "
+            "path can read the API key and the conversations. Use it only for a local server with a self-signed "
+            "certificate; give its CA bundle's path instead where you can."
+        )
         warnings.warn(msg, stacklevel=4)
         log.warning(msg)
     cert = entry.get("cert")
@@ -336,7 +356,6 @@ def parse_providers(v: Any, environ: Mapping[str, str]) -> dict[str, ProviderCon
     if not isinstance(v, Mapping):
         raise ConfigError("LLM_PROXY_PROVIDERS", f"expected a dict of name -> options, got {type(v).__name__}")
     return {name: _provider(name, entry, environ) for name, entry in v.items()}
-
 
 
 def parse_fallbacks(v: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, tuple[tuple[str, str], ...]]:

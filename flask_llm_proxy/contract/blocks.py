@@ -10,12 +10,14 @@ Checked here, for every provider: the shape, the media type against the file's f
 the host's limits (which kinds, how large). What one upstream API takes on top (its size limits,
 its sources) is :class:`AttachmentLimits`, checked by the provider modules.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from .. import _json
 from .values import boolean, cache_control, fail, only_keys, shown, string
@@ -142,7 +144,7 @@ def _attachment(b: Mapping[str, Any], path: str, role: str, policy: Policy) -> d
         if isinstance(spec, str):
             spec = {"url": spec}
         if not isinstance(spec, Mapping):
-            raise fail(f"{path}.image_url", "must be {\"url\": ...} or a URL string")
+            raise fail(f"{path}.image_url", 'must be {"url": ...} or a URL string')
         only_keys(spec, f"{path}.image_url", ("url", "detail"))
         out = {"type": "image", "source": url_source(spec.get("url"), f"{path}.image_url.url", kind, policy)}
         if spec.get("detail") is not None:
@@ -156,16 +158,18 @@ def _attachment(b: Mapping[str, Any], path: str, role: str, policy: Policy) -> d
         if b.get("citations") is not None:
             cit = b["citations"]
             if not isinstance(cit, Mapping):
-                raise fail(f"{path}.citations", "must be {\"enabled\": true or false}")
+                raise fail(f"{path}.citations", 'must be {"enabled": true or false}')
             only_keys(cit, f"{path}.citations", ("enabled",))
             out["citations"] = {"enabled": boolean(cit.get("enabled"), f"{path}.citations.enabled")}
     else:  # OpenAI's {"type": "file", "file": {"filename", "file_data"}}
         only_keys(b, path, ("type", "file", "cache_control"))
         spec = b.get("file")
         if not isinstance(spec, Mapping):
-            raise fail(f"{path}.file", "must be {\"filename\": ..., \"file_data\": \"data:application/pdf;base64,...\"}")
+            raise fail(f"{path}.file", 'must be {"filename": ..., "file_data": "data:application/pdf;base64,..."}')
         if "file_id" in spec:  # the files of the proxy's API key: another user's upload could be named
-            raise fail(f"{path}.file.file_id", "uploaded-file references are not accepted (the API key is shared by all users); send file_data")
+            raise fail(
+                f"{path}.file.file_id", "uploaded-file references are not accepted (the API key is shared by all users); send file_data"
+            )
         only_keys(spec, f"{path}.file", ("filename", "file_data"))
         out = {"type": "document", "source": url_source(spec.get("file_data"), f"{path}.file.file_data", kind, policy)}
         if out["source"]["type"] != "base64":
@@ -203,12 +207,16 @@ def parse_block(b: Any, path: str, role: str, policy: Policy) -> dict[str, Any]:
         args = b.get("arguments", b.get("input", {}))
         if not isinstance(args, Mapping):
             raise fail(f"{path}.arguments", "must be an object")
-        return _with_cache({
-            "type": "tool_use",
-            "id": string(b.get("id"), f"{path}.id", allow_empty=False, max_len=256),
-            "name": string(b.get("name"), f"{path}.name", allow_empty=False, max_len=256),
-            "arguments": dict(args),
-        }, b, path)
+        return _with_cache(
+            {
+                "type": "tool_use",
+                "id": string(b.get("id"), f"{path}.id", allow_empty=False, max_len=256),
+                "name": string(b.get("name"), f"{path}.name", allow_empty=False, max_len=256),
+                "arguments": dict(args),
+            },
+            b,
+            path,
+        )
     if t == "tool_result":
         if role != "user":
             raise fail(path, "tool_result blocks belong to user messages")
@@ -216,12 +224,16 @@ def parse_block(b: Any, path: str, role: str, policy: Policy) -> dict[str, Any]:
         result = b.get("result", b.get("content", ""))
         if not isinstance(result, str):
             result = _json.dumps_str(result)  # JSON has no type dumps cannot write
-        return _with_cache({
-            "type": "tool_result",
-            "tool_use_id": string(b.get("tool_use_id"), f"{path}.tool_use_id", allow_empty=False, max_len=256),
-            "result": result,
-            "is_error": boolean(b.get("is_error", False), f"{path}.is_error"),
-        }, b, path)
+        return _with_cache(
+            {
+                "type": "tool_result",
+                "tool_use_id": string(b.get("tool_use_id"), f"{path}.tool_use_id", allow_empty=False, max_len=256),
+                "result": result,
+                "is_error": boolean(b.get("is_error", False), f"{path}.is_error"),
+            },
+            b,
+            path,
+        )
     if t in ("thinking", "redacted_thinking"):
         # Anthropic asks for the thinking blocks of an assistant turn back unchanged when it used
         # tools (https://docs.claude.com/en/docs/build-with-claude/extended-thinking)
@@ -229,12 +241,18 @@ def parse_block(b: Any, path: str, role: str, policy: Policy) -> dict[str, Any]:
             raise fail(path, f"{t} blocks belong to assistant messages")
         if t == "thinking":
             only_keys(b, path, ("type", "thinking", "signature"))
-            return {"type": "thinking", "thinking": string(b.get("thinking"), f"{path}.thinking"),
-                    "signature": string(b.get("signature"), f"{path}.signature", allow_empty=False)}
+            return {
+                "type": "thinking",
+                "thinking": string(b.get("thinking"), f"{path}.thinking"),
+                "signature": string(b.get("signature"), f"{path}.signature", allow_empty=False),
+            }
         only_keys(b, path, ("type", "data"))
         return {"type": "redacted_thinking", "data": string(b.get("data"), f"{path}.data", allow_empty=False)}
-    raise fail(f"{path}.type", "must be 'text', 'image', 'image_url', 'document', 'file', 'tool_use', 'tool_result', "
-                               f"'thinking' or 'redacted_thinking', got {shown(t)}")
+    raise fail(
+        f"{path}.type",
+        "must be 'text', 'image', 'image_url', 'document', 'file', 'tool_use', 'tool_result', "
+        f"'thinking' or 'redacted_thinking', got {shown(t)}",
+    )
 
 
 def content_chars(content: Any) -> int:
@@ -250,7 +268,13 @@ def content_chars(content: Any) -> int:
             n += IMAGE_CHARS_ESTIMATE
         elif t == "document":
             src = b["source"]
-            n += len(src["data"]) if src["type"] == "text" else decoded_size(src["data"]) // 8 if src["type"] == "base64" else IMAGE_CHARS_ESTIMATE
+            n += (
+                len(src["data"])
+                if src["type"] == "text"
+                else decoded_size(src["data"]) // 8
+                if src["type"] == "base64"
+                else IMAGE_CHARS_ESTIMATE
+            )
         else:
             n += len(str(b))
     return n
@@ -289,17 +313,24 @@ def check_limits(attachments: Iterable[tuple[str, dict[str, Any]]], limits: Atta
             cap = limits.image_data_chars
         else:
             if src["type"] not in limits.document_sources:
-                raise fail(f"{path}.source", f"{limits.api} takes documents as {' or '.join(sorted(limits.document_sources))}, "
-                                             f"not as {src['type']}")
+                raise fail(
+                    f"{path}.source",
+                    f"{limits.api} takes documents as {' or '.join(sorted(limits.document_sources))}, not as {src['type']}",
+                )
             cap = limits.document_data_chars
         if src["type"] != "url" and len(src["data"]) > cap:
-            raise fail(path, f"the {t}'s base64 data is {size_text(len(src['data']))}; {limits.api} takes at most "
-                             f"{size_text(cap)} per {t}")
+            raise fail(path, f"the {t}'s base64 data is {size_text(len(src['data']))}; {limits.api} takes at most {size_text(cap)} per {t}")
 
 
 #: the attachment block types of the provider-native bodies, by kind
-_NATIVE_KINDS = {"image": "image", "image_url": "image", "input_image": "image",
-                 "document": "document", "file": "document", "input_file": "document"}
+_NATIVE_KINDS = {
+    "image": "image",
+    "image_url": "image",
+    "input_image": "image",
+    "document": "document",
+    "file": "document",
+    "input_file": "document",
+}
 
 
 def _native_data(b: Mapping[str, Any]) -> str | None:
@@ -325,13 +356,13 @@ def check_native(api: str, body: Mapping[str, Any], policy: Policy) -> None:
     for i, m in enumerate(items if isinstance(items, list) else ()):
         content = m.get("content") if isinstance(m, Mapping) else None
         for j, b in enumerate(content if isinstance(content, list) else ()):
-            kind = _NATIVE_KINDS.get(b.get("type")) if isinstance(b, Mapping) else None
+            kind = _NATIVE_KINDS.get(str(b.get("type"))) if isinstance(b, Mapping) else None
             if kind is None:
                 continue
             path = f"{name}[{i}].content[{j}]"
             if kind not in policy.kinds:
                 raise fail(path, f"this provider takes no {kind} attachments (the host turned them off)")
-            data = _native_data(b) if policy.max_bytes is not None else None
-            if data is not None and decoded_size(data) > policy.max_bytes:  # type: ignore[operator]
-                raise fail(path, f"the {kind} is {size_text(decoded_size(data))}; this provider takes {kind}s up to "
-                                 f"{size_text(policy.max_bytes)}")  # type: ignore[arg-type]
+            cap = policy.max_bytes
+            data = _native_data(b) if cap is not None else None
+            if data is not None and cap is not None and decoded_size(data) > cap:
+                raise fail(path, f"the {kind} is {size_text(decoded_size(data))}; this provider takes {kind}s up to {size_text(cap)}")

@@ -4,10 +4,12 @@ agentary-js sends for its on-device models.
 Each is checked here for its shape; what a provider does with it (translate, pass through, or a
 400 naming it) is decided in its module under ``providers/``.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .values import boolean, fail, integer, only_keys, string
 
@@ -23,7 +25,7 @@ def thinking(v: Any) -> dict[str, Any] | None:
     if v is None:
         return None
     if not isinstance(v, Mapping) or v.get("type") not in ("enabled", "disabled", "adaptive"):
-        raise fail("thinking", "must be {\"type\": \"enabled\", \"budget_tokens\": N}, {\"type\": \"adaptive\"} or {\"type\": \"disabled\"}")
+        raise fail("thinking", 'must be {"type": "enabled", "budget_tokens": N}, {"type": "adaptive"} or {"type": "disabled"}')
     if v["type"] == "disabled":
         only_keys(v, "thinking", ("type",))
         return {"type": "disabled"}
@@ -59,8 +61,10 @@ def response_format(v: Any) -> dict[str, Any] | None:
     if v is None:
         return None
     if not isinstance(v, Mapping) or v.get("type") not in ("text", "json_object", "json_schema"):
-        raise fail("response_format", "must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
-                                      "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+        raise fail(
+            "response_format",
+            'must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+        )
     if v["type"] != "json_schema":
         only_keys(v, "response_format", ("type",))
         return {"type": v["type"]}
@@ -95,14 +99,16 @@ def agentary_flags(body: Mapping[str, Any]) -> None:
     """
     if body.get("enable_thinking") is not None:
         if boolean(body["enable_thinking"], "enable_thinking"):
-            raise fail("enable_thinking", "true has no cloud counterpart without a budget: send 'thinking' "
-                                          "({\"type\": \"enabled\", \"budget_tokens\": N}) for Anthropic models or "
-                                          "'reasoning_effort' for OpenAI models")
+            raise fail(
+                "enable_thinking",
+                "true has no cloud counterpart without a budget: send 'thinking' "
+                '({"type": "enabled", "budget_tokens": N}) for Anthropic models or '
+                "'reasoning_effort' for OpenAI models",
+            )
         if body.get("thinking") is not None and body["thinking"] != {"type": "disabled"}:
             raise fail("enable_thinking", "false conflicts with 'thinking'; send one of them")
     if body.get("deterministic") is not None and boolean(body["deterministic"], "deterministic"):
-        raise fail("deterministic", "true cannot be promised by a cloud API; send temperature: 0 (and a seed "
-                                    "where the provider takes one)")
+        raise fail("deterministic", "true cannot be promised by a cloud API; send temperature: 0 (and a seed where the provider takes one)")
 
 
 def include_reasoning(body: Mapping[str, Any]) -> bool:

@@ -8,10 +8,12 @@ top-level ones); what each provider does with each known field is decided in ``p
 Content blocks are :mod:`.blocks`, reasoning and structured output :mod:`.options`, the
 Responses form :mod:`.responses_form`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from . import options
 from .blocks import IMAGE_CHARS_ESTIMATE, Policy, content_chars, parse_block
@@ -25,10 +27,29 @@ MAX_TOOLS = 128
 
 #: every top-level field of the messages form; any other is a 400 naming it
 FIELDS = (
-    "model", "messages", "max_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_sequences",
-    "seed", "tools", "tool_choice", "parallel_tool_calls", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "thinking", "reasoning_effort", "response_format", "stream", "include_reasoning",
-    "enable_thinking", "deterministic",
+    "model",
+    "messages",
+    "max_tokens",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "stop_sequences",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "thinking",
+    "reasoning_effort",
+    "response_format",
+    "stream",
+    "include_reasoning",
+    "enable_thinking",
+    "deterministic",
 )
 
 
@@ -72,7 +93,7 @@ class ChatRequest:
             if isinstance(inp, str):
                 return inp
             parts = []
-            for item in inp:
+            for item in inp or ():
                 c = item.get("content")
                 if isinstance(c, str):
                     parts.append(c)
@@ -284,12 +305,23 @@ def parse_chat_request(
         if not allow_responses:
             raise fail("input", "the Responses form (input) is only for OpenAI providers; send 'messages'")
         rb, found = parse_responses_body(body, max_messages, max_tokens_cap, policy, _max_tokens)
-        return ChatRequest(model=model, stream=stream, responses_body=rb, max_tokens=rb.get("max_output_tokens"),
-                           include_reasoning=include_reasoning, responses_attachments=found)
+        return ChatRequest(
+            model=model,
+            stream=stream,
+            responses_body=rb,
+            max_tokens=rb.get("max_output_tokens"),
+            include_reasoning=include_reasoning,
+            responses_attachments=found,
+        )
     for key in body:
         if key not in FIELDS:
-            hint = ("; send either 'messages' or 'input' (the Responses form), not both" if key == "input" else
-                    "; send 'messages' (the Responses form's fields go with 'input')" if key in ("instructions", "max_output_tokens") else "")
+            hint = (
+                "; send either 'messages' or 'input' (the Responses form), not both"
+                if key == "input"
+                else "; send 'messages' (the Responses form's fields go with 'input')"
+                if key in ("instructions", "max_output_tokens")
+                else ""
+            )
             raise fail(key_path("", key), f"is not a field the proxy knows{hint}; known: {', '.join(sorted(FIELDS))}")
     options.agentary_flags(body)
     stop = _stop(body.get("stop"), "stop")
@@ -307,7 +339,9 @@ def parse_chat_request(
         seed=integer(body, "seed", -(2**63), 2**63 - 1),
         tools=parse_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
-        parallel_tool_calls=None if body.get("parallel_tool_calls") is None else boolean(body["parallel_tool_calls"], "parallel_tool_calls"),
+        parallel_tool_calls=None
+        if body.get("parallel_tool_calls") is None
+        else boolean(body["parallel_tool_calls"], "parallel_tool_calls"),
         presence_penalty=number(body, "presence_penalty", -2.0, 2.0),
         frequency_penalty=number(body, "frequency_penalty", -2.0, 2.0),
         repetition_penalty=number(body, "repetition_penalty", 0.0, 10.0),
@@ -319,4 +353,3 @@ def parse_chat_request(
     )
     _check_tool_choice(req)
     return req
-

@@ -5,9 +5,11 @@ agentary-js sends this form when its ``modelProvider`` is ``openai``. The body i
 attachments among their parts were checked like the blocks of the messages form. A field the
 Responses API does not take is a 400 naming it, never dropped.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import options
 from .blocks import Policy, url_source
@@ -18,8 +20,18 @@ MAX_TOOLS = 128
 #: the Responses API fields forwarded as they are
 #: (https://platform.openai.com/docs/api-reference/responses/create)
 FORWARDED = (
-    "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
-    "parallel_tool_calls", "reasoning", "text", "store", "truncation",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "text",
+    "store",
+    "truncation",
 )
 #: accepted and translated (``max_tokens`` -> ``max_output_tokens``, ``response_format`` ->
 #: ``text.format``), or the proxy's own (``stream``, ``include_reasoning``), or agentary-js's flags
@@ -102,14 +114,17 @@ def _text_format(rf: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", **rf["json_schema"]}
 
 
-def parse_responses_body(body: Mapping[str, Any], max_messages: int, cap: int, policy: Policy,
-                         max_tokens: Any) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+def parse_responses_body(
+    body: Mapping[str, Any], max_messages: int, cap: int, policy: Policy, max_tokens: Any
+) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """The body to forward, and the attachments found in ``input`` (for the API's limits).
     ``max_tokens``: the messages form's parser of the synonyms (one rule for both forms)."""
     for key in body:
         if key not in FIELDS:
-            raise fail(key_path("", key), _NOT_HERE.get(key, "is not a field of the Responses form the proxy knows; "
-                                                    f"known: {', '.join(sorted(FIELDS))}"))
+            raise fail(
+                key_path("", key),
+                _NOT_HERE.get(key, f"is not a field of the Responses form the proxy knows; known: {', '.join(sorted(FIELDS))}"),
+            )
     options.agentary_flags(body)
     out: dict[str, Any] = {"input": _input(body.get("input"), max_messages)}
     found: list[tuple[str, dict[str, Any]]] = []
@@ -126,7 +141,11 @@ def parse_responses_body(body: Mapping[str, Any], max_messages: int, cap: int, p
             out[name] = val
     if body.get("tools") is not None:
         tools = body["tools"]
-        if not isinstance(tools, list) or len(tools) > MAX_TOOLS or not all(isinstance(t, Mapping) and isinstance(t.get("type"), str) for t in tools):
+        if (
+            not isinstance(tools, list)
+            or len(tools) > MAX_TOOLS
+            or not all(isinstance(t, Mapping) and isinstance(t.get("type"), str) for t in tools)
+        ):
             raise fail("tools", f"must be a list of at most {MAX_TOOLS} tool objects with a 'type'")
         out["tools"] = tools
     if body.get("tool_choice") is not None:

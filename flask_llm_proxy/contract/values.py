@@ -3,10 +3,12 @@
 Each raises :class:`InvalidRequest` with the JSON path of the value (``messages[2].content[0].text``)
 so a client developer can fix the request without reading proxy code.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import InvalidRequest
 
@@ -81,7 +83,7 @@ def cache_control(v: Any, path: str) -> dict[str, Any]:
     """Anthropic's prompt-caching marker, ``{"type": "ephemeral", "ttl"?: "5m" | "1h"}``
     (https://docs.claude.com/en/docs/build-with-claude/prompt-caching)."""
     if not isinstance(v, Mapping) or v.get("type") != "ephemeral":
-        raise fail(path, "must be {\"type\": \"ephemeral\"} (optionally with \"ttl\": \"5m\" or \"1h\")")
+        raise fail(path, 'must be {"type": "ephemeral"} (optionally with "ttl": "5m" or "1h")')
     only_keys(v, path, ("type", "ttl"))
     if "ttl" in v and v["ttl"] not in ("5m", "1h"):
         raise fail(f"{path}.ttl", "must be '5m' or '1h'")

@@ -1,8 +1,9 @@
 """One module per upstream API; :func:`adapter_for` picks the one a request needs."""
+
 from __future__ import annotations
 
-from ..contract.request import ChatRequest
 from ..config import ProviderConfig
+from ..contract.request import ChatRequest
 from .anthropic import AnthropicAdapter
 from .base import Adapter, ToolCall, Translator, Usage
 from .openai import ChatCompletionsAdapter

@@ -7,15 +7,16 @@ instead of an upstream 400: system text goes to ``system``, ``max_tokens`` is al
 leaves sampling alone, attachments within the API's limits. Fields the API does not take (``seed``,
 OpenAI's penalties and ``reasoning_effort``) are a 400 naming them, never dropped.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from .. import _json
+from ..config import ProviderConfig, Settings
 from ..contract.blocks import AttachmentLimits, attachments_of, check_limits
 from ..contract.request import ChatRequest
 from ..contract.values import fail
-from ..config import ProviderConfig, Settings
 from .base import Adapter, Reasoning, ToolCall, Translator, output_cap, parse_arguments, stream_error
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -24,8 +25,11 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
 #: base64 text; at most 100 images per request) and .../pdf-support (32 MB per request; PDFs as
 #: base64 or URL, plain text as a text source)
 LIMITS = AttachmentLimits(
-    api="Anthropic", image_data_chars=5 * 1024 * 1024, max_images=100,
-    document_sources=frozenset({"base64", "url", "text"}), document_data_chars=32 * 1024 * 1024,
+    api="Anthropic",
+    image_data_chars=5 * 1024 * 1024,
+    max_images=100,
+    document_sources=frozenset({"base64", "url", "text"}),
+    document_data_chars=32 * 1024 * 1024,
 )
 #: what the neutral request has and Anthropic's API has not, and what to send instead
 _NOT_TAKEN = {
@@ -33,7 +37,7 @@ _NOT_TAKEN = {
     "presence_penalty": "Anthropic's API has no presence_penalty",
     "frequency_penalty": "Anthropic's API has no frequency_penalty",
     "repetition_penalty": "Anthropic's API has no repetition_penalty",
-    "reasoning_effort": "is OpenAI's; for Anthropic models send thinking: {\"type\": \"enabled\", \"budget_tokens\": N}",
+    "reasoning_effort": 'is OpenAI\'s; for Anthropic models send thinking: {"type": "enabled", "budget_tokens": N}',
 }
 
 
@@ -104,9 +108,11 @@ def _check_breakpoints(req: ChatRequest) -> None:
         if not isinstance(m["content"], str):
             marked += [f"messages[{i}].content[{j}]" for j, b in enumerate(m["content"]) if "cache_control" in b]
     if len(marked) > MAX_CACHE_BREAKPOINTS:
-        raise fail(f"{marked[MAX_CACHE_BREAKPOINTS]}.cache_control",
-                   f"Anthropic takes at most {MAX_CACHE_BREAKPOINTS} cache_control breakpoints per request; this is the "
-                   f"{MAX_CACHE_BREAKPOINTS + 1}th")
+        raise fail(
+            f"{marked[MAX_CACHE_BREAKPOINTS]}.cache_control",
+            f"Anthropic takes at most {MAX_CACHE_BREAKPOINTS} cache_control breakpoints per request; this is the "
+            f"{MAX_CACHE_BREAKPOINTS + 1}th",
+        )
 
 
 def _check_thinking(req: ChatRequest, max_tokens: int) -> None:
@@ -134,8 +140,11 @@ def _output_config(rf: dict[str, Any]) -> dict[str, Any] | None:
     if rf["type"] == "text":
         return None  # plain text is Anthropic's default
     if rf["type"] == "json_object" or "schema" not in rf["json_schema"]:
-        raise fail("response_format", "Anthropic's structured outputs need a JSON schema: send {\"type\": \"json_schema\", "
-                                      "\"json_schema\": {\"name\": ..., \"schema\": {...}}}; JSON mode without a schema has no equivalent")
+        raise fail(
+            "response_format",
+            'Anthropic\'s structured outputs need a JSON schema: send {"type": "json_schema", '
+            '"json_schema": {"name": ..., "schema": {...}}}; JSON mode without a schema has no equivalent',
+        )
     return {"format": {"type": "json_schema", "schema": rf["json_schema"]["schema"]}}
 
 
@@ -178,13 +187,24 @@ class AnthropicAdapter(Adapter):
             body["stop_sequences"] = req.stop
         if req.tools:
             body["tools"] = [
-                {k: t[n] for k, n in (("name", "name"), ("description", "description"), ("input_schema", "parameters"),
-                                      ("strict", "strict"), ("cache_control", "cache_control")) if t.get(n) is not None}
+                {
+                    k: t[n]
+                    for k, n in (
+                        ("name", "name"),
+                        ("description", "description"),
+                        ("input_schema", "parameters"),
+                        ("strict", "strict"),
+                        ("cache_control", "cache_control"),
+                    )
+                    if t.get(n) is not None
+                }
                 for t in req.tools
             ]
         if req.tool_choice is not None:
             tc = req.tool_choice
-            body["tool_choice"] = {"type": "tool", "name": tc["name"]} if isinstance(tc, dict) else {"type": {"required": "any"}.get(tc, tc)}
+            body["tool_choice"] = (
+                {"type": "tool", "name": tc["name"]} if isinstance(tc, dict) else {"type": {"required": "any"}.get(tc, tc)}
+            )
         if req.parallel_tool_calls is False and req.tools and body.get("tool_choice", {}).get("type") != "none":
             # OpenAI's parallel_tool_calls: false is Anthropic's disable_parallel_tool_use
             body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}

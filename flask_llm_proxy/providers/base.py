@@ -6,12 +6,13 @@ a :class:`ToolCall` a completed tool call, a :class:`Reasoning` a piece of the m
 client's stream is the one it got before reasoning existed). It also keeps the upstream's own
 usage counts, the finish reason and whether the final event was seen (a stream without it was cut).
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
+from ..contract.request import ChatRequest
 from ..errors import UpstreamError
 
 
@@ -113,7 +114,9 @@ def stream_error(status: int, type_: str, message: str) -> UpstreamError:
 
 
 #: in-stream error types that another attempt may not meet (a request the upstream refused will)
-TRANSIENT_STREAM_ERRORS = frozenset({"overloaded_error", "overloaded", "rate_limit_error", "rate_limit_exceeded", "api_error", "server_error"})
+TRANSIENT_STREAM_ERRORS = frozenset(
+    {"overloaded_error", "overloaded", "rate_limit_error", "rate_limit_exceeded", "api_error", "server_error"}
+)
 
 
 def output_cap(provider: ProviderConfig, settings: Settings) -> int | None:

@@ -3,13 +3,15 @@
 It needs no network and no key, so the example app runs on a fresh machine and a host app's own
 tests can exercise auth, limits, streaming and accounting end to end.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from ..contract.request import ChatRequest
 from ..config import ProviderConfig
+from ..contract.request import ChatRequest
 from .base import Translator
 
 DEFAULT_TEXT = "This is a reply from the mock provider of flask-llm-proxy, streamed one word at a time."

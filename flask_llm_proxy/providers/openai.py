@@ -8,31 +8,37 @@ image a data URL), PDFs ``file`` parts. What the API does not take is a 400 nami
 ``thinking`` and ``cache_control``, and ``top_k`` / ``repetition_penalty`` on OpenAI's own API
 (OpenAI-compatible servers such as vLLM take them, so they pass through to those).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from .. import _json
+from ..config import ProviderConfig, Settings
 from ..contract.blocks import AttachmentLimits, attachments_of, check_limits
 from ..contract.request import ChatRequest
 from ..contract.values import fail
-from ..config import ProviderConfig, Settings
 from .base import Adapter, ToolCall, Translator, parse_arguments, sent_cap, stream_error
 
 #: https://platform.openai.com/docs/guides/images-vision (50 MB of images per request, 500
 #: images) and https://platform.openai.com/docs/guides/pdf-files (PDFs inline as file_data, 32 MB)
 LIMITS = AttachmentLimits(
-    api="OpenAI", image_data_chars=50 * 1000 * 1000, max_images=500,
-    document_sources=frozenset({"base64"}), document_data_chars=32 * 1000 * 1000,
+    api="OpenAI",
+    image_data_chars=50 * 1000 * 1000,
+    max_images=500,
+    document_sources=frozenset({"base64"}),
+    document_data_chars=32 * 1000 * 1000,
 )
-CACHE_CONTROL = "OpenAI caches prompt prefixes by itself (https://platform.openai.com/docs/guides/prompt-caching); cache_control is Anthropic's"
+CACHE_CONTROL = (
+    "OpenAI caches prompt prefixes by itself (https://platform.openai.com/docs/guides/prompt-caching); cache_control is Anthropic's"
+)
 
 
 def _part(b: dict[str, Any], path: str) -> dict[str, Any]:
     """A text, image or document block as a content part of a user message."""
     if "cache_control" in b:
         raise fail(f"{path}.cache_control", CACHE_CONTROL)
-    t, src = b["type"], b.get("source")
+    t, src = b["type"], b.get("source") or {}
     if t == "text":
         return {"type": "text", "text": b["text"]}
     if t == "image":
@@ -44,8 +50,13 @@ def _part(b: dict[str, Any], path: str) -> dict[str, Any]:
     for name in ("context", "citations"):
         if name in b:
             raise fail(f"{path}.{name}", "is Anthropic's; OpenAI takes a PDF with its filename only")
-    return {"type": "file", "file": {"filename": b.get("filename") or b.get("title") or "document.pdf",
-                                     "file_data": f"data:{src['media_type']};base64,{src['data']}"}}
+    return {
+        "type": "file",
+        "file": {
+            "filename": b.get("filename") or b.get("title") or "document.pdf",
+            "file_data": f"data:{src['media_type']};base64,{src['data']}",
+        },
+    }
 
 
 def _messages(req: ChatRequest) -> list[dict[str, Any]]:
@@ -104,8 +115,17 @@ class ChatCompletionsAdapter(Adapter):
         max_tokens = req.max_tokens if req.max_tokens is not None else sent_cap(provider, settings)
         if max_tokens is not None:
             body[provider.max_tokens_field] = max_tokens
-        for name in ("temperature", "top_p", "seed", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                     "reasoning_effort", "response_format"):
+        for name in (
+            "temperature",
+            "top_p",
+            "seed",
+            "top_k",
+            "repetition_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "reasoning_effort",
+            "response_format",
+        ):
             val = getattr(req, name)
             if val is not None:
                 body[name] = val
@@ -115,9 +135,7 @@ class ChatCompletionsAdapter(Adapter):
             for i, t in enumerate(req.tools):
                 if "cache_control" in t:
                     raise fail(f"tools[{i}].cache_control", CACHE_CONTROL)
-            body["tools"] = [
-                {"type": "function", "function": {k: v for k, v in t.items() if v is not None}} for t in req.tools
-            ]
+            body["tools"] = [{"type": "function", "function": {k: v for k, v in t.items() if v is not None}} for t in req.tools]
             if req.parallel_tool_calls is not None:
                 body["parallel_tool_calls"] = req.parallel_tool_calls
         if req.tool_choice is not None:

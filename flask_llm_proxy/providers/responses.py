@@ -7,15 +7,16 @@ its input parts meet the API's limits, and it gets the model and ``stream: true`
 ``reasoning: {"summary": "auto"}``) or ``response.reasoning_text.delta``, usage in
 ``response.completed`` (https://platform.openai.com/docs/api-reference/responses-streaming).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from .. import _json
-from ..contract.request import ChatRequest
 from ..config import ProviderConfig, Settings
-from .base import Adapter, ToolCall, Translator, parse_arguments, sent_cap, stream_error
 from ..contract.blocks import check_limits
+from ..contract.request import ChatRequest
+from .base import Adapter, ToolCall, Translator, parse_arguments, sent_cap, stream_error
 from .openai import LIMITS, ChatCompletionsAdapter
 
 
@@ -81,7 +82,13 @@ class ResponsesTranslator(Translator):
                 if args is None and slot is not None:
                     args = "".join(slot[2])
                 self._emitted = True
-                return [ToolCall(item.get("call_id") or (slot[0] if slot else ""), item.get("name") or (slot[1] if slot else ""), parse_arguments(args or ""))]
+                return [
+                    ToolCall(
+                        item.get("call_id") or (slot[0] if slot else ""),
+                        item.get("name") or (slot[1] if slot else ""),
+                        parse_arguments(args or ""),
+                    )
+                ]
             return []
         if event in ("response.completed", "response.incomplete"):
             resp = obj.get("response") or {}

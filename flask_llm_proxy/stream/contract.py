@@ -6,6 +6,7 @@ no text: ``{"token": "", "tokenId": n, "reasoning": "..."}``. agentary-js counts
 ``data:`` line as a token and builds the answer from ``token``: these keep its ``tokenId``
 sequence gapless and its answer text unchanged (an SSE ``event:`` name would not hide them
 from it: it reads the ``data:`` line after any ``event:`` line as a token all the same)."""
+
 from __future__ import annotations
 
 from .. import _json

@@ -1,9 +1,11 @@
 """The native endpoints' stream: the upstream's own events relayed as they came, each whole,
 while the provider's translator reads them for usage and completeness (accounting)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from itertools import chain
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..accounting.exchange import Exchange
 from ..errors import ProxyError, UpstreamError, scrub_bytes

@@ -4,12 +4,14 @@ Read it top to bottom: :func:`upstream_items` translates the events of :class:`b
 tokens and writes them, :class:`StreamBody` guarantees the request is accounted for exactly once,
 whether the stream completed, failed, or the browser went away (even before the first byte).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import chain
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .. import _json
 from ..accounting.exchange import Exchange
@@ -194,7 +196,11 @@ def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any
             body["reasoningBlocks"] = blocks
     if calls:
         body["toolCalls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else _json.dumps_str(c.arguments)}}
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else _json.dumps_str(c.arguments)},
+            }
             for c in calls
         ]
         # agentary-js 3.x reads a non-streamed answer's tool calls as ``tool_calls`` (and throws
@@ -237,7 +243,8 @@ class StreamBody:
 
     def close(self) -> None:
         try:
-            self._gen.close()
+            if isinstance(self._gen, Generator):  # every relay is one; a plain iterator has nothing to close
+                self._gen.close()
         finally:
             self._on_close()
 

@@ -14,13 +14,15 @@ body is read by a reader greenlet (a thread without gevent) and handed over in b
 wake-up, so a burst of events is written to the browser at once; one :class:`KeepaliveClock` per
 process wakes the silent ones. The read timeout is the socket's own (``timeout=(connect, read)``).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import time
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import requests
 
@@ -207,7 +209,6 @@ class UpstreamBody:
         except (ValueError, RuntimeError, OSError):  # no socket (a mocked body) or released already
             pass
 
-
     #: The stream's time limit (LLM_PROXY_MAX_STREAM_SECONDS) ends it from another greenlet or
     #: thread: :meth:`close` is safe there, as it only shuts the socket down under the reader.
     cut = close
@@ -219,7 +220,8 @@ def not_a_stream(resp: requests.Response) -> UpstreamError:
     kind = resp.headers.get("content-type") or "none"
     return UpstreamError(
         f"the upstream answered 200 without an event stream (Content-Type: {kind[:100]})",
-        status=502, type="upstream_protocol_error",
+        status=502,
+        type="upstream_protocol_error",
     )
 
 

@@ -5,6 +5,7 @@ Only this package talks to the network (:mod:`.body` reads what this opened). Re
 with ``HTTPAdapter.send``: ``Session.request`` would re-read the environment and merge settings on
 every call.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -12,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -86,7 +88,7 @@ class Target:
 
     __slots__ = ("url", "headers", "verify", "cert", "proxies")
 
-    def __init__(self, url: str, headers: dict[str, str], verify: Any, cert: Any, proxies: dict[str, str]) -> None:
+    def __init__(self, url: str, headers: dict[str, str], verify: Any, cert: Any, proxies: MutableMapping[str, str]) -> None:
         self.url = url
         self.headers = headers
         self.verify = verify
@@ -137,7 +139,7 @@ class UpstreamClient:
                     self._deployments = {}
                     self._session = session
                     self._pid = os.getpid()
-        return self._session  # type: ignore[return-value]
+        return self._session
 
     def target(self, provider: ProviderConfig, path: str, auth: Mapping[str, str], accept: str) -> Target:
         """The prepared request for ``provider`` + ``path``, made on first use in this process.
@@ -162,7 +164,7 @@ class UpstreamClient:
         prepared = requests.Request("POST", url, headers=headers).prepare()  # requests' checks of URL and headers, once
         env = session.merge_environment_settings(url, {}, True, None, None)
         verify = env["verify"] if provider.verify is True else provider.verify
-        target = Target(prepared.url or url, dict(prepared.headers), verify, provider.cert, env["proxies"])
+        target = Target(prepared.url or url, {k: str(v) for k, v in prepared.headers.items()}, verify, provider.cert, env["proxies"])
         self._targets[key] = target
         return target
 
@@ -225,8 +227,9 @@ class UpstreamClient:
         if self._ssl_problem and url.startswith("https://"):
             raise ProxyMisconfigured("the proxy cannot open HTTPS connections in this worker; see the server log")
 
-    def attempt(self, target: Target, body: bytes, secrets: Sequence[str], timeout: tuple[float, float],
-                request_id: str) -> tuple[requests.Response | None, ProxyError | None, bool, float | None]:
+    def attempt(
+        self, target: Target, body: bytes, secrets: Sequence[str], timeout: tuple[float, float], request_id: str
+    ) -> tuple[requests.Response | None, ProxyError | None, bool, float | None]:
         """One attempt: ``(the open 2xx answer, None, ...)`` or ``(None, the error, whether another
         attempt may succeed, the upstream's retry-after in seconds)``."""
         resent = False

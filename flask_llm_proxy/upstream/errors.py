@@ -1,13 +1,14 @@
 """What an upstream's failures mean for the client: HTTP errors, answers that are not HTTP, TLS
 failures, ``Retry-After``. Every message is scrubbed of the provider's secrets before it is kept
 (an upstream's error body may quote the request's headers)."""
+
 from __future__ import annotations
 
 import http.client
 import time
+from collections.abc import Sequence
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Sequence
 
 import requests
 
@@ -57,7 +58,8 @@ def tls_error(exc: BaseException, secrets: Sequence[str]) -> UpstreamError:
     if any(marker in text for marker in _NOT_TLS):
         return UpstreamError(
             "the upstream did not answer with TLS: is the port a plain HTTP one (base_url http:// instead of https://)?",
-            status=502, type="upstream_protocol_error",
+            status=502,
+            type="upstream_protocol_error",
         )
     return NetworkError(f"TLS error talking to the upstream: {scrub(text, secrets)[:300]}")
 
@@ -65,7 +67,14 @@ def tls_error(exc: BaseException, secrets: Sequence[str]) -> UpstreamError:
 def reason(exc: BaseException, secrets: Sequence[str]) -> str:
     """A short cause without the URL noise of urllib3's messages."""
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset", "Connection aborted", "Remote end closed"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "timed out",
+        "Connection reset",
+        "Connection aborted",
+        "Remote end closed",
+    ):
         if marker in text:
             return marker.lower()
     return scrub(text, secrets)[:200]
@@ -113,7 +122,9 @@ def error_from_response(resp: requests.Response, secrets: Sequence[str]) -> Upst
         headers["Retry-After"] = resp.headers["retry-after"]
     extra = {"upstream_status": status}
     if status in (401, 403):
-        return UpstreamError(f"the upstream rejected the proxy's credentials ({message})", status=502, type="upstream_auth_error", extra=extra)
+        return UpstreamError(
+            f"the upstream rejected the proxy's credentials ({message})", status=502, type="upstream_auth_error", extra=extra
+        )
     if status == 429:
         return UpstreamError(f"upstream rate limit: {message}", status=429, type="upstream_rate_limited", headers=headers, extra=extra)
     if status in (529, 503) or utype == "overloaded_error":

@@ -9,12 +9,14 @@ usual backoff apply (waiting for the first one to come back, within ``LLM_PROXY_
 ``LLM_PROXY_RETRY_AFTER_MAX``), and past it the typed error. The state is per worker process.
 Deployments are named by label in every log line and error, never by key or URL.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..config import ProviderConfig
 from ..errors import ProxyError
@@ -53,8 +55,14 @@ class Deployments:
         seconds = retry_after if retry_after is not None else default
         self.cool_until[i] = max(self.cool_until[i], time.monotonic() + seconds)
         self.cooled_by[i] = err
-        log.warning("request %s: deployment %r of '%s' failed before the first byte (%s); left alone for %.0f s",
-                    request_id or "-", self.items[i].label, self.provider.name, err.type, seconds)
+        log.warning(
+            "request %s: deployment %r of '%s' failed before the first byte (%s); left alone for %.0f s",
+            request_id or "-",
+            self.items[i].label,
+            self.provider.name,
+            err.type,
+            seconds,
+        )
 
     def exhausted(self, last: ProxyError | None, remaining: float, retried: bool) -> ProxyError:
         """The typed error when every deployment is cooling down: this request's last failure, or,
@@ -105,8 +113,9 @@ def open_failover(
                 raise deps.exhausted(last, remaining, attempts > 0)
             delay = max(backoff * 2**waits, remaining)
             waits += 1
-            log.info("request %s: every deployment of '%s' is cooling down; retrying in %.2fs", request_id or "-",
-                     deps.provider.name, delay)
+            log.info(
+                "request %s: every deployment of '%s' is cooling down; retrying in %.2fs", request_id or "-", deps.provider.name, delay
+            )
             client.wait(delay)
             deps.cool_until[j] = min(deps.cool_until[j], time.monotonic())  # waited for it: it is back
             continue

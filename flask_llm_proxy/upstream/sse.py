@@ -5,10 +5,11 @@ It takes complete lines (:func:`.body.body_lines`: requests' ``iter_lines``), so
 only for whole lines and a character split by the network is never cut; it accepts multi-line
 ``data:``, comments and any event type, and never holds back a complete event.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
-
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 Event = tuple[str, str]
 """An SSE event as ``(event type, data)``; the type is ``"message"`` when the event has none."""

@@ -6,6 +6,7 @@ frames); its script asks ``<prefix>/admin/summary.json`` for the figures, sendin
 token (pasted into the page, kept in the tab's ``sessionStorage``) or the host's JWT cookie, and
 only that request is checked (:mod:`..access.admin`). ``summary.csv`` is the same table as a file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ log = logging.getLogger("flask_llm_proxy")
 ADMIN_STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static", "admin")
 
 #: the page's policy: its own script, style and data only; nothing inline, nothing from elsewhere
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 DATA_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 _LEDGERS = {"SQLiteStore": "sqlite", "RedisStore": "redis", "NullStore": "none"}
@@ -79,8 +82,9 @@ def _summary() -> dict[str, Any]:
         summary = run_blocking(compute) if store.blocking else compute()
     except Exception as exc:  # noqa: BLE001 - the operator is told; the details go to the log
         log.error("operator summary: the usage store could not be read (%s: %s)", type(exc).__name__, exc)
-        raise ServiceUnavailable("the usage ledger cannot be read right now; try again shortly", type="ledger_unavailable",
-                                 headers={"Retry-After": "5"}) from None
+        raise ServiceUnavailable(
+            "the usage ledger cannot be read right now; try again shortly", type="ledger_unavailable", headers={"Retry-After": "5"}
+        ) from None
     summary["ledger"] = _LEDGERS.get(type(store).__name__, type(store).__name__)
     return summary
 

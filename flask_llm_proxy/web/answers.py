@@ -5,9 +5,11 @@ A cached or shared answer goes through the same encoder as a live one (the contr
 native passthrough's event bytes), so a client cannot tell them apart but by the
 ``X-LLM-Proxy-Cache`` header, the ``cached`` flag of the contract's last event, and the record.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Response, g, request
 
@@ -49,9 +51,15 @@ def _unserve(ex: Exchange) -> None:
     ex.call.cached = False
 
 
-def contract_answer(st: ProxyState, ex: Exchange, provider: ProviderConfig, kind: str, upstream_body: Any,
-                    live: Callable[[], tuple[Items, Translator, tuple[Any, ...]]],
-                    reasoning: bool = False) -> tuple[Items, Translator, tuple[Any, ...]]:
+def contract_answer(
+    st: ProxyState,
+    ex: Exchange,
+    provider: ProviderConfig,
+    kind: str,
+    upstream_body: Any,
+    live: Callable[[], tuple[Items, Translator, tuple[Any, ...]]],
+    reasoning: bool = False,
+) -> tuple[Items, Translator, tuple[Any, ...]]:
     """The contract endpoint's ``(items, translator, first batch)`` for the relay (see ``chat.run``).
     ``reasoning``: the client asked for the model's reasoning (its answers are kept apart: they
     hold reasoning items the others must not get)."""
@@ -77,8 +85,15 @@ def contract_answer(st: ProxyState, ex: Exchange, provider: ProviderConfig, kind
     return items, translator, first
 
 
-def native_answer(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body: dict[str, Any], stream: bool,
-                  live: Callable[[Turn | None], Response]) -> Response:
+def native_answer(
+    st: ProxyState,
+    ex: Exchange,
+    provider: ProviderConfig,
+    api: str,
+    body: dict[str, Any],
+    stream: bool,
+    live: Callable[[Turn | None], Response],
+) -> Response:
     """The native endpoints' answer: replayed in the provider's own format, or ``live(turn)``."""
     kind = f"native:{api}"
     turn = cache_turn(st, ex, provider, kind, body)
@@ -97,8 +112,13 @@ def native_answer(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: s
             turn = cache_turn(st, ex, provider, kind, body)
             continue
         ctype = (turn.entry[0].content_type if turn.entry else None) or SSE_CONTENT_TYPE
-        return Response(StreamBody(replay(ex, chunks, api, first), ex.finalize), status=200, content_type=ctype,
-                        headers=STREAM_HEADERS, direct_passthrough=True)
+        return Response(
+            StreamBody(replay(ex, chunks, api, first), ex.finalize),
+            status=200,
+            content_type=ctype,
+            headers=STREAM_HEADERS,
+            direct_passthrough=True,
+        )
     try:
         admit(st, ex, provider)
         return live(turn)

@@ -4,6 +4,7 @@ contract's JSON shape or, on the native endpoints, in the provider's own.
 
 The views live beside it: :mod:`.chat` (the contract endpoint), :mod:`.native` (the SDKs' endpoints).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,11 +32,26 @@ log = logging.getLogger("flask_llm_proxy")
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-HTTP_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-              429: "rate_limited", 500: "internal_error"}
+HTTP_TYPES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+}
 #: what a request keeps on ``g``, dropped when it ends (:func:`_end`)
-REQUEST_STATE = ("llm_proxy_started", "llm_proxy_native", "llm_proxy_request_id", "llm_proxy_rate_headers", "llm_proxy_exchange",
-                 "llm_proxy_refusal_counted", "_llm_proxy_identity", "llm_proxy_cache")
+REQUEST_STATE = (
+    "llm_proxy_started",
+    "llm_proxy_native",
+    "llm_proxy_request_id",
+    "llm_proxy_rate_headers",
+    "llm_proxy_exchange",
+    "llm_proxy_refusal_counted",
+    "_llm_proxy_identity",
+    "llm_proxy_cache",
+)
 
 
 # --- request plumbing ------------------------------------------------------------------------
@@ -159,7 +175,9 @@ def not_found(rest: str) -> Response:
         endpoint = None
     if endpoint in (None, request.endpoint):
         raise ProviderNotFound(f"no such endpoint: {request.path}; GET {state().settings.url_prefix}/models lists the providers")
-    raise ProxyError(f"{request.method} is not allowed here; use POST", status=405, type="method_not_allowed", headers={"Allow": "POST, OPTIONS"})
+    raise ProxyError(
+        f"{request.method} is not allowed here; use POST", status=405, type="method_not_allowed", headers={"Allow": "POST, OPTIONS"}
+    )
 
 
 def health() -> Response:
@@ -176,10 +194,11 @@ def models() -> Response:
     st = state()
     s = st.settings
     _, claims = identify(s, loader=st.hooks.identity_loader)
-    body: dict[str, Any] = {"providers": {} if s.require_profile else {
-        name: {"type": p.type, "models": list(p.models), "endpoint": f"{s.url_prefix}/{name}"}
-        for name, p in s.providers.items()
-    }}
+    body: dict[str, Any] = {
+        "providers": {}
+        if s.require_profile
+        else {name: {"type": p.type, "models": list(p.models), "endpoint": f"{s.url_prefix}/{name}"} for name, p in s.providers.items()}
+    }
     profiles = {}
     for name, prof in s.profiles.items():
         try:
@@ -211,20 +230,35 @@ def _native_paths(provider_type: str) -> list[tuple[str, str]]:
 def make_blueprint(settings: Settings) -> Blueprint:
     bp = Blueprint("llm_proxy", __name__, url_prefix=settings.url_prefix or None, static_folder=STATIC, static_url_path="/static")
     for name in settings.providers:
-        bp.add_url_rule(f"/{name}", endpoint="chat_" + name.replace(".", "_"), view_func=chat, methods=["POST"], defaults={"provider_name": name})
+        bp.add_url_rule(
+            f"/{name}", endpoint="chat_" + name.replace(".", "_"), view_func=chat, methods=["POST"], defaults={"provider_name": name}
+        )
     for name, p in settings.providers.items():
         for api, path in _native_paths(p.type):
             bp.add_url_rule(
-                f"/{name}{path}", endpoint=f"native_{api}__{name.replace('.', '_')}", view_func=native_view,
-                methods=["POST"], defaults={"provider_name": name, "api": api},
+                f"/{name}{path}",
+                endpoint=f"native_{api}__{name.replace('.', '_')}",
+                view_func=native_view,
+                methods=["POST"],
+                defaults={"provider_name": name, "api": api},
             )
     for pname, prof in settings.profiles.items():
         route, ep = f"/profiles/{pname}", pname.replace(".", "_")
-        bp.add_url_rule(route, endpoint=f"profile_{ep}", view_func=chat, methods=["POST"],
-                        defaults={"provider_name": prof.provider, "profile_name": pname})
+        bp.add_url_rule(
+            route,
+            endpoint=f"profile_{ep}",
+            view_func=chat,
+            methods=["POST"],
+            defaults={"provider_name": prof.provider, "profile_name": pname},
+        )
         for api, path in _native_paths(settings.providers[prof.provider].type):
-            bp.add_url_rule(f"{route}{path}", endpoint=f"native_{api}__profile__{ep}", view_func=native_view, methods=["POST"],
-                            defaults={"provider_name": prof.provider, "api": api, "profile_name": pname})
+            bp.add_url_rule(
+                f"{route}{path}",
+                endpoint=f"native_{api}__profile__{ep}",
+                view_func=native_view,
+                methods=["POST"],
+                defaults={"provider_name": prof.provider, "api": api, "profile_name": pname},
+            )
     bp.add_url_rule("/health", view_func=health, methods=["GET"])
     bp.add_url_rule("/<path:rest>", view_func=not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     bp.add_url_rule("/models", view_func=models, methods=["GET"])

@@ -5,6 +5,7 @@ before the upstream is called, with a JSON error naming the problem. Once the up
 token is in hand the answer is a :class:`~flask_llm_proxy.stream.relay.StreamBody` over
 :func:`~flask_llm_proxy.stream.relay.relay` (or one JSON document for ``stream: false``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,13 +70,18 @@ def chat(provider_name: str, profile_name: str | None = None) -> Response:
                 body["model"] = profile.default_model  # a profile with one model: the client may leave it out
         cap = output_cap(provider, s) or 2**31 - 1
         req = parse_chat_request(
-            body, max_messages=provider.max_messages or s.max_messages, max_tokens_cap=cap, allow_responses=provider.type == "openai",
+            body,
+            max_messages=provider.max_messages or s.max_messages,
+            max_tokens_cap=cap,
+            allow_responses=provider.type == "openai",
             policy=attachment_policy(provider, profile),
         )
         if profile is not None:
             apply_to_chat(profile, req)
         if not provider.allows(req.model):
-            raise ModelNotAllowed(f"model {req.model!r} is not allowed on '{provider_name}'; GET {s.url_prefix}/models lists the allowed ones")
+            raise ModelNotAllowed(
+                f"model {req.model!r} is not allowed on '{provider_name}'; GET {s.url_prefix}/models lists the allowed ones"
+            )
         check_model_claim(s, claims, req.model)
         before_upstream(st, req, identity)
         if provider.type == "mock":
@@ -84,7 +90,9 @@ def chat(provider_name: str, profile_name: str | None = None) -> Response:
             adapter = adapter_for(provider, req)
             upstream_body = adapter.build(req, provider, s)
         st.check_allowance(identity, quota_spent)
-        info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, req.model, g.llm_proxy_started, input_chars=req.input_size_hint())
+        info = RequestInfo(
+            g.llm_proxy_request_id, identity, provider_name, req.model, g.llm_proxy_started, input_chars=req.input_size_hint()
+        )
         ex = Exchange(info, keep_text=s.log_content)
     st.attach(ex, req.text_for_log)  # open from here (no yield since the admission ended)
     g.llm_proxy_exchange = ex  # its errors are accounted for by the exchange, not counted as refusals
@@ -99,9 +107,15 @@ def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig
             if adapter is None or ex.request.fallback_from is not None:  # the mock; a fallback (admitted already, not cached)
                 items, translator, first = _first_tokens(st, ex, provider, req, adapter, upstream_body)
             else:  # the response cache, an identical request in flight, or the upstream behind the concurrency cap
-                items, translator, first = contract_answer(st, ex, provider, "contract" + adapter.path, upstream_body,
-                                                           partial(_first_tokens, st, ex, provider, req, adapter, upstream_body),
-                                                           req.include_reasoning)
+                items, translator, first = contract_answer(
+                    st,
+                    ex,
+                    provider,
+                    "contract" + adapter.path,
+                    upstream_body,
+                    partial(_first_tokens, st, ex, provider, req, adapter, upstream_body),
+                    req.include_reasoning,
+                )
             break
         except ProxyError as err:
             err.retried = err.retried or ex.call.retries > 0  # -> x-should-retry: false, whichever kind retried
@@ -123,8 +137,9 @@ def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig
     )
 
 
-def _first_tokens(st: ProxyState, ex: Exchange, provider: ProviderConfig, req: ChatRequest, adapter: Adapter | None,
-                  upstream_body: Any) -> tuple[Items, Translator, tuple[Any, ...]]:
+def _first_tokens(
+    st: ProxyState, ex: Exchange, provider: ProviderConfig, req: ChatRequest, adapter: Adapter | None, upstream_body: Any
+) -> tuple[Items, Translator, tuple[Any, ...]]:
     """Open the stream and take its first batch (:func:`peek`): an error before the first token is
     still an HTTP status. Upstreams answer 200 and then fail in their first event (Anthropic's
     ``overloaded_error``): nothing reached the client yet, so that is retried like a 5xx or a 429
@@ -156,7 +171,12 @@ def _first_tokens(st: ProxyState, ex: Exchange, provider: ProviderConfig, req: C
             if call.retries >= s.max_retries:
                 raise
             delay = s.retry_backoff * 2**call.retries
-            log.info("request %s: upstream attempt %d failed in its first event (%s); retrying in %.2fs",
-                     ex.request.request_id, call.retries + 1, err.message, delay)
+            log.info(
+                "request %s: upstream attempt %d failed in its first event (%s); retrying in %.2fs",
+                ex.request.request_id,
+                call.retries + 1,
+                err.message,
+                delay,
+            )
             count_retry(ex, err)
             time.sleep(delay)

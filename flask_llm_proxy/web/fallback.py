@@ -5,6 +5,7 @@ API; the ledger records ``fallback_from`` (the provider:model asked for) and the
 the one that answered in ``X-LLM-Proxy-Fallback``. The native endpoints do not fall back: their
 bodies are in one provider's own format.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,10 +45,16 @@ def fall_back(st: ProxyState, ex: Exchange, err: ProxyError, left: tuple[tuple[s
         except ProxyError as why:
             log.info("request %s: fallback %s:%s cannot take this request (%s)", info.request_id, name, model, why.type)
             continue
-        log.warning("request %s: '%s' failed before the first byte (%s); falling back to %s:%s",
-                    info.request_id, info.provider, err.type, name, model)
+        log.warning(
+            "request %s: '%s' failed before the first byte (%s); falling back to %s:%s",
+            info.request_id,
+            info.provider,
+            err.type,
+            name,
+            model,
+        )
         if info.fallback_from is None:
             info.fallback_from = f"{info.provider}:{info.model}"
         info.provider, info.model = name, model
-        return left[n + 1:], other, moved, adapter, body
+        return left[n + 1 :], other, moved, adapter, body
     return None

@@ -1,8 +1,10 @@
 """What the contract view and the native views share once a request passed its checks: the
 app's state, the upstream call with its retry signal, and the accounting of an early failure."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Response, current_app
 from werkzeug.exceptions import HTTPException
@@ -23,7 +25,7 @@ STREAM_HEADERS = {
 
 
 def state() -> ProxyState:
-    return current_app.extensions["llm_proxy"]  # type: ignore[no-any-return]
+    return current_app.extensions["llm_proxy"]
 
 
 def require_profile(settings: Settings, profile: ProfileConfig | None) -> None:
@@ -31,7 +33,8 @@ def require_profile(settings: Settings, profile: ProfileConfig | None) -> None:
     if profile is None and settings.require_profile:
         raise PermissionDenied(
             f"this proxy serves only its profiles: POST {settings.url_prefix}/profiles/<name> "
-            f"(GET {settings.url_prefix}/models lists the ones you may use)", type="profile_required",
+            f"(GET {settings.url_prefix}/models lists the ones you may use)",
+            type="profile_required",
         )
 
 
@@ -72,8 +75,15 @@ def count_retry(ex: Exchange, err: ProxyError) -> None:
     signals.upstream_retry.send(current_app._get_current_object(), request_id=ex.request.request_id, error=err)  # type: ignore[attr-defined]
 
 
-def open_upstream(st: ProxyState, ex: Exchange, provider: Any, adapter: Adapter, body: bytes, accept: str = "text/event-stream",
-                  max_retries: int | None = None) -> Any:
+def open_upstream(
+    st: ProxyState,
+    ex: Exchange,
+    provider: Any,
+    adapter: Adapter,
+    body: bytes,
+    accept: str = "text/event-stream",
+    max_retries: int | None = None,
+) -> Any:
     """Send ``body`` to the provider's API (retrying before the first byte) and return the open
     2xx answer; URL and headers come from configuration, nothing a client sends steers them."""
     s = st.settings

@@ -1,4 +1,5 @@
 """Reading a request's JSON body: bounded in size and nesting, refused with a clear error."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -8,10 +8,12 @@ events are relayed as they come (:mod:`~flask_llm_proxy.stream.passthrough`) whi
 translators read the usage for accounting. Errors use the provider's error shape so the SDKs raise
 their usual exception classes.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Response, g
 
@@ -19,10 +21,10 @@ from .. import _json
 from ..access.auth import check_model_claim, identify
 from ..access.profiles import apply_to_native, attachment_policy, check_profile_claim
 from ..accounting.exchange import Exchange, RequestInfo
+from ..cache import Turn
 from ..config import ProviderConfig
 from ..contract.blocks import check_native
 from ..contract.request import valid_model_name
-from ..cache import Turn
 from ..errors import InvalidRequest, ModelNotAllowed, UpstreamError
 from ..providers.anthropic import AnthropicAdapter
 from ..providers.base import Adapter, Translator, output_cap
@@ -50,22 +52,75 @@ log = logging.getLogger("flask_llm_proxy")
 APIS: dict[str, tuple[Adapter, frozenset[str], tuple[str, ...]]] = {
     "messages": (
         AnthropicAdapter(),
-        frozenset({"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream", "temperature",
-                   "top_k", "top_p", "tools", "tool_choice", "thinking",
-                   "output_config"}),
+        frozenset(
+            {
+                "model",
+                "messages",
+                "system",
+                "max_tokens",
+                "metadata",
+                "stop_sequences",
+                "stream",
+                "temperature",
+                "top_k",
+                "top_p",
+                "tools",
+                "tool_choice",
+                "thinking",
+                "output_config",
+            }
+        ),
         ("max_tokens",),
     ),
     "chat": (
         ChatCompletionsAdapter(),
-        frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
-                   "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream", "stream_options",
-                   "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort"}),
+        frozenset(
+            {
+                "model",
+                "messages",
+                "max_tokens",
+                "max_completion_tokens",
+                "temperature",
+                "top_p",
+                "n",
+                "stop",
+                "seed",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "response_format",
+                "stream",
+                "stream_options",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+                "logprobs",
+                "top_logprobs",
+                "reasoning_effort",
+            }
+        ),
         ("max_tokens", "max_completion_tokens"),
     ),
     "responses": (
         ResponsesAdapter(),
-        frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
-                   "parallel_tool_calls", "reasoning", "text", "store", "truncation", "stream"}),
+        frozenset(
+            {
+                "model",
+                "input",
+                "instructions",
+                "max_output_tokens",
+                "temperature",
+                "top_p",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "reasoning",
+                "text",
+                "store",
+                "truncation",
+                "stream",
+            }
+        ),
         ("max_output_tokens",),
     ),
 }
@@ -129,8 +184,15 @@ def native_view(provider_name: str, api: str, profile_name: str | None = None) -
         st.check_allowance(identity, quota_spent)
         stream = bool(body.get("stream"))
         prompt = body.get("messages") or body.get("input") or ""
-        info = RequestInfo(g.llm_proxy_request_id, identity, provider_name, model, g.llm_proxy_started,
-                           endpoint=f"native:{api}", input_chars=len(_json.dumps(prompt)))
+        info = RequestInfo(
+            g.llm_proxy_request_id,
+            identity,
+            provider_name,
+            model,
+            g.llm_proxy_started,
+            endpoint=f"native:{api}",
+            input_chars=len(_json.dumps(prompt)),
+        )
         ex = Exchange(info)
     st.attach(ex, lambda: _json.dumps_str(prompt))  # open from here (no yield since the admission ended)
     g.llm_proxy_exchange = ex
@@ -141,12 +203,14 @@ def _call(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body
     return native_answer(st, ex, provider, api, body, stream, lambda turn: _live(st, ex, provider, api, body, stream, turn))
 
 
-def _live(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body: dict[str, Any], stream: bool,
-          turn: Turn | None) -> Response:
+def _live(
+    st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body: dict[str, Any], stream: bool, turn: Turn | None
+) -> Response:
     s = st.settings
     adapter = APIS[api][0]
-    resp = open_upstream(st, ex, provider, adapter, _json.dumps(body),
-                         accept="text/event-stream" if stream else "application/json")  # an error: accounted() records it
+    resp = open_upstream(
+        st, ex, provider, adapter, _json.dumps(body), accept="text/event-stream" if stream else "application/json"
+    )  # an error: accounted() records it
     translator = adapter.translator()
     ex.call.translator = translator
     if not stream:
@@ -156,8 +220,13 @@ def _live(st: ProxyState, ex: Exchange, provider: ProviderConfig, api: str, body
     ex.call.resp = upstream
     content_type = resp.headers.get("content-type", "text/event-stream")
     source = turn.tee(ex, upstream, translator, raw=True, feed=translator.feed, content_type=content_type) if turn else upstream
-    return Response(StreamBody(passthrough(ex, source, api, translator), ex.finalize), status=200,
-                    content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True)
+    return Response(
+        StreamBody(passthrough(ex, source, api, translator), ex.finalize),
+        status=200,
+        content_type=content_type,
+        headers=STREAM_HEADERS,
+        direct_passthrough=True,
+    )
 
 
 def _whole(ex: Exchange, resp: Any, api: str, translator: Translator, turn: Turn | None = None) -> Response:
