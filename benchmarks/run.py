@@ -33,10 +33,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "tests"))  # redis_process, fake_upstream
 
 import loadgen  # noqa: E402
 from loadgen import Target  # noqa: E402
-from redis_process import RedisProcess, redis_executable  # noqa: E402 - in tests/, which servers puts on the path
+from redis_process import RedisProcess, redis_executable  # noqa: E402
 from servers import (  # noqa: E402
     DEFAULTS,
     KEY,

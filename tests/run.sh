@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (Debian's redis-server
-# and chromium, a virtualenv with the package and its dev extras), then runs pytest.
-# Extra arguments go to pytest, e.g. `bash tests/run.sh -k streaming -x`.
+# and chromium, a virtualenv with the package and its dev extras), checks the code with ruff
+# (lint and format) and mypy, then runs pytest under coverage, two test processes at a time.
+# Without arguments the coverage floor (pyproject.toml) applies too. Extra arguments go to pytest,
+# e.g. `bash tests/run.sh -k streaming -x` (the floor is then not checked: a part of the suite
+# covers a part of the code).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -22,4 +25,20 @@ venv="${VENV:-$root/.venv}"
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1  # Playwright drives Debian's /usr/bin/chromium
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -e ".[dev]"
-exec "$venv/bin/python" -m pytest "$@"
+py="$venv/bin/python"
+
+echo "ruff, mypy"
+"$py" -m ruff check --quiet .
+"$py" -m ruff format --check --quiet .
+"$py" -m mypy --no-error-summary
+
+rm -rf test-artifacts/.coverage*
+mkdir -p test-artifacts
+workers="${PYTEST_WORKERS:-2}"
+status=0
+"$py" -m coverage run -m pytest -p no:cacheprovider -n "$workers" "$@" || status=$?
+"$py" -m coverage combine --quiet
+if [ $status -eq 0 ] && [ $# -eq 0 ]; then
+  "$py" -m coverage report --skip-covered --sort=cover | tail -n 15 || status=$?
+fi
+exit $status

@@ -14,6 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# no outbound proxy for loopback, and no coverage measurement of the benchmark's servers (tests/run.sh
+# runs the suite under coverage; these runs only check that the harness works, and are slow traced)
+BENCH_ENV = {
+    k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy") and not k.startswith("COVERAGE_")
+}
 # every scenario of benchmarks/run.py, which --smoke runs all of (redis and tls need redis-server and
 # openssl, which tests/run.sh installs)
 SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls", "defaults", "ab")
@@ -43,7 +48,7 @@ def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_pa
         text=True,
         timeout=240,
         stdin=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
+        env=BENCH_ENV,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     text = out.read_text()
@@ -90,7 +95,7 @@ def test_write_ahead_benchmark_runs_and_prints_one_row_per_store() -> None:
         text=True,
         timeout=110,
         stdin=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")},
+        env=BENCH_ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {

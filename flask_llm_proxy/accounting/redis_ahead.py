@@ -20,6 +20,7 @@ from typing import Any
 log = logging.getLogger("flask_llm_proxy")
 
 SEND_WAIT = 0.1  #: seconds a request's in-flight write waits to send (another send stuck on a stalled Redis) before going without
+LINK_WAIT = 2.0  #: the same while the process's connection is being made (a burst of first requests waits for it)
 
 
 class AheadChannel:
@@ -67,6 +68,8 @@ class AheadChannel:
                 pass
 
     def _send(self, script: str, keys: list[str], args: list[Any], begin: str | None, timeout: float) -> tuple[Any, int]:
+        if timeout >= 0 and (self._conn is None or self._pid != os.getpid()):
+            timeout = max(timeout, LINK_WAIT)  # the holder is connecting and loading the scripts: round trips
         if not self._send_lock.acquire(timeout=timeout):
             raise TimeoutError("the usage store's connection is busy (a stalled Redis?)")
         try:
