@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (Debian's redis-server
 # and chromium, a virtualenv with the package and its dev extras), checks the code with ruff
-# (lint and format) and mypy, then runs pytest under coverage, two test processes at a time.
+# (lint and format) and mypy, then runs pytest under coverage, three test processes at a time.
 # Without arguments the coverage floor (pyproject.toml) applies too. Extra arguments go to pytest,
 # e.g. `bash tests/run.sh -k streaming -x` (the floor is then not checked: a part of the suite
 # covers a part of the code).
@@ -34,7 +34,7 @@ echo "ruff, mypy"
 
 rm -rf test-artifacts/.coverage*
 mkdir -p test-artifacts
-workers="${PYTEST_WORKERS:-2}"
+workers="${PYTEST_WORKERS:-3}"  # on 2 cores: the tests wait on servers a good part of the time
 status=0
 "$py" -m coverage run -m pytest -p no:cacheprovider -n "$workers" "$@" || status=$?
 "$py" -m coverage combine --quiet
