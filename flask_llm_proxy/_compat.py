@@ -62,6 +62,22 @@ def run_later(fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
 
 
+def take_read_timeout(resp: Any) -> float | None:
+    """Take the read timeout off the socket of a streamed response and return it (None when it
+    has none, or no socket: a mocked body). A socket with a timeout arms and cancels a timer for
+    every wait, once per paced token; the stream's silence watch (one loop per process) keeps the
+    timeout instead. urllib3 sets the socket's timeout again for the connection's next request.
+    Reaches the socket through urllib3's ``HTTPResponse.connection`` and ``http.client``'s ``sock``."""
+    conn = getattr(resp.raw, "connection", None)
+    sock = getattr(conn, "sock", None) if conn is not None else None
+    if sock is None:
+        return None
+    timeout: float | None = sock.gettimeout()
+    if timeout is not None:
+        sock.settimeout(None)
+    return timeout
+
+
 def spawn(fn: Callable[..., Any], *args: Any) -> None:
     """Fire and forget in a greenlet under gevent (cooperative I/O such as Redis); inline elsewhere."""
     if gevent_active():

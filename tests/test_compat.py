@@ -114,3 +114,26 @@ def test_watch_client_close_sees_the_client_leave_and_not_data_it_sends() -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["True ['gone']", "False []"]
+
+
+def test_take_read_timeout_moves_a_streamed_responses_timeout_off_its_socket_and_urllib3_sets_it_again(upstream: Any) -> None:
+    """body.UpstreamBody watches silence itself: ``HTTPResponse.connection.sock`` is the socket,
+    and urllib3 gives the pooled connection its timeout back for the next request."""
+    from conftest import API_KEY, chat_body
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {API_KEY}"
+    url = f"{upstream.base_url}/v1/chat/completions"
+    body = {**chat_body("tokens=3", model="gpt-4o"), "stream": True}
+    with session.post(url, json=body, stream=True, timeout=(3, 7)) as resp:
+        sock = resp.raw.connection.sock
+        assert sock.gettimeout() == 7
+        assert _compat.take_read_timeout(resp) == 7
+        assert sock.gettimeout() is None
+        assert b"[DONE]" in resp.raw.read()
+    with session.post(url, json=body, stream=True, timeout=(3, 5)) as resp:
+        assert resp.raw.connection.sock is sock  # the same pooled connection...
+        assert sock.gettimeout() == 5  # ...with its timeout set again
+    mocked = requests.Response()
+    mocked.raw = object()
+    assert _compat.take_read_timeout(mocked) is None  # no socket: nothing to take

@@ -156,8 +156,7 @@ def test_upstream_that_never_answers_gives_a_504_timeout(proxy: Any, upstream: A
     assert time.monotonic() - start < 6
 
 
-# unpaced, and paced: a paced stream's reads wait for readability first (body._watched_reads), so
-# the silence falls on that wait
+# unpaced, and paced: the silence watch (body.KeepaliveClock) times the silence after the last read
 @pytest.mark.parametrize("knobs", ["tokens=10 hang_after=2", "tokens=10 pace_ms=40 hang_after=5"])
 def test_upstream_silent_mid_stream_sends_keepalives_then_a_timeout_error_line(proxy: Any, knobs: str) -> None:
     with post(proxy, "openai", chat_body(knobs, model="gpt-4o")) as r:

@@ -12,7 +12,9 @@ are handled below it, in what ``iter_content`` reads (``resp.raw``, see :class:`
 While the upstream is silent the stream gets a keep-alive (``None``) every ``keepalive`` seconds: the
 body is read by a reader greenlet (a thread without gevent) and handed over in batches, one per
 wake-up, so a burst of events is written to the browser at once; one :class:`KeepaliveClock` per
-process wakes the silent ones. The read timeout is the socket's own (``timeout=(connect, read)``).
+process wakes the silent ones. The read timeout (``timeout=(connect, read)``) is the socket's own
+until the body starts; then the same loop watches the time since the last network read, so that
+a paced token does not pay for a timer armed and cancelled on the socket for every wait.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import requests
 
-from .._compat import make_event, spawn_reader
+from .._compat import make_event, spawn_reader, take_read_timeout
 from ..errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
 from .sse import Event, events
 
@@ -47,17 +50,20 @@ class PromptRaw:
     upstream did not send. Everything else is urllib3's response, unchanged.
     """
 
-    __slots__ = ("_raw", "_chunked")
+    __slots__ = ("_raw", "_chunked", "last")
 
     def __init__(self, raw: Any, chunked: bool) -> None:
         self._raw = raw
         self._chunked = chunked
+        self.last = time.monotonic()  #: when the last network read returned (the silence watch)
 
     def stream(self, amt: int | None = None, decode_content: bool | None = True) -> Iterator[bytes]:
         raw = self._raw
         reads = raw.stream(None, decode_content=True) if self._chunked else _read1(raw)
         after_cr = False
+        clock = time.monotonic
         for data in reads:
+            self.last = clock()
             if after_cr and data[:1] == b"\n":
                 data = data[1:]
                 if not data:
@@ -91,7 +97,7 @@ def read_error(exc: BaseException) -> ProxyError:
     if isinstance(exc, ProxyError):
         return exc
     if isinstance(exc, (requests.ConnectionError, TimeoutError)) and _timed_out(exc):
-        return UpstreamTimeout("the upstream went silent for longer than the read timeout")
+        return UpstreamTimeout(SILENT)
     if isinstance(exc, requests.exceptions.ContentDecodingError):
         return NetworkError("the upstream sent a corrupt compressed body")
     return NetworkError("the upstream connection dropped in the middle of the stream")
@@ -120,7 +126,20 @@ class UpstreamBody:
     closed, so the upstream sees the connection go and stops generating.
     """
 
-    __slots__ = ("resp", "keepalive", "raw", "_box", "_wake", "_started", "_ended", "_aborted", "complete", "events")
+    __slots__ = (
+        "resp",
+        "keepalive",
+        "raw",
+        "silence",
+        "_box",
+        "_wake",
+        "_started",
+        "_ended",
+        "_aborted",
+        "_silent",
+        "complete",
+        "events",
+    )
 
     def __init__(self, resp: requests.Response, keepalive: float | None, *, raw: bool = False) -> None:
         self.resp = resp
@@ -131,23 +150,27 @@ class UpstreamBody:
         self._started = False
         self._ended = False  # the reader has finished, one way or another
         self._aborted = False
+        self._silent = False  # the silence watch ended it
+        self.silence: float | None = None  # the read timeout, watched by CLOCK once the body streams
         self.complete = False  # the whole body was read
         self.events = 0  # how many events it held
 
     def __iter__(self) -> Iterator[Batch | None]:
         return self._batches()
 
-    def _read(self) -> None:
+    def _read(self, lines: Iterator[bytes]) -> None:
         """The reader: runs in its own greenlet (thread), owns every read and the final close."""
         box, wake = self._box, self._wake
         outcome: Any = _END
         try:
-            for ev in events(body_lines(self.resp), self.raw):
+            for ev in events(lines, self.raw):
                 box.append(ev)
                 wake.set()
+            if self._silent:  # the watch shut the socket: what ended the body was not the upstream
+                raise UpstreamTimeout(SILENT)
             self.complete = True
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which decides
-            outcome = _Failed(exc)
+            outcome = _Failed(UpstreamTimeout(SILENT) if self._silent else exc)
         finally:
             box.append(outcome)
             self._ended = True
@@ -164,13 +187,15 @@ class UpstreamBody:
     def _batches(self) -> Iterator[Batch | None]:
         box, wake, keepalive = self._box, self._wake, self.keepalive
         self._started = True
-        spawn_reader(self._read)
+        lines = body_lines(self.resp)  # nothing is read yet
+        self.silence = silence = take_read_timeout(self.resp)
+        spawn_reader(partial(self._read, lines))
         while True:
             if not box:
                 wake.clear()
                 if not box:
-                    if keepalive:
-                        CLOCK.wait(self, wake, keepalive)
+                    if keepalive or silence:
+                        CLOCK.wait(self, wake, keepalive, silence)
                     else:
                         wake.wait()
                     if not box:
@@ -209,9 +234,23 @@ class UpstreamBody:
         except (ValueError, RuntimeError, OSError):  # no socket (a mocked body) or released already
             pass
 
+    def time_out(self) -> None:
+        """The silence watch: no network read for the read timeout. Ends the stream with
+        :class:`UpstreamTimeout`, as the socket's own timeout would have."""
+        self._silent = True
+        self.close()
+
+    def last_read(self) -> float:
+        """When the last network read of the body returned (its start, before any)."""
+        raw = self.resp.raw
+        return raw.last if type(raw) is PromptRaw else time.monotonic()
+
     #: The stream's time limit (LLM_PROXY_MAX_STREAM_SECONDS) ends it from another greenlet or
     #: thread: :meth:`close` is safe there, as it only shuts the socket down under the reader.
     cut = close
+
+
+SILENT = "the upstream went silent for longer than the read timeout"
 
 
 def not_a_stream(resp: requests.Response) -> UpstreamError:
@@ -226,25 +265,28 @@ def not_a_stream(resp: requests.Response) -> UpstreamError:
 
 
 class KeepaliveClock:
-    """Wakes the streams whose upstream has been silent for their keep-alive interval: one loop
-    per process (a greenlet under gevent, else a thread) instead of a timer armed and cancelled
-    for every wait, which would cost a paced token a timer object each. A keep-alive is late by at
-    most one tick (a quarter of the shortest interval asked for)."""
+    """Wakes the streams whose upstream has been silent for their keep-alive interval, and ends
+    those silent for their read timeout: one loop per process (a greenlet under gevent, else a
+    thread) instead of a timer armed and cancelled for every wait, which would cost a paced token
+    a timer object each. Either is late by at most one tick (a quarter of the shortest interval
+    asked for)."""
 
     def __init__(self) -> None:
         self.due: dict[Any, float] = {}
         self.tick = 1.0
         self._pid = -1
 
-    def wait(self, body: UpstreamBody, wake: Any, seconds: float) -> None:
-        """Block until ``wake`` is set by the reader, or ``seconds`` have passed."""
+    def wait(self, body: UpstreamBody, wake: Any, keepalive: float | None, silence: float | None = None) -> None:
+        """Block until ``wake`` is set by the reader, or ``keepalive`` seconds have passed (or the
+        body's ``silence`` watch ended it, which wakes it through its reader)."""
+        shortest = min(keepalive or silence or 1.0, silence or keepalive or 1.0)
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self.tick = max(0.01, seconds / 4)
+            self.tick = max(0.01, shortest / 4)
             spawn_reader(self._run)
-        elif seconds / 4 < self.tick:
-            self.tick = max(0.01, seconds / 4)
-        self.due[body] = time.monotonic() + seconds
+        elif shortest / 4 < self.tick:
+            self.tick = max(0.01, shortest / 4)
+        self.due[body] = time.monotonic() + keepalive if keepalive else float("inf")
         try:
             wake.wait()
         finally:
@@ -256,7 +298,10 @@ class KeepaliveClock:
             time.sleep(self.tick)  # gevent's sleep in a patched process
             now = time.monotonic()
             for body, when in list(due.items()):
-                if now >= when:
+                silence = body.silence
+                if silence and now - body.last_read() >= silence:
+                    body.time_out()
+                elif now >= when:
                     body._wake.set()
 
 
