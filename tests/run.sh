@@ -39,6 +39,6 @@ status=0
 "$py" -m coverage run -m pytest -p no:cacheprovider -n "$workers" "$@" || status=$?
 "$py" -m coverage combine --quiet
 if [ $status -eq 0 ] && [ $# -eq 0 ]; then
-  "$py" -m coverage report --skip-covered --sort=cover | tail -n 15 || status=$?
+  "$py" -m coverage report --skip-covered --sort=-cover | tail -n 15 || status=$?
 fi
 exit $status
