@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))  # redis_process, fake_upstream
 
 import loadgen  # noqa: E402
+from fake_upstream import make_certificate  # noqa: E402
 from loadgen import Target  # noqa: E402
 from redis_process import RedisProcess, redis_executable  # noqa: E402
 from servers import (  # noqa: E402
@@ -855,28 +856,7 @@ class Bench:
         self.stop_proxy()
         tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
         cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                key,
-                "-out",
-                cert,
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        make_certificate(cert, key, san="IP:127.0.0.1")
         tls_up = FakeUpstreamProcess(key=KEY, tls=(cert, key), extra_args=["--max-records", "2000"]).start()
         plain = ProxyServer(self.upstream.base_url, workers=1).start()
         tls = ProxyServer(tls_up.base_url, workers=1, extra_env={"REQUESTS_CA_BUNDLE": cert}).start()

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_upstream import FakeUpstreamProcess  # noqa: E402
+from fake_upstream import FakeUpstreamProcess, make_certificate  # noqa: E402
 from redis_process import RedisProcess, redis_executable  # noqa: E402
 
 API_KEY = "sk-test-SECRET-4f7c1e9a"  # recognisable, so leak tests can look for it
@@ -174,28 +174,7 @@ def start_proxy(tmp_path: Path) -> Iterator[Any]:
 def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_certificate(str(cert), str(key))
     return str(cert), str(key)
 
 

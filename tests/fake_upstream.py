@@ -1934,6 +1934,14 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------
 
 
+def make_certificate(cert: str, key: str, subject: str = "/CN=127.0.0.1", san: str | None = "IP:127.0.0.1,DNS:localhost") -> None:
+    """A self-signed certificate and its key for tests (the openssl CLI): a TLS server's with
+    ``san``, or a client's with ``san=None``."""
+    extra = ["-addext", f"subjectAltName={san}"] if san else []
+    cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", subject]
+    subprocess.run(cmd + extra, check=True, capture_output=True)
+
+
 class FakeUpstreamProcess:
     """Runs this file as a subprocess; a context manager.
 

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from fake_upstream import (  # noqa: E402
     FakeUpstreamProcess,
     expected_reasoning,
     expected_text,
+    make_certificate,
     reasoning_text,
     reported_usage,
     token_text,
@@ -621,28 +621,7 @@ def test_health(upstream: FakeUpstreamProcess) -> None:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not available")
 def test_tls(tmp_path: Path, session: requests.Session) -> None:
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_certificate(str(cert), str(key), san="IP:127.0.0.1")
     with FakeUpstreamProcess(tls=(str(cert), str(key)), key="tls-secret") as up:
         assert up.base_url.startswith("https://127.0.0.1:")
         body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "id=tls tokens=6"}]}

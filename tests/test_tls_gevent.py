@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import API_KEY, chat_body, http, sse_events
-from fake_upstream import FakeUpstreamProcess, expected_text
+from fake_upstream import FakeUpstreamProcess, expected_text, make_certificate
 
 
 @pytest.fixture(scope="module")
@@ -126,30 +126,10 @@ def test_verify_false_works_for_a_self_signed_server_and_says_so_loudly(start_pr
 
 @pytest.fixture(scope="module")
 def client_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    import subprocess
 
     d = tmp_path_factory.mktemp("mtls")
     cert, key = d / "client.pem", d / "client.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=llm-proxy-client",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_certificate(str(cert), str(key), subject="/CN=llm-proxy-client", san=None)
     return str(cert), str(key)
 
 

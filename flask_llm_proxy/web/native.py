@@ -25,6 +25,7 @@ from ..cache import Turn
 from ..config import ProviderConfig
 from ..contract.blocks import check_native
 from ..contract.request import valid_model_name
+from ..contract.responses_form import FORWARDED as RESPONSES_FIELDS
 from ..errors import InvalidRequest, ModelNotAllowed, UpstreamError
 from ..providers.anthropic import AnthropicAdapter
 from ..providers.base import Adapter, Translator, output_cap
@@ -103,24 +104,7 @@ APIS: dict[str, tuple[Adapter, frozenset[str], tuple[str, ...]]] = {
     ),
     "responses": (
         ResponsesAdapter(),
-        frozenset(
-            {
-                "model",
-                "input",
-                "instructions",
-                "max_output_tokens",
-                "temperature",
-                "top_p",
-                "tools",
-                "tool_choice",
-                "parallel_tool_calls",
-                "reasoning",
-                "text",
-                "store",
-                "truncation",
-                "stream",
-            }
-        ),
+        frozenset({"model", "stream", *RESPONSES_FIELDS}),
         ("max_output_tokens",),
     ),
 }
