@@ -87,7 +87,9 @@ class GunicornServer:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
+        # generous: under coverage, with other test processes and several servers booting at once
+        # on 2 cores, a fresh clone's workers took over 30 s to import the app (a wait, not a measure)
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")

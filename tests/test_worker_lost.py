@@ -244,7 +244,7 @@ def test_eight_gunicorn_workers_cold_start_on_a_fresh_sqlite_ledger(upstream: An
                     for pid in pids
                 )
 
-            assert wait_for(ready, 30), server.log()
+            assert wait_for(ready, 90), server.log()
             assert server.proc.poll() is None
             log = server.log()
             for sign in ("Traceback", "database is locked", "Worker failed to boot", "Worker exiting", "Exception"):
