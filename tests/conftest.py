@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -313,6 +313,16 @@ def screenshot(page: Any, name: str, published: Path) -> Path:
         published.parent.mkdir(parents=True, exist_ok=True)
         published.write_bytes(out.read_bytes())
     return out
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``fn`` until it returns something true, or ``timeout`` seconds passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
 
 
 def uid(prefix: str) -> str:

@@ -15,21 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chat_body, http, mock_host_app, sse_events, uid
+from conftest import chat_body, http, mock_host_app, sse_events, uid, wait_for
 
 from flask_llm_proxy import LLMProxy
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 from flask_llm_proxy.config import load_settings
 from flask_llm_proxy.state import stream_cap
-
-
-def wait_for(fn: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def test_max_tokens_has_a_documented_default_cap() -> None:

@@ -15,12 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, ROOT, chat_body, http, open_raw_stream, providers_for, sse_events
+from conftest import API_KEY, ROOT, chat_body, http, open_raw_stream, providers_for, sse_events, wait_for
 from flask import Flask
 
 from flask_llm_proxy import LLMProxy, usage_recorded
@@ -30,15 +29,6 @@ from flask_llm_proxy.accounting.redis_store import RedisStore
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 
 SONNET = "claude-3-5-sonnet-20241022"
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def sqlite_rows(path: Path) -> list[dict[str, Any]]:

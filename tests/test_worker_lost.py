@@ -14,13 +14,12 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GunicornServer, base_env, chat_body, http, open_raw_stream, uid
+from conftest import GunicornServer, base_env, chat_body, http, open_raw_stream, uid, wait_for
 
 from flask_llm_proxy.accounting.exchange import UsageRecord
 from flask_llm_proxy.accounting.inflight import InflightEntry
@@ -28,15 +27,6 @@ from flask_llm_proxy.accounting.redis_store import RedisStore
 from flask_llm_proxy.accounting.sqlite_store import SQLiteStore
 
 SONNET_IN, SONNET_OUT = 3e-6, 15e-6  # USD per token
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def workers_of(server: GunicornServer) -> list[int]:
