@@ -258,7 +258,9 @@ def test_a_hit_is_one_record_marked_cached_with_cost_zero_and_what_it_saved(serv
     assert (hit["saved_input_tokens"], hit["saved_output_tokens"], hit["saved_cost_usd"]) == (20, 4, live["cost_usd"])
     assert store.spend("acct-user", time.time())["daily_tokens"] == 24  # the hit charged nothing
     metrics = http().get(f"{servers['fleet_b'].url}/api/metrics").text
-    assert re.search(r'^llm_proxy_cache_total\{provider="anthropic",result="hit"\} [1-9]', metrics, re.MULTILINE)
+    # "hit" when the first answer was stored already, "shared" when fleet_a's flight was still
+    # finishing its store write (seen under load in CI): either way no second upstream call (above)
+    assert re.search(r'^llm_proxy_cache_total\{provider="anthropic",result="(hit|shared)"\} [1-9]', metrics, re.MULTILINE)
 
 
 def test_redis_down_bypasses_the_cache_and_serves_live_with_one_log_line(servers: Any, upstream: Any) -> None:
