@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .. import _json
+from ..fleet import redis_client
 from . import redis_rollup
 from .cells import Cells
 from .exchange import UsageRecord
@@ -84,9 +85,7 @@ class RedisStore(Store):
     write_ahead = True
 
     def __init__(self, url: str, stream_maxlen: int | None = None) -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._redis = redis_client(url, timeout=5.0, connect_timeout=2.0)
         self.stream = f"{self.PREFIX}:usage"
         self.stream_maxlen = stream_maxlen
         self.workers = f"{self.PREFIX}:workers"
@@ -173,7 +172,7 @@ class RedisStore(Store):
     def close_dead(self, host: str, lease: float, now: float) -> int:
         me = f"{host}|{os.getpid()}"
         closed = 0
-        workers: list[tuple[bytes, float]] = self._redis.zrange(self.workers, 0, -1, withscores=True)  # type: ignore[assignment]
+        workers: list[tuple[bytes, float]] = self._redis.zrange(self.workers, 0, -1, withscores=True)
         for raw, renewed in workers:
             worker = raw.decode()
             if worker == me:
@@ -191,7 +190,7 @@ class RedisStore(Store):
     def _close(self, worker: str, stale_before: float | None = None) -> int:
         key = self._inflight(worker)
         closed = 0
-        entries: dict[bytes, bytes] = self._redis.hgetall(key)  # type: ignore[assignment]
+        entries: dict[bytes, bytes] = self._redis.hgetall(key)
         for wal_id, raw in entries.items():
             if stale_before is not None:
                 renewed = self._redis.zscore(self.workers, worker)
