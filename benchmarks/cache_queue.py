@@ -13,7 +13,8 @@ process of the two Redis scripts a request runs when nobody waits (take a slot, 
 - ``no cache`` / ``memory cache`` / ``redis cache``, every request a *miss* (distinct prompts):
   what looking up, keying, copying and storing add to a request that goes upstream;
 - the same caches, every request a *hit* (one prompt, stored first): a whole answer from the cache;
-- ``no cap`` / ``cap (redis)`` / ``cap (memory)``, a cap nobody reaches: the queue check's cost.
+- ``no cap`` / ``cap (redis)`` / ``cap (memory)``, a cap nobody reaches: the queue check's cost;
+- a second server with the base configuration: how far two identical ones differ (the noise).
 """
 
 from __future__ import annotations
@@ -102,27 +103,34 @@ class Scenario:
 
 
 def slot_script_cost(url: str, n: int) -> dict[str, float]:
-    """Microseconds per request for taking and giving back a slot nobody competes for, in this
-    process (no gevent; one EVALSHA round trip each, redis-py with hiredis if installed): CPU and
-    wall time; and, for scale, the same for two plain PINGs (the floor of two round trips here)."""
+    """Microseconds per request for the slots a request nobody competes with takes and gives back,
+    in this process (no gevent; redis-py with hiredis if installed), CPU and wall time: ``kept``,
+    a request that takes over the slot its process's previous request kept (no Redis call);
+    ``script``, one that has to run the acquire script (one round trip, which also gives back
+    what was kept: here every other request needs another provider's slot); and, for scale, two
+    plain PINGs (the floor of two round trips here)."""
     import redis as redis_py
 
     from flask_llm_proxy.concurrency.redis_slots import RedisSlots
 
     slots = RedisSlots(url, lease=10.0)
-    wanted = [("p:bench", 1_000_000)]
+    slots.node.tick = 3600.0  # no tick gives kept slots back during the measurement
     client = redis_py.Redis.from_url(url)
     seq = iter(range(10**9))
 
-    def pair() -> None:
-        slots.acquire(f"t{next(seq)}", wanted, time.monotonic() + 5, None, lambda: None)()
+    def kept() -> None:
+        slots.acquire(f"t{next(seq)}", [("p:bench", 1_000_000)], time.monotonic() + 5, None, lambda: None)()
+
+    def script() -> None:
+        i = next(seq)
+        slots.acquire(f"t{i}", [(f"p:bench{i % 2}", 1_000_000)], time.monotonic() + 5, None, lambda: None)()
 
     def pings() -> None:
         client.ping()
         client.ping()
 
     out = {}
-    for name, fn in (("slot", pair), ("pings", pings)):
+    for name, fn in (("kept", kept), ("script", script), ("pings", pings)):
         for _ in range(200):
             fn()
         c0, t0 = time.process_time(), time.perf_counter()
@@ -146,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     cap = {"LLM_PROXY_MAX_CONCURRENT": "100000"}
     configs: list[tuple[str, dict[str, str], list[tuple[str, str | None, bool]]]] = [
         ("no cache, no cap", {}, [("distinct prompts", None, False)]),
+        ("no cache, no cap (a second server: the noise floor)", {}, [("distinct prompts", None, False)]),
         ("memory cache", {"LLM_PROXY_CACHE_URL": "memory://"}, [("misses", "miss", False), ("hits", "hit", True)]),
         ("redis cache", {"LLM_PROXY_CACHE_URL": redis.url}, [("misses", "miss", False), ("hits", "hit", True)]),
         ("cap (redis), never reached", {**cap, "LLM_PROXY_QUEUE_URL": redis.url}, [("distinct prompts", None, False)]),
@@ -181,24 +190,30 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         upstream.stop()
         redis.stop()
-    base = scenarios[0]
+    twins = list(zip(scenarios[0].cpu_per_round, scenarios[1].cpu_per_round, strict=True))
+    base_rounds = [(x + y) / 2 for x, y in twins]  # two identical servers: their mean is the base
     n = args.rounds * args.per_round
     print(
         f"\n{n} sequential streams per row of {args.tokens} tokens (fake upstream first_ms={args.first_ms}), one gevent worker "
         f"per configuration, {args.rounds} interleaved rounds\n"
     )
-    print("| configuration | requests | worker CPU ms/request | vs no cache, no cap (mean of paired rounds) | TTFB p50 ms | total p50 ms |")
+    print(
+        "| configuration | requests | worker CPU ms/request | vs no cache, no cap (mean of the two, paired rounds) "
+        "| TTFB p50 ms | total p50 ms |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for sc in scenarios:
-        delta = statistics.fmean(a - b for a, b in zip(sc.cpu_per_round, base.cpu_per_round, strict=False))
+        delta = statistics.fmean(a - b for a, b in zip(sc.cpu_per_round, base_rounds, strict=False))
         print(
             f"| {sc.name} | {sc.label} | {statistics.fmean(sc.cpu_per_round):.3f} | {delta:+.3f} "
             f"| {statistics.median(sc.ttfb):.2f} | {statistics.median(sc.total):.2f} |"
         )
     print(
-        f"\nIn process, Redis on loopback, nobody waiting: taking and giving back a slot costs {script_us['slot_cpu']:.0f} us "
-        f"of CPU ({script_us['slot_wall']:.0f} us wall) per request; two plain PINGs cost {script_us['pings_cpu']:.0f} us "
-        f"of CPU ({script_us['pings_wall']:.0f} us wall) on this machine right now"
+        f"\nIn process, Redis on loopback, nobody waiting, per request: taking over the slot the process's previous "
+        f"request kept costs {script_us['kept_cpu']:.0f} us of CPU ({script_us['kept_wall']:.0f} us wall); running the "
+        f"acquire script instead (one round trip) {script_us['script_cpu']:.0f} us of CPU ({script_us['script_wall']:.0f} us "
+        f"wall); two plain PINGs cost {script_us['pings_cpu']:.0f} us of CPU ({script_us['pings_wall']:.0f} us wall) on "
+        "this machine right now"
     )
     import os
 

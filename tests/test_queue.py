@@ -339,8 +339,8 @@ def test_a_wrong_queue_setting_names_its_key() -> None:
 
 
 def test_a_slot_kept_to_give_back_later_goes_back_at_once_when_someone_waits(redis_server: Any) -> None:
-    """Uncontended, a finished request's slot is returned with the process's next request (one
-    round trip per request); a request that has to queue nudges the holder, which returns it then,
+    """Uncontended, a finished request's slot stays with its process (for its next request, or
+    until its next tick); a request that has to queue nudges the holder, which returns it then,
     not at its next tick."""
     import redis as redis_py
 
@@ -352,9 +352,69 @@ def test_a_slot_kept_to_give_back_later_goes_back_at_once_when_someone_waits(red
     holder.node.tick = 20.0  # no tick would flush it during this test: only the nudge can
     wanted = [("p:nudge", 1)]
     holder.acquire(holder.ticket(), wanted, time.monotonic() + 5, None, lambda: None)()
-    assert holder._later and redis_py.Redis.from_url(url).zcard(Q + "p:nudge:h") == 1  # kept for later
+    assert holder._kept and redis_py.Redis.from_url(url).zcard(Q + "p:nudge:h") == 1  # kept for later
     t0 = time.monotonic()
     release = waiter.acquire(waiter.ticket(), wanted, time.monotonic() + 10, None, lambda: None)
     assert time.monotonic() - t0 < 5  # the nudge, not a tick 20 s away
-    assert not holder._later
+    assert not holder._kept
     release()
+
+
+def test_the_next_request_with_the_same_needs_takes_a_kept_slot_over_without_a_redis_call(redis_server: Any) -> None:
+    """Nobody waiting: a request that follows another of the same process and provider costs no
+    round trip to Redis, and the slot count stays exact (one holder, not two)."""
+    import redis as redis_py
+
+    from flask_llm_proxy.concurrency.redis_slots import Q, RedisSlots
+
+    url = db(redis_server, 11)
+    admin = redis_py.Redis.from_url(url)
+    admin.flushdb()
+    slots = RedisSlots(url, lease=30)
+    slots.node.tick = 20.0
+    wanted = [("p:reuse", 2)]
+
+    def script_calls() -> int:
+        stats = admin.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+    slots.acquire(slots.ticket(), wanted, time.monotonic() + 5, None, lambda: None)()
+    before = script_calls()
+    for _ in range(20):
+        give_back = slots.acquire(slots.ticket(), wanted, time.monotonic() + 5, None, lambda: None)
+        assert admin.zcard(Q + "p:reuse:h") == 1
+        give_back()
+    assert script_calls() == before  # twenty requests, no script run
+    other = [("p:reuse", 2), ("u:alice", 1)]  # other needs: a round trip, which also returns the kept slot
+    give_back = slots.acquire(slots.ticket(), other, time.monotonic() + 5, None, lambda: None)
+    assert script_calls() == before + 1
+    assert admin.zcard(Q + "p:reuse:h") == 1 and admin.zcard(Q + "u:alice:h") == 1
+    give_back()
+    slots._give_back_later_ones()  # what the next tick does
+    assert admin.zcard(Q + "p:reuse:h") == 0 and admin.zcard(Q + "u:alice:h") == 0
+
+
+def test_the_lean_redis_pool_never_hands_out_a_connection_with_an_unread_reply(redis_server: Any) -> None:
+    """The proxy's Redis pool skips redis-py's per-command check for unread replies (a failed read
+    and two timeout changes per command under gevent). That is safe because redis-py drops a
+    connection whose command was interrupted: a read that timed out leaves no reply behind for
+    the next command, and a connection the server closed is replaced on the next command. If a
+    redis-py upgrade changes either, this fails."""
+    import redis as redis_py
+
+    from flask_llm_proxy.fleet import redis_client
+
+    url = db(redis_server, 10)
+    r = redis_client(url, timeout=0.3)
+    r.flushdb()
+    with pytest.raises(redis_py.TimeoutError):
+        r.blpop(["llm_proxy:test:never"], timeout=1)  # the reply comes after the socket timeout
+    r.rpush("llm_proxy:test:list", "a")
+    assert r.lpop("llm_proxy:test:list") == b"a"  # its own reply, not the late BLPOP's
+    assert r.ping() is True
+    admin = redis_py.Redis.from_url(url)
+    killed = admin.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    r.set("llm_proxy:test:key", "v")  # a closed connection is replaced, the command retried
+    assert r.get("llm_proxy:test:key") == b"v"
+    assert admin.get("llm_proxy:test:key") == b"v"

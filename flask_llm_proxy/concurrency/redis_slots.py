@@ -9,8 +9,9 @@ it to the first live waiter and pushes ``g|<ticket>`` to that waiter's process i
 (:mod:`~flask_llm_proxy.fleet`), whose one ``BLPOP`` wakes it. Leases are renewed each tick by
 the holder's process; a process that dies stops renewing, and its slots return when their leases
 end (at most ``LLM_PROXY_QUEUE_LEASE``), swept by any process that has waiters. While nobody
-waits, a finished request's slot goes back with the process's next acquire (one round trip per
-request instead of two); see :class:`RedisSlots`.
+waits, a process keeps a finished request's slots for its next request with the same needs (no
+round trip at all) until its next tick, and gives back the ones it kept with its next acquire or
+at that tick; see :class:`RedisSlots`.
 """
 
 from __future__ import annotations
@@ -153,10 +154,13 @@ URGENT = 10.0
 
 
 class RedisSlots:
-    """A finished request's slots are given back in the same script call as this process's next
-    acquire, or at the next tick, so a request nobody competes with costs one round trip; the
-    moment anyone waits (here, or anywhere: a queued request nudges the holders' processes), they
-    are given back at once, and stay so for :data:`URGENT` seconds."""
+    """While nobody waits, a finished request's slots stay with this process: its next request
+    with the same needs takes them over without a Redis call (their lease is renewed as theirs
+    was), and those not taken over go back in the same script call as its next acquire, or at the
+    next tick, whichever comes first. So a request nobody competes with costs no round trip, or
+    one. The moment anyone waits (here, or anywhere: a queued request nudges the holders'
+    processes), kept slots are given back at once, and finished ones go back at once for
+    :data:`URGENT` seconds: the cap stays exact and the wait first come, first served."""
 
     shared = True
 
@@ -171,7 +175,7 @@ class RedisSlots:
         self._scripts: tuple[Any, Any, Any] | None = None
         self._waiting: dict[str, tuple[Any, Sequence[tuple[str, int]]]] = {}
         self._held: dict[str, Sequence[tuple[str, int]]] = {}
-        self._later: list[Any] = []  #: (ticket, name, cap) triples, flattened: slots kept to give back later
+        self._kept: dict[tuple[tuple[str, int], ...], list[str]] = {}  #: needs -> tickets of finished requests, slots still held
         self._urgent_until = 0.0
 
     def _run(self) -> tuple[Any, Any, Any]:
@@ -195,16 +199,23 @@ class RedisSlots:
         """As :meth:`LocalSlots.acquire`; Redis errors propagate (the gate fails closed or open)."""
         acquire, release, _ = self._run()
         node = self.node
+        needs = tuple(wanted)
+        kept = self._kept.get(needs)
+        if kept and not self._waiting and time.monotonic() >= self._urgent_until:
+            ticket = kept.pop()  # a finished request's slots, still held: taken over, no round trip
+            if not kept:
+                del self._kept[needs]
+            return self._hold(ticket, wanted, release)
         pairs = self._flat(wanted)
         node_id = node.id
 
         def attempt() -> int:
             wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            later, self._later = self._later, []
+            later = self._take_kept()
             try:
                 return int(acquire(args=(self.lease_ms, wait_ms, ticket, node_id, Q, INBOX, INBOX_TTL_MS, len(later), *later, *pairs)))
             except BaseException:
-                self._later[:0] = later  # not given back: next time (or their leases end)
+                self._keep_again(later)  # not given back: next time (or their leases end)
                 raise
 
         if attempt():
@@ -235,17 +246,19 @@ class RedisSlots:
             if not granted:  # leaves the queue (and any slot handed to it meanwhile)
                 release(args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *self._triples(ticket, wanted)))
                 raise ConnectionAbortedError() if gone is not None and gone.is_set() else TimeoutError()
+        return self._hold(ticket, wanted, release)
+
+    def _hold(self, ticket: str, wanted: Sequence[tuple[str, int]], release: Any) -> Callable[[], None]:
         self._held[ticket] = wanted
-        if not node.running:
-            node.wake()  # renews the lease while the stream runs; gives back what waits for later
+        if not self.node.running:
+            self.node.wake()  # renews the lease while the stream runs; gives back what is kept
 
         def give_back() -> None:
             del self._held[ticket]
-            triples = self._triples(ticket, wanted)
             if self._waiting or time.monotonic() < self._urgent_until:
-                release(args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *triples))
+                release(args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *self._triples(ticket, wanted)))
             else:
-                self._later.extend(triples)
+                self._kept.setdefault(tuple(wanted), []).append(ticket)
 
         return give_back
 
@@ -253,13 +266,25 @@ class RedisSlots:
     def _triples(ticket: str, wanted: Sequence[tuple[str, int]]) -> list[Any]:
         return [x for name, cap in wanted for x in (ticket, name, cap)]
 
+    def _take_kept(self) -> list[Any]:
+        """Every kept slot as (ticket, name, cap) triples, no longer kept."""
+        kept, self._kept = self._kept, {}
+        return [x for needs, tickets in kept.items() for t in tickets for name, cap in needs for x in (t, name, cap)]
+
+    def _keep_again(self, triples: list[Any]) -> None:
+        tickets: dict[str, list[tuple[str, int]]] = {}
+        for i in range(0, len(triples), 3):
+            tickets.setdefault(triples[i], []).append((triples[i + 1], triples[i + 2]))
+        for ticket, needs in tickets.items():
+            self._kept.setdefault(tuple(needs), []).append(ticket)
+
     def _give_back_later_ones(self) -> None:
-        later, self._later = self._later, []
+        later = self._take_kept()
         if later:
             try:
                 self._run()[1](args=(self.lease_ms, Q, INBOX, INBOX_TTL_MS, "0", *later))
             except BaseException:
-                self._later[:0] = later
+                self._keep_again(later)
                 raise
 
     def _on_grant(self, ticket: str) -> None:
@@ -272,7 +297,7 @@ class RedisSlots:
         self._give_back_later_ones()
 
     def _tick(self) -> bool:
-        if not self._held and not self._waiting and not self._later:
+        if not self._held and not self._waiting and not self._kept:
             return False
         _, release, renew = self._run()
         self._give_back_later_ones()
