@@ -14,13 +14,21 @@ from typing import Any
 log = logging.getLogger("flask_llm_proxy")
 
 
+_PATCHED = False
+
+
 def gevent_active() -> bool:
-    """True in a gevent-patched process (gunicorn's gevent worker patches at fork)."""
+    """True in a gevent-patched process (gunicorn's gevent worker patches at fork). Asked several
+    times per request; a process, once patched, stays patched, so only "not yet" is asked again."""
+    global _PATCHED
+    if _PATCHED:
+        return True
     try:
         from gevent.monkey import is_module_patched
     except ImportError:  # pragma: no cover - gevent is a dependency, but stay tolerant
         return False
-    return bool(is_module_patched("socket"))
+    _PATCHED = bool(is_module_patched("socket"))
+    return _PATCHED
 
 
 def make_event() -> Any:
