@@ -47,7 +47,6 @@ MODELS = (
     ("openai", "gpt-5", 1.25, 10.0),
 )
 ERRORS = ("upstream_error", "timeout", "rate_limited", "upstream_overloaded", "network_error")
-BEGIN, END = "<!-- admin-summary -->", "<!-- /admin-summary -->"
 
 
 def records(n: int, days: int, now: float, seed: int = 7, users: int = 2000) -> Iterator[dict[str, Any]]:
@@ -185,28 +184,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_section(path: Path, lines: list[str], command: str) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md; benchmarks/run.py keeps it when it rewrites the file."""
-    import platform
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sections import write_section as write
 
-    body = "\n".join(
-        [
-            BEGIN,
-            "## Operator summary (benchmarks/admin_summary.py)",
-            "",
-            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, "
-            f"SQLite {__import__('sqlite3').sqlite_version}; {os.cpu_count()} CPUs",
-            f"- Command: `{command}` (from the repository root)",
-            "",
-            *lines,
-            "",
-            END,
-        ]
-    )
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text.split(BEGIN, 1)[0] + body + text.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
+    sqlite = f"- SQLite {__import__('sqlite3').sqlite_version}"
+    write(path, "admin-summary", "Operator summary (benchmarks/admin_summary.py)", command, [sqlite, "", *lines])
 
 
 if __name__ == "__main__":

@@ -143,11 +143,18 @@ def slot_script_cost(url: str, n: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="also write the table as its section of this file (benchmarks/RESULTS.md)")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--per-round", type=int, default=50, help="requests per scenario per round")
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--first-ms", type=int, default=0, help="the fake upstream's delay before its first token")
     args = ap.parse_args(argv)
+    lines: list[str] = []
+
+    def out(text: str = "") -> None:
+        print(text)
+        lines.extend(text.split("\n"))
+
     redis = RedisProcess(free_port())
     upstream = start_upstream()
     knobs = f"tokens={args.tokens} first_ms={args.first_ms}"
@@ -193,22 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     twins = list(zip(scenarios[0].cpu_per_round, scenarios[1].cpu_per_round, strict=True))
     base_rounds = [(x + y) / 2 for x, y in twins]  # two identical servers: their mean is the base
     n = args.rounds * args.per_round
-    print(
+    out(
         f"\n{n} sequential streams per row of {args.tokens} tokens (fake upstream first_ms={args.first_ms}), one gevent worker "
         f"per configuration, {args.rounds} interleaved rounds\n"
     )
-    print(
+    out(
         "| configuration | requests | worker CPU ms/request | vs no cache, no cap (mean of the two, paired rounds) "
         "| TTFB p50 ms | total p50 ms |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    out("| --- | --- | --- | --- | --- | --- |")
     for sc in scenarios:
         delta = statistics.fmean(a - b for a, b in zip(sc.cpu_per_round, base_rounds, strict=False))
-        print(
+        out(
             f"| {sc.name} | {sc.label} | {statistics.fmean(sc.cpu_per_round):.3f} | {delta:+.3f} "
             f"| {statistics.median(sc.ttfb):.2f} | {statistics.median(sc.total):.2f} |"
         )
-    print(
+    out(
         f"\nIn process, Redis on loopback, nobody waiting, per request: taking over the slot the process's previous "
         f"request kept costs {script_us['kept_cpu']:.0f} us of CPU ({script_us['kept_wall']:.0f} us wall); running the "
         f"acquire script instead (one round trip) {script_us['script_cpu']:.0f} us of CPU ({script_us['script_wall']:.0f} us "
@@ -217,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     import os
 
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    out(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.out:
+        from sections import write_section
+
+        command = "python benchmarks/cache_queue.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(args.out, "cache-queue", "Cache and queue (benchmarks/cache_queue.py)", command.strip(), lines)
     return 0
 
 

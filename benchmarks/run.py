@@ -1439,11 +1439,11 @@ def write_results(bench: Bench, path: Path, table: str, notes: list[str], comman
         ]
         lines += [profile_summary(f) for f in bench.profiler.files]
     path.parent.mkdir(parents=True, exist_ok=True)
-    # benchmarks/admin_summary.py writes its own section: keep it
-    old = path.read_text() if path.exists() else ""
-    begin, end = "<!-- admin-summary -->", "<!-- /admin-summary -->"
-    if begin in old and end in old:
-        lines += [begin + old.split(begin, 1)[1].split(end, 1)[0] + end, ""]
+    # the standalone benchmarks (admin_summary.py, token_path.py, cache_queue.py ...) write their own sections: keep them
+    from sections import kept_sections
+
+    for section in kept_sections(path.read_text() if path.exists() else ""):
+        lines += [section, ""]
     path.write_text("\n".join(lines) + "\n")
 
 
