@@ -14,7 +14,10 @@ per round, sides in a new order each round, CPU from ``time.process_time``; one 
 - CPU per request for 1-token and 200-token streams (10 at a time), and the difference per
   token between the two (what one more token costs when tokens arrive in bursts);
 - CPU per token of 50-token streams paced 50 ms apart (200 at a time; every token its own network
-  read), and per token beyond the request's own cost (the 1-token figure taken off).
+  read), and per token beyond the request's own cost (the 1-token figure taken off);
+- which layer of this code's path costs what on those paced streams: each layer read on its own
+  (urllib3's ``raw.stream(None)``, + requests' ``iter_content``, + ``iter_lines``, + the SSE
+  events, + :class:`UpstreamBody`), and the old transport without and with its SSE decoder.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,6 +41,16 @@ MODES = {  # name: (concurrent streams, requests, tokens, pace ms)
     "200 tokens": (10, 200, 200, 0),
     "paced 50 tokens": (200, 200, 50, 50),
 }
+
+
+#: the layers of this code's path, each measured on its own ("new: <layer>" sides of --layers)
+LAYERS = {
+    "new: urllib3 raw.stream(None)": "urllib3",
+    "new: + requests iter_content(None)": "iter_content",
+    "new: + iter_lines(None)": "iter_lines",
+    "new: + PromptRaw and SSE events": "events",
+}
+LAYER_SIDES = ["old: chunks", "old", *LAYERS, "new"]
 
 
 def client(side: str, root: str, port: int, mode: str) -> None:
@@ -55,7 +69,7 @@ def client(side: str, root: str, port: int, mode: str) -> None:
         {"model": "claude-3-5-sonnet-20241022", "max_tokens": 4000, "stream": True, "messages": [{"role": "user", "content": content}]}
     ).encode()
     events = [0]
-    if side == "old":
+    if side.startswith("old"):
         from flask_llm_proxy.body import read_chunks  # type: ignore[import-not-found, unused-ignore]
         from flask_llm_proxy.sse import SSEDecoder  # type: ignore[import-not-found, unused-ignore]
         from flask_llm_proxy.upstream import UpstreamClient, finish  # type: ignore[attr-defined, unused-ignore]
@@ -66,26 +80,42 @@ def client(side: str, root: str, port: int, mode: str) -> None:
             resp, _ = old.open(
                 url, headers, body, secrets=(), connect_timeout=5, read_timeout=60, max_retries=0, backoff=0.1, retry_after_max=10
             )
-            feed = SSEDecoder().feed
+            feed = SSEDecoder().feed if side == "old" else len  # "old: chunks": the transport and chunked decoder only
             for chunk in read_chunks(resp, 15.0, 60.0):
                 if chunk:
-                    events[0] += len(feed(chunk))
+                    events[0] += feed(chunk) if side != "old" else len(feed(chunk))
             finish(resp)
 
     else:
-        from flask_llm_proxy.upstream.body import UpstreamBody
+        from flask_llm_proxy.upstream.body import UpstreamBody, body_lines
         from flask_llm_proxy.upstream.client import Target
         from flask_llm_proxy.upstream.client import UpstreamClient as NewClient
+        from flask_llm_proxy.upstream.sse import events as sse_events
 
         new = NewClient(concurrency + 10)
         new.session()
         target = Target(url, headers, True, None, {})
+        layer = LAYERS.get(side)
 
         def one() -> None:
             resp = new.open(target, body, secrets=(), connect_timeout=5, read_timeout=60, max_retries=0, backoff=0.1, retry_after_max=10)
-            for batch in UpstreamBody(resp, 15.0):
-                if batch:
-                    events[0] += len(batch)
+            if layer is None:  # this code's path
+                for batch in UpstreamBody(resp, 15.0):
+                    if batch:
+                        events[0] += len(batch)
+                return
+            if layer == "urllib3":
+                items: Any = resp.raw.stream(None, decode_content=True)
+            elif layer == "iter_content":
+                items = resp.iter_content(None)
+            elif layer == "iter_lines":
+                items = resp.iter_lines(None)
+            else:
+                items = sse_events(body_lines(resp))
+            for _ in items:
+                events[0] += 1
+            resp.raw.release_conn()
+            resp.close()
 
     def run(n: int) -> None:
         left = [n]
@@ -120,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="705fd50", help="the commit with the old transport (default: the last one before requests)")
     ap.add_argument("--out", type=Path, help="also write the table as its section of this file (benchmarks/RESULTS.md)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--layer-rounds", type=int, default=3, help="rounds of the table of layers (paced streams only)")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -149,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                     m = measure(side, roots[side], up.port, mode)
                     per.setdefault((side, mode), []).append(m["cpu"] / m["requests"] * 1e6)
                     per_event.setdefault((side, mode), []).append(m["cpu"] / m["events"] * 1e6)
+        layers: dict[str, list[float]] = {}  # side: CPU us per paced request, each round
+        for _ in range(args.layer_rounds):
+            for side in random.sample(LAYER_SIDES, len(LAYER_SIDES)):
+                m = measure(side, roots["old" if side.startswith("old") else "new"], up.port, "paced 50 tokens")
+                layers.setdefault(side, []).append(m["cpu"] / m["requests"] * 1e6)
     med = {k: statistics.median(v) for k, v in per.items()}
     delta = {mode: statistics.median(n - o for o, n in zip(per[("old", mode)], per[("new", mode)], strict=True)) for mode in MODES}
     paced_tokens, burst_tokens = MODES["paced 50 tokens"][2], MODES["200 tokens"][2]
@@ -168,6 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     out(f"| CPU us per event, paced (request cost included) | {o:.1f} | {n:.1f} | {n - o:+.1f} |")
     o, n = marginal("old", "paced 50 tokens", paced_tokens), marginal("new", "paced 50 tokens", paced_tokens)
     out(f"| CPU us per paced token beyond the request's own cost | {o:.1f} | {n:.1f} | {n - o:+.1f} |")
+    out(
+        f"\nWhich layer costs what, paced 50-token streams ({MODES['paced 50 tokens'][0]} at a time), medians of "
+        f"{args.layer_rounds} rounds: each row reads the same streams to the layer it names (the request's own cost included)\n"
+    )
+    out("| what reads the body | CPU us per request | per paced token over the row above |")
+    out("| --- | --- | --- |")
+    previous = None
+    for side in LAYER_SIDES:
+        value = statistics.median(layers[side])
+        step = "" if previous is None or side == "new: urllib3 raw.stream(None)" else f"{(value - previous) / paced_tokens:+.1f}"
+        label = {
+            "old: chunks": f"{args.base}: transport + chunked decoder",
+            "old": f"{args.base}: + its SSE decoder",
+            "new": "this code: + UpstreamBody (reader greenlet, batches)",
+        }.get(side, side.replace("new: ", "this code: "))
+        out(f"| {label} | {value:.0f} | {step} |")
+        previous = value
     if args.out:
         from sections import write_section
 
