@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from sections import Report  # noqa: E402
 from servers import STRIPPED, ProxyServer, cpu_seconds, free_port, start_upstream  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -149,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--first-ms", type=int, default=0, help="the fake upstream's delay before its first token")
     args = ap.parse_args(argv)
-    lines: list[str] = []
-
-    def out(text: str = "") -> None:
-        print(text)
-        lines.extend(text.split("\n"))
+    out = Report()
 
     redis = RedisProcess(free_port())
     upstream = start_upstream()
@@ -225,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     out(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    if args.out:
-        from sections import write_section
-
-        command = "python benchmarks/cache_queue.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(args.out, "cache-queue", "Cache and queue (benchmarks/cache_queue.py)", command.strip(), lines)
+    out.save(args.out, "cache-queue", "Cache and queue (benchmarks/cache_queue.py)", "cache_queue.py", argv)
     return 0
 
 

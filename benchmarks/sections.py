@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -40,3 +41,20 @@ def write_section(path: Path, name: str, title: str, command: str, lines: list[s
 def kept_sections(text: str) -> list[str]:
     """Every marked section of ``text``, in order."""
     return [m.group(0) for m in _SECTION.finditer(text)]
+
+
+class Report:
+    """What a script prints, kept for its section: ``out(text)`` prints and keeps; :meth:`save`
+    writes the section when the script was given ``--out``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str = "") -> None:
+        print(text)
+        self.lines.extend(text.split("\n"))
+
+    def save(self, path: Path | None, name: str, title: str, script: str, argv: list[str] | None) -> None:
+        if path is not None:
+            command = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_section(path, name, title, command.strip(), self.lines)

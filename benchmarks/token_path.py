@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sections import Report
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KEY = "bench-key"
@@ -156,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    lines: list[str] = []
-
-    def out(text: str = "") -> None:
-        print(text)
-        lines.extend(text.split("\n"))
+    out = Report()
 
     if args.client:
         client(args.client, args.root, args.port, args.mode)
@@ -221,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         }.get(side, side.replace("new: ", "this code: "))
         out(f"| {label} | {value:.0f} | {step} |")
         previous = value
-    if args.out:
-        from sections import write_section
-
-        command = "python benchmarks/token_path.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(args.out, "token-path", "The token path alone (benchmarks/token_path.py)", command.strip(), lines)
+    out.save(args.out, "token-path", "The token path alone (benchmarks/token_path.py)", "token_path.py", argv)
     return 0
 
 
