@@ -70,6 +70,29 @@ def run_later(fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
 
 
+def readable_now(sock: Any) -> bool:
+    """Whether ``sock`` has something to read right now (data, or the end of the connection),
+    without waiting. urllib3 asks this of every pooled connection before reusing it; its
+    ``select.poll`` is gevent's in a patched process, which sets up and tears down a watcher for
+    a question the kernel answers at once, so this asks the original ``poll``
+    (``gevent.monkey.get_original``)."""
+    global _POLL
+    if _POLL is None:
+        import select
+
+        _POLL = select.poll
+        if gevent_active():
+            from gevent.monkey import get_original
+
+            _POLL = get_original("select", "poll")
+    p = _POLL()
+    p.register(sock.fileno(), 1)  # POLLIN
+    return bool(p.poll(0))
+
+
+_POLL: Any = None
+
+
 def take_read_timeout(resp: Any) -> float | None:
     """Take the read timeout off the socket of a streamed response and return it (None when it
     has none, or no socket: a mocked body). A socket with a timeout arms and cancels a timer for

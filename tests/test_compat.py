@@ -137,3 +137,41 @@ def test_take_read_timeout_moves_a_streamed_responses_timeout_off_its_socket_and
     mocked = requests.Response()
     mocked.raw = object()
     assert _compat.take_read_timeout(mocked) is None  # no socket: nothing to take
+
+
+def test_a_pooled_upstream_connection_is_checked_with_the_kernels_poll_under_gevent() -> None:
+    """urllib3 asks ``is_connected`` of a pooled connection before reusing it; the adapter's pools
+    answer with ``readable_now``: the original ``poll``, not gevent's stand-in, and the same
+    answers (idle: connected; the upstream closed it or sent something unasked: dropped)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import socket, time
+        from gevent.monkey import get_original
+        from flask_llm_proxy import _compat
+        from flask_llm_proxy.upstream.client import ProxyAdapter
+        a, b = socket.socketpair()
+        print(_compat.readable_now(a), end=" ")
+        b.sendall(b"x")
+        print(_compat.readable_now(a), end=" ")
+        print(_compat._POLL is get_original("select", "poll"))
+        pools = ProxyAdapter(4).poolmanager.pool_classes_by_scheme
+        server = socket.create_server(("127.0.0.1", 0))
+        conn = pools["http"].ConnectionCls("127.0.0.1", server.getsockname()[1])
+        conn.connect()
+        peer, _ = server.accept()
+        print(conn.is_connected, end=" ")
+        peer.close()
+        time.sleep(0.05)
+        import urllib3.connection as uc
+        tls = pools["https"].ConnectionCls
+        print(conn.is_connected, issubclass(tls, uc.HTTPSConnection) and tls.is_connected is not uc.HTTPSConnection.is_connected)
+    """)
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["False True True", "True False True"]

@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import requests
+import urllib3
+import urllib3.connection
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from .._compat import GEVENT_SSL_FIX, ssl_patch_problem
+from .._compat import GEVENT_SSL_FIX, readable_now, ssl_patch_problem
 from ..config import ProviderConfig
 from ..errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamTimeout
 from .errors import RETRY_STATUSES, error_from_response, find_cause, parse_retry_after, protocol_error, reason, tls_error
@@ -34,13 +36,35 @@ def backoff_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+class _Connection(urllib3.connection.HTTPConnection):
+    @property
+    def is_connected(self) -> bool:  # urllib3's own, with a poll gevent does not stand in for
+        return self.sock is not None and not readable_now(self.sock)
+
+
+class _TLSConnection(urllib3.connection.HTTPSConnection):
+    @property
+    def is_connected(self) -> bool:
+        return self.sock is not None and not readable_now(self.sock)
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class ProxyAdapter(HTTPAdapter):
     """requests' ``HTTPAdapter`` with what never changes for a configured upstream done once.
 
     ``HTTPAdapter.send`` looks up the connection pool, checks the CA bundle on disk, works out the
     request's path and fills a cookie jar on every request; through its subclassing hooks this does
-    the first three once per URL and skips the jar (an API's cookies are never sent back). Sending,
-    pooling, TLS, proxies and timeouts stay requests' and urllib3's own.
+    the first three once per URL and skips the jar (an API's cookies are never sent back); its
+    pools check a pooled connection before reuse with the kernel's ``poll`` rather than gevent's
+    (:func:`~flask_llm_proxy._compat.readable_now`). Sending, pooling, TLS, proxies and timeouts
+    stay requests' and urllib3's own.
     """
 
     def __init__(self, pool_maxsize: int) -> None:
@@ -49,6 +73,10 @@ class ProxyAdapter(HTTPAdapter):
         self._pools: dict[Any, Any] = {}
         self._verified: set[Any] = set()
         self._paths: dict[Any, str] = {}
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None, cert: Any = None) -> Any:
         key = (request.url, verify, cert, tuple(sorted(proxies.items())) if proxies else ())
