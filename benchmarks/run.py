@@ -1023,50 +1023,24 @@ class Bench:
         d, o, n = merge_runs(runs["direct"]), merge_runs(runs[oldname]), merge_runs(runs["new"])
         a_old, a_new = paired(d, o, "ttfb_p50_ms", "-"), paired(d, n, "ttfb_p50_ms", "-")
         self.row("ab", api, f"added TTFB p50 ms at concurrency 1 {label}", a_old, a_new, added=a_new - a_old, src=n, errors=self.errs(o, n))
+
+        def compare(o: dict[str, Any], n: dict[str, Any], metric: str, key: str, limit: float | None = None, target: str = "") -> None:
+            """One row of the old against the new: the median of the paired rounds' differences."""
+            delta = paired(o, n, key, "-") if key != "peak_rss_mb" else n[key] - o[key]
+            met = delta <= limit if limit is not None else None
+            self.row("ab", api, f"{metric} {label}", o[key], n[key], added=delta, target=target, met=met, src=n, errors=self.errs(o, n))
+
         sz = self.sizes["ab: 200-token requests"]
         runs = self.interleave(
             "ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="200 tokens", rotate=True
         )
         o, n = merge_runs(runs[oldname]), merge_runs(runs["new"])
-        delta = paired(o, n, "cpu_ms_per_req", "-")
-        self.row(
-            "ab",
-            api,
-            f"worker CPU ms per 200-token request {label}",
-            o["cpu_ms_per_req"],
-            n["cpu_ms_per_req"],
-            added=delta,
-            target="<= +0.40 ms",
-            met=delta <= 0.40,
-            src=n,
-            errors=self.errs(o, n),
-        )
+        compare(o, n, "worker CPU ms per 200-token request", "cpu_ms_per_req", 0.40, "<= +0.40 ms")
         sz = self.sizes["ab: paced"]
         runs = self.interleave("ab", sides(sz, False), sz, requests=sz.requests, concurrency=sz.concurrency, label="paced", rotate=True)
         o, n = merge_runs(runs[oldname]), merge_runs(runs["new"])
-        delta = paired(o, n, "cpu_us_per_token", "-")
-        self.row(
-            "ab",
-            api,
-            f"worker CPU us per paced token {label}",
-            o["cpu_us_per_token"],
-            n["cpu_us_per_token"],
-            added=delta,
-            target="<= +3 us",
-            met=delta <= 3.0,
-            src=n,
-            errors=self.errs(o, n),
-        )
-        self.row(
-            "ab",
-            api,
-            f"gap p99 ms, paced {label}",
-            o["gap_p99_ms"],
-            n["gap_p99_ms"],
-            added=paired(o, n, "gap_p99_ms", "-"),
-            src=n,
-            errors=self.errs(o, n),
-        )
+        compare(o, n, "worker CPU us per paced token", "cpu_us_per_token", 3.0, "<= +3 us")
+        compare(o, n, "gap p99 ms, paced", "gap_p99_ms")
         sz = self.sizes["ab: 500 slow streams"]
         runs = self.interleave(
             "ab", sides(sz, True), sz, requests=sz.requests, concurrency=sz.concurrency, label="500 streams", rotate=True
@@ -1083,26 +1057,8 @@ class Bench:
             src=n,
             errors=self.errs(o, n),
         )
-        self.row(
-            "ab",
-            api,
-            f"500 slow streams, TTFB p99 ms {label}",
-            o["ttfb_p99_ms"],
-            n["ttfb_p99_ms"],
-            added=paired(o, n, "ttfb_p99_ms", "-"),
-            src=n,
-            errors=self.errs(o, n),
-        )
-        self.row(
-            "ab",
-            api,
-            f"500 slow streams, peak RSS MB {label}",
-            o["peak_rss_mb"],
-            n["peak_rss_mb"],
-            added=n["peak_rss_mb"] - o["peak_rss_mb"],
-            src=n,
-            errors=self.errs(o, n),
-        )
+        compare(o, n, "500 slow streams, TTFB p99 ms", "ttfb_p99_ms")
+        compare(o, n, "500 slow streams, peak RSS MB", "peak_rss_mb")
 
     # output
     def table(self) -> str:
