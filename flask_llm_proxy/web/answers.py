@@ -20,8 +20,8 @@ from ..errors import ProxyError
 from ..providers.base import Translator
 from ..state import ProxyState
 from ..stream.passthrough import replay
-from ..stream.relay import Items, StreamBody, peek
-from .flow import SSE_CONTENT_TYPE, STREAM_HEADERS
+from ..stream.relay import Items, peek
+from .flow import SSE_CONTENT_TYPE, stream_response
 
 
 def cache_turn(st: ProxyState, ex: Exchange, provider: ProviderConfig, kind: str, body: Any) -> Turn | None:
@@ -112,13 +112,7 @@ def native_answer(
             turn = cache_turn(st, ex, provider, kind, body)
             continue
         ctype = (turn.entry[0].content_type if turn.entry else None) or SSE_CONTENT_TYPE
-        return Response(
-            StreamBody(replay(ex, chunks, api, first), ex.finalize),
-            status=200,
-            content_type=ctype,
-            headers=STREAM_HEADERS,
-            direct_passthrough=True,
-        )
+        return stream_response(ex, replay(ex, chunks, api, first), ctype)
     try:
         admit(st, ex, provider)
         return live(turn)

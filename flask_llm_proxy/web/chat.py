@@ -28,7 +28,6 @@ from ..providers.mock import MockSource
 from ..state import ProxyState
 from ..stream.relay import (
     Items,
-    StreamBody,
     collect,
     iter_items,
     peek,
@@ -38,8 +37,6 @@ from ..stream.relay import (
 from .answers import contract_answer
 from .fallback import fall_back
 from .flow import (
-    SSE_CONTENT_TYPE,
-    STREAM_HEADERS,
     accounted,
     before_upstream,
     count_retry,
@@ -47,6 +44,7 @@ from .flow import (
     open_upstream,
     require_profile,
     state,
+    stream_response,
 )
 from .json_body import read_json
 
@@ -128,13 +126,7 @@ def run(st: ProxyState, ex: Exchange, req: ChatRequest, provider: ProviderConfig
         payload = collect(ex, items, translator, first)  # an error propagates to accounted()
         ex.finalize()
         return Response(_json.dumps(payload), status=200, mimetype="application/json")
-    return Response(
-        StreamBody(relay(ex, items, translator, first), ex.finalize),
-        status=200,
-        content_type=SSE_CONTENT_TYPE,  # given whole, werkzeug has no mimetype to complete
-        headers=STREAM_HEADERS,
-        direct_passthrough=True,
-    )
+    return stream_response(ex, relay(ex, items, translator, first))
 
 
 def _first_tokens(

@@ -3,7 +3,7 @@ app's state, the upstream call with its retry signal, and the accounting of an e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response, current_app
@@ -15,6 +15,7 @@ from ..config import ProfileConfig, ProviderConfig, Settings
 from ..errors import PermissionDenied, ProxyError
 from ..providers.base import Adapter
 from ..state import ProxyState
+from ..stream.relay import StreamBody
 from ..upstream.failover import open_failover
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -22,6 +23,13 @@ STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # nginx: do not buffer this response
 }
+
+
+def stream_response(ex: Exchange, body: Iterator[bytes], content_type: str = SSE_CONTENT_TYPE) -> Response:
+    """A streamed answer: written as it is produced (no buffering by werkzeug or nginx), and
+    accounted for exactly once when it ends, whichever way (:class:`StreamBody`). The content
+    type is given whole, so werkzeug has no mimetype to complete."""
+    return Response(StreamBody(body, ex.finalize), status=200, content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True)
 
 
 def state() -> ProxyState:

@@ -33,16 +33,16 @@ from ..providers.openai import ChatCompletionsAdapter
 from ..providers.responses import ResponsesAdapter
 from ..state import ProxyState
 from ..stream.passthrough import passthrough
-from ..stream.relay import MALFORMED, StreamBody
+from ..stream.relay import MALFORMED
 from ..upstream.body import UpstreamBody, whole_body
 from .answers import native_answer
 from .flow import (
-    STREAM_HEADERS,
     accounted,
     before_upstream,
     open_upstream,
     require_profile,
     state,
+    stream_response,
 )
 from .json_body import read_json
 
@@ -204,13 +204,7 @@ def _live(
     ex.call.resp = upstream
     content_type = resp.headers.get("content-type", "text/event-stream")
     source = turn.tee(ex, upstream, translator, raw=True, feed=translator.feed, content_type=content_type) if turn else upstream
-    return Response(
-        StreamBody(passthrough(ex, source, api, translator), ex.finalize),
-        status=200,
-        content_type=content_type,
-        headers=STREAM_HEADERS,
-        direct_passthrough=True,
-    )
+    return stream_response(ex, passthrough(ex, source, api, translator), content_type)
 
 
 def _whole(ex: Exchange, resp: Any, api: str, translator: Translator, turn: Turn | None = None) -> Response:
