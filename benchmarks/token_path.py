@@ -55,7 +55,11 @@ LAYERS = {
 LAYER_SIDES = ["old: chunks", "old", *LAYERS, "new"]
 
 
-def client(side: str, root: str, port: int, mode: str) -> None:
+#: --smoke: the same modes, tiny (tests/test_benchmark_smoke.py: that it runs, no figures)
+SMOKE = {"1 token": (2, 4, 1, 0), "200 tokens": (2, 4, 200, 0), "paced 50 tokens": (2, 4, 50, 2)}
+
+
+def client(side: str, root: str, port: int, mode: str, smoke: bool = False) -> None:
     """One measurement in this process: print ``{"cpu": seconds, "requests": n, "events": n}``."""
     from gevent import monkey
 
@@ -63,7 +67,7 @@ def client(side: str, root: str, port: int, mode: str) -> None:
     sys.path.insert(0, root)
     import gevent
 
-    concurrency, total, tokens, pace = MODES[mode]
+    concurrency, total, tokens, pace = (SMOKE if smoke else MODES)[mode]
     url = f"http://127.0.0.1:{port}/v1/messages"
     headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json", "accept": "text/event-stream"}
     content = f"tokens={tokens} pace_ms={pace}" if pace else f"tokens={tokens}"
@@ -136,9 +140,9 @@ def client(side: str, root: str, port: int, mode: str) -> None:
     print(json.dumps({"cpu": time.process_time() - c0, "requests": total, "events": events[0]}))
 
 
-def measure(side: str, root: str, port: int, mode: str) -> dict[str, float]:
+def measure(side: str, root: str, port: int, mode: str, smoke: bool = False) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--client", side, "--root", root, "--port", str(port), "--mode", mode],
+        [sys.executable, __file__, "--client", side, "--root", root, "--port", str(port), "--mode", mode, *(["--smoke"] if smoke else [])],
         capture_output=True,
         text=True,
         check=True,
@@ -157,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round of each table (that it runs; no figures)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds = args.layer_rounds = 1
     out = Report()
 
     if args.client:
-        client(args.client, args.root, args.port, args.mode)
+        client(args.client, args.root, args.port, args.mode, args.smoke)
         return 0
     sys.path.insert(0, str(ROOT / "tests"))
     from fake_upstream import FakeUpstreamProcess
@@ -175,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for mode in MODES:
                 for side in random.sample(list(roots), 2):
-                    m = measure(side, roots[side], up.port, mode)
+                    m = measure(side, roots[side], up.port, mode, args.smoke)
                     per.setdefault((side, mode), []).append(m["cpu"] / m["requests"] * 1e6)
                     per_event.setdefault((side, mode), []).append(m["cpu"] / m["events"] * 1e6)
         layers: dict[str, list[float]] = {}  # side: CPU us per paced request, each round
         for _ in range(args.layer_rounds):
             for side in random.sample(LAYER_SIDES, len(LAYER_SIDES)):
-                m = measure(side, roots["old" if side.startswith("old") else "new"], up.port, "paced 50 tokens")
+                m = measure(side, roots["old" if side.startswith("old") else "new"], up.port, "paced 50 tokens", args.smoke)
                 layers.setdefault(side, []).append(m["cpu"] / m["requests"] * 1e6)
     med = {k: statistics.median(v) for k, v in per.items()}
     delta = {mode: statistics.median(n - o for o, n in zip(per[("old", mode)], per[("new", mode)], strict=True)) for mode in MODES}
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     o, n = marginal("old", "paced 50 tokens", paced_tokens), marginal("new", "paced 50 tokens", paced_tokens)
     out(f"| CPU us per paced token beyond the request's own cost | {o:.1f} | {n:.1f} | {n - o:+.1f} |")
     out(
-        f"\nWhich layer costs what, paced 50-token streams ({MODES['paced 50 tokens'][0]} at a time), medians of "
+        f"\nWhich layer costs what, paced 50-token streams ({(SMOKE if args.smoke else MODES)['paced 50 tokens'][0]} at a time), medians of "
         f"{args.layer_rounds} rounds: each row reads the same streams to the layer it names (the request's own cost included)\n"
     )
     out("| what reads the body | CPU us per request | per paced token over the row above |")

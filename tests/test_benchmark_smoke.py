@@ -24,6 +24,19 @@ BENCH_ENV = {
 SCENARIOS = ("latency", "throughput", "slow-streams", "capacity", "scale-out", "redis", "tls", "defaults", "ab")
 
 
+def bench(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` from the repository root, without the test's proxies or coverage."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=BENCH_ENV,
+    )
+
+
 def _number(cell: str) -> bool:
     try:
         float(cell.rstrip("x"))
@@ -41,15 +54,7 @@ def _results_table(markdown: str) -> tuple[list[str], list[list[str]]]:
 @pytest.mark.timeout(300)
 def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run(  # the A/B against this very commit: any clone has it
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--ab-base", "HEAD", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-        env=BENCH_ENV,
-    )
+    proc = bench("run.py", "--smoke", "--ab-base", "HEAD", "--out", str(out), timeout=240)  # the A/B against this very commit
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     text = out.read_text()
     head, body = _results_table(text)
@@ -72,14 +77,7 @@ def test_benchmark_smoke_runs_every_scenario_direct_and_through_the_proxy(tmp_pa
 
 @pytest.mark.timeout(60)
 def test_wake_probe_runs_and_prints_one_line_per_busy_time() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "wake.py"), "--requests", "5", "--busy-us", "0,500"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = bench("wake.py", "--requests", "5", "--busy-us", "0,500", timeout=50)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert [line.split(" ms")[0] for line in lines] == ["busy 0.0", "busy 0.5"]
@@ -88,15 +86,7 @@ def test_wake_probe_runs_and_prints_one_line_per_busy_time() -> None:
 
 @pytest.mark.timeout(120)
 def test_write_ahead_benchmark_runs_and_prints_one_row_per_store() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "write_ahead.py"), "--rounds", "1", "--requests", "5"],  # no figures asserted
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        stdin=subprocess.DEVNULL,
-        env=BENCH_ENV,
-    )
+    proc = bench("write_ahead.py", "--rounds", "1", "--requests", "5", timeout=110)  # no figures asserted
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {
         cells[0]: cells[1:]
@@ -106,3 +96,13 @@ def test_write_ahead_benchmark_runs_and_prints_one_row_per_store() -> None:
     }
     assert set(rows) == {"sqlite", "redis"}
     assert all(len(cells) == 9 and all(c.endswith(" ms") for c in cells) for cells in rows.values())
+
+
+@pytest.mark.timeout(120)
+def test_token_path_benchmark_runs_both_tables_against_the_old_transport() -> None:
+    proc = bench("token_path.py", "--smoke", timeout=110)  # the old commit (705fd50) is in any full clone
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert [r.split(" | ")[0] for r in rows].count("| measure") == 1
+    assert sum(r.startswith("| CPU us per request, ") for r in rows) == 3
+    assert sum(r.startswith(("| 705fd50: ", "| this code: ")) for r in rows) == 7
