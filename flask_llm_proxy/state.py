@@ -96,9 +96,11 @@ class ProxyState:
         """Account for ``ex`` exactly once, whenever and however it ends. ``prompt_text`` gives the
         prompt for the log line when ``LLM_PROXY_LOG_CONTENT`` is on (never computed otherwise)."""
 
-        def account(record: UsageRecord) -> UsageRecord:
-            if self.limits is not None:
+        def charge(record: UsageRecord) -> None:
+            if self.limits is not None:  # before the stream ends: the next request sees it
                 self.limits.charge_quota(record.identity, record.total_tokens)
+
+        def account(record: UsageRecord) -> UsageRecord:
             record = self.accounting.record(record, ex)
             content = None
             if self.settings.log_content:
@@ -106,7 +108,8 @@ class ProxyState:
             self.accounting.log_line(record, content)
             return record
 
-        ex.on_finalize(account)
+        ex.on_finalize(charge)
+        ex.on_finalize(account, after_response=True)  # ledger, metrics, signal, log line
         self.accounting.started(ex)
 
     def _account_lost(self, record: UsageRecord) -> None:

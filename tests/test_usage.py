@@ -342,12 +342,10 @@ def test_a_cost_function_that_breaks_leaves_the_record_without_a_cost(caplog: py
     assert "the cost could not be computed" in caplog.text
 
 
-def test_a_stream_is_accounted_for_before_its_body_ends(tmp_path: Path) -> None:
-    """The record exists once the last byte is read, before the server closes the response: the
-    user's next request (quota, budget) already sees this one, as with ``stream: false``."""
-    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none")
-    got: list[UsageRecord] = []
-    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+def _mock_post(app: Flask, statuses: list[str]) -> Any:
+    """A streamed POST to the mock provider straight through the WSGI interface: the body iterable,
+    which a server reads to its end and then closes (PEP 3333)."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello there"}]}).encode()
     environ = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": "/api/mock",
@@ -357,12 +355,32 @@ def test_a_stream_is_accounted_for_before_its_body_ends(tmp_path: Path) -> None:
         "wsgi.url_scheme": "http",
         "REMOTE_ADDR": "127.0.0.1",
         "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
     }
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello there"}]}).encode()
-    environ.update({"CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)})
-    it = app(environ, lambda status, headers, exc_info=None: None)
+    return app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+
+
+def test_a_stream_charges_the_quota_before_its_body_ends_and_is_recorded_after_its_last_byte(tmp_path: Path) -> None:
+    """The token quota is charged once the last event is out, before the server ends the body: the
+    user's next request already sees it. The record (ledger, metrics, signal, log line) follows
+    when the server closes the response after its last byte, so that work delays neither the end
+    of the stream nor the next request; and only once."""
+    app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none", LLM_PROXY_TOKEN_QUOTA="1/day")
+    got: list[UsageRecord] = []
+    usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)
+    statuses: list[str] = []
+    it = _mock_post(app, statuses)
     data = b"".join(it)  # every byte of the body, as a WSGI server writes it before closing
     assert data.endswith(b"data: [DONE]\n\n")
+    assert got == []  # not yet: the server has the end of the body to write
+
+    second = _mock_post(app, statuses)  # the user's next request, before the first one is closed
+    b"".join(second)
+    second.close()
+    assert statuses[1].startswith("429")
+
+    it.close()
     assert [r.status for r in got] == [200]
     it.close()
     assert len(got) == 1  # and only once

@@ -149,7 +149,7 @@ class Exchange:
     finalizers (quota, ledger, metrics, the log line) receive, whatever way the request ended.
     """
 
-    __slots__ = ("request", "call", "cost_fn", "record", "_finalizers", "_done", "_held", "_wanted")
+    __slots__ = ("request", "call", "cost_fn", "record", "_finalizers", "_after", "_settled", "_done", "_held", "_wanted")
 
     def __init__(self, request: RequestInfo, *, keep_text: bool = False) -> None:
         self.request = request
@@ -157,12 +157,17 @@ class Exchange:
         self.cost_fn: Callable[..., float | None] | None = None
         self.record: UsageRecord | None = None
         self._finalizers: list[Callable[[UsageRecord], UsageRecord | None]] = []
+        self._after: list[Callable[[UsageRecord], UsageRecord | None]] = []
+        self._settled = False
         self._done = False
         self._held = False
         self._wanted = False
 
-    def on_finalize(self, fn: Callable[[UsageRecord], UsageRecord | None]) -> None:
-        self._finalizers.append(fn)
+    def on_finalize(self, fn: Callable[[UsageRecord], UsageRecord | None], *, after_response: bool = False) -> None:
+        """``fn(record)`` once the exchange ended: at :meth:`settle` (what the client's next request
+        must see: the quota, the cache), or with ``after_response`` at :meth:`finalize`, after the
+        response's last byte (the ledger, metrics, the signal, the log line)."""
+        (self._after if after_response else self._finalizers).append(fn)
 
     def build_record(self) -> UsageRecord:
         req, call = self.request, self.call
@@ -237,14 +242,16 @@ class Exchange:
         if self._wanted:
             self.finalize()
 
-    def finalize(self) -> None:
-        """Idempotent: the first call records, later calls do nothing."""
-        if self._done:
+    def settle(self) -> None:
+        """The exchange ended (a stream's last event is out, the server has yet to end the body):
+        its upstream connection is let go, its record built, and the finalizers the client's next
+        request must see run (the quota, the cache). Idempotent; :meth:`finalize` does the rest."""
+        if self._settled:
             return
         if self._held:
             self._wanted = True
             return
-        self._done = True
+        self._settled = True
         call = self.call
         if call.resp is not None:  # never read to its end: drop the upstream connection now
             call.resp.close()
@@ -260,9 +267,27 @@ class Exchange:
             log.exception("usage record for %s: the cost could not be computed", self.request.request_id)
             self.cost_fn = None
             record = self.build_record()
-        for fn in self._finalizers:
+        self.record = self._run(self._finalizers, record)
+
+    def finalize(self) -> None:
+        """Record the exchange: :meth:`settle` if it has not, then the finalizers that only need the
+        record. A stream's body calls this once the server wrote its last byte (WSGI ``close``), so
+        that work does not delay the end of the stream nor the client's next request. Idempotent:
+        the first call records, later calls do nothing."""
+        if self._done:
+            return
+        if self._held:
+            self._wanted = True
+            return
+        self.settle()
+        self._done = True
+        if self._after and self.record is not None:
+            self.record = self._run(self._after, self.record)
+
+    def _run(self, finalizers: list[Callable[[UsageRecord], UsageRecord | None]], record: UsageRecord) -> UsageRecord:
+        for fn in finalizers:
             try:
                 record = fn(record) or record
             except Exception:  # noqa: BLE001 - accounting must never break the response
                 log.exception("usage finalizer %r failed for %s", fn, self.request.request_id)
-        self.record = record
+        return record

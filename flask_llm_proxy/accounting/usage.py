@@ -1,9 +1,10 @@
 """Accounting for every proxied request: cost, budgets, the ledger, the signal, metrics, the log.
 
-Runs once per request from :meth:`Exchange.finalize`, after the last byte was written, so none
-of it delays a token. Store writes run in their own greenlet under gevent (SQLite's on the thread
-pool whenever they would have to wait for a lock); a failing store is logged and counted and never
-breaks a response.
+The quota is charged when a stream ends, before its last bytes; the rest runs from
+:meth:`Exchange.finalize` once the server wrote them, so none of it delays a token, the end of the
+stream or the client's next request. A store write that needs no wait (SQLite, no lock held) is
+done at once; any other runs in its own greenlet under gevent (SQLite's on the thread pool). A
+failing store is logged and counted and never breaks a response.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Accounting:
             self.metrics.inflight.labels(first).dec()  # the provider it was counted under at the start
         wal_id = self.write_ahead.end(ex) if ex is not None else None
         if not isinstance(self.store, NullStore):
-            spawn(self._write, record, wal_id)  # in its own greenlet, after this one yields: never before a byte
+            self._write_now(record, wal_id)
         self.announce(record)
         return record
 
@@ -134,22 +135,39 @@ class Accounting:
             line.update(content)
         request_log.info(_json.dumps_str(line))
 
+    def _write_now(self, record: UsageRecord, wal_id: str | None) -> None:
+        """The final write, here when it needs no wait, else in its own greenlet: a request on the
+        same keep-alive connection is not held up by a lock or a Redis round trip."""
+        try:
+            done = self.store.try_finish(record, wal_id)
+        except Exception as exc:  # noqa: BLE001
+            self._write_failed(record, exc)
+            return
+        if done is None:
+            spawn(self._write, record, wal_id)
+        elif not done:
+            self._lost_first(record)
+
     def _write(self, record: UsageRecord, wal_id: str | None = None) -> None:
-        """Redis: cooperative sockets. SQLite: at once when the write needs no wait, else on the
-        thread pool (a lock held by another process), never waiting on the gevent hub."""
+        """Redis: cooperative sockets. SQLite: on the thread pool (a lock held by another
+        process), never waiting on the gevent hub."""
         store = self.store
         try:
-            done = store.try_finish(record, wal_id)
-            if done is None:
-                done = run_blocking(store.finish, record, wal_id) if store.blocking else store.finish(record, wal_id)
+            done = run_blocking(store.finish, record, wal_id) if store.blocking else store.finish(record, wal_id)
             if not done:
-                log.warning(
-                    "request %s ended after a sweep had closed it as worker_lost (its worker missed its lease); that record stands",
-                    record.request_id,
-                )
+                self._lost_first(record)
         except Exception as exc:  # noqa: BLE001
-            log.error("usage store failed to record request %s: %s: %s", record.request_id, type(exc).__name__, exc)
-            self._count_store_error()
+            self._write_failed(record, exc)
+
+    def _lost_first(self, record: UsageRecord) -> None:
+        log.warning(
+            "request %s ended after a sweep had closed it as worker_lost (its worker missed its lease); that record stands",
+            record.request_id,
+        )
+
+    def _write_failed(self, record: UsageRecord, exc: Exception) -> None:
+        log.error("usage store failed to record request %s: %s: %s", record.request_id, type(exc).__name__, exc)
+        self._count_store_error()
 
     def _count_store_error(self) -> None:
         if self.metrics is not None:

@@ -56,7 +56,7 @@ def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Tran
     finally:
         upstream.close()
         call.resp = None
-        ex.finalize()  # before the response ends, as relay() does
+        ex.settle()  # before the response ends, as relay() does; StreamBody.close finalizes
 
 
 def replay(ex: Exchange, batches: Iterable[Any], api: str, first: tuple[Any, ...] = ()) -> Iterator[bytes]:
@@ -78,4 +78,4 @@ def replay(ex: Exchange, batches: Iterable[Any], api: str, first: tuple[Any, ...
         call.client_aborted = True
         raise
     finally:
-        ex.finalize()
+        ex.settle()

@@ -151,10 +151,10 @@ def relay(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, 
         close = getattr(items, "close", None)
         if close is not None:
             close()
-        # Accounted before the response ends (the server writes the end of the body after this), so
-        # the user's next request already sees this one in quotas and budgets, as with stream: false.
-        # A browser that left gets here through close(); StreamBody.close's call is then a no-op.
-        ex.finalize()
+        # Settled before the response ends (the server writes the end of the body after this), so
+        # the user's next request already sees this one in its quota; the ledger, metrics, signal
+        # and log line follow in StreamBody.close, after the last byte.
+        ex.settle()
 
 
 def collect(ex: Exchange, items: Items, translator: Translator, first: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -227,9 +227,11 @@ def _reasoning_blocks(items: list[Reasoning]) -> tuple[str, list[dict[str, Any]]
 class StreamBody:
     """The WSGI iterable of a streamed answer.
 
-    The relay finalizes at its own end, before the response's last bytes; a generator's ``finally``
-    does not run if the generator never started (the client left before the first byte), so
-    ``close`` here finalizes too (``Exchange.finalize`` records once).
+    The relay settles the exchange at its own end, before the response's last bytes (the quota);
+    ``close``, which the server calls once it wrote them (PEP 3333), finalizes it: the ledger,
+    metrics, the signal and the log line then cost the stream's end nothing. A generator's
+    ``finally`` does not run if the generator never started (the client left before the first
+    byte): ``close`` settles it then too (``Exchange.finalize`` records once).
     """
 
     __slots__ = ("_gen", "_on_close")
