@@ -562,8 +562,8 @@ def test_requests_in_one_app_context_do_not_share_an_identity_or_an_error_shape(
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with app.app_context():
         for who in ("alice", "bob"):
-            r = client.post("/api/mock", json=chat, headers={"Authorization": f"Bearer {make_jwt(who)}"})
-            assert r.status_code == 200 and r.get_data()
+            with client.post("/api/mock", json=chat, headers={"Authorization": f"Bearer {make_jwt(who)}"}) as r:
+                assert r.status_code == 200 and r.get_data()  # recorded when closed, as a server closes it
         native = client.post("/api/anthropic/v1/messages", json={"model": "claude-x"})  # no max_tokens: refused
         neutral = client.post("/api/mock", json={"model": "m"})  # no messages: refused
     assert [rec.identity for rec in got] == ["alice", "bob"]
