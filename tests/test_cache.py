@@ -225,6 +225,7 @@ def test_failed_or_cut_answers_are_never_stored(servers: Any, upstream: Any, kno
     for _ in range(2):
         r = post(servers["mem"], chat_body(f"id={s} tokens=4 {knobs}"))
         assert r.headers["X-LLM-Proxy-Cache"] == "miss"
+        assert r.content  # read to its end: the answer is over before the next one asks (not shared)
         r.close()
     assert calls(upstream, s) == 2
 
