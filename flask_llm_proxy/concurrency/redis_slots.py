@@ -174,6 +174,7 @@ class RedisSlots:
         self._redis: Any = None
         self._scripts: tuple[Any, Any, Any] | None = None
         self._waiting: dict[str, tuple[Any, Sequence[tuple[str, int]]]] = {}
+        self._grants: dict[str, Any] = {}  #: ticket -> the event its grant sets (listed before it asks)
         self._held: dict[str, Sequence[tuple[str, int]]] = {}
         self._kept: dict[tuple[tuple[str, int], ...], list[str]] = {}  #: needs -> tickets of finished requests, slots still held
         self._urgent_until = 0.0
@@ -218,9 +219,19 @@ class RedisSlots:
                 self._keep_again(later)  # not given back: next time (or their leases end)
                 raise
 
-        if attempt():
+        # Listed for a grant before the first attempt: with threads (no gevent) the node's loop can
+        # deliver the grant before attempt() has even returned, and a grant nobody is listed for is lost.
+        event = make_event()
+        self._grants[ticket] = event
+        try:
+            queued = attempt()
+        except BaseException:
+            del self._grants[ticket]
+            raise
+        if not queued:
+            del self._grants[ticket]
+        else:
             self._urgent_until = time.monotonic() + URGENT
-            event = make_event()
             self._waiting[ticket] = (event, wanted)
             node.wake()  # grants arrive in this process's inbox
             on_wait()
@@ -241,6 +252,7 @@ class RedisSlots:
                             break
             finally:
                 self._waiting.pop(ticket, None)
+                self._grants.pop(ticket, None)
                 if gone is not None:
                     gone.unlink(event)
             if not granted:  # leaves the queue (and any slot handed to it meanwhile)
@@ -288,9 +300,9 @@ class RedisSlots:
                 raise
 
     def _on_grant(self, ticket: str) -> None:
-        found = self._waiting.get(ticket)
-        if found is not None:
-            found[0].set()
+        event = self._grants.get(ticket)
+        if event is not None:
+            event.set()
 
     def _on_nudge(self, _: str) -> None:
         self._urgent_until = time.monotonic() + URGENT
