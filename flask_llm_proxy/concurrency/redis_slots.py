@@ -173,7 +173,7 @@ class RedisSlots:
         self.node.every_tick(self._tick, tick=min(1.0, lease / 3))
         self._redis: Any = None
         self._scripts: tuple[Any, Any, Any] | None = None
-        self._waiting: dict[str, tuple[Any, Sequence[tuple[str, int]]]] = {}
+        self._waiting: dict[str, Sequence[tuple[str, int]]] = {}  #: ticket -> needs, of requests queued here
         self._grants: dict[str, Any] = {}  #: ticket -> the event its grant sets (listed before it asks)
         self._held: dict[str, Sequence[tuple[str, int]]] = {}
         self._kept: dict[tuple[tuple[str, int], ...], list[str]] = {}  #: needs -> tickets of finished requests, slots still held
@@ -232,7 +232,7 @@ class RedisSlots:
             del self._grants[ticket]
         else:
             self._urgent_until = time.monotonic() + URGENT
-            self._waiting[ticket] = (event, wanted)
+            self._waiting[ticket] = wanted
             node.wake()  # grants arrive in this process's inbox
             on_wait()
             if gone is not None:
@@ -316,6 +316,6 @@ class RedisSlots:
         if self._held:
             renew(args=[self.lease_ms, Q, *[x for t, wanted in list(self._held.items()) for name, _ in wanted for x in (name, t)]])
         if self._waiting:  # leases of dead processes end: hand their slots on (and nudge holders)
-            sems = {name: cap for _, wanted in list(self._waiting.values()) for name, cap in wanted}
+            sems = {name: cap for wanted in list(self._waiting.values()) for name, cap in wanted}
             release(args=[self.lease_ms, Q, INBOX, INBOX_TTL_MS, "1", *[x for name, cap in sems.items() for x in ("", name, cap)]])
         return True

@@ -36,16 +36,20 @@ def backoff_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-class _Connection(urllib3.connection.HTTPConnection):
+class _KernelPollCheck:
+    sock: Any
+
     @property
     def is_connected(self) -> bool:  # urllib3's own, with a poll gevent does not stand in for
         return self.sock is not None and not readable_now(self.sock)
 
 
-class _TLSConnection(urllib3.connection.HTTPSConnection):
-    @property
-    def is_connected(self) -> bool:
-        return self.sock is not None and not readable_now(self.sock)
+class _Connection(_KernelPollCheck, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_KernelPollCheck, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _Pool(urllib3.HTTPConnectionPool):
