@@ -180,6 +180,13 @@ def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+@pytest.fixture(scope="module")
+def tls_upstream(tls_cert: tuple[str, str]) -> Iterator[FakeUpstreamProcess]:
+    """The fake upstream over HTTPS, its certificate self-signed (trusted through ``tls_cert[0]``)."""
+    with FakeUpstreamProcess(key=API_KEY, tls=tls_cert, cafile=tls_cert[0]) as up:
+        yield up
+
+
 # --- Redis -----------------------------------------------------------------------------------
 
 

@@ -15,12 +15,6 @@ from conftest import API_KEY, chat_body, http, sse_events
 from fake_upstream import FakeUpstreamProcess, expected_text, make_certificate
 
 
-@pytest.fixture(scope="module")
-def tls_upstream(tls_cert: tuple[str, str]) -> Iterator[FakeUpstreamProcess]:
-    with FakeUpstreamProcess(key=API_KEY, tls=tls_cert, cafile=tls_cert[0]) as up:
-        yield up
-
-
 def _stream_ok(server: Any) -> None:
     for provider, model in (("anthropic", "claude-3-5-haiku-latest"), ("openai", "gpt-4o")):
         with http().post(f"{server.url}/api/{provider}", json=chat_body("tokens=6 split=5", model=model), stream=True, timeout=20) as r:
