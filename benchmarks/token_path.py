@@ -94,17 +94,18 @@ def client(side: str, root: str, port: int, mode: str, smoke: bool = False) -> N
 
     else:
         from flask_llm_proxy.upstream.body import UpstreamBody, body_lines
-        from flask_llm_proxy.upstream.client import Target
+        from flask_llm_proxy.upstream.client import RetryPolicy, Target
         from flask_llm_proxy.upstream.client import UpstreamClient as NewClient
         from flask_llm_proxy.upstream.sse import events as sse_events
 
         new = NewClient(concurrency + 10)
         new.session()
         target = Target(url, headers, True, None, {})
+        policy = RetryPolicy(connect_timeout=5, read_timeout=60, max_retries=0, backoff=0.1, retry_after_max=10)
         layer = LAYERS.get(side)
 
         def one() -> None:
-            resp = new.open(target, body, secrets=(), connect_timeout=5, read_timeout=60, max_retries=0, backoff=0.1, retry_after_max=10)
+            resp = new.open(target, body, secrets=(), policy=policy)
             if layer is None:  # this code's path
                 for batch in UpstreamBody(resp, 15.0):
                     if batch:

@@ -20,7 +20,7 @@ from .concurrency import Gate
 from .config import Settings
 from .errors import Overloaded
 from .hooks import Hooks
-from .upstream.client import UpstreamClient
+from .upstream.client import RetryPolicy, UpstreamClient
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter
@@ -38,6 +38,9 @@ class ProxyState:
         self.settings = settings
         self.hooks = hooks if hooks is not None else Hooks()  # the extension's: callbacks added later apply
         self.upstream = UpstreamClient(settings.pool_maxsize)
+        self.retries = RetryPolicy(
+            settings.connect_timeout, settings.read_timeout, settings.max_retries, settings.retry_backoff, settings.retry_after_max
+        )
         self.limiter = limiter
         self.limits = (
             Limits(limiter, settings.rate_limit, settings.token_quota, settings.fail_open)

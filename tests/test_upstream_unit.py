@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +34,7 @@ from flask_llm_proxy.errors import (
 from flask_llm_proxy.upstream import client as upstream
 from flask_llm_proxy.upstream import errors as upstream_errors
 from flask_llm_proxy.upstream.body import UpstreamBody
-from flask_llm_proxy.upstream.client import UpstreamClient
+from flask_llm_proxy.upstream.client import RetryPolicy, UpstreamClient
 from flask_llm_proxy.upstream.errors import parse_retry_after
 
 URL = "https://upstream.test/v1/messages"
@@ -56,22 +57,17 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return delays
 
 
-def call(max_retries: int = 2, **kw: Any) -> tuple[requests.Response, int]:
-    """The open answer and how many retries it took (``on_retry`` calls)."""
+POLICY = RetryPolicy(connect_timeout=1.0, read_timeout=1.0, max_retries=2, backoff=0.0, retry_after_max=5.0)
+
+
+def call(max_retries: int = 2, on_retry: Any = None, **kw: Any) -> tuple[requests.Response, int]:
+    """The open answer and how many retries it took (``on_retry`` calls); ``kw`` changes the policy."""
     seen: list[ProxyError] = []
-    options: dict[str, Any] = {
-        "secrets": (SECRET,),
-        "connect_timeout": 1.0,
-        "read_timeout": 1.0,
-        "max_retries": max_retries,
-        "backoff": 0.0,
-        "retry_after_max": 5.0,
-        "on_retry": seen.append,
-    }
-    options.update(kw)
+    policy = replace(POLICY, max_retries=max_retries, **kw)
     client = UpstreamClient(pool_maxsize=4)
     target = client.target(PROVIDER, "/v1/messages", {"x-api-key": SECRET}, "text/event-stream")
-    return client.open(target, b'{"model":"m"}', **options), len(seen)
+    resp = client.open(target, b'{"model":"m"}', secrets=(SECRET,), policy=policy, on_retry=on_retry or seen.append)
+    return resp, len(seen)
 
 
 def fail(max_retries: int = 2, **kw: Any) -> UpstreamError:
@@ -138,6 +134,15 @@ def test_backoff_doubles_between_attempts(mock, sleeps):
         add(mock, 503)
     fail(max_retries=3, backoff=0.25)
     assert sleeps == [0.25, 0.5, 1.0]
+
+
+def test_the_retry_policy_doubles_its_wait_honours_retry_after_and_stops_at_its_limits():
+    policy = RetryPolicy(connect_timeout=2.0, read_timeout=30.0, max_retries=3, backoff=0.5, retry_after_max=10.0)
+    assert policy.timeout == (2.0, 30.0)  # requests' (connect, read)
+    assert [policy.delay(n, None) for n in range(4)] == [0.5, 1.0, 2.0, None]  # 3 retries, then none
+    assert policy.delay(0, 4.0) == 4.0  # the upstream's retry-after, when longer than the backoff
+    assert policy.delay(2, 1.0) == 2.0  # ... never shorter
+    assert policy.delay(0, 10.5) is None  # longer than retry_after_max: the client's to wait, not ours
 
 
 def test_a_400_is_not_retried(mock):

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -112,6 +113,30 @@ class ProxyAdapter(HTTPAdapter):
         response.request = req
         response.connection = self
         return response
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a request reaches its upstream: the timeouts of each attempt, and the retries before the
+    first byte. Made once from the settings (``LLM_PROXY_CONNECT_TIMEOUT``, ``..._READ_TIMEOUT``,
+    ``..._MAX_RETRIES``, ``..._RETRY_BACKOFF``, ``..._RETRY_AFTER_MAX``), not per request."""
+
+    connect_timeout: float
+    read_timeout: float
+    max_retries: int
+    backoff: float  #: the first wait; each next one doubles
+    retry_after_max: float  #: a longer ``retry-after`` than this is the client's to wait, not ours
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+    def delay(self, retries: int, retry_after: float | None) -> float | None:
+        """The wait before the next attempt after ``retries`` retries, or None: no more attempts."""
+        if retries >= self.max_retries or (retry_after is not None and retry_after > self.retry_after_max):
+            return None
+        delay = self.backoff * (2**retries)
+        return delay if retry_after is None else max(delay, retry_after)
 
 
 class Target:
@@ -215,34 +240,28 @@ class UpstreamClient:
         body: bytes,
         *,
         secrets: Sequence[str],
-        connect_timeout: float,
-        read_timeout: float,
-        max_retries: int,
-        backoff: float,
-        retry_after_max: float,
+        policy: RetryPolicy,
         on_retry: Callable[[ProxyError], None] | None = None,
         request_id: str = "",
     ) -> requests.Response:
         """POST with retries; return the open 2xx streaming response.
 
         Retried: connection failures, 5xx, 429 and 529, with exponential backoff that honours
-        ``retry-after`` up to ``retry_after_max``. Never retried: other 4xx, read timeouts, TLS
+        ``retry-after`` up to ``policy.retry_after_max``. Never retried: other 4xx, read timeouts, TLS
         and protocol errors. A connection the upstream closed without answering (an idle pooled
         one it had just dropped) is sent again at once, once, before any of that.
         """
         self.check_tls(target.url)
         attempt = 0
         while True:
-            resp, err, retryable, retry_after = self.attempt(target, body, secrets, (connect_timeout, read_timeout), request_id)
+            resp, err, retryable, retry_after = self.attempt(target, body, secrets, policy.timeout, request_id)
             if resp is not None:
                 return resp
             assert err is not None
-            if not retryable or attempt >= max_retries or (retry_after is not None and retry_after > retry_after_max):
+            delay = policy.delay(attempt, retry_after) if retryable else None
+            if delay is None:
                 err.retried = attempt > 0  # -> x-should-retry: false, so one layer retries, not two
                 raise err
-            delay = backoff * (2**attempt)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
             attempt += 1
             log.info("request %s: upstream attempt %d failed (%s); retrying in %.2fs", request_id or "-", attempt, err.message, delay)
             if on_retry is not None:

@@ -24,6 +24,8 @@ from ..errors import ProxyError
 if TYPE_CHECKING:
     import requests
 
+    from .client import RetryPolicy
+
 log = logging.getLogger("flask_llm_proxy")
 
 
@@ -90,11 +92,7 @@ def open_failover(
     body: bytes,
     *,
     secrets: Sequence[str],
-    connect_timeout: float,
-    read_timeout: float,
-    max_retries: int,
-    backoff: float,
-    retry_after_max: float,
+    policy: RetryPolicy,
     cooldown: float,
     on_retry: Callable[[ProxyError], None] | None = None,
     request_id: str = "",
@@ -109,9 +107,9 @@ def open_failover(
         if i is None:  # every deployment is cooling down: the usual backoff, or the typed error
             j = min(range(len(deps.items)), key=deps.cool_until.__getitem__)
             remaining = deps.cool_until[j] - now
-            if waits >= max_retries or remaining > retry_after_max:
+            delay = policy.delay(waits, remaining)
+            if delay is None:
                 raise deps.exhausted(last, remaining, attempts > 0)
-            delay = max(backoff * 2**waits, remaining)
             waits += 1
             log.info(
                 "request %s: every deployment of '%s' is cooling down; retrying in %.2fs", request_id or "-", deps.provider.name, delay
@@ -126,7 +124,7 @@ def open_failover(
         client.check_tls(d.base_url)
         target = client.target(d, path, auth(d), accept)
         deps.inflight[i] += 1
-        resp, err, retryable, retry_after = client.attempt(target, body, secrets, (connect_timeout, read_timeout), request_id)
+        resp, err, retryable, retry_after = client.attempt(target, body, secrets, policy.timeout, request_id)
         if resp is not None:
             return resp, i
         deps.release(i)

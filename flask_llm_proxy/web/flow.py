@@ -4,6 +4,7 @@ app's state, the upstream call with its retry signal, and the accounting of an e
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, current_app
@@ -94,23 +95,16 @@ def open_upstream(
 ) -> Any:
     """Send ``body`` to the provider's API (retrying before the first byte) and return the open
     2xx answer; URL and headers come from configuration, nothing a client sends steers them."""
-    s = st.settings
     client = st.upstream
     ex.call.secrets = provider.secrets
+    policy = st.retries if max_retries is None else replace(st.retries, max_retries=max_retries)
     options: dict[str, Any] = dict(
-        secrets=provider.secrets,
-        connect_timeout=s.connect_timeout,
-        read_timeout=s.read_timeout,
-        max_retries=s.max_retries if max_retries is None else max_retries,
-        backoff=s.retry_backoff,
-        retry_after_max=s.retry_after_max,
-        on_retry=lambda err: count_retry(ex, err),
-        request_id=ex.request.request_id,
+        secrets=provider.secrets, policy=policy, on_retry=lambda err: count_retry(ex, err), request_id=ex.request.request_id
     )
     if not provider.deployments:
         return client.open(client.target(provider, adapter.path, adapter.auth_headers(provider), accept), body, **options)
     deps = client.deployments(provider)
-    resp, i = open_failover(client, deps, adapter.path, adapter.auth_headers, accept, body, cooldown=s.cooldown, **options)
+    resp, i = open_failover(client, deps, adapter.path, adapter.auth_headers, accept, body, cooldown=st.settings.cooldown, **options)
     ex.call.deployment = deps.items[i].label
     ex.call.release = lambda: deps.release(i)
     return resp
