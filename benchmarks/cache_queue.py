@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-round", type=int, default=50, help="requests per scenario per round")
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--first-ms", type=int, default=0, help="the fake upstream's delay before its first token")
+    ap.add_argument("--smoke", action="store_true", help="one round of 3 requests per row, tiny warm-ups (that it runs; no figures)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.per_round = 1, 3
+    warm, script_runs = (2, 20) if args.smoke else (20, 3000)
     out = Report()
 
     redis = RedisProcess(free_port())
@@ -182,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                 if prompt:
                     Client(server.port).stream(prompt)  # stored first
                 sc = Scenario(name, label, server, expect, prompt)
-                sc.round(20, knobs + " warm")  # warm-up, not kept
+                sc.round(warm, knobs + " warm")  # warm-up, not kept
                 sc.ttfb.clear(), sc.total.clear(), sc.cpu_per_round.clear()
                 scenarios.append(sc)
         for _ in range(args.rounds):  # interleaved, in a new order each round: drift hits all alike
             for sc in random.sample(scenarios, len(scenarios)):
                 sc.round(args.per_round, knobs)
-        script_us = slot_script_cost(redis.url, 3000)
+        script_us = slot_script_cost(redis.url, script_runs)
     finally:
         for server in servers:
             server.stop()

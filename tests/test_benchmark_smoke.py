@@ -7,6 +7,7 @@ numbers. No timing assertions: CI machines have 2 noisy cores.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,22 @@ def test_token_path_benchmark_runs_both_tables_against_the_old_transport() -> No
     assert [r.split(" | ")[0] for r in rows].count("| measure") == 1
     assert sum(r.startswith("| CPU us per request, ") for r in rows) == 3
     assert sum(r.startswith(("| 705fd50: ", "| this code: ")) for r in rows) == 7
+
+
+@pytest.mark.timeout(180)
+def test_cache_queue_benchmark_runs_every_configuration_on_memory_and_redis() -> None:
+    proc = bench("cache_queue.py", "--smoke", timeout=170)  # starts its own redis-server; no figures asserted
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith(("| ---", "| configuration"))
+    ]
+    assert [(r[0], r[1]) for r in rows if r[0].startswith(("memory cache", "redis cache"))] == [
+        ("memory cache", "misses"),
+        ("memory cache", "hits"),
+        ("redis cache", "misses"),
+        ("redis cache", "hits"),
+    ]
+    assert len(rows) == 9 and all(re.fullmatch(r"[+-]?\d+\.\d+", c) for r in rows for c in r[2:6]), rows
+    assert "acquire script instead (one round trip)" in proc.stdout
