@@ -137,6 +137,7 @@ class UpstreamBody:
         "_ended",
         "_aborted",
         "_silent",
+        "pinged",
         "complete",
         "events",
     )
@@ -152,6 +153,7 @@ class UpstreamBody:
         self._aborted = False
         self._silent = False  # the silence watch ended it
         self.silence: float | None = None  # the read timeout, watched by CLOCK once the body streams
+        self.pinged = 0.0  # when CLOCK last woke it for a keep-alive
         self.complete = False  # the whole body was read
         self.events = 0  # how many events it held
 
@@ -185,38 +187,42 @@ class UpstreamBody:
             log.debug("closing an upstream response failed", exc_info=True)
 
     def _batches(self) -> Iterator[Batch | None]:
-        box, wake, keepalive = self._box, self._wake, self.keepalive
+        box, wake = self._box, self._wake
         self._started = True
         lines = body_lines(self.resp)  # nothing is read yet
-        self.silence = silence = take_read_timeout(self.resp)
+        self.silence = take_read_timeout(self.resp)
+        watched = bool(self.keepalive or self.silence)
+        if watched:
+            CLOCK.add(self)  # once per stream: a wait for the next token costs the clock nothing
         spawn_reader(partial(self._read, lines))
-        while True:
-            if not box:
-                wake.clear()
+        try:
+            while True:
                 if not box:
-                    if keepalive or silence:
-                        CLOCK.wait(self, wake, keepalive, silence)
-                    else:
-                        wake.wait()
+                    wake.clear()
                     if not box:
-                        yield None  # silence: time for a keep-alive
-                        continue
-            batch: Batch = []
-            while box:
-                item = box.popleft()
-                if type(item) is _Failed:
-                    if batch:
-                        yield batch
-                    raise read_error(item.exc) from None
-                if item is _END:
-                    if batch:
-                        yield batch
-                    if not self.events and not batch:
-                        raise not_a_stream(self.resp)
-                    return
-                batch.append(item)
-            self.events += len(batch)
-            yield batch
+                        wake.wait()
+                        if not box:
+                            yield None  # silence: time for a keep-alive
+                            continue
+                batch: Batch = []
+                while box:
+                    item = box.popleft()
+                    if type(item) is _Failed:
+                        if batch:
+                            yield batch
+                        raise read_error(item.exc) from None
+                    if item is _END:
+                        if batch:
+                            yield batch
+                        if not self.events and not batch:
+                            raise not_a_stream(self.resp)
+                        return
+                    batch.append(item)
+                self.events += len(batch)
+                yield batch
+        finally:
+            if watched:
+                CLOCK.discard(self)
 
     def close(self) -> None:
         """Stop reading now. The reader, blocked in a read, is woken by a shutdown of the socket and
@@ -268,40 +274,45 @@ class KeepaliveClock:
     """Wakes the streams whose upstream has been silent for their keep-alive interval, and ends
     those silent for their read timeout: one loop per process (a greenlet under gevent, else a
     thread) instead of a timer armed and cancelled for every wait, which would cost a paced token
-    a timer object each. Either is late by at most one tick (a quarter of the shortest interval
-    asked for)."""
+    a timer object each. A stream is registered once, for its whole life; the loop reads when its
+    last network read returned. Either is late by at most one tick (a quarter of the shortest
+    interval asked for)."""
 
     def __init__(self) -> None:
-        self.due: dict[Any, float] = {}
+        self.bodies: dict[UpstreamBody, None] = {}  # insertion-ordered set
         self.tick = 1.0
         self._pid = -1
 
-    def wait(self, body: UpstreamBody, wake: Any, keepalive: float | None, silence: float | None = None) -> None:
-        """Block until ``wake`` is set by the reader, or ``keepalive`` seconds have passed (or the
-        body's ``silence`` watch ended it, which wakes it through its reader)."""
+    def add(self, body: UpstreamBody) -> None:
+        """Watch ``body`` until :meth:`discard`: a keep-alive (``body``'s wake set with nothing to
+        read) each ``body.keepalive`` of silence, its end once silent for ``body.silence``."""
+        keepalive, silence = body.keepalive, body.silence
         shortest = min(keepalive or silence or 1.0, silence or keepalive or 1.0)
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # the first stream of this process (gunicorn forked it)
             self._pid = os.getpid()
+            self.bodies.clear()
             self.tick = max(0.01, shortest / 4)
             spawn_reader(self._run)
         elif shortest / 4 < self.tick:
             self.tick = max(0.01, shortest / 4)
-        self.due[body] = time.monotonic() + keepalive if keepalive else float("inf")
-        try:
-            wake.wait()
-        finally:
-            self.due.pop(body, None)
+        body.pinged = time.monotonic()
+        self.bodies[body] = None
+
+    def discard(self, body: UpstreamBody) -> None:
+        self.bodies.pop(body, None)
 
     def _run(self) -> None:
-        due = self.due
+        bodies = self.bodies
         while True:
             time.sleep(self.tick)  # gevent's sleep in a patched process
             now = time.monotonic()
-            for body, when in list(due.items()):
-                silence = body.silence
-                if silence and now - body.last_read() >= silence:
+            for body in list(bodies):
+                last = body.last_read()
+                silence, keepalive = body.silence, body.keepalive
+                if silence and now - last >= silence:
                     body.time_out()
-                elif now >= when:
+                elif keepalive and now - max(last, body.pinged) >= keepalive:
+                    body.pinged = now
                     body._wake.set()
 
 
