@@ -33,7 +33,7 @@ from flask_llm_proxy.errors import (
 )
 from flask_llm_proxy.upstream import client as upstream
 from flask_llm_proxy.upstream import errors as upstream_errors
-from flask_llm_proxy.upstream.body import UpstreamBody
+from flask_llm_proxy.upstream.body import CLOCK, UpstreamBody
 from flask_llm_proxy.upstream.client import RetryPolicy, UpstreamClient
 from flask_llm_proxy.upstream.errors import parse_retry_after
 
@@ -410,6 +410,43 @@ def test_silence_longer_than_the_keepalive_yields_none():
     release.set()
     rest = [x for x in body if x is not None]
     assert rest == [[("message", "2")]]
+
+
+class _Pause(threading.Event):
+    """A read that comes ``seconds`` after the one before it: a paced upstream."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def wait(self, timeout: float | None = None) -> bool:
+        time.sleep(self.seconds)
+        return True
+
+
+def test_a_paced_stream_gets_no_keepalives_and_leaves_the_clock_at_its_end():
+    """Tokens 50 ms apart for longer than the keep-alive interval: the clock counts the silence
+    from the last network read, so a stream that keeps coming is never pinged."""
+    pieces: list[Any] = [b"data: 0\n\n"]
+    for i in range(1, 8):
+        pieces += [_Pause(0.05), f"data: {i}\n\n".encode()]
+    body = UpstreamBody(response_of(pieces), 0.2)
+    batches = list(body)
+    assert None not in batches
+    assert [data for batch in batches for _, data in batch] == [str(i) for i in range(8)]
+    assert body not in CLOCK.bodies
+
+
+def test_a_stream_cut_short_leaves_the_clock():
+    gate = threading.Event()
+    body = UpstreamBody(response_of([b"data: 1\n\n", gate, b"data: 2\n\n"]), 5.0)
+    batches = iter(body)
+    assert next(batches) == [("message", "1")]
+    assert body in CLOCK.bodies  # watched while it streams
+    batches.close()  # the server closed the relay (the browser left)
+    body.close()
+    gate.set()
+    assert body not in CLOCK.bodies
 
 
 def test_events_that_arrived_together_come_in_one_batch():
