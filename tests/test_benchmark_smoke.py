@@ -126,3 +126,12 @@ def test_cache_queue_benchmark_runs_every_configuration_on_memory_and_redis() ->
     ]
     assert len(rows) == 9 and all(re.fullmatch(r"[+-]?\d+\.\d+", c) for r in rows for c in r[2:6]), rows
     assert "acquire script instead (one round trip)" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_paced_layers_benchmark_prints_one_row_per_layer_with_the_floor_first() -> None:
+    proc = bench("paced_layers.py", "--smoke", timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| ---", "| what"))]
+    assert len(rows) == 6 and rows[0].startswith("| gevent socket.recv (no HTTP): the floor |"), rows
+    assert all(re.search(r"\| \d+\.\d, [+-]\d+\.\d \| \d+\.\d, [+-]\d+\.\d \|$", row) for row in rows[1:]), rows
