@@ -94,8 +94,9 @@ def client(side: str, root: str, port: int, mode: str, smoke: bool = False) -> N
 
     else:
         from flask_llm_proxy.upstream.body import UpstreamBody, body_lines
-        from flask_llm_proxy.upstream.client import RetryPolicy, Target
+        from flask_llm_proxy.upstream.client import Target
         from flask_llm_proxy.upstream.client import UpstreamClient as NewClient
+        from flask_llm_proxy.upstream.retry import RetryPolicy
         from flask_llm_proxy.upstream.sse import events as sse_events
 
         new = NewClient(concurrency + 10)

@@ -20,7 +20,8 @@ from .concurrency import Gate
 from .config import Settings
 from .errors import Overloaded
 from .hooks import Hooks
-from .upstream.client import RetryPolicy, UpstreamClient
+from .upstream.client import UpstreamClient
+from .upstream.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter

@@ -34,8 +34,9 @@ from flask_llm_proxy.errors import (
 from flask_llm_proxy.upstream import client as upstream
 from flask_llm_proxy.upstream import errors as upstream_errors
 from flask_llm_proxy.upstream.body import CLOCK, UpstreamBody
-from flask_llm_proxy.upstream.client import RetryPolicy, UpstreamClient
+from flask_llm_proxy.upstream.client import UpstreamClient
 from flask_llm_proxy.upstream.errors import parse_retry_after
+from flask_llm_proxy.upstream.retry import RetryPolicy
 
 URL = "https://upstream.test/v1/messages"
 SECRET = "sk-ant-api03-Zx9SECRETSECRETSECRET"

@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -28,6 +27,7 @@ from ..config import ProviderConfig
 from ..errors import NetworkError, ProxyError, ProxyMisconfigured, UpstreamTimeout
 from .errors import RETRY_STATUSES, error_from_response, find_cause, parse_retry_after, protocol_error, reason, tls_error
 from .failover import Deployments
+from .retry import RetryPolicy
 
 log = logging.getLogger("flask_llm_proxy")
 
@@ -113,30 +113,6 @@ class ProxyAdapter(HTTPAdapter):
         response.request = req
         response.connection = self
         return response
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How a request reaches its upstream: the timeouts of each attempt, and the retries before the
-    first byte. Made once from the settings (``LLM_PROXY_CONNECT_TIMEOUT``, ``..._READ_TIMEOUT``,
-    ``..._MAX_RETRIES``, ``..._RETRY_BACKOFF``, ``..._RETRY_AFTER_MAX``), not per request."""
-
-    connect_timeout: float
-    read_timeout: float
-    max_retries: int
-    backoff: float  #: the first wait; each next one doubles
-    retry_after_max: float  #: a longer ``retry-after`` than this is the client's to wait, not ours
-
-    @property
-    def timeout(self) -> tuple[float, float]:
-        return (self.connect_timeout, self.read_timeout)
-
-    def delay(self, retries: int, retry_after: float | None) -> float | None:
-        """The wait before the next attempt after ``retries`` retries, or None: no more attempts."""
-        if retries >= self.max_retries or (retry_after is not None and retry_after > self.retry_after_max):
-            return None
-        delay = self.backoff * (2**retries)
-        return delay if retry_after is None else max(delay, retry_after)
 
 
 class Target:

@@ -24,7 +24,7 @@ from ..errors import ProxyError
 if TYPE_CHECKING:
     import requests
 
-    from .client import RetryPolicy
+    from .retry import RetryPolicy
 
 log = logging.getLogger("flask_llm_proxy")
 
