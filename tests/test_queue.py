@@ -97,7 +97,7 @@ def test_cap_of_4_across_two_servers_of_two_workers_holds_and_serves_all_24_stre
     assert seen["peak"] == 4  # and the cap is used, not undercut
     assert len(upstream.requests(id=scenario)) == 24
     # a stream's record is written once the server has sent its last byte: it may trail the body
-    assert wait_until(lambda: len(RedisStore(url).records(0)) == 24, timeout=5)
+    assert wait_until(lambda: len(list(RedisStore(url).records(0))) == 24, timeout=5)
     records = RedisStore(url).records(0)
     waits = sorted(r["queue_ms"] for r in records)
     assert len(waits) == 24 and all(w is not None for w in waits)
@@ -130,7 +130,7 @@ def test_requests_that_get_no_slot_within_the_queue_timeout_get_a_503_with_retry
         assert 0.4 < seconds < 3.0, seconds  # at the 0.5 s deadline (slack for a loaded machine)
     assert upstream.concurrency(scenario)["peak"] == 4
     assert len(upstream.requests(id=scenario)) == 4  # a refused request never reached the upstream
-    assert wait_until(lambda: len(RedisStore(url).records(0)) == 24, timeout=5)  # the served ones' trail their bodies
+    assert wait_until(lambda: len(list(RedisStore(url).records(0))) == 24, timeout=5)  # the served ones' records trail their bodies
     by_status = {}
     for r in RedisStore(url).records(0):
         by_status.setdefault((r["status"], r["error_type"]), []).append(r)
