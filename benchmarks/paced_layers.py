@@ -22,7 +22,6 @@ rows in a new order each round, medians.
 from __future__ import annotations
 
 import argparse
-import http.client
 import random
 import socket
 import statistics
@@ -54,31 +53,10 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return writer, reader
 
 
-def _response(sock: socket.socket) -> Any:
-    """A streamed ``requests.Response`` over ``sock``, layered as ``HTTPAdapter.send`` builds one."""
-    import requests
-    import urllib3
-    from requests.adapters import HTTPAdapter
-
-    raw = http.client.HTTPResponse(sock, method="POST")
-    raw.begin()
-    u3 = urllib3.HTTPResponse(
-        body=raw,
-        headers=urllib3.HTTPHeaderDict(raw.msg.items()),
-        status=raw.status,
-        version=raw.version,
-        reason=raw.reason,
-        preload_content=False,
-        decode_content=False,
-        original_response=raw,
-        request_method="POST",
-    )
-    return HTTPAdapter().build_response(requests.Request("POST", "http://upstream.invalid/v1/messages").prepare(), u3)
-
-
 def _stream(row: str, tokens: int) -> list[Any]:
     """A writer and a reader greenlet for one connection of ``tokens`` paced tokens."""
     from gevent.event import Event
+    from wire import response_over
 
     from flask_llm_proxy.upstream.body import UpstreamBody, body_lines
     from flask_llm_proxy.upstream.sse import events
@@ -106,7 +84,7 @@ def _stream(row: str, tokens: int) -> list[Any]:
                 taken.set()
             sock.close()
             return
-        resp = _response(sock)
+        resp = response_over(sock)  # as HTTPAdapter.send builds it (tests/wire.py)
         if row == "urllib3":
             items: Any = resp.raw.stream(None, decode_content=True)
         elif row == "iter_content":
@@ -149,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from gevent import monkey
 
     monkey.patch_all()
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     widths = [int(s) for s in args.streams.split(",")]
     results: dict[tuple[str, int], list[float]] = {}
     for streams in widths:

@@ -81,7 +81,13 @@ def response_of(
         head.append("connection: close")
         reads = list(pieces)
     reads.insert(0, ("\r\n".join(head) + "\r\n\r\n").encode())
-    raw = http.client.HTTPResponse(_Socket(Reads(reads, error)), method="POST")  # type: ignore[arg-type]
+    return response_over(_Socket(Reads(reads, error)))
+
+
+def response_over(sock: Any) -> requests.Response:
+    """The streamed ``requests.Response`` read from ``sock`` (anything with ``makefile``), layered
+    as ``HTTPAdapter.send`` builds one: http.client's response under urllib3's under requests'."""
+    raw = http.client.HTTPResponse(sock, method="POST")
     raw.begin()
     u3 = urllib3.HTTPResponse(
         body=raw,
