@@ -438,6 +438,20 @@ def test_a_paced_stream_gets_no_keepalives_and_leaves_the_clock_at_its_end():
     assert body not in CLOCK.bodies
 
 
+def test_an_upstream_that_sends_only_comments_still_gets_the_browser_its_keepalives():
+    """Comments (``: OPENROUTER PROCESSING``) are network reads but no events: the browser hears
+    nothing of them, so the clock counts the time since the last event handed over, not since the
+    last read (the read timeout, in turn, counts from the last read: the upstream is alive)."""
+    pieces: list[Any] = [b"data: 1\n\n"]
+    for _ in range(12):
+        pieces += [_Pause(0.05), b": still working\n\n"]
+    pieces.append(b"data: 2\n\n")
+    body = UpstreamBody(response_of(pieces), 0.2)
+    batches = list(body)
+    assert batches.count(None) >= 2  # 0.6 s without an event: a keep-alive every 0.2 s
+    assert [data for batch in batches if batch for _, data in batch] == ["1", "2"]
+
+
 def test_a_stream_cut_short_leaves_the_clock():
     gate = threading.Event()
     body = UpstreamBody(response_of([b"data: 1\n\n", gate, b"data: 2\n\n"]), 5.0)

@@ -153,7 +153,7 @@ class UpstreamBody:
         self._aborted = False
         self._silent = False  # the silence watch ended it
         self.silence: float | None = None  # the read timeout, watched by CLOCK once the body streams
-        self.pinged = 0.0  # when CLOCK last woke it for a keep-alive
+        self.pinged = 0.0  # when CLOCK last woke it for a keep-alive (it counts from then too)
         self.complete = False  # the whole body was read
         self.events = 0  # how many events it held
 
@@ -192,10 +192,10 @@ class UpstreamBody:
         lines = body_lines(self.resp)  # nothing is read yet
         self.silence = take_read_timeout(self.resp)
         watched = bool(self.keepalive or self.silence)
-        if watched:
-            CLOCK.add(self)  # once per stream: a wait for the next token costs the clock nothing
-        spawn_reader(partial(self._read, lines))
         try:
+            if watched:
+                CLOCK.add(self)  # once per stream: a wait for the next token costs the clock nothing
+            spawn_reader(partial(self._read, lines))
             while True:
                 if not box:
                     wake.clear()
@@ -271,21 +271,24 @@ def not_a_stream(resp: requests.Response) -> UpstreamError:
 
 
 class KeepaliveClock:
-    """Wakes the streams whose upstream has been silent for their keep-alive interval, and ends
-    those silent for their read timeout: one loop per process (a greenlet under gevent, else a
-    thread) instead of a timer armed and cancelled for every wait, which would cost a paced token
-    a timer object each. A stream is registered once, for its whole life; the loop reads when its
-    last network read returned. Either is late by at most one tick (a quarter of the shortest
-    interval asked for)."""
+    """Wakes the streams that have handed over no event for their keep-alive interval, and ends
+    those whose upstream sent nothing at all for their read timeout: one loop per process (a
+    greenlet under gevent, else a thread) instead of a timer armed and cancelled for every wait,
+    which would cost a paced token a timer object each. A stream is registered once, for its
+    whole life; the loop reads the stream's own counters (events handed over, last network read),
+    so the token path does nothing for it. Either is late by at most one tick (a quarter of the
+    shortest interval asked for), never early."""
 
     def __init__(self) -> None:
-        self.bodies: dict[UpstreamBody, None] = {}  # insertion-ordered set
+        #: each watched stream -> [events it had handed over at the last tick, when that changed]
+        self.bodies: dict[UpstreamBody, list[float]] = {}
         self.tick = 1.0
         self._pid = -1
 
     def add(self, body: UpstreamBody) -> None:
-        """Watch ``body`` until :meth:`discard`: a keep-alive (``body``'s wake set with nothing to
-        read) each ``body.keepalive`` of silence, its end once silent for ``body.silence``."""
+        """Watch ``body`` until :meth:`discard`: a keep-alive (its wake set with nothing to read)
+        each ``body.keepalive`` without an event (an upstream that sends only comments gets them
+        too), its end once its upstream sent nothing for ``body.silence``."""
         keepalive, silence = body.keepalive, body.silence
         shortest = min(keepalive or silence or 1.0, silence or keepalive or 1.0)
         if self._pid != os.getpid():  # the first stream of this process (gunicorn forked it)
@@ -295,8 +298,9 @@ class KeepaliveClock:
             spawn_reader(self._run)
         elif shortest / 4 < self.tick:
             self.tick = max(0.01, shortest / 4)
-        body.pinged = time.monotonic()
-        self.bodies[body] = None
+        now = time.monotonic()
+        body.pinged = now
+        self.bodies[body] = [body.events, now]
 
     def discard(self, body: UpstreamBody) -> None:
         self.bodies.pop(body, None)
@@ -306,12 +310,14 @@ class KeepaliveClock:
         while True:
             time.sleep(self.tick)  # gevent's sleep in a patched process
             now = time.monotonic()
-            for body in list(bodies):
-                last = body.last_read()
+            for body, seen in list(bodies.items()):
                 silence, keepalive = body.silence, body.keepalive
-                if silence and now - last >= silence:
+                if silence and now - body.last_read() >= silence:
                     body.time_out()
-                elif keepalive and now - max(last, body.pinged) >= keepalive:
+                    continue
+                if body.events != seen[0]:  # events went out since the last tick
+                    seen[0], seen[1] = body.events, now
+                elif keepalive and now - max(seen[1], body.pinged) >= keepalive:
                     body.pinged = now
                     body._wake.set()
 
