@@ -160,9 +160,9 @@ def _first_tokens(
             if deployment_failed(st, ex, provider, err):  # another deployment, at once
                 count_retry(ex, err)
                 continue
-            if call.retries >= s.max_retries:
+            delay = st.retries.delay(call.retries, None)
+            if delay is None:
                 raise
-            delay = s.retry_backoff * 2**call.retries
             log.info(
                 "request %s: upstream attempt %d failed in its first event (%s); retrying in %.2fs",
                 ex.request.request_id,

@@ -97,7 +97,9 @@ def open_upstream(
     2xx answer; URL and headers come from configuration, nothing a client sends steers them."""
     client = st.upstream
     ex.call.secrets = provider.secrets
-    policy = st.retries if max_retries is None else replace(st.retries, max_retries=max_retries)
+    policy = st.retries  # the app's, made once; a copy only for a request that retried already
+    if max_retries is not None and max_retries != policy.max_retries:
+        policy = replace(policy, max_retries=max_retries)
     options: dict[str, Any] = dict(
         secrets=provider.secrets, policy=policy, on_retry=lambda err: count_retry(ex, err), request_id=ex.request.request_id
     )
