@@ -38,6 +38,10 @@ class ForwardProxy:
 
     def close(self) -> None:
         self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone would not
+        except OSError:
+            pass
         self._listener.close()
 
     def _accept(self) -> None:

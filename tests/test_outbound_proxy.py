@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import API_KEY, chat_body, http, sse_events
+from conftest import API_KEY, chat_body, free_port, http, sse_events
 from fake_upstream import expected_text
 from forward_proxy import ForwardProxy
 
@@ -49,7 +49,7 @@ def test_an_https_upstream_is_reached_through_HTTPS_PROXY_by_a_tunnel(
     assert len(tls_upstream.requests()) >= 2
 
 
-def test_a_plain_http_upstream_is_reached_through_HTTP_PROXY_and_streams_as_it_arrives(
+def test_a_plain_http_upstream_is_reached_through_HTTP_PROXY_by_forwarded_requests(
     start_proxy: Any, upstream: Any, forward_proxy: ForwardProxy
 ) -> None:
     server = start_proxy(upstream.base_url, HTTP_PROXY=forward_proxy.url, NO_PROXY=NOTHING, no_proxy=NOTHING)
@@ -64,24 +64,38 @@ def test_NO_PROXY_sends_a_listed_upstream_around_the_proxy(start_proxy: Any, ups
     assert forward_proxy.seen == []
 
 
-@pytest.mark.parametrize("proxy", ["refusing", "down"])
-def test_a_proxy_that_refuses_or_is_down_is_a_502_network_error_naming_the_proxy(
-    start_proxy: Any, tls_upstream: Any, tls_cert: Any, proxy: str
+def test_a_proxy_that_refuses_is_retried_then_a_502_network_error_naming_the_proxy(
+    start_proxy: Any, tls_upstream: Any, tls_cert: Any
 ) -> None:
     with ForwardProxy(refuse=True) as refusing:
-        if proxy == "down":
-            refusing.close()  # nothing listens on its port any more
         server = start_proxy(
             tls_upstream.base_url,
             REQUESTS_CA_BUNDLE=tls_cert[0],
             HTTPS_PROXY=refusing.url,
             NO_PROXY=NOTHING,
             no_proxy=NOTHING,
-            LLM_PROXY_MAX_RETRIES=0,
+            LLM_PROXY_MAX_RETRIES=1,
         )
-        r = http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
+        r = http().post(f"{server.url}/api/anthropic", json=chat_body("id=refused-by-proxy tokens=2"), timeout=20)
+        attempts = list(refusing.seen)
     assert r.status_code == 502, r.text
-    body = r.json()
-    assert body["type"] == "network_error"
-    assert "HTTP proxy" in body["error"]
+    assert r.json()["type"] == "network_error" and "HTTP proxy" in r.json()["error"]
+    assert len(attempts) == 2 and all(method == "CONNECT" for method, _ in attempts), attempts  # retried once
+    assert API_KEY not in r.text and API_KEY not in server.log()
+    assert tls_upstream.requests(id="refused-by-proxy") == []  # nothing went around the proxy
+
+
+def test_a_proxy_that_is_down_is_a_502_network_error_naming_the_proxy(start_proxy: Any, tls_upstream: Any, tls_cert: Any) -> None:
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    server = start_proxy(
+        tls_upstream.base_url,
+        REQUESTS_CA_BUNDLE=tls_cert[0],
+        HTTPS_PROXY=nothing_listens,
+        NO_PROXY=NOTHING,
+        no_proxy=NOTHING,
+        LLM_PROXY_MAX_RETRIES=0,
+    )
+    r = http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
+    assert r.status_code == 502, r.text
+    assert r.json()["type"] == "network_error" and "HTTP proxy" in r.json()["error"]
     assert API_KEY not in r.text and API_KEY not in server.log()
