@@ -16,7 +16,8 @@ the layer it names, with 1 and with 200 connections at a time:
   :class:`~flask_llm_proxy.upstream.body.UpstreamBody` (the reader greenlet and its hand-over).
 
 CPU from ``time.process_time`` per token, writer and hand-over included (the same in every row);
-rows in a new order each round, medians.
+each connection's head is sent and its response object built before the clock starts; rows in a
+new order each round, medians.
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ def _stream(row: str, tokens: int) -> list[Any]:
 
     out, sock = _pair()
     taken = Event()
+    out.sendall(HEAD)  # the head is read before the clock starts: each row times its tokens only
+    if row == "floor":
+        resp = None
+        sock.recv(65536)  # the head (86 bytes on loopback: one read)
+    else:
+        resp = response_over(sock)  # as HTTPAdapter.send builds it (tests/wire.py)
 
     def write() -> None:
-        out.sendall(HEAD)
         for _ in range(tokens):
             taken.clear()
             out.sendall(FRAME)
@@ -74,17 +80,12 @@ def _stream(row: str, tokens: int) -> list[Any]:
         out.close()
 
     def read() -> None:
-        if row == "floor":
-            seen = 0
-            while seen < tokens:
-                data = sock.recv(65536)
-                if data.startswith(b"HTTP/1.1") and data.endswith(b"\r\n\r\n"):
-                    continue  # the head alone
-                seen += 1
+        if resp is None:  # the floor
+            for _ in range(tokens):
+                sock.recv(65536)
                 taken.set()
             sock.close()
             return
-        resp = response_over(sock)  # as HTTPAdapter.send builds it (tests/wire.py)
         if row == "urllib3":
             items: Any = resp.raw.stream(None, decode_content=True)
         elif row == "iter_content":
