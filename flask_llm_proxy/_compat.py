@@ -40,6 +40,62 @@ def make_event() -> Any:
     return threading.Event()
 
 
+def make_wakeup() -> Any:
+    """What one waiting greenlet (or thread) is woken with, by others of the same thread: a
+    stream's greenlet by its reader, for each event. ``clear()`` before checking for work,
+    ``wait()`` if there is none, ``set()`` to wake it. Under gevent a hub ``Waiter``, about 1 us
+    less per hand-over than an ``Event`` (no list of links to run), else a ``threading.Event``."""
+    return _GeventWakeup() if gevent_active() else _ThreadWakeup()
+
+
+class _GeventWakeup:
+    """``set()`` switches to the waiting greenlet at the hub's next turn; with nobody waiting it
+    does nothing (the waiter checks for work before it waits, in the same run: nothing is lost).
+    Only for greenlets of the hub's own thread (``loop.run_callback`` is not thread-safe)."""
+
+    __slots__ = ("_waiter", "_loop", "_make")
+
+    def __init__(self) -> None:
+        from gevent import get_hub
+        from gevent.hub import Waiter
+
+        self._waiter: Any = None
+        self._loop = get_hub().loop
+        self._make = Waiter
+
+    def clear(self) -> None:
+        """Nothing to clear: a ``set()`` with nobody waiting is dropped."""
+
+    def wait(self) -> None:
+        waiter = self._waiter = self._make()
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+
+    def set(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            self._loop.run_callback(waiter.switch, None)
+
+
+class _ThreadWakeup:
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def wait(self) -> None:
+        self._event.wait()
+
+    def set(self) -> None:
+        self._event.set()
+
+
 def spawn_reader(fn: Callable[[], None]) -> None:
     """Run ``fn`` beside the current request: a raw greenlet under gevent (``fn`` handles its own
     errors; no Greenlet object, links or exception reporting to pay for), else a daemon thread."""

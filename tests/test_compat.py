@@ -175,3 +175,39 @@ def test_a_pooled_upstream_connection_is_checked_with_the_kernels_poll_under_gev
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["False True True", "True False True"]
+
+
+def test_a_wakeup_under_gevent_wakes_its_waiter_once_and_drops_a_set_with_nobody_waiting() -> None:
+    """The stream's greenlet waits for its reader with a hub ``Waiter`` (``make_wakeup``): a set
+    while it waits wakes it at the hub's next turn, several sets wake it once, and a set before it
+    waits is dropped (it checks for work first), as ``clear()`` then ``wait()`` expects."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import gevent
+        from flask_llm_proxy import _compat
+        w = _compat.make_wakeup()
+        print(type(w).__name__, end=" ")
+        woken = []
+        def waiter():
+            w.clear()
+            w.wait()
+            woken.append(1)
+        g = gevent.spawn(waiter)
+        gevent.sleep(0)  # it waits now
+        w.set(); w.set()
+        g.join(timeout=2)
+        print(woken, end=" ")
+        w.set()  # nobody waits: dropped
+        late = gevent.spawn(waiter)
+        late.join(timeout=0.2)
+        print(late.dead, woken)
+    """)
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "_GeventWakeup [1] False [1]"

@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from .._compat import make_event, spawn_reader, take_read_timeout
+from .._compat import make_wakeup, spawn_reader, take_read_timeout
 from ..errors import NetworkError, ProxyError, UpstreamError, UpstreamTimeout
 from .sse import Event, events
 
@@ -147,7 +147,7 @@ class UpstreamBody:
         self.keepalive = keepalive
         self.raw = raw
         self._box: deque[Any] = deque()
-        self._wake = make_event()
+        self._wake = make_wakeup()
         self._started = False
         self._ended = False  # the reader has finished, one way or another
         self._aborted = False
