@@ -45,7 +45,7 @@ def make_wakeup() -> Any:
     stream's greenlet by its reader, for each event. ``clear()`` before checking for work,
     ``wait()`` if there is none, ``set()`` to wake it. Under gevent a hub ``Waiter``, about 1 us
     less per hand-over than an ``Event`` (no list of links to run), else a ``threading.Event``."""
-    return _GeventWakeup() if gevent_active() else _ThreadWakeup()
+    return _GeventWakeup() if gevent_active() else threading.Event()
 
 
 class _GeventWakeup:
@@ -78,22 +78,6 @@ class _GeventWakeup:
         if waiter is not None:
             self._waiter = None
             self._loop.run_callback(waiter.switch, None)
-
-
-class _ThreadWakeup:
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    def wait(self) -> None:
-        self._event.wait()
-
-    def set(self) -> None:
-        self._event.set()
 
 
 def spawn_reader(fn: Callable[[], None]) -> None:

@@ -427,7 +427,7 @@ class _Pause(threading.Event):
 
 def test_a_paced_stream_gets_no_keepalives_and_leaves_the_clock_at_its_end():
     """Tokens 50 ms apart for longer than the keep-alive interval: the clock counts the silence
-    from the last network read, so a stream that keeps coming is never pinged."""
+    from the last event handed over, so a stream that keeps coming is never pinged."""
     pieces: list[Any] = [b"data: 0\n\n"]
     for i in range(1, 8):
         pieces += [_Pause(0.05), f"data: {i}\n\n".encode()]

@@ -137,7 +137,6 @@ class UpstreamBody:
         "_ended",
         "_aborted",
         "_silent",
-        "pinged",
         "complete",
         "events",
     )
@@ -153,7 +152,6 @@ class UpstreamBody:
         self._aborted = False
         self._silent = False  # the silence watch ended it
         self.silence: float | None = None  # the read timeout, watched by CLOCK once the body streams
-        self.pinged = 0.0  # when CLOCK last woke it for a keep-alive (it counts from then too)
         self.complete = False  # the whole body was read
         self.events = 0  # how many events it held
 
@@ -280,7 +278,8 @@ class KeepaliveClock:
     shortest interval asked for), never early."""
 
     def __init__(self) -> None:
-        #: each watched stream -> [events it had handed over at the last tick, when that changed]
+        #: each watched stream -> [events it had handed over at the last tick, when that changed or
+        #: it was last woken for a keep-alive]
         self.bodies: dict[UpstreamBody, list[float]] = {}
         self.tick = 1.0
         self._pid = -1
@@ -298,9 +297,7 @@ class KeepaliveClock:
             spawn_reader(self._run)
         elif shortest / 4 < self.tick:
             self.tick = max(0.01, shortest / 4)
-        now = time.monotonic()
-        body.pinged = now
-        self.bodies[body] = [body.events, now]
+        self.bodies[body] = [body.events, time.monotonic()]
 
     def discard(self, body: UpstreamBody) -> None:
         self.bodies.pop(body, None)
@@ -317,8 +314,8 @@ class KeepaliveClock:
                     continue
                 if body.events != seen[0]:  # events went out since the last tick
                     seen[0], seen[1] = body.events, now
-                elif keepalive and now - max(seen[1], body.pinged) >= keepalive:
-                    body.pinged = now
+                elif keepalive and now - seen[1] >= keepalive:
+                    seen[1] = now  # the next one a whole interval later
                     body._wake.set()
 
 
