@@ -27,6 +27,18 @@ def forward_proxy() -> Iterator[ForwardProxy]:
         yield proxy
 
 
+def _behind_https_proxy(start_proxy: Any, tls_upstream: Any, tls_cert: Any, proxy_url: str, **settings: Any) -> Any:
+    """The example app, its HTTPS upstream trusted, its calls through ``HTTPS_PROXY=proxy_url``."""
+    return start_proxy(
+        tls_upstream.base_url,
+        REQUESTS_CA_BUNDLE=tls_cert[0],
+        HTTPS_PROXY=proxy_url,
+        NO_PROXY=NOTHING,
+        no_proxy=NOTHING,
+        **settings,
+    )
+
+
 def _streams_whole(server: Any, prompt: str = "tokens=6 split=5") -> None:
     for provider, model in (("anthropic", "claude-3-5-haiku-latest"), ("openai", "gpt-4o")):
         with http().post(f"{server.url}/api/{provider}", json=chat_body(prompt, model=model), stream=True, timeout=20) as r:
@@ -39,9 +51,7 @@ def _streams_whole(server: Any, prompt: str = "tokens=6 split=5") -> None:
 def test_an_https_upstream_is_reached_through_HTTPS_PROXY_by_a_tunnel(
     start_proxy: Any, tls_upstream: Any, tls_cert: Any, forward_proxy: ForwardProxy
 ) -> None:
-    server = start_proxy(
-        tls_upstream.base_url, REQUESTS_CA_BUNDLE=tls_cert[0], HTTPS_PROXY=forward_proxy.url, NO_PROXY=NOTHING, no_proxy=NOTHING
-    )
+    server = _behind_https_proxy(start_proxy, tls_upstream, tls_cert, forward_proxy.url)
     _streams_whole(server, "tokens=6 pace_ms=20")
     # a CONNECT tunnel: TLS runs end to end, the proxy never sees the request, its key or the answer
     host = tls_upstream.base_url.split("//", 1)[1]
@@ -68,14 +78,7 @@ def test_a_proxy_that_refuses_is_retried_then_a_502_network_error_naming_the_pro
     start_proxy: Any, tls_upstream: Any, tls_cert: Any
 ) -> None:
     with ForwardProxy(refuse=True) as refusing:
-        server = start_proxy(
-            tls_upstream.base_url,
-            REQUESTS_CA_BUNDLE=tls_cert[0],
-            HTTPS_PROXY=refusing.url,
-            NO_PROXY=NOTHING,
-            no_proxy=NOTHING,
-            LLM_PROXY_MAX_RETRIES=1,
-        )
+        server = _behind_https_proxy(start_proxy, tls_upstream, tls_cert, refusing.url, LLM_PROXY_MAX_RETRIES=1)
         r = http().post(f"{server.url}/api/anthropic", json=chat_body("id=refused-by-proxy tokens=2"), timeout=20)
         attempts = list(refusing.seen)
     assert r.status_code == 502, r.text
@@ -87,14 +90,7 @@ def test_a_proxy_that_refuses_is_retried_then_a_502_network_error_naming_the_pro
 
 def test_a_proxy_that_is_down_is_a_502_network_error_naming_the_proxy(start_proxy: Any, tls_upstream: Any, tls_cert: Any) -> None:
     nothing_listens = f"http://127.0.0.1:{free_port()}"
-    server = start_proxy(
-        tls_upstream.base_url,
-        REQUESTS_CA_BUNDLE=tls_cert[0],
-        HTTPS_PROXY=nothing_listens,
-        NO_PROXY=NOTHING,
-        no_proxy=NOTHING,
-        LLM_PROXY_MAX_RETRIES=0,
-    )
+    server = _behind_https_proxy(start_proxy, tls_upstream, tls_cert, nothing_listens, LLM_PROXY_MAX_RETRIES=0)
     r = http().post(f"{server.url}/api/anthropic", json=chat_body("tokens=2"), timeout=20)
     assert r.status_code == 502, r.text
     assert r.json()["type"] == "network_error" and "HTTP proxy" in r.json()["error"]
