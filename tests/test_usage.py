@@ -364,8 +364,8 @@ def _mock_post(app: Flask, statuses: list[str]) -> Any:
 def test_a_stream_charges_the_quota_before_its_body_ends_and_is_recorded_after_its_last_byte(tmp_path: Path) -> None:
     """The token quota is charged once the last event is out, before the server ends the body: the
     user's next request already sees it. The record (ledger, metrics, signal, log line) follows
-    when the server closes the response after its last byte, so that work delays neither the end
-    of the stream nor the next request; and only once."""
+    when the server closes the response after its last byte, so that work does not delay the end
+    of the stream; and only once."""
     app = _mock_app(tmp_path, LLM_PROXY_USAGE_STORE="none", LLM_PROXY_TOKEN_QUOTA="1/day")
     got: list[UsageRecord] = []
     usage_recorded.connect(lambda sender, record: got.append(record), app, weak=False)

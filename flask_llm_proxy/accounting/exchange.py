@@ -271,9 +271,10 @@ class Exchange:
 
     def finalize(self) -> None:
         """Record the exchange: :meth:`settle` if it has not, then the finalizers that only need the
-        record. A stream's body calls this once the server wrote its last byte (WSGI ``close``), so
-        that work does not delay the end of the stream nor the client's next request. Idempotent:
-        the first call records, later calls do nothing."""
+        record. A stream's body calls this once the server wrote its last byte (WSGI
+        ``close``), so that work does not delay the end of the stream (a next request on the
+        same connection is read after it). Idempotent: the first call records, later calls do
+        nothing."""
         if self._done:
             return
         if self._held:

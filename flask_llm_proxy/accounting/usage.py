@@ -1,10 +1,11 @@
 """Accounting for every proxied request: cost, budgets, the ledger, the signal, metrics, the log.
 
 The quota is charged when a stream ends, before its last bytes; the rest runs from
-:meth:`Exchange.finalize` once the server wrote them, so none of it delays a token, the end of the
-stream or the client's next request. A store write that needs no wait (SQLite, no lock held) is
-done at once; any other runs in its own greenlet under gevent (SQLite's on the thread pool). A
-failing store is logged and counted and never breaks a response.
+:meth:`Exchange.finalize` once the server wrote them, so none of it delays a token or the end of
+the stream (a next request on the same keep-alive connection is read after it). A store write that
+needs no wait (SQLite, no lock held) is done at once; any other runs in its own greenlet under
+gevent (SQLite's on the thread pool). A failing store is logged and counted and never breaks a
+response.
 """
 
 from __future__ import annotations
