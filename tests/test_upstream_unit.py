@@ -637,3 +637,23 @@ def test_keepalives_come_about_every_interval_from_the_shared_clock() -> None:
     release.set()
     assert [x for x in body if x is not None] == [[("message", "2")]]
     assert 0.4 <= elapsed < 2.0, elapsed  # two intervals, each late by at most a tick (and a loaded machine)
+
+
+def test_a_stream_with_a_shorter_interval_is_not_kept_waiting_by_the_clocks_longer_sleep(monkeypatch) -> None:
+    """One clock per process: a stream asking for a shorter keep-alive interval than any before it
+    gets its keep-alives on time, not after the sleep the clock began for the longer interval."""
+    from flask_llm_proxy.upstream import body as body_module
+
+    monkeypatch.setattr(body_module, "CLOCK", body_module.KeepaliveClock())
+    slow_gate, fast_gate = threading.Event(), threading.Event()
+    slow = iter(UpstreamBody(response_of([b"data: 1\n\n", slow_gate]), 8.0))  # the clock sleeps 2 s
+    assert next(slow) == [("message", "1")]
+    fast = iter(UpstreamBody(response_of([b"data: 1\n\n", fast_gate, b"data: 2\n\n"]), 0.2))
+    assert next(fast) == [("message", "1")]
+    started = time.monotonic()
+    assert next(fast) is None
+    elapsed = time.monotonic() - started
+    fast_gate.set()
+    slow_gate.set()
+    assert [x for x in fast if x is not None] == [[("message", "2")]]
+    assert 0.2 <= elapsed < 1.5, elapsed  # the old loop would wake only after its 2 s

@@ -275,7 +275,9 @@ class KeepaliveClock:
     which would cost a paced token a timer object each. A stream is registered once, for its
     whole life; the loop reads the stream's own counters (events handed over, last network read),
     so the token path does nothing for it. Either is late by at most one tick (a quarter of the
-    shortest interval asked for), never early."""
+    shortest interval asked for), never early: a stream asking for a shorter interval than any
+    before it starts a new loop at the new tick, and the old loop ends when it next wakes, so no
+    stream waits out a longer sleep begun before it came."""
 
     def __init__(self) -> None:
         #: each watched stream -> [events it had handed over at the last tick, when that changed or
@@ -283,6 +285,7 @@ class KeepaliveClock:
         self.bodies: dict[UpstreamBody, list[float]] = {}
         self.tick = 1.0
         self._pid = -1
+        self._loop = 0  # the running loop's number; an older loop ends when it sees a newer one
 
     def add(self, body: UpstreamBody) -> None:
         """Watch ``body`` until :meth:`discard`: a keep-alive (its wake set with nothing to read)
@@ -293,19 +296,25 @@ class KeepaliveClock:
         if self._pid != os.getpid():  # the first stream of this process (gunicorn forked it)
             self._pid = os.getpid()
             self.bodies.clear()
-            self.tick = max(0.01, shortest / 4)
-            spawn_reader(self._run)
-        elif shortest / 4 < self.tick:
-            self.tick = max(0.01, shortest / 4)
+            self._start(shortest)
+        elif shortest / 4 < self.tick and self.tick > 0.01:
+            self._start(shortest)
         self.bodies[body] = [body.events, time.monotonic()]
+
+    def _start(self, shortest: float) -> None:
+        self.tick = max(0.01, shortest / 4)
+        self._loop += 1
+        spawn_reader(partial(self._run, self._loop))
 
     def discard(self, body: UpstreamBody) -> None:
         self.bodies.pop(body, None)
 
-    def _run(self) -> None:
-        bodies = self.bodies
+    def _run(self, loop: int) -> None:
+        bodies, tick = self.bodies, self.tick
         while True:
-            time.sleep(self.tick)  # gevent's sleep in a patched process
+            time.sleep(tick)  # gevent's sleep in a patched process
+            if self._loop != loop:
+                return  # a newer loop with a shorter tick took over
             now = time.monotonic()
             for body, seen in list(bodies.items()):
                 silence, keepalive = body.silence, body.keepalive
