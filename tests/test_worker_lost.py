@@ -13,9 +13,11 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -456,3 +458,49 @@ def test_redis_in_flight_and_final_writes_of_many_greenlets_at_once_each_land_on
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"finished": 300, "written": 300, "unsure": 0, "records": 300, "inflight": 0}
+
+
+def test_the_once_a_second_update_is_written_at_once_and_waits_only_when_another_writer_holds_the_ledger(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The update runs on the caller's thread (no thread pool, whose GIL waits held the write lock
+    long enough to make starting requests wait); only a ledger locked by another writer sends it there."""
+    from flask_llm_proxy.accounting import writeahead
+    from flask_llm_proxy.accounting.pricing import PriceTable
+    from flask_llm_proxy.accounting.writeahead import WriteAhead
+
+    path = tmp_path / "u.sqlite3"
+    store = SQLiteStore(str(path))
+    pid = os.getpid()
+    entry = _entry(pid, "open", out=7)
+    store.begin(entry)
+
+    def row() -> tuple[int, float]:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT output_tokens, updated FROM llm_proxy_inflight WHERE wal_id = ?", (entry.wal_id,)).fetchone()
+
+    entry.output_tokens = 30
+    assert store.try_progress("this-host", pid, [entry], 1000.0) is True
+    assert row() == (30, 1000.0)
+
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another worker writing
+    entry.output_tokens = 40
+    assert store.try_progress("this-host", pid, [entry], 2000.0) is False
+    other.execute("COMMIT")
+    assert row() == (30, 1000.0)  # nothing half written
+
+    # the loop of a worker with one stream open, 50 tokens out by now
+    pooled: list[str] = []
+    monkeypatch.setattr(writeahead, "run_blocking", lambda fn, *args: pooled.append(fn.__name__) or fn(*args))
+    wa = WriteAhead(store, PriceTable({}), enabled=True, host="this-host", lease=60.0, max_stream_seconds=None)
+    stream = type("OpenStream", (), {})()  # what the loop reads of an exchange
+    stream.request = SimpleNamespace(provider="mock", model="m", fallback_from=None)
+    stream.call = SimpleNamespace(tokens_streamed=50, translator=None, deployment=None)
+    wa.open[stream] = entry
+    wa.tick(time.perf_counter(), time.monotonic(), 3000.0)
+    assert row() == (50, 3000.0) and "progress" not in pooled
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.2, lambda: other.execute("COMMIT")).start()
+    wa.tick(time.perf_counter(), time.monotonic(), 4000.0)  # meets the lock: waits in the pool
+    assert row() == (50, 4000.0) and pooled.count("progress") == 1

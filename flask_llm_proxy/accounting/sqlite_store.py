@@ -225,11 +225,19 @@ class SQLiteStore(Store):
             log.warning("usage store: WAL checkpoint failed (%s)", exc)
 
     def progress(self, host: str, pid: int, entries: list[InflightEntry], now: float) -> None:
-        with _transaction(self._conn()) as conn:
+        self._progress_on(self._conn(), host, pid, entries, now)
+
+    def try_progress(self, host: str, pid: int, entries: list[InflightEntry], now: float) -> bool:
+        return self._nowait(lambda conn: self._progress_on(conn, host, pid, entries, now) or True) is not None
+
+    @staticmethod
+    def _progress_on(conn: sqlite3.Connection, host: str, pid: int, entries: list[InflightEntry], now: float) -> None:
+        rows = [(e.input_tokens, e.output_tokens, e.provider, e.model, e.deployment, e.fallback_from, e.wal_id) for e in entries]
+        with _transaction(conn):  # the rows are built first: the write lock is held for the writes only
             conn.executemany(
                 "UPDATE llm_proxy_inflight SET input_tokens = ?, output_tokens = ?, provider = ?, model = ?,"
                 " deployment = ?, fallback_from = ? WHERE wal_id = ?",
-                [(e.input_tokens, e.output_tokens, e.provider, e.model, e.deployment, e.fallback_from, e.wal_id) for e in entries],
+                rows,
             )
             conn.execute("UPDATE llm_proxy_inflight SET updated = ? WHERE host = ? AND pid = ?", (now, host, pid))
 

@@ -100,6 +100,10 @@ class Store:
         """Bring ``entries`` (changed since the last call) up to date, and renew the lease of the
         worker ``host``/``pid`` on all its in-flight records."""
 
+    def try_progress(self, host: str, pid: int, entries: list[InflightEntry], now: float) -> bool:
+        """:meth:`progress` if it can be done at once without waiting; False: not done."""
+        return False
+
     def finish(self, record: UsageRecord, wal_id: str | None) -> bool:
         """Replace the in-flight record ``wal_id`` by the final ``record`` atomically; ``False``
         (nothing written) when a sweep closed it already. ``wal_id`` None: just write."""
