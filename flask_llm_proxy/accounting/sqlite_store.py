@@ -21,7 +21,7 @@ from .store import FIELDS, Spend, Store, period_starts
 
 log = logging.getLogger("flask_llm_proxy")
 
-CHECKPOINT_EVERY = 500  # writes made without the thread pool between two WAL checkpoints
+CHECKPOINT_EVERY = 500  # rows written without the thread pool between two WAL checkpoints
 SETUP_ATTEMPTS = 40  # about 8 s of waiting in all, far more than any setup race needs
 
 # One row per upstream request. The request id is the client's X-Request-ID when it sent a valid
@@ -185,15 +185,16 @@ class SQLiteStore(Store):
     def try_finish(self, record: UsageRecord, wal_id: str | None) -> bool | None:
         return self._nowait(lambda conn: self._finish_on(conn, record, wal_id))
 
-    def _nowait(self, write: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _nowait(self, write: Callable[[sqlite3.Connection], Any], rows: Callable[[Any], int] | None = None) -> Any:
         """``write(conn)`` now, on the calling greenlet, when it needs no wait; None when it would.
+        ``rows(result)``: how many rows it wrote (default one), for the checkpoints.
 
         A thread pool round trip costs more CPU than the insert itself, so a write goes there only
         when it has to wait. Here it runs on a connection that never waits for a lock
         (``busy_timeout = 0``: another writer means "locked" at once, nothing done, and the caller
         goes to the thread pool) and never checkpoints (``wal_autocheckpoint = 0``: a checkpoint
-        copies pages and syncs the disk; the thread pool does it, every ``CHECKPOINT_EVERY`` such
-        writes). In WAL mode with ``synchronous=NORMAL`` a commit does not wait for the disk.
+        copies pages and syncs the disk; the thread pool does it, every ``CHECKPOINT_EVERY`` rows
+        so written). In WAL mode with ``synchronous=NORMAL`` a commit does not wait for the disk.
         """
         # Under gevent one connection for the process: every greenlet runs on the hub's thread and
         # none yields inside a SQLite call (gevent's threading.local would be one per greenlet, a
@@ -213,8 +214,9 @@ class SQLiteStore(Store):
             if _busy(exc):
                 return None
             raise
-        self._nowait_writes += 1
-        if self._nowait_writes % CHECKPOINT_EVERY == 0:
+        before = self._nowait_writes
+        self._nowait_writes += rows(done) if rows is not None else 1
+        if self._nowait_writes // CHECKPOINT_EVERY != before // CHECKPOINT_EVERY:
             run_later(self._checkpoint)
         return done
 
@@ -228,18 +230,21 @@ class SQLiteStore(Store):
         self._progress_on(self._conn(), host, pid, entries, now)
 
     def try_progress(self, host: str, pid: int, entries: list[InflightEntry], now: float) -> bool:
-        return self._nowait(lambda conn: self._progress_on(conn, host, pid, entries, now) or True) is not None
+        # every row of the worker is rewritten (its lease): the WAL grows with them, not per call
+        return self._nowait(lambda conn: self._progress_on(conn, host, pid, entries, now), rows=int) is not None
 
     @staticmethod
-    def _progress_on(conn: sqlite3.Connection, host: str, pid: int, entries: list[InflightEntry], now: float) -> None:
+    def _progress_on(conn: sqlite3.Connection, host: str, pid: int, entries: list[InflightEntry], now: float) -> int:
+        """The update in one transaction; how many rows it wrote."""
         rows = [(e.input_tokens, e.output_tokens, e.provider, e.model, e.deployment, e.fallback_from, e.wal_id) for e in entries]
         with _transaction(conn):  # the rows are built first: the write lock is held for the writes only
-            conn.executemany(
+            changed = conn.executemany(
                 "UPDATE llm_proxy_inflight SET input_tokens = ?, output_tokens = ?, provider = ?, model = ?,"
                 " deployment = ?, fallback_from = ? WHERE wal_id = ?",
                 rows,
-            )
-            conn.execute("UPDATE llm_proxy_inflight SET updated = ? WHERE host = ? AND pid = ?", (now, host, pid))
+            ).rowcount
+            renewed = conn.execute("UPDATE llm_proxy_inflight SET updated = ? WHERE host = ? AND pid = ?", (now, host, pid)).rowcount
+        return max(0, changed) + max(0, renewed)
 
     def finish(self, record: UsageRecord, wal_id: str | None) -> bool:
         return self._finish_on(self._conn(), record, wal_id)
