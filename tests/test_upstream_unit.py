@@ -636,7 +636,7 @@ def test_keepalives_come_about_every_interval_from_the_shared_clock() -> None:
     elapsed = time.monotonic() - started
     release.set()
     assert [x for x in body if x is not None] == [[("message", "2")]]
-    assert 0.4 <= elapsed < 2.0, elapsed  # two intervals, each late by at most a tick (and a loaded machine)
+    assert 0.35 <= elapsed < 2.0, elapsed  # two intervals, each late by at most a tick (and a loaded machine)
 
 
 def test_a_stream_with_a_shorter_interval_is_not_kept_waiting_by_the_clocks_longer_sleep(monkeypatch) -> None:
@@ -656,4 +656,4 @@ def test_a_stream_with_a_shorter_interval_is_not_kept_waiting_by_the_clocks_long
     fast_gate.set()
     slow_gate.set()
     assert [x for x in fast if x is not None] == [[("message", "2")]]
-    assert 0.2 <= elapsed < 1.5, elapsed  # the old loop would wake only after its 2 s
+    assert 0.15 <= elapsed < 1.5, elapsed  # its clock may start a tick before ours; the old loop: 2 s

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -286,6 +287,7 @@ class KeepaliveClock:
         self.tick = 1.0
         self._pid = -1
         self._loop = 0  # the running loop's number; an older loop ends when it sees a newer one
+        self._starting = threading.Lock()  # request threads (without gevent) add streams at once
 
     def add(self, body: UpstreamBody) -> None:
         """Watch ``body`` until :meth:`discard`: a keep-alive (its wake set with nothing to read)
@@ -293,24 +295,26 @@ class KeepaliveClock:
         too), its end once its upstream sent nothing for ``body.silence``."""
         keepalive, silence = body.keepalive, body.silence
         shortest = min(keepalive or silence or 1.0, silence or keepalive or 1.0)
-        if self._pid != os.getpid():  # the first stream of this process (gunicorn forked it)
-            self._pid = os.getpid()
-            self.bodies.clear()
-            self._start(shortest)
-        elif shortest / 4 < self.tick and self.tick > 0.01:
-            self._start(shortest)
+        if self._pid != os.getpid() or (shortest / 4 < self.tick and self.tick > 0.01):
+            with self._starting:
+                if self._pid != os.getpid():  # the first stream of this process (gunicorn forked it)
+                    self._pid = os.getpid()
+                    self.bodies.clear()
+                    self._start(shortest)
+                elif shortest / 4 < self.tick and self.tick > 0.01:
+                    self._start(shortest)
         self.bodies[body] = [body.events, time.monotonic()]
 
     def _start(self, shortest: float) -> None:
         self.tick = max(0.01, shortest / 4)
         self._loop += 1
-        spawn_reader(partial(self._run, self._loop))
+        spawn_reader(partial(self._run, self._loop, self.tick))
 
     def discard(self, body: UpstreamBody) -> None:
         self.bodies.pop(body, None)
 
-    def _run(self, loop: int) -> None:
-        bodies, tick = self.bodies, self.tick
+    def _run(self, loop: int, tick: float) -> None:
+        bodies = self.bodies
         while True:
             time.sleep(tick)  # gevent's sleep in a patched process
             if self._loop != loop:
