@@ -95,13 +95,21 @@ def _stream(row: str, tokens: int) -> list[Any]:
         elif row == "events":
             items = events(body_lines(resp))
         else:
-            items = (batch for batch in UpstreamBody(resp, 15.0) if batch)
+            items = _relayed(UpstreamBody(resp, 15.0))
         for _ in items:
             taken.set()
         resp.close()
         sock.close()
 
     return [write, read]
+
+
+def _relayed(body: Any) -> Any:
+    """The batches of ``body`` as the relay takes them: eager until its first token is out."""
+    for batch in body:
+        if batch:
+            body.eager = False
+            yield batch
 
 
 def measure(row: str, streams: int, chunks: int) -> float:

@@ -108,8 +108,10 @@ def client(side: str, root: str, port: int, mode: str, smoke: bool = False) -> N
         def one() -> None:
             resp = new.open(target, body, secrets=(), policy=policy)
             if layer is None:  # this code's path
-                for batch in UpstreamBody(resp, 15.0):
+                upstream = UpstreamBody(resp, 15.0)
+                for batch in upstream:
                     if batch:
+                        upstream.eager = False  # as the relay does once its first token is out
                         events[0] += len(batch)
                 return
             if layer == "urllib3":

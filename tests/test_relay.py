@@ -112,3 +112,45 @@ def test_the_native_passthrough_relays_whole_events_and_redacts_a_key_however_th
         assert text == ok + bad.replace(secret.encode(), b"[redacted]"), cut
         assert PING not in text, cut  # never inside an event
         assert ex.call.error is not None and ex.call.error.type == "upstream_overloaded", cut
+
+
+def test_the_relay_and_the_native_passthrough_end_the_readers_eager_hand_over_at_their_first_token() -> None:
+    """The reader yields after each event only until the first token is out (a fast answer's first
+    token is written before the rest is parsed); from then on it batches what arrived together."""
+    import threading
+
+    from wire import response_of
+
+    from flask_llm_proxy.providers.anthropic import AnthropicTranslator
+    from flask_llm_proxy.stream.passthrough import passthrough
+    from flask_llm_proxy.stream.relay import upstream_items
+    from flask_llm_proxy.upstream.body import UpstreamBody
+
+    start = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message","role":"assistant",'
+        b'"content":[],"model":"m","usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+    )
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+    end = b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+    # the relay (neutral endpoints): its first write is the first token
+    gate = threading.Event()
+    ex, t = exchange([]), AnthropicTranslator()
+    items = upstream_items(ex, response_of([start, gate, delta, end]), t, None)
+    body = ex.call.resp
+    assert type(body) is UpstreamBody and body.eager
+    parts = relay(ex, items, t)
+    gate.set()
+    next(parts)  # the first token's event
+    assert body.eager is False
+    list(parts)
+
+    # the passthrough (native endpoints): message_start goes out first, and is no token
+    gate = threading.Event()
+    ex = exchange([])
+    body = ex.call.resp = UpstreamBody(response_of([start, gate, delta, end]), None, raw=True)
+    out = passthrough(ex, body, "messages", AnthropicTranslator())
+    assert next(out) == start and body.eager
+    gate.set()
+    assert next(out).startswith(delta) and body.eager is False
+    list(out)

@@ -464,12 +464,47 @@ def test_a_stream_cut_short_leaves_the_clock():
     assert body not in CLOCK.bodies
 
 
-def test_events_that_arrived_together_come_in_one_batch():
+def test_once_the_first_token_is_out_events_that_arrived_together_come_in_one_batch():
     """One wake-up, one batch: the relay writes them to the browser in one write."""
     gate = threading.Event()
-    body = iter(UpstreamBody(response_of([gate, b"data: 1\n\ndata: 2\n\ndata: 3\n\n"], "length"), 5.0))
+    upstream = UpstreamBody(response_of([gate, b"data: 1\n\ndata: 2\n\ndata: 3\n\n"], "length"), 5.0)
+    upstream.eager = False  # as the relay sets it after its first token
+    body = iter(upstream)
     gate.set()
     assert next(body) == [("message", "1"), ("message", "2"), ("message", "3")]
+
+
+def test_a_first_token_that_came_with_the_rest_of_a_fast_answer_is_handed_over_before_the_rest_is_parsed() -> None:
+    """Under gevent, a whole answer in one network read: until the consumer says its first token
+    is out, each event comes on its own (the reader yields after each); then the rest in one batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import ROOT
+
+    code = textwrap.dedent(r"""
+        from gevent import monkey; monkey.patch_all()
+        import socket, sys
+        sys.path.insert(0, "tests")
+        from wire import frame, response_over
+        from flask_llm_proxy.upstream.body import UpstreamBody
+        server = socket.create_server(("127.0.0.1", 0))
+        reader = socket.create_connection(server.getsockname())
+        writer, _ = server.accept()
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        writer.sendall(head + b"".join(frame(b"data: %d\n\n" % i) for i in range(50)) + b"0\r\n\r\n")
+        upstream = UpstreamBody(response_over(reader), None)
+        sizes = []
+        for batch in upstream:
+            sizes.append(len(batch))
+            if len(sizes) == 3:
+                upstream.eager = False  # "the first token is out"
+        print(sizes)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 1, 1, 47]"  # without the yields: [50], the first token after all of them
 
 
 @pytest.mark.parametrize("body", [b"", b"<html>Sign in to the proxy</html>\n"], ids=["empty", "html"])

@@ -22,6 +22,7 @@ def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Tran
     call = ex.call
     secrets = [s.encode() for s in call.secrets]
     feed = translator.feed
+    eager = True
     try:
         for batch in upstream:
             if batch is None:
@@ -35,6 +36,11 @@ def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Tran
                     call.tokens_streamed += len(feed(event, data))
             except (ProxyError, *MALFORMED) as exc:
                 failed = exc
+            if eager and call.tokens_streamed:
+                eager = False
+                body = call.resp  # the UpstreamBody itself (the cache's Tee may stand in between)
+                if type(body) is UpstreamBody:
+                    body.eager = False  # the first token is out: events that came together go together
             if out:
                 data_out = b"".join(out)
                 yield scrub_bytes(data_out, secrets) if secrets else data_out

@@ -51,6 +51,7 @@ def _translated(ex: Exchange, body: UpstreamBody, translator: Translator) -> Ite
                     yield items
                 raise
             if items:
+                body.eager = False  # the first token is out: events that came together go together
                 yield items
     except MALFORMED as exc:
         raise UpstreamError(f"the upstream sent a malformed event ({type(exc).__name__})") from None

@@ -125,6 +125,11 @@ class UpstreamBody:
     with ``raw=True``) and ``None`` for each ``keepalive`` of silence. :meth:`close` ends it from
     the consumer's side at any time: a body read to its end goes back to the pool, any other is
     closed, so the upstream sees the connection go and stops generating.
+
+    Until the consumer sets :attr:`eager` to False (once its first token is out), the reader
+    yields after each event: a first token that arrived together with the rest of a fast answer
+    is written before the rest is parsed, not after. From then on, events that arrived together
+    are handed over together.
     """
 
     __slots__ = (
@@ -140,6 +145,7 @@ class UpstreamBody:
         "_silent",
         "complete",
         "events",
+        "eager",
     )
 
     def __init__(self, resp: requests.Response, keepalive: float | None, *, raw: bool = False) -> None:
@@ -155,6 +161,7 @@ class UpstreamBody:
         self.silence: float | None = None  # the read timeout, watched by CLOCK once the body streams
         self.complete = False  # the whole body was read
         self.events = 0  # how many events it held
+        self.eager = True  # the reader yields after each event (see the class docstring)
 
     def __iter__(self) -> Iterator[Batch | None]:
         return self._batches()
@@ -167,6 +174,8 @@ class UpstreamBody:
             for ev in events(lines, self.raw):
                 box.append(ev)
                 wake.set()
+                if self.eager:
+                    time.sleep(0)  # gevent's in a patched process: the consumer runs now
             if self._silent:  # the watch shut the socket: what ended the body was not the upstream
                 raise UpstreamTimeout(SILENT)
             self.complete = True
