@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layers import read_to
 from sections import Report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +60,6 @@ def _stream(row: str, tokens: int) -> list[Any]:
     from gevent.event import Event
     from wire import response_over
 
-    from flask_llm_proxy.upstream.body import UpstreamBody, body_lines
-    from flask_llm_proxy.upstream.sse import events
-
     out, sock = _pair()
     taken = Event()
     out.sendall(HEAD)  # the head is read before the clock starts: each row times its tokens only
@@ -86,30 +84,15 @@ def _stream(row: str, tokens: int) -> list[Any]:
                 taken.set()
             sock.close()
             return
-        if row == "urllib3":
-            items: Any = resp.raw.stream(None, decode_content=True)
-        elif row == "iter_content":
-            items = resp.iter_content(None)
-        elif row == "iter_lines":
-            items = (line for line in resp.iter_lines(None) if not line)  # an event ends at its empty line
-        elif row == "events":
-            items = events(body_lines(resp))
-        else:
-            items = _relayed(UpstreamBody(resp, 15.0))
+        items = read_to(row, resp)
+        if row == "iter_lines":
+            items = (line for line in items if not line)  # an event ends at its empty line
         for _ in items:
             taken.set()
         resp.close()
         sock.close()
 
     return [write, read]
-
-
-def _relayed(body: Any) -> Any:
-    """The batches of ``body`` as the relay takes them: eager until its first token is out."""
-    for batch in body:
-        if batch:
-            body.eager = False
-            yield batch
 
 
 def measure(row: str, streams: int, chunks: int) -> float:

@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from layers import read_to
 from sections import Report
 
 HERE = Path(__file__).resolve().parent
@@ -93,11 +93,9 @@ def client(side: str, root: str, port: int, mode: str, smoke: bool = False) -> N
             finish(resp)
 
     else:
-        from flask_llm_proxy.upstream.body import UpstreamBody, body_lines
         from flask_llm_proxy.upstream.client import Target
         from flask_llm_proxy.upstream.client import UpstreamClient as NewClient
         from flask_llm_proxy.upstream.retry import RetryPolicy
-        from flask_llm_proxy.upstream.sse import events as sse_events
 
         new = NewClient(concurrency + 10)
         new.session()
@@ -108,21 +106,10 @@ def client(side: str, root: str, port: int, mode: str, smoke: bool = False) -> N
         def one() -> None:
             resp = new.open(target, body, secrets=(), policy=policy)
             if layer is None:  # this code's path
-                upstream = UpstreamBody(resp, 15.0)
-                for batch in upstream:
-                    if batch:
-                        upstream.eager = False  # as the relay does once its first token is out
-                        events[0] += len(batch)
+                for batch in read_to("body", resp):
+                    events[0] += len(batch)
                 return
-            if layer == "urllib3":
-                items: Any = resp.raw.stream(None, decode_content=True)
-            elif layer == "iter_content":
-                items = resp.iter_content(None)
-            elif layer == "iter_lines":
-                items = resp.iter_lines(None)
-            else:
-                items = sse_events(body_lines(resp))
-            for _ in items:
+            for _ in read_to(layer, resp):
                 events[0] += 1
             resp.raw.release_conn()
             resp.close()
