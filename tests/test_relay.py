@@ -154,3 +154,23 @@ def test_the_relay_and_the_native_passthrough_end_the_readers_eager_hand_over_at
     gate.set()
     assert next(out).startswith(delta) and body.eager is False
     list(out)
+
+    # the passthrough reading the body through the response cache's tee (an answer being stored)
+    from flask_llm_proxy.cache.tee import Tee
+
+    class Flight:
+        watched = False
+        open = add = staticmethod(lambda *a: None)
+
+    class Turn:
+        flight = Flight()
+        complete = failed = staticmethod(lambda *a: None)
+
+    gate = threading.Event()
+    ex, t = exchange([]), AnthropicTranslator()
+    body = ex.call.resp = UpstreamBody(response_of([start, gate, delta, end]), None, raw=True)
+    out = passthrough(ex, Tee(Turn(), ex, body, t, raw=True, feed=t.feed), "messages", t)
+    assert next(out) == start and body.eager
+    gate.set()
+    assert next(out).startswith(delta) and body.eager is False
+    list(out)

@@ -83,6 +83,17 @@ class Tee:
     def __iter__(self) -> Iterator[Any]:
         return self._gen
 
+    @property
+    def eager(self) -> bool:
+        """The body's hand-over mode (:attr:`~flask_llm_proxy.upstream.body.UpstreamBody.eager`),
+        for the native passthrough, which reads the body through this tee."""
+        return bool(getattr(self.inner, "eager", False))
+
+    @eager.setter
+    def eager(self, value: bool) -> None:
+        if hasattr(self.inner, "eager"):
+            self.inner.eager = value
+
     def _run(self) -> Iterator[Any]:
         add = self.turn.flight.add  # type: ignore[union-attr]
         chunks = self._chunks

@@ -18,7 +18,8 @@ from .relay import MALFORMED
 def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Translator) -> Iterator[bytes]:
     """Relay each event with its own lines; a keep-alive never lands inside an event, a stream that
     breaks leaves no half event before the error event, and the provider's secrets are redacted
-    from every event relayed (an upstream's error event may quote the request)."""
+    from every event relayed (an upstream's error event may quote the request). ``upstream``: the
+    body, or the response cache's :class:`~flask_llm_proxy.cache.tee.Tee` standing in for it."""
     call = ex.call
     secrets = [s.encode() for s in call.secrets]
     feed = translator.feed
@@ -38,9 +39,7 @@ def passthrough(ex: Exchange, upstream: UpstreamBody, api: str, translator: Tran
                 failed = exc
             if eager and call.tokens_streamed:
                 eager = False
-                body = call.resp  # the UpstreamBody itself (the cache's Tee may stand in between)
-                if type(body) is UpstreamBody:
-                    body.eager = False  # the first token is out: events that came together go together
+                upstream.eager = False  # the first token is out: events that came together go together
             if out:
                 data_out = b"".join(out)
                 yield scrub_bytes(data_out, secrets) if secrets else data_out
