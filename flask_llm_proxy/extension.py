@@ -91,24 +91,28 @@ class LLMProxy:
 
 
 def _make_limiter(app: Flask) -> Limiter:
-    """Our own Limiter, configured from flask-limiter's keys (RATELIMIT_STORAGE_URI, ...): the
-    proxy counts with its storage and strategy (:mod:`limits`), never through its request hook.
+    """Our own Limiter, configured from flask-limiter's keys in the host's config
+    (``RATELIMIT_STORAGE_URI``, ...): the proxy counts with its storage and strategy
+    (:mod:`limits`), never through its request hooks. Fails fast when Redis is down instead of
+    hanging.
 
-    It adds no limit of its own to the app: flask-limiter would apply a host's RATELIMIT_DEFAULT or
-    RATELIMIT_APPLICATION to every route through it, keyed by one constant (one bucket shared by
-    every user), so every request is exempt from its checks. Fail fast when Redis is down instead
-    of hanging.
+    It is initialised on a Flask app of its own, which serves no request, with a copy of the host's
+    ``RATELIMIT_*`` keys. Initialised on the host's app, flask-limiter would run a check before,
+    a header step after and a teardown around every request of that app, with nothing to do for
+    any of them (about 80 us per request in a gevent worker: ``benchmarks/default_parts.py``), and
+    would apply a host's ``RATELIMIT_DEFAULT`` or ``RATELIMIT_APPLICATION`` to every route keyed by
+    one constant (one bucket shared by every user).
     """
     from flask_limiter import Limiter
 
-    uri = str(app.config.get("RATELIMIT_STORAGE_URI") or "")
+    holder = Flask(__name__.split(".")[0])
+    holder.config.update({k: v for k, v in app.config.items() if k.startswith("RATELIMIT_")})
+    holder.config["RATELIMIT_HEADERS_ENABLED"] = False  # the proxy writes its own X-RateLimit-* headers
+    uri = str(holder.config.get("RATELIMIT_STORAGE_URI") or "")
     options: dict[str, Any] = {}
     if uri.startswith(("redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
         options = {"socket_connect_timeout": 2, "socket_timeout": 2}
-    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
-    limiter = Limiter(key_func=lambda: "llm-proxy", app=app, storage_options=options, default_limits=[])
-    limiter.request_filter(lambda: True)
-    return limiter
+    return Limiter(key_func=lambda: "llm-proxy", app=holder, storage_options=options, default_limits=[])
 
 
 __all__ = ["LLMProxy"]

@@ -407,6 +407,25 @@ def test_the_proxy_s_own_limiter_does_not_apply_a_host_default_limit_to_every_ro
     assert hosts == [200] * 4 and proxied == [200] * 4
 
 
+def test_the_proxy_s_own_limiter_adds_no_request_hooks_to_the_host_app() -> None:
+    """flask-limiter hooks a check, a header step and a teardown into every request of the app it
+    is initialised on. The proxy's own limiter counts without them, so the host's requests (the
+    proxy's included) do not pay for them; its counts still live in the host's RATELIMIT_* storage."""
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="2/minute", RATELIMIT_STORAGE_URI="memory://", RATELIMIT_KEY_PREFIX="host-a")
+    hooks = (dict(app.before_request_funcs), dict(app.after_request_funcs), dict(app.teardown_request_funcs))
+    LLMProxy(app)
+    assert [app.before_request_funcs.get(None), app.after_request_funcs.get(None), app.teardown_request_funcs.get(None)] == [
+        hooks[0].get(None),
+        hooks[1].get(None),
+        hooks[2].get(None),
+    ]
+    assert "limiter" not in app.extensions
+    limiter = app.extensions["llm_proxy"].limiter
+    client = app.test_client()
+    assert [client.post("/api/mock", json=mock_body()).status_code for _ in range(3)] == [200, 200, 429]
+    assert limiter.storage.get("LIMITER/host-a/llm_proxy_requests/ip:127.0.0.1/2/1/minute") == 3  # the refused one too
+
+
 def test_a_host_limiter_also_carries_the_token_quota() -> None:
     app = mock_host_app(LLM_PROXY_RATE_LIMIT="", LLM_PROXY_TOKEN_QUOTA="20/day")
     my_limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[])
