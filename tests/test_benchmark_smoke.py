@@ -135,3 +135,21 @@ def test_paced_layers_benchmark_prints_one_row_per_layer_with_the_floor_first() 
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| ---", "| what"))]
     assert len(rows) == 6 and rows[0].startswith("| gevent socket.recv (no HTTP): the floor |"), rows
     assert all(re.search(r"\| \d+\.\d, [+-]\d+\.\d \| \d+\.\d, [+-]\d+\.\d \|$", row) for row in rows[1:]), rows
+
+
+@pytest.mark.timeout(120)
+def test_default_parts_benchmark_times_each_default_inside_the_worker() -> None:
+    proc = bench("default_parts.py", "--rounds", "1", "--requests", "20", timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        cells[0]: cells[1:]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith(("| ---", "| part "))
+        for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]
+    }
+    jwt = rows["JWT check (`identify`)"]
+    assert jwt[0] == "before the first byte" and float(jwt[1]) > float(jwt[2])  # verified only with the defaults
+    assert any(name.startswith("- of that, PyJWT's") and name.endswith(" calls") for name in rows)
+    assert float(rows["in-flight record (SQLite) and in-flight gauge"][1]) > 0
+    hooks = [name for name in rows if name.startswith("request hook: ")]
+    assert hooks and not [h for h in hooks if "flask_limiter" in h], hooks  # the proxy's limiter hooks into no request
