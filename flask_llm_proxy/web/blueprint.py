@@ -74,9 +74,8 @@ def _finish(response: Response) -> Response:
     if cache:
         headers["X-LLM-Proxy-Cache"] = cache
     rate = g.get("llm_proxy_rate_headers")
-    if rate:
-        for k, v in rate.items():
-            headers.setdefault(k, v)
+    if rate and "X-RateLimit-Limit" not in headers:  # a refusal's own (all three) stand
+        headers.extend(rate)
     ex = g.get("llm_proxy_exchange")
     if ex is not None and response.status_code < 400:  # who answered: a deployment's label, a fallback
         if ex.call.deployment is not None:
