@@ -48,6 +48,8 @@ class ProxyState:
             if limiter is not None and (settings.rate_limit or settings.token_quota)
             else None
         )
+        if self.limits is not None:
+            self.limits.switched_off()  # said at start when known by now
         self.accounting = Accounting(app, settings)
         metrics = self.accounting.metrics
         #: the response cache (LLM_PROXY_CACHE_URL), or None

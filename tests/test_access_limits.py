@@ -412,18 +412,30 @@ def test_the_proxy_s_own_limiter_adds_no_request_hooks_to_the_host_app() -> None
     is initialised on. The proxy's own limiter counts without them, so the host's requests (the
     proxy's included) do not pay for them; its counts still live in the host's RATELIMIT_* storage."""
     app = mock_host_app(LLM_PROXY_RATE_LIMIT="2/minute", RATELIMIT_STORAGE_URI="memory://", RATELIMIT_KEY_PREFIX="host-a")
-    hooks = (dict(app.before_request_funcs), dict(app.after_request_funcs), dict(app.teardown_request_funcs))
+    registries = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    before = [list(registry.get(None, ())) for registry in registries]  # the app-wide hooks, copied
     LLMProxy(app)
-    assert [app.before_request_funcs.get(None), app.after_request_funcs.get(None), app.teardown_request_funcs.get(None)] == [
-        hooks[0].get(None),
-        hooks[1].get(None),
-        hooks[2].get(None),
-    ]
+    assert [list(registry.get(None, ())) for registry in registries] == before
     assert "limiter" not in app.extensions
     limiter = app.extensions["llm_proxy"].limiter
     client = app.test_client()
     assert [client.post("/api/mock", json=mock_body()).status_code for _ in range(3)] == [200, 200, 429]
     assert limiter.storage.get("LIMITER/host-a/llm_proxy_requests/ip:127.0.0.1/2/1/minute") == 3  # the refused one too
+
+
+@pytest.mark.parametrize("passed", [False, True], ids=["own-limiter", "host-limiter"])
+def test_ratelimit_enabled_false_switches_the_proxys_limits_off_and_says_so(passed: bool, caplog: Any) -> None:
+    """flask-limiter's switch for every limit of the app (``RATELIMIT_ENABLED = False``, common in a
+    host's tests) switches the proxy's rate limit and token quota off too, with a warning, rather
+    than leaving them without a storage to count in (every request a 503)."""
+    app = mock_host_app(LLM_PROXY_RATE_LIMIT="1/minute", LLM_PROXY_TOKEN_QUOTA="1/day", RATELIMIT_ENABLED=False)
+    with caplog.at_level("WARNING", logger="flask_llm_proxy"):
+        LLMProxy(app, limiter=Limiter(get_remote_address, app=app, default_limits=[]) if passed else None)
+    assert "RATELIMIT_ENABLED is False" in caplog.text and "LLM_PROXY_RATE_LIMIT" in caplog.text
+    client = app.test_client()
+    responses = [client.post("/api/mock", json=mock_body()) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200], responses[-1].text
+    assert "X-RateLimit-Limit" not in responses[0].headers
 
 
 def test_a_host_limiter_also_carries_the_token_quota() -> None:

@@ -56,6 +56,18 @@ class Limits:
         self._quota_strategy: FixedWindowRateLimiter | None = None
         self._window_ends: dict[str, float] = {}  # storage key -> when its fixed window resets
         self._window_storage: Any = None  # the storage those ends were read from
+        self._said_off = False
+
+    def switched_off(self) -> bool:
+        """flask-limiter's switch for every limit of the app (``RATELIMIT_ENABLED = False``, as a
+        host's tests often set it) switches the proxy's off too: such a ``Limiter`` has no storage
+        to count in. Said once, the first time it is seen."""
+        if self.limiter.enabled:
+            return False
+        if not self._said_off:
+            self._said_off = True
+            log.warning("RATELIMIT_ENABLED is False: LLM_PROXY_RATE_LIMIT and LLM_PROXY_TOKEN_QUOTA are not enforced")
+        return True
 
     def _ids(self, namespace: str, identity: str) -> tuple[str, ...]:
         prefix = limiter_key_prefix(self.limiter)  # RATELIMIT_KEY_PREFIX, as flask-limiter applies it
@@ -70,7 +82,7 @@ class Limits:
         """Count one request; return the X-RateLimit-* headers, and the token quota's readings when
         they came in the same round trip (pass them to :meth:`check_quota`), or raise
         :class:`RateLimited`."""
-        if not self.rate_items:
+        if not self.rate_items or self.switched_off():
             return {}, None
         spent = None
         try:
@@ -144,7 +156,7 @@ class Limits:
     def check_quota(self, identity: str, spent: list[int] | None = None) -> None:
         """Refuse before the upstream call when the identity's token quota is spent. ``spent``:
         the readings :meth:`hit_rate` already took for this identity, if it did."""
-        if not self.quota_items:
+        if not self.quota_items or self.switched_off():
             return
         try:
             strategy = self._quota()
@@ -165,7 +177,7 @@ class Limits:
 
     def charge_quota(self, identity: str, tokens: int) -> None:
         """After the request: charge the real input + output tokens (also of a cut stream)."""
-        if not self.quota_items or tokens <= 0:
+        if not self.quota_items or tokens <= 0 or self.switched_off():
             return
         try:
             strategy = self._quota()
