@@ -87,12 +87,11 @@ class Tee:
     def eager(self) -> bool:
         """The body's hand-over mode (:attr:`~flask_llm_proxy.upstream.body.UpstreamBody.eager`),
         for the native passthrough, which reads the body through this tee."""
-        return bool(getattr(self.inner, "eager", False))
+        return bool(self.inner.eager)  # type: ignore[attr-defined]
 
     @eager.setter
     def eager(self, value: bool) -> None:
-        if hasattr(self.inner, "eager"):
-            self.inner.eager = value
+        self.inner.eager = value  # type: ignore[attr-defined]
 
     def _run(self) -> Iterator[Any]:
         add = self.turn.flight.add  # type: ignore[union-attr]
