@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_upstream import FakeUpstreamProcess, make_certificate  # noqa: E402
 from redis_process import RedisProcess, redis_executable  # noqa: E402
+from stalls import _say_where_a_hung_test_is_stuck, pytest_configure, pytest_terminal_summary  # noqa: E402, F401 - hooks
 
 API_KEY = "sk-test-SECRET-4f7c1e9a"  # recognisable, so leak tests can look for it
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
