@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import pytest
 
-ENV = "LLM_PROXY_TEST_STALLS"
+ENV = "PYTEST_STALL_DUMPS"  # not LLM_PROXY_*: the example app reads those into its config
 EARLY = 10.0  # seconds before the test's timeout
 HEADER = "== test "
 _file: IO[str] | None = None
