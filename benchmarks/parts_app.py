@@ -24,14 +24,20 @@ import json
 import time
 from typing import Any
 
+import flask_jwt_extended
 import jwt
-from flask_jwt_extended import view_decorators
 
 import flask_llm_proxy.web.chat as chat
 from flask_llm_proxy.access.limits import Limits
 from flask_llm_proxy.accounting.usage import Accounting
 
 SPENT: dict[str, list[float]] = {}
+
+
+def _add(label: str, seconds: float) -> None:
+    spent = SPENT.setdefault(label, [0, 0.0])
+    spent[0] += 1
+    spent[1] += seconds
 
 
 def _timed(label: str, fn: Any) -> Any:
@@ -41,19 +47,14 @@ def _timed(label: str, fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         finally:
-            spent = SPENT.setdefault(label, [0, 0.0])
-            spent[0] += 1
-            spent[1] += time.perf_counter() - started
+            _add(label, time.perf_counter() - started)
 
     return timed
 
 
 chat.identify = _timed("identify", chat.identify)
 # auth.py imports it from flask_jwt_extended when called: time it where it is looked up
-view_decorators.verify_jwt_in_request = _timed("verify_jwt_in_request", view_decorators.verify_jwt_in_request)
-import flask_jwt_extended  # noqa: E402
-
-flask_jwt_extended.verify_jwt_in_request = view_decorators.verify_jwt_in_request
+flask_jwt_extended.verify_jwt_in_request = _timed("verify_jwt_in_request", flask_jwt_extended.verify_jwt_in_request)
 jwt.decode = _timed("pyjwt", jwt.decode)
 jwt.get_unverified_header = _timed("pyjwt", jwt.get_unverified_header)
 Limits.hit_rate = _timed("hit_rate", Limits.hit_rate)  # type: ignore[method-assign]
@@ -71,9 +72,7 @@ def _gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _gc_started[0] = time.perf_counter()
         return
-    spent = SPENT.setdefault(f"gc{info['generation']}", [0, 0.0])
-    spent[0] += 1
-    spent[1] += time.perf_counter() - _gc_started[0]
+    _add(f"gc{info['generation']}", time.perf_counter() - _gc_started[0])
 
 
 gc.callbacks.append(_gc)
@@ -125,12 +124,6 @@ class _TimedBody:
         if close is not None:
             close()
         _add("close", time.perf_counter() - started)
-
-
-def _add(label: str, seconds: float) -> None:
-    spent = SPENT.setdefault(label, [0, 0.0])
-    spent[0] += 1
-    spent[1] += seconds
 
 
 app.wsgi_app = _Stopwatch(app.wsgi_app)  # type: ignore[method-assign]

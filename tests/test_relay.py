@@ -145,17 +145,8 @@ def test_the_relay_and_the_native_passthrough_end_the_readers_eager_hand_over_at
     assert body.eager is False
     list(parts)
 
-    # the passthrough (native endpoints): message_start goes out first, and is no token
-    gate = threading.Event()
-    ex = exchange([])
-    body = ex.call.resp = UpstreamBody(response_of([start, gate, delta, end]), None, raw=True)
-    out = passthrough(ex, body, "messages", AnthropicTranslator())
-    assert next(out) == start and body.eager
-    gate.set()
-    assert next(out).startswith(delta) and body.eager is False
-    list(out)
-
-    # the passthrough reading the body through the response cache's tee (an answer being stored)
+    # the passthrough (native endpoints): message_start goes out first, and is no token; the same
+    # when it reads the body through the response cache's tee (an answer being stored)
     from flask_llm_proxy.cache.tee import Tee
 
     class Flight:
@@ -166,11 +157,12 @@ def test_the_relay_and_the_native_passthrough_end_the_readers_eager_hand_over_at
         flight = Flight()
         complete = failed = staticmethod(lambda *a: None)
 
-    gate = threading.Event()
-    ex, t = exchange([]), AnthropicTranslator()
-    body = ex.call.resp = UpstreamBody(response_of([start, gate, delta, end]), None, raw=True)
-    out = passthrough(ex, Tee(Turn(), ex, body, t, raw=True, feed=t.feed), "messages", t)
-    assert next(out) == start and body.eager
-    gate.set()
-    assert next(out).startswith(delta) and body.eager is False
-    list(out)
+    for through_tee in (False, True):
+        gate = threading.Event()
+        ex, t = exchange([]), AnthropicTranslator()
+        body = ex.call.resp = UpstreamBody(response_of([start, gate, delta, end]), None, raw=True)
+        out = passthrough(ex, Tee(Turn(), ex, body, t, raw=True, feed=t.feed) if through_tee else body, "messages", t)
+        assert next(out) == start and body.eager
+        gate.set()
+        assert next(out).startswith(delta) and body.eager is False
+        list(out)
